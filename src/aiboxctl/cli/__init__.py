@@ -1,0 +1,1 @@
+"""The thin command-line edge: parse, call the core, render. No business logic here."""

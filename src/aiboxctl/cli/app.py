@@ -1,0 +1,106 @@
+"""The root of the CLI: global options, mounting of command modules, and ``main``.
+
+Each module in ``COMMAND_MODULES`` defines ``register(app)``; those modules import only
+typer at top level, so ``aiboxctl --help`` stays fast (heavy imports live in the commands).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+from typing import Annotated, Optional
+
+import typer
+
+from aiboxctl import __version__
+from aiboxctl.cli import output
+from aiboxctl.env import Env
+from aiboxctl.errors import ErrorInfo, ExitCode, from_exception
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "paths",
+)
+
+app = typer.Typer(
+    name="aiboxctl",
+    help="Turn a bare AI box into a private, secure, fast LLM service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        if output.STATE.json:
+            output.emit({"version": __version__})
+        else:
+            typer.echo(f"aiboxctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    json_: Annotated[bool, typer.Option("--json", help="Machine output: one JSON envelope on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    output.STATE.json |= json_
+    output.STATE.quiet |= quiet
+    output.STATE.verbose |= verbose
+    if ctx.invoked_subcommand:
+        output.set_command(ctx.invoked_subcommand)
+
+
+def _mount() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"aiboxctl.cli.{name}").register(app)
+
+
+_mount()
+
+
+def _click_error(exc: Exception) -> ErrorInfo:
+    import click
+
+    message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    command = output.STATE.command
+    hint = f"aiboxctl {command} --help" if command else "aiboxctl --help"
+    return ErrorInfo("usage", message.splitlines()[0] if message else "Invalid usage.", hint, ExitCode.USAGE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point. Returns (and exits with) a documented exit code."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    output.configure_from_argv(args)
+    try:
+        rv = app(args=args, prog_name="aiboxctl", standalone_mode=False)
+        code = int(rv) if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        code = output.emit_error(from_exception(KeyboardInterrupt()))
+    except click.ClickException as exc:
+        code = output.emit_error(_click_error(exc))
+    except BaseException as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if isinstance(exc, SystemExit):
+            raise
+        if os.environ.get(Env.DEBUG) == "1":
+            traceback.print_exc()
+        code = output.emit_error(from_exception(exc), getattr(exc, "data", None) or None)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

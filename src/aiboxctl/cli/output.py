@@ -1,0 +1,168 @@
+"""The one output sink: human (Rich) or the versioned JSON envelope.
+
+Results go to stdout; progress, warnings and hints go to stderr, so ``--json`` stdout is
+always exactly one JSON document, on success and on failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+from aiboxctl.errors import ConfirmationRequired, ErrorInfo, ExitCode
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+ENVELOPE_VERSION = 1
+ENVELOPE_KEYS = ("version", "command", "ok", "exit_code", "data", "errors")
+
+
+@dataclass
+class OutputState:
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    command: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+STATE = OutputState()
+
+
+def reset() -> None:
+    global STATE
+    STATE = OutputState()
+
+
+def configure_from_argv(argv: list[str]) -> None:
+    """Decide the output mode before Click parses, so that even a usage error can be
+    reported as a JSON envelope. Options after ``--`` are arguments, not flags."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    STATE.json = STATE.json or "--json" in head
+    STATE.quiet = STATE.quiet or "--quiet" in head or "-q" in head
+    STATE.verbose = STATE.verbose or "--verbose" in head or "-v" in head
+    positional = [a for a in head if not a.startswith("-")]
+    if positional and not STATE.command:
+        STATE.command = positional[0]
+
+
+def set_command(name: str) -> None:
+    STATE.command = name
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, enums, paths, tuples, sets → plain JSON types (recursively)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if hasattr(obj, "to_dict"):
+            return to_jsonable(obj.to_dict())
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.name.startswith("_")}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [to_jsonable(v) for v in obj]
+        return sorted(items, key=str) if isinstance(obj, (set, frozenset)) else items
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
+def envelope(*, ok: bool, exit_code: int, data: Any = None, errors: list[dict] | None = None,
+             command: str | None = None) -> dict:
+    return {
+        "version": ENVELOPE_VERSION,
+        "command": command if command is not None else STATE.command,
+        "ok": ok,
+        "exit_code": int(exit_code),
+        "data": to_jsonable(data) if data is not None else {},
+        "errors": errors or [],
+    }
+
+
+def stdout_console() -> "Console":
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr_console() -> "Console":
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _write_json(doc: dict) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def emit(result: Any, human: Callable[["Console", Any], None] | None = None, *,
+         exit_code: int = ExitCode.OK, essential: bool = False) -> int:
+    """Render a command's result. ``human`` draws it with Rich; ``essential`` output (the
+    answer of ``chat -p``) is printed even with ``--quiet``."""
+    if STATE.json:
+        data = to_jsonable(result)
+        if STATE.warnings and isinstance(data, dict):
+            data.setdefault("warnings", [])
+            data["warnings"] = list(dict.fromkeys([*data["warnings"], *STATE.warnings]))
+        _write_json(envelope(ok=exit_code == 0, exit_code=exit_code, data=data))
+    elif human is not None and (essential or not STATE.quiet):
+        human(stdout_console(), result)
+    return int(exit_code)
+
+
+def emit_error(info: ErrorInfo, data: Any = None) -> int:
+    err = {"code": info.code, "message": info.message, "hint": info.hint}
+    if STATE.json:
+        _write_json(envelope(ok=False, exit_code=info.exit_code, data=data, errors=[err]))
+    else:
+        line = f"error: {info.message}"
+        if info.hint:
+            line += f" (try: {info.hint})"
+        sys.stderr.write(line + "\n")
+    return int(info.exit_code)
+
+
+def note(message: str) -> None:
+    """A progress or status line for people: stderr, never in --json or --quiet mode."""
+    if not STATE.json and not STATE.quiet:
+        stderr_console().print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    STATE.warnings.append(message)
+    if not STATE.json:
+        sys.stderr.write(f"warning: {message}\n")
+
+
+def debug(message: str) -> None:
+    if STATE.verbose and not STATE.json:
+        sys.stderr.write(f"debug: {message}\n")
+
+
+def is_interactive() -> bool:
+    return sys.stdin.isatty() and not STATE.json and os.environ.get("CI") is None
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Ask when a person is there; otherwise refuse with "use --yes", never block."""
+    if yes:
+        return
+    if not is_interactive():
+        raise ConfirmationRequired(f"{question} Refusing without confirmation.", hint="re-run with --yes")
+    import typer
+
+    if not typer.confirm(question, default=False):
+        raise ConfirmationRequired("Cancelled.", hint="re-run with --yes to proceed")

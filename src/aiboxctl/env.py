@@ -1,0 +1,16 @@
+"""Every environment variable aiboxctl reads, in one place."""
+
+from __future__ import annotations
+
+
+class Env:
+    HOME = "AIBOX_HOME"  # state/config root (models, cache, installs' default prefix data)
+    MODELS = "AIBOX_MODELS"  # model store override
+    DEBUG = "AIBOX_DEBUG"  # 1: show tracebacks
+    SYSFS_ROOT = "AIBOX_SYSFS_ROOT"  # tests: a fake /sys
+    PROC_ROOT = "AIBOX_PROC_ROOT"  # tests: a fake /proc
+    TOOL_TIMEOUT = "AIBOX_TOOL_TIMEOUT"  # seconds for a vendor tool
+    HF_ENDPOINT = "HF_ENDPOINT"
+    HF_TOKEN = "HF_TOKEN"
+    HF_HUB_OFFLINE = "HF_HUB_OFFLINE"
+    MODELSCOPE_ENDPOINT = "MODELSCOPE_ENDPOINT"
