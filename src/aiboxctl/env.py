@@ -14,3 +14,6 @@ class Env:
     HF_TOKEN = "HF_TOKEN"
     HF_HUB_OFFLINE = "HF_HUB_OFFLINE"
     MODELSCOPE_ENDPOINT = "MODELSCOPE_ENDPOINT"
+    # tests: make the engine self-test child crash (SIGSEGV) while the named risky options are
+    # on, e.g. "repack" or "repack,flash_attn" — proves the fallback path on any machine
+    SELFTEST_FAULT = "AIBOX_SELFTEST_FAULT"
