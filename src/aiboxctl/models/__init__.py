@@ -1,0 +1,1 @@
+"""GGUF header reader (file, HTTP range) and the model catalog."""

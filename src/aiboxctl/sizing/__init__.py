@@ -1,0 +1,1 @@
+"""Sizing: model facts, memory and throughput models, planner."""

@@ -1,0 +1,309 @@
+"""llama.cpp's memory, predicted from model facts and engine parameters, per device.
+
+Weights, KV cache (GQA, per-layer heads, SWA cell rule, MLA) and recurrent state follow
+llama.cpp's own arithmetic and are exact for a GGUF header; the compute buffer (the peak of
+ggml-alloc over the worst-case graph) is a model calibrated against llama.cpp's dry run
+(``aiboxctl estimate --exact``, :mod:`aiboxctl.sizing.dryrun`). See
+shared/reference/memory-model.md §3 for the sources of every formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiboxctl.errors import UsageError
+from aiboxctl.sizing.facts import ModelFacts
+
+MiB = 1024 * 1024
+HOST = "host"
+
+# Cache types llama.cpp accepts for K/V: (block size, bytes per block).
+CACHE_TYPES: dict[str, tuple[int, int]] = {
+    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
+    "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
+}
+# Fixed costs outside llama.cpp's buffers: the runtime, tokenizer tables, ggml contexts
+# (host) and a backend context (accelerator; CUDA ≈ 0.3–0.5 GiB, memory-model.md §3.8).
+HOST_OVERHEAD = 64 * MiB
+ACCEL_OVERHEAD = 384 * MiB
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """The llama.cpp parameters memory depends on (names as in EngineConfig)."""
+
+    n_ctx: int = 4096  # total KV cells over all slots; 0 = the model's training context
+    parallel: int = 1  # slots (n_seq_max)
+    kv_unified: bool = True  # False: n_ctx is divided across slots (llama.cpp's default without -kvu)
+    n_batch: int = 512
+    n_ubatch: int = 512
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: str = "auto"  # auto | on | off
+    swa_full: bool = False
+    n_gpu_layers: int = 0
+    tensor_split: tuple[float, ...] = ()
+    repack: bool = True
+    mmap: bool = True
+    offload_kqv: bool = True
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    device: str  # "host" or an accelerator name ("CUDA0", "GPU0", …)
+    weights: int
+    kv_cache: int
+    recurrent: int
+    compute: int
+    output: int
+    repack: int  # host copy of repacked weights while the mmapped originals stay resident
+    overhead: int
+    layers: int = 0  # repeating layers placed here
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.recurrent + self.compute + self.output + self.repack + self.overhead
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "weights": self.weights, "kv_cache": self.kv_cache,
+                "recurrent": self.recurrent, "compute": self.compute, "output": self.output,
+                "repack": self.repack, "overhead": self.overhead, "total": self.total, "layers": self.layers}
+
+
+@dataclass(frozen=True)
+class ResolvedContext:
+    """What llama.cpp makes of the requested context (llama-context.cpp)."""
+
+    n_ctx: int  # total cells after padding
+    n_ctx_seq: int  # cells per stream
+    n_stream: int
+    n_seq: int
+    n_batch: int
+    n_ubatch: int
+    swa_cells: int  # cells per stream of SWA layers (== n_ctx_seq with swa_full)
+    flash_attn: bool
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    devices: tuple[DeviceMemory, ...]
+    context: ResolvedContext
+    params: EngineParams
+    model: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def host(self) -> DeviceMemory:
+        return self.devices[0]
+
+    @property
+    def total(self) -> int:
+        return sum(d.total for d in self.devices)
+
+    def device(self, name: str) -> DeviceMemory:
+        for d in self.devices:
+            if d.device == name:
+                return d
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {"model": self.model, "devices": {d.device: d.to_dict() for d in self.devices},
+                "total": self.total, "context": asdict(self.context), "params": asdict(self.params),
+                "notes": list(self.notes)}
+
+
+def _pad(x: int, a: int) -> int:
+    return -(-x // a) * a
+
+
+def cache_row_bytes(cache_type: str, n: int) -> int:
+    """ggml_row_size for a KV cache type."""
+    try:
+        block, size = CACHE_TYPES[cache_type.lower()]
+    except KeyError:
+        raise UsageError(f"unknown cache type {cache_type!r}; use one of {', '.join(CACHE_TYPES)}") from None
+    if n % block:
+        raise UsageError(f"cache type {cache_type} needs a row length that is a multiple of {block}, got {n}")
+    return n // block * size
+
+
+def resolve_context(facts: ModelFacts, p: EngineParams) -> ResolvedContext:
+    if p.parallel < 1:
+        raise UsageError("parallel must be at least 1")
+    if p.n_ubatch < 1 or p.n_batch < 1:
+        raise UsageError("n_batch and n_ubatch must be positive")
+    n_ctx = p.n_ctx or facts.n_ctx_train
+    if n_ctx <= 0:
+        raise UsageError("no context size: pass n_ctx (the model does not say its training context)")
+    n_seq = p.parallel
+    n_batch = min(n_ctx, p.n_batch) if facts.causal else p.n_batch
+    n_ubatch = min(n_batch, p.n_ubatch)
+    n_ctx = _pad(n_ctx, 256)
+    if p.kv_unified:
+        n_ctx_seq, n_stream = n_ctx, 1
+    else:
+        n_ctx_seq = _pad(n_ctx // n_seq, 256)
+        n_ctx, n_stream = n_ctx_seq * n_seq, n_seq
+    if p.swa_full or not facts.swa_layers:
+        swa_cells = n_ctx_seq
+    else:
+        swa_cells = min(n_ctx_seq, _pad(facts.n_swa * (n_seq if p.kv_unified else 1) + n_ubatch, 256))
+    fa = p.flash_attn.lower()
+    if fa not in ("auto", "on", "off"):
+        raise UsageError(f"flash_attn must be auto, on or off, not {p.flash_attn!r}")
+    flash = fa != "off"  # auto: every backend we plan for (CPU, CUDA, ROCm, Metal, CANN) runs FA
+    if not flash and p.cache_type_v.lower() not in ("f16", "f32", "bf16"):
+        raise UsageError(f"a quantized V cache ({p.cache_type_v}) needs flash attention",
+                         hint="use --flash-attn on, or --cache-type-v f16")
+    return ResolvedContext(n_ctx, n_ctx_seq, n_stream, n_seq, n_batch, n_ubatch, swa_cells, flash)
+
+
+def layer_devices(n_layer: int, n_gpu_layers: int, n_devices: int,
+                  tensor_split: Sequence[float] = ()) -> list[int]:
+    """Device index per layer slot 0..n_layer (the last slot is the output layer); -1 = host.
+
+    llama.cpp (llama-model.cpp load_tensors): i_gpu_start = max(n_layer + 1 - ngl, 0); the output
+    layer counts inside n_gpu_layers; splits are cumulative normalised tensor_split fractions.
+    """
+    ngl = n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers
+    if n_devices == 0 or ngl == 0:
+        return [-1] * (n_layer + 1)
+    split = list(tensor_split) or [1.0] * n_devices
+    if len(split) < n_devices:
+        split += [0.0] * (n_devices - len(split))
+    total = sum(split[:n_devices]) or 1.0
+    cum, acc = [], 0.0
+    for s in split[:n_devices]:
+        acc += s / total
+        cum.append(acc)
+    i_gpu_start = max(n_layer + 1 - ngl, 0)
+    act = min(ngl, n_layer + 1)
+    out = []
+    for il in range(n_layer + 1):
+        if il < i_gpu_start or il - i_gpu_start >= act:
+            out.append(-1)
+            continue
+        frac = (il - i_gpu_start) / act
+        dev = next((i for i, c in enumerate(cum) if frac < c), n_devices - 1)  # upper_bound
+        out.append(dev)
+    return out
+
+
+def kv_bytes_per_layer(facts: ModelFacts, ctx: ResolvedContext, p: EngineParams) -> list[int]:
+    """KV cache bytes of each layer (0 for layers without KV)."""
+    out = []
+    v_trans = not ctx.flash_attn
+    # With v_trans (no FA) llama.cpp sizes V rows by the widest layer (n_embd_v_gqa_max).
+    v_max = max((facts.head_dim_v[il] * facts.n_head_kv[il] for il in range(facts.n_layer) if facts.has_kv(il)),
+                default=0)
+    for il in range(facts.n_layer):
+        if not facts.has_kv(il):
+            out.append(0)
+            continue
+        cells = ctx.swa_cells if facts.is_swa(il) else ctx.n_ctx_seq
+        k = cache_row_bytes(p.cache_type_k, facts.head_dim_k[il] * facts.n_head_kv[il])
+        if facts.is_mla:
+            v = 0  # V is a view of the latent K cache (llama.cpp PR #19067)
+        else:
+            v = cache_row_bytes(p.cache_type_v, v_max if v_trans else facts.head_dim_v[il] * facts.n_head_kv[il])
+        out.append((k + v) * cells * ctx.n_stream)
+    return out
+
+
+def recurrent_bytes_per_layer(facts: ModelFacts, ctx: ResolvedContext) -> list[int]:
+    rows = max(1, ctx.n_seq)
+    return [4 * (facts.n_embd_r + facts.n_embd_s) * rows if facts.is_recurrent(il) else 0
+            for il in range(facts.n_layer)]
+
+
+def output_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext) -> int:
+    """Logits for one output per sequence, reserved at context creation (host memory)."""
+    return 4 * facts.n_vocab * ctx.n_seq
+
+
+def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output: bool,
+                         layers: Sequence[int]) -> int:
+    """Peak of the worst-case graph on one backend (calibrated against the dry run)."""
+    if not layers and not has_output:
+        return 0
+    n_ub = ctx.n_ubatch
+    n_embd = facts.n_embd
+    terms = []
+    if has_output:
+        terms.append(4 * n_ub * facts.n_vocab + 2 * 4 * n_ub * n_embd)
+    att = [il for il in layers if facts.has_kv(il)]
+    if att:
+        terms.append(max(_attention_peak(facts, ctx, il) for il in att))
+    ff = max((facts.n_ff[il] for il in layers), default=0)
+    if ff:
+        terms.append(4 * n_ub * (2 * ff + n_embd))
+    if facts.n_expert and facts.n_expert_used:
+        terms.append(4 * n_ub * (facts.n_expert_used * facts.n_ff_exp * 2 + facts.n_expert + 2 * n_embd))
+    return max(terms, default=0)
+
+
+def _attention_peak(facts: ModelFacts, ctx: ResolvedContext, il: int) -> int:
+    n_ub = ctx.n_ubatch
+    n_kv = ctx.swa_cells if facts.is_swa(il) else ctx.n_ctx_seq
+    n_head = facts.n_head[il]
+    q = 4 * n_ub * n_head * facts.head_dim_k[il]
+    if ctx.flash_attn:
+        return q * 2 + 2 * n_kv * n_ub
+    return 4 * n_kv * n_ub * n_head * 2 + q
+
+
+def estimate_memory(facts: ModelFacts, params: EngineParams, *,
+                    accelerators: Sequence[str] = ()) -> MemoryEstimate:
+    """Memory per device (host first, then each accelerator) for one configuration."""
+    ctx = resolve_context(facts, params)
+    gpus = list(accelerators)
+    if params.n_gpu_layers != 0 and not gpus:
+        gpus = ["GPU0"]
+    placement = layer_devices(facts.n_layer, params.n_gpu_layers, len(gpus), params.tensor_split)
+    n_dev = 1 + len(gpus)
+    weights = [0] * n_dev
+    kv = [0] * n_dev
+    rec = [0] * n_dev
+    repack = [0] * n_dev
+    layer_count = [0] * n_dev
+    layers_on: list[list[int]] = [[] for _ in range(n_dev)]
+    kv_layer = kv_bytes_per_layer(facts, ctx, params)
+    rs_layer = recurrent_bytes_per_layer(facts, ctx)
+    for il in range(facts.n_layer):
+        d = placement[il] + 1
+        weights[d] += facts.layer_bytes[il]
+        layer_count[d] += 1
+        layers_on[d].append(il)
+        kd = d if params.offload_kqv else 0
+        kv[kd] += kv_layer[il]
+        rec[kd] += rs_layer[il]
+        if d == 0 and params.repack and params.mmap and facts.repackable_layer_bytes:
+            repack[0] += facts.repackable_layer_bytes[il]
+    out_dev = placement[facts.n_layer] + 1
+    weights[0] += facts.input_bytes
+    weights[out_dev] += facts.output_bytes
+    if facts.tied_embeddings and out_dev != 0:
+        weights[out_dev] += facts.output_matrix_bytes  # TENSOR_DUPLICATED copy of token_embd
+    if out_dev == 0 and params.repack and params.mmap:
+        repack[0] += facts.repackable_output_bytes
+    compute = [0] * n_dev
+    for d in range(n_dev):
+        compute[d] = compute_buffer_bytes(facts, ctx, has_output=(d == out_dev), layers=layers_on[d])
+    if not compute[0]:
+        # The host always runs the input (get_rows) and some glue even with everything offloaded.
+        compute[0] = 4 * ctx.n_ubatch * facts.n_embd * 2
+    output = [0] * n_dev
+    output[0] = output_buffer_bytes(facts, ctx)
+    names = [HOST, *gpus]
+    devices = tuple(
+        DeviceMemory(names[d], weights[d], kv[d], rec[d], compute[d], output[d], repack[d],
+                     HOST_OVERHEAD if d == 0 else ACCEL_OVERHEAD, layer_count[d])
+        for d in range(n_dev)
+    )
+    notes = list(facts.notes)
+    if facts.source != "header":
+        notes.append(f"model facts from {facts.source}: weights are approximate until the header is read")
+    return MemoryEstimate(devices, ctx, params, facts.name, tuple(notes))
