@@ -1,0 +1,244 @@
+"""llama.cpp's own accounting: a dry run (allocates nothing) or a real load, in a child process.
+
+The dry run loads the model with ``no_alloc=True`` and ``load_mode=LLAMA_LOAD_MODE_NONE`` and
+creates a context: llama.cpp then reserves its worst-case graphs and logs the exact compute and
+output buffers for any size of model in well under a second, while the model and KV buffer
+lines read 0.00 (their sizes come from the "llama_kv_cache: size = …" lines and
+``llama_model_size``, which are header arithmetic). A real load logs every buffer.
+
+Both run in a child process (``python -m aiboxctl.sizing.dryrun``): llama.cpp aborts the whole
+process on configurations it rejects, and its global state should not leak into the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aiboxctl.errors import AiboxError
+from aiboxctl.sizing.memory import HOST, EngineParams
+
+MiB = 1024 * 1024
+
+_BUFFER = re.compile(r"^\s*(?P<what>\w+):\s+(?P<buft>\S+)\s+(?P<kind>model|KV|RS|output|compute) buffer size =\s*"
+                     r"(?P<mib>[\d.]+) MiB")
+_KV_SIZE = re.compile(r"^\s*llama_kv_cache: size =\s*(?P<mib>[\d.]+) MiB \(\s*(?P<cells>\d+) cells,\s*"
+                      r"(?P<layers>\d+) layers")
+_RS_SIZE = re.compile(r"^\s*llama_memory_recurrent: size =\s*(?P<mib>[\d.]+) MiB")
+_FA = re.compile(r"flash_attn\s*=\s*(?:\w+\s*->\s*)?(?P<state>enabled|disabled|auto)", re.I)
+_HOST_BUFTS = ("CPU", "CPU_Mapped", "CPU_REPACK", "AMX", "CPU_AARCH64", "KLEIDIAI")
+_KINDS = {"model": "weights", "KV": "kv_cache", "RS": "recurrent", "output": "output", "compute": "compute"}
+
+
+class DryRunFailed(AiboxError):
+    code = "dry_run_failed"
+
+
+@dataclass(frozen=True)
+class OracleDevice:
+    device: str
+    weights: int = 0
+    kv_cache: int = 0
+    recurrent: int = 0
+    compute: int = 0
+    output: int = 0
+    repack: int = 0  # extra-buffer-type copies of weights (CPU_REPACK, AMX)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.recurrent + self.compute + self.output + self.repack
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """llama.cpp's figures for one configuration (bytes; log values carry 0.01 MiB rounding)."""
+
+    mode: str  # "dry" or "real"
+    devices: tuple[OracleDevice, ...]
+    seconds: float
+    flash_attn: bool | None = None
+    kv_cells: tuple[int, ...] = ()
+    lines: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def host(self) -> OracleDevice:
+        return self.devices[0]
+
+    @property
+    def total(self) -> int:
+        return sum(d.total for d in self.devices)
+
+    def device(self, name: str) -> OracleDevice:
+        for d in self.devices:
+            if d.device == name:
+                return d
+        return OracleDevice(name)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "devices": {d.device: d.to_dict() for d in self.devices},
+                "total": self.total, "seconds": round(self.seconds, 3), "flash_attn": self.flash_attn,
+                "kv_cells": list(self.kv_cells)}
+
+
+def _device_of(buft: str) -> str:
+    if buft in _HOST_BUFTS or buft.endswith("_Host"):
+        return HOST
+    return buft
+
+
+def parse_buffer_lines(lines: list[str], *, mode: str, model_bytes: int = 0) -> dict:
+    """Turn llama.cpp's log lines into per-device byte counts."""
+    devs: dict[str, dict[str, int]] = {HOST: {}}
+    kv_from_size = rs_from_size = 0
+    cells: list[int] = []
+    fa = None
+    for line in lines:
+        m = _BUFFER.match(line)
+        if m:
+            dev = _device_of(m["buft"])
+            kind = _KINDS[m["kind"]]
+            if kind == "weights" and m["buft"] in ("CPU_REPACK", "AMX", "CPU_AARCH64", "KLEIDIAI"):
+                kind = "repack"
+            entry = devs.setdefault(dev, {})
+            entry[kind] = entry.get(kind, 0) + round(float(m["mib"]) * MiB)
+            continue
+        m = _KV_SIZE.match(line)
+        if m:
+            kv_from_size += round(float(m["mib"]) * MiB)
+            cells.append(int(m["cells"]))
+            continue
+        m = _RS_SIZE.match(line)
+        if m:
+            rs_from_size += round(float(m["mib"]) * MiB)
+            continue
+        if "flash_attn" in line:
+            f = _FA.search(line)
+            if f and f["state"].lower() != "auto":
+                fa = f["state"].lower() == "enabled"
+    if mode == "dry":
+        # Buffers of weights and KV read 0.00 in no_alloc mode: take the sizes llama.cpp
+        # computed (single device: the host; dry runs are for CPU/one device here).
+        devs[HOST]["weights"] = model_bytes
+        devs[HOST]["kv_cache"] = kv_from_size
+        devs[HOST]["recurrent"] = rs_from_size
+    return {"devices": devs, "flash_attn": fa, "kv_cells": cells}
+
+
+def oracle(model: str | Path, params: EngineParams, *, mode: str = "dry", timeout: float = 300.0,
+           keep_lines: bool = False) -> OracleResult:
+    """Run llama.cpp on ``model`` with ``params`` in a child process and return its figures."""
+    from aiboxctl.system import run_command
+
+    request = {"model": str(model), "params": asdict(params), "mode": mode}
+    started = time.monotonic()
+    res = run_command([sys.executable, "-m", "aiboxctl.sizing.dryrun"], input_text=json.dumps(request),
+                      timeout=timeout)
+    if res.timed_out:
+        raise DryRunFailed(f"llama.cpp {mode} run timed out after {timeout:.0f} s")
+    doc = None
+    for line in reversed(res.stdout.splitlines()):
+        if line.startswith("{"):
+            doc = json.loads(line)
+            break
+    if res.returncode != 0 or doc is None or "error" in (doc or {}):
+        reason = (doc or {}).get("error") or _last_error(res.stderr) or res.failure_reason()
+        raise DryRunFailed(f"llama.cpp {mode} run failed: {reason}",
+                           hint="check the model file and parameters (aiboxctl inspect FILE)")
+    devices = tuple(OracleDevice(name, **vals) for name, vals in doc["devices"].items())
+    return OracleResult(mode, devices, time.monotonic() - started, doc.get("flash_attn"),
+                        tuple(doc.get("kv_cells", ())), tuple(doc.get("lines", ())) if keep_lines else ())
+
+
+def _last_error(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "assert" in ln.lower() or "failed" in ln.lower():
+            return ln.strip()[:300]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _child(request: dict) -> dict:
+    from aiboxctl.engine.config import EngineConfig
+    from aiboxctl.engine.llama import context_params, llama_cpp_module, model_params
+
+    p = request["params"]
+    mode = request["mode"]
+    cfg = EngineConfig(
+        model=Path(request["model"]), n_ctx=p["n_ctx"], parallel=p["parallel"], kv_unified=p["kv_unified"],
+        n_batch=p["n_batch"], n_ubatch=p["n_ubatch"], cache_type_k=p["cache_type_k"],
+        cache_type_v=p["cache_type_v"], flash_attn=p["flash_attn"], swa_full=p["swa_full"],
+        n_gpu_layers=p["n_gpu_layers"], tensor_split=tuple(p["tensor_split"]), repack=p["repack"],
+        mmap=p["mmap"], threads=1,
+    )
+    llama = llama_cpp_module()
+    lines = _capture_log(llama)
+    mp, keep = model_params(cfg, llama)
+    if mode == "dry":
+        mp.no_alloc = True
+        mp.load_mode = llama.LLAMA_LOAD_MODE_NONE  # without it load_tensors asserts !no_alloc
+    model = llama.llama_model_load_from_file(str(cfg.model).encode(), mp)
+    if not model:
+        return {"error": "could not load the model: " + " | ".join(lines[-3:])}
+    cp = context_params(cfg, llama)
+    cp.offload_kqv = bool(p.get("offload_kqv", True))
+    ctx = llama.llama_init_from_model(model, cp)
+    if not ctx:
+        llama.llama_model_free(model)
+        return {"error": "could not create the context: " + " | ".join(lines[-3:])}
+    model_bytes = int(llama.llama_model_size(model))
+    out = parse_buffer_lines(lines, mode=mode, model_bytes=model_bytes)
+    out["lines"] = [ln for ln in lines if "buffer size" in ln or "size =" in ln or "flash_attn" in ln]
+    llama.llama_free(ctx)
+    llama.llama_model_free(model)
+    del keep
+    return out
+
+
+_LOG_CALLBACK = None  # the ctypes callback must stay referenced while llama.cpp may log
+
+
+def _capture_log(llama) -> list[str]:
+    """Collect llama.cpp's whole log (the engine keeps only a short tail, and a graph dump
+    can push the buffer lines out of it). Lines are joined from llama.cpp's pieces."""
+    import ctypes
+
+    global _LOG_CALLBACK
+    lines: list[str] = []
+    pending: list[str] = []
+
+    def on_log(level: int, text: bytes, _user) -> None:
+        try:
+            pending.append(text.decode("utf-8", errors="replace") if text else "")
+            if pending[-1].endswith("\n"):
+                line = "".join(pending).rstrip("\n")
+                pending.clear()
+                if "llama_graph_n_input_tensors" not in line:
+                    lines.append(line)
+        except Exception:  # noqa: BLE001 - never raise into C
+            pass
+
+    _LOG_CALLBACK = llama.llama_log_callback(on_log)
+    llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    return lines
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    try:
+        out = _child(request)
+    except AiboxError as exc:
+        out = {"error": exc.message}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0 if "error" not in out else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
