@@ -1,0 +1,80 @@
+"""Use-case profiles (profiles/<name>.yaml): who uses the box and what they need from it.
+
+``load_use_case("gov-office")`` returns a frozen :class:`UseCaseProfile`; a path to a YAML file
+of the same shape works too. Every field error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+from pydantic import ConfigDict, Field, with_config
+
+
+from aiboxctl.errors import UsageError
+from aiboxctl.resources import data_dir
+from aiboxctl.sizing.schema import load_file
+
+Quality = Literal["low", "medium", "high"]
+QUALITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+@with_config(_STRICT)
+@dataclass(frozen=True)
+class SecuritySettings:
+    bind: str = "127.0.0.1"
+    api_key: bool = True
+    audit_log: bool = True
+    audit_content: bool = False  # log prompts/answers too (off: metadata only)
+
+
+@with_config(_STRICT)
+@dataclass(frozen=True)
+class ServiceSettings:
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    user: str = "aibox"
+
+
+@with_config(_STRICT)
+@dataclass(frozen=True)
+class UseCaseProfile:
+    name: str
+    description: str
+    users: Annotated[int, Field(ge=1, le=4096)]  # concurrent users → parallel slots
+    context_per_request: Annotated[int, Field(ge=256, le=1_048_576)]  # tokens per slot
+    target_tokens_per_s: Annotated[float, Field(gt=0)]  # decode speed each user should see
+    language: str = "en"
+    families: tuple[str, ...] = ()  # model families in order of preference
+    min_quality: Quality = "medium"
+    model: Optional[str] = None  # a pinned catalog variant
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+
+    @property
+    def total_context(self) -> int:
+        return self.users * self.context_per_request
+
+
+def use_case_names() -> list[str]:
+    folder = data_dir("profiles")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir()
+                  if p.name.endswith(".yaml") and p.name != "catalog.yaml")
+
+
+def load_use_case(name_or_path: str | Path) -> UseCaseProfile:
+    """A shipped profile by name (``gov-office``) or any YAML file of the same shape."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise UsageError(f"No such profile file: {path}", hint="aiboxctl plan --help")
+        return load_file(path, UseCaseProfile, name=str(path))
+    names = use_case_names()
+    if text not in names:
+        raise UsageError(f"Unknown use-case profile {text!r}; known: {', '.join(names)}",
+                         hint="aiboxctl plan --profile demo")
+    return load_file(data_dir("profiles") / f"{text}.yaml", UseCaseProfile, name=f"profiles/{text}.yaml")
