@@ -1,0 +1,285 @@
+"""Bundle format: round trip, and every kind of bad bundle is refused before anything is written."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from aiboxctl.bundle.archive import read_manifest, scan_bundle
+from aiboxctl.bundle.manifest import MANIFEST_NAME, BundleError, BundleManifest, TargetPlatform
+from aiboxctl.bundle.pack import Entry, write_bundle
+from aiboxctl.bundle.unpack import check_bundle, space_needed, unpack
+from aiboxctl.errors import ExitCode, VerificationFailed
+
+HERE = TargetPlatform.here()
+MODEL_BYTES = b"GGUF" + bytes(range(256)) * 400 + b"MODEL-TAIL"
+
+
+def _entries(tmp_path: Path) -> list[Entry]:
+    model = tmp_path / "src" / "tiny.gguf"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(MODEL_BYTES)
+    return [
+        Entry("install.sh", data=b"#!/bin/sh\necho hi\n", mode=0o755),
+        Entry("plan.json", data=json.dumps({"variant": "tiny"}).encode()),
+        Entry("wheels/example-1.0-py3-none-any.whl", data=b"PK-not-really-a-wheel"),
+        Entry("models/tiny.gguf", source=model),
+    ]
+
+
+def _bundle(tmp_path: Path, *, target: TargetPlatform = HERE, compress: str = "none", name="b.tar") -> Path:
+    out = tmp_path / name
+    write_bundle(out, _entries(tmp_path), target=target, compress=compress, profile="demo", hardware="cpu-32g",
+                 model={"variant": "tiny", "path": "models/tiny.gguf"})
+    return out
+
+
+def _dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "store", tmp_path / "scratch"
+
+
+def _nothing_written(tmp_path: Path) -> bool:
+    store, scratch = _dirs(tmp_path)
+    return not any(p.is_file() for d in (store, scratch) if d.exists() for p in d.rglob("*"))
+
+
+@pytest.mark.parametrize("compress", ["none", "zstd"])
+def test_round_trip_manifest_first_and_every_member_verified(tmp_path, compress):
+    bundle = _bundle(tmp_path, compress=compress)
+    assert not (tmp_path / "b.tar.partial").exists()
+    manifest, bundle_id = read_manifest(bundle)
+    assert manifest.aiboxctl_version and manifest.created.endswith("Z")
+    assert manifest.target == HERE and manifest.compress == compress
+    paths = [m.path for m in manifest.members]
+    assert paths == ["install.sh", "SHA256SUMS", "plan.json", "wheels/example-1.0-py3-none-any.whl",
+                     "models/tiny.gguf"]
+    model = manifest.member("models/tiny.gguf")
+    assert model.size == len(MODEL_BYTES)
+    import hashlib
+
+    assert model.sha256 == hashlib.sha256(MODEL_BYTES).hexdigest()
+    assert len(bundle_id) == 64
+
+    store, scratch = _dirs(tmp_path)
+    checked = check_bundle(bundle, needs=space_needed(manifest, store=store, scratch=scratch))
+    assert checked.members == 5 and checked.bundle_id == bundle_id
+    assert _nothing_written(tmp_path), "checking must not write anything"
+    done = unpack(checked, store=store, scratch=scratch, install_wheels=False)
+    assert done.model_path == store / "tiny.gguf" and done.model_path.read_bytes() == MODEL_BYTES
+    assert done.plan == {"variant": "tiny"}
+    sums = (done.scratch / "SHA256SUMS").read_text()
+    assert f"{model.sha256}  models/tiny.gguf\n" in sums
+    assert not list(store.glob("*.incomplete"))
+    done.cleanup()
+    assert not done.scratch.exists()
+
+
+def test_plain_bundle_is_a_tar_that_gnu_tar_lists(tmp_path):
+    bundle = _bundle(tmp_path)
+    with tarfile.open(bundle) as tf:
+        names = tf.getnames()
+    assert names[0] == MANIFEST_NAME and names[-1] == "models/tiny.gguf"
+
+
+def test_modified_member_is_refused_by_name(tmp_path):
+    bundle = _bundle(tmp_path)
+    raw = bytearray(bundle.read_bytes())
+    at = raw.index(b"MODEL-TAIL")
+    raw[at] ^= 0xFF
+    bundle.write_bytes(bytes(raw))
+    store, scratch = _dirs(tmp_path)
+    with pytest.raises(VerificationFailed) as info:
+        check_bundle(bundle)
+    assert "models/tiny.gguf" in info.value.message and "modified" in info.value.message
+    assert info.value.exit_code == ExitCode.VERIFICATION_FAILED
+    assert _nothing_written(tmp_path)
+
+
+def test_modified_member_found_while_unpacking_leaves_nothing_behind(tmp_path):
+    """A bundle that changes between the check and the unpack is still caught."""
+    bundle = _bundle(tmp_path)
+    store, scratch = _dirs(tmp_path)
+    checked = check_bundle(bundle)
+    raw = bytearray(bundle.read_bytes())
+    raw[raw.index(b"MODEL-TAIL")] ^= 0xFF
+    bundle.write_bytes(bytes(raw))
+    with pytest.raises(VerificationFailed, match="models/tiny.gguf"):
+        unpack(checked, store=store, scratch=scratch, install_wheels=False)
+    assert _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("compress", ["none", "zstd"])
+@pytest.mark.parametrize("keep", [0.5, 0.05])
+def test_truncated_bundle_is_a_clear_error(tmp_path, compress, keep):
+    bundle = _bundle(tmp_path, compress=compress)
+    raw = bundle.read_bytes()
+    bundle.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(VerificationFailed) as info:
+        check_bundle(bundle)
+    assert info.value.code == "bundle_truncated"
+    assert "truncated" in info.value.message and bundle.name in info.value.message
+
+
+def test_bundle_cut_at_a_member_boundary_is_truncated(tmp_path):
+    """A cut exactly between members reads as a clean end of archive: the manifest catches it."""
+    bundle = _bundle(tmp_path)
+    with tarfile.open(bundle) as tf:
+        last = tf.getmembers()[-1]
+    bundle.write_bytes(bundle.read_bytes()[: last.offset])
+    with pytest.raises(VerificationFailed, match="models/tiny.gguf") as info:
+        check_bundle(bundle)
+    assert info.value.code == "bundle_truncated"
+
+
+def test_empty_file_and_not_a_bundle(tmp_path):
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    with pytest.raises(VerificationFailed, match="truncated"):
+        check_bundle(empty)
+    other = tmp_path / "other.tar"
+    with tarfile.open(other, "w") as tf:
+        info = tarfile.TarInfo("README")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(VerificationFailed, match="not an aiboxctl bundle"):
+        check_bundle(other)
+
+
+@pytest.mark.parametrize("target, words", [
+    (TargetPlatform(python="3.11", platform="manylinux_2_28_aarch64"), "manylinux_2_28_aarch64"),
+    (TargetPlatform(python="3.9" if sys.version_info[:2] != (3, 9) else "3.12",
+                    platform=HERE.platform), "CPython 3."),
+])
+def test_bundle_for_another_machine_says_what_it_is_for(tmp_path, target, words):
+    bundle = _bundle(tmp_path, target=target)
+    with pytest.raises(BundleError) as info:
+        check_bundle(bundle)
+    msg = info.value.message
+    assert info.value.code == "bundle_wrong_target"
+    assert msg.startswith(f"bundle is for {target.describe()}") and words in msg
+    assert "this machine runs" in msg
+
+
+def _evil_bundle(tmp_path: Path, add) -> Path:
+    """A bundle with a valid manifest first, then whatever ``add`` puts in."""
+    good = _bundle(tmp_path, name="good.tar")
+    manifest, _ = read_manifest(good)
+    raw = manifest.to_bytes()
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(MANIFEST_NAME)
+        info.size = len(raw)
+        tf.addfile(info, io.BytesIO(raw))
+        add(tf)
+    return evil
+
+
+def test_path_traversal_member_is_refused(tmp_path):
+    def add(tf):
+        info = tarfile.TarInfo("../etc/passwd")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"root\n"))
+
+    evil = _evil_bundle(tmp_path, add)
+    with pytest.raises(VerificationFailed) as info:
+        check_bundle(evil)
+    assert info.value.code == "bundle_unsafe_member" and "../etc/passwd" in info.value.message
+    assert not (tmp_path / "etc" / "passwd").exists()
+
+
+def test_absolute_member_is_refused(tmp_path):
+    def add(tf):
+        info = tarfile.TarInfo("/tmp/aibox-evil-absolute")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+
+    with pytest.raises(VerificationFailed, match="aibox-evil-absolute"):
+        check_bundle(_evil_bundle(tmp_path, add))
+    assert not Path("/tmp/aibox-evil-absolute").exists()
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "../../../etc/passwd"])
+def test_symlink_pointing_outside_is_refused(tmp_path, target):
+    def add(tf):
+        info = tarfile.TarInfo("wheels/evil.whl")
+        info.type = tarfile.SYMTYPE
+        info.linkname = target
+        tf.addfile(info)
+
+    with pytest.raises(VerificationFailed) as info:
+        check_bundle(_evil_bundle(tmp_path, add))
+    assert info.value.code == "bundle_unsafe_member" and "wheels/evil.whl" in info.value.message
+
+
+def test_manifest_naming_a_path_outside_is_refused(tmp_path):
+    raw = json.loads(read_manifest(_bundle(tmp_path))[0].to_bytes())
+    raw["members"][0]["path"] = "../etc/passwd"
+    with pytest.raises(VerificationFailed, match="outside the bundle"):
+        BundleManifest.from_bytes(json.dumps(raw).encode())
+
+
+def test_unlisted_member_is_refused(tmp_path):
+    def add(tf):
+        info = tarfile.TarInfo("extra.sh")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"rm\n"))
+
+    with pytest.raises(VerificationFailed, match="extra.sh.*not listed"):
+        check_bundle(_evil_bundle(tmp_path, add))
+
+
+def test_not_enough_disk_is_refused_before_extracting(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    bundle = _bundle(tmp_path)
+    manifest, _ = read_manifest(bundle)
+    store, scratch = _dirs(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
+    scanned = []
+    monkeypatch.setattr("aiboxctl.bundle.unpack.scan_bundle", lambda *a, **k: scanned.append(a))
+    with pytest.raises(BundleError) as info:
+        check_bundle(bundle, needs=space_needed(manifest, store=store, scratch=scratch))
+    assert info.value.code == "insufficient_disk" and "not enough disk space" in info.value.message
+    assert scanned == [] and _nothing_written(tmp_path)
+
+
+def test_pack_refuses_weights_that_do_not_match_their_checksum(tmp_path):
+    entries = _entries(tmp_path)
+    entries[-1] = Entry("models/tiny.gguf", source=entries[-1].source, expected_sha256="0" * 64)
+    with pytest.raises(VerificationFailed, match="tiny.gguf"):
+        write_bundle(tmp_path / "x.tar", entries, target=HERE)
+    assert not (tmp_path / "x.tar").exists() and not (tmp_path / "x.tar.partial").exists()
+
+
+def test_pack_refuses_when_the_output_disk_is_too_small(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 4096))
+    with pytest.raises(BundleError, match="not enough disk space"):
+        write_bundle(tmp_path / "x.tar", _entries(tmp_path), target=HERE)
+    assert not (tmp_path / "x.tar.partial").exists()
+
+
+def test_scan_refuses_a_second_copy_of_a_member(tmp_path):
+    manifest, _ = read_manifest(_bundle(tmp_path, name="good.tar"))
+    plan = manifest.member("plan.json")
+
+    def add(tf):
+        for _ in range(2):
+            data = json.dumps({"variant": "tiny"}).encode()
+            info = tarfile.TarInfo("plan.json")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+    assert plan is not None
+    with pytest.raises(VerificationFailed, match="twice"):
+        scan_bundle(_evil_bundle(tmp_path, add), manifest)
