@@ -14,6 +14,10 @@ class Env:
     HF_TOKEN = "HF_TOKEN"
     HF_HUB_OFFLINE = "HF_HUB_OFFLINE"
     MODELSCOPE_ENDPOINT = "MODELSCOPE_ENDPOINT"
+    # tests: make `aiboxctl install` fail at a named point (after-file:N, before-start, after-start,
+    # smoke) to prove the rollback
+    INJECT_FAILURE = "AIBOX_INJECT_FAILURE"
+    API_KEY = "AIBOX_API_KEY"  # chat/bench: the key to send (default: the installed key file)
     # tests: make the engine self-test child crash (SIGSEGV) while the named risky options are
     # on, e.g. "repack" or "repack,flash_attn" — proves the fallback path on any machine
     SELFTEST_FAULT = "AIBOX_SELFTEST_FAULT"

@@ -21,6 +21,10 @@ from aiboxctl.errors import ErrorInfo, ExitCode, from_exception
 
 COMMAND_MODULES: tuple[str, ...] = (
     "paths",
+    "install",
+    "service",
+    "chat",
+    "bench",
 )
 
 app = typer.Typer(

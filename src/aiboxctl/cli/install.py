@@ -1,0 +1,126 @@
+"""``aiboxctl install``, ``uninstall``, ``upgrade``, ``rollback``: the install transaction and its manifest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from aiboxctl.cli import output
+from aiboxctl.cli.options import JsonOpt, RootOpt, YesOpt
+
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the diff of what would change; touch nothing.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Catalog variant to serve instead of the plan's choice.")]
+HealthTimeoutOpt = Annotated[float, typer.Option("--health-timeout", help="Seconds to wait for the service to become healthy.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("install")(install)
+    app.command("uninstall")(uninstall)
+    app.command("upgrade")(upgrade)
+    app.command("rollback")(rollback)
+
+
+def _render_install(console: Any, r: Any) -> None:
+    verb = "Would change" if r.dry_run else "Changed"
+    if r.dry_run:
+        for c in r.changes:
+            if c.changed:
+                console.print(f"[bold]{c.action}[/bold] {c.path} ({c.mode})")
+                if c.diff:
+                    console.print(c.diff.rstrip("\n"), markup=False, highlight=False)
+    console.print(f"aibox [bold]{r.profile}[/bold] on [bold]{r.model_variant}[/bold] under {r.root}: "
+                  f"{verb.lower()} {r.changed} file(s)" if r.changed else
+                  f"aibox [bold]{r.profile}[/bold] on [bold]{r.model_variant}[/bold] under {r.root}: 0 changes")
+    if not r.dry_run:
+        console.print(f"  generation   {r.generation}   service ({r.manager}): {r.service_action}")
+        console.print(f"  endpoint     {r.endpoint}  (OpenAI-compatible)")
+        console.print(f"  API key      {r.api_key_file or 'none (loopback only)'}")
+        if r.audit_log:
+            console.print(f"  audit log    {r.audit_log}")
+        if r.smoke.get("answer"):
+            answer = " ".join(r.smoke["answer"].split())[:80]
+            console.print(f"  smoke test   ok: {answer!r}", markup=False)
+        console.print("  next:        " + "   ".join(r.next_commands), markup=False)
+    for note in r.notes:
+        console.print(f"  [dim]{note}[/dim]")
+
+
+def install(
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Use-case profile (demo, gov-office, finance, …) or a YAML file.")],
+    model: ModelOpt = None,
+    root: RootOpt = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Listen port (default: the profile's).")] = None,
+    bind: Annotated[Optional[str], typer.Option("--bind", help="Listen address (default: the profile's; beyond loopback needs an API key).")] = None,
+    dry_run: DryRunOpt = False,
+    replan: Annotated[bool, typer.Option("--replan", help="Plan again even when the inputs match the installed generation.")] = False,
+    health_timeout: HealthTimeoutOpt = 300.0,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> int:
+    """Install the appliance: probe, plan, pull, fit, render, write, start, verify (one transaction)."""
+    from aiboxctl.deploy.install import install as run_install
+
+    result = run_install(profile, model=model, root=root, port=port, bind=bind, dry_run=dry_run, replan=replan,
+                         health_timeout=health_timeout, progress=output.note,
+                         confirm=lambda q: output.confirm(q, yes=yes))
+    return output.emit(result, _render_install)
+
+
+def uninstall(
+    root: RootOpt = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the model file and the logs (audit log included).")] = False,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> int:
+    """Stop the service and remove exactly what the install manifest lists (models kept unless --purge)."""
+    from aiboxctl.deploy.lifecycle import uninstall as run_uninstall
+    from aiboxctl.deploy.manifest import require_manifest
+    from aiboxctl.paths import InstallLayout
+
+    layout = InstallLayout.for_root(root)
+    require_manifest(layout)
+    output.confirm(f"Uninstall aibox from {layout.root}{' and purge its model and logs' if purge else ''}?", yes=yes)
+    result = run_uninstall(root, purge=purge)
+
+    def human(console: Any, r: Any) -> None:
+        console.print(f"Removed {len(r.removed_files)} file(s), {len(r.removed_dirs)} directorie(s)"
+                      f"{', users ' + ', '.join(r.removed_users) if r.removed_users else ''} under {r.root}.")
+        if r.kept:
+            console.print(f"  kept (use --purge to delete): {', '.join(r.kept)}", markup=False)
+        if r.purged_models:
+            console.print(f"  purged model: {', '.join(r.purged_models)}", markup=False)
+
+    return output.emit(result, human)
+
+
+def upgrade(
+    root: RootOpt = None,
+    model: ModelOpt = None,
+    dry_run: DryRunOpt = False,
+    health_timeout: HealthTimeoutOpt = 300.0,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> int:
+    """Re-plan and re-render the installed profile (new aiboxctl or --model); the previous generation is kept for rollback."""
+    from aiboxctl.deploy.lifecycle import upgrade as run_upgrade
+
+    result = run_upgrade(root, model=model, dry_run=dry_run, health_timeout=health_timeout, progress=output.note,
+                         confirm=lambda q: output.confirm(q, yes=yes))
+    return output.emit(result, _render_install)
+
+
+def rollback(
+    root: RootOpt = None,
+    to: Annotated[Optional[int], typer.Option("--to", help="Generation to restore (default: the previous one).")] = None,
+    dry_run: DryRunOpt = False,
+    health_timeout: HealthTimeoutOpt = 300.0,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> int:
+    """Restore a kept generation's files byte for byte, restart and verify the service."""
+    from aiboxctl.deploy.lifecycle import rollback as run_rollback
+
+    result = run_rollback(root, to=to, dry_run=dry_run, health_timeout=health_timeout, progress=output.note,
+                          confirm=lambda q: output.confirm(q, yes=yes))
+    return output.emit(result, _render_install)

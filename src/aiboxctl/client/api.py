@@ -1,0 +1,237 @@
+"""A small client of the appliance's OpenAI-compatible API (httpx), shared by install's smoke
+test, ``status``, ``chat`` and ``bench``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiboxctl.errors import AiboxError, ServiceDown, VerificationFailed
+from aiboxctl.paths import InstallLayout
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str  # base URL without /v1, e.g. http://127.0.0.1:8080
+    api_key: str | None = None
+    model: str | None = None
+    key_file: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+def read_api_key(path: str | Path) -> str | None:
+    """First key of an api_keys file (lines ``key`` or ``id:key``; # comments)."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line.split(":", 1)[1] if ":" in line else line
+    return None
+
+
+def endpoint_from_install(root: str | Path | None = None, *, url: str | None = None,
+                          api_key: str | None = None) -> Endpoint:
+    """The endpoint and key of the installation under ``root`` (``--url``/``--api-key`` win)."""
+    import yaml
+
+    layout = InstallLayout.for_root(root)
+    cfg: dict[str, Any] = {}
+    try:
+        cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        if url is None:
+            hint = "aiboxctl install --profile demo" + ("" if str(layout.root) == "/" else f" --root {layout.root}")
+            raise ServiceDown(f"no aibox installation under {layout.root} (and no --url)", hint=hint) from None
+    if url is None:
+        host = str(cfg.get("host") or "127.0.0.1")
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        url = f"http://{host}:{int(cfg.get('port') or 8080)}"
+    key_file = cfg.get("api_keys_file")
+    if api_key is None and key_file:
+        try:
+            api_key = read_api_key(key_file)
+        except PermissionError as exc:
+            raise AiboxError(f"cannot read the API key file {key_file}", code="permission_denied",
+                             hint="run as root, or pass --api-key KEY") from exc
+        except FileNotFoundError:
+            api_key = None
+    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file)
+
+
+def _client(timeout: float):
+    import httpx
+
+    return httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))
+
+
+def health(endpoint: Endpoint, timeout: float = 3.0) -> tuple[int | None, dict]:
+    """(HTTP status or None when nothing answers, JSON body or {})."""
+    import httpx
+
+    try:
+        with _client(timeout) as c:
+            r = c.get(f"{endpoint.url}/health", headers=endpoint.headers())
+    except httpx.HTTPError:
+        return None, {}
+    try:
+        body = r.json()
+    except ValueError:
+        body = {}
+    return r.status_code, body if isinstance(body, dict) else {}
+
+
+def wait_healthy(endpoint: Endpoint, timeout: float, alive: Callable[[], str | None] | None = None,
+                 interval: float = 0.25) -> dict:
+    """Poll /health until 200. ``alive`` returns a reason when the service died for good
+    (so a crash fails at once, not after the timeout)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        code, body = health(endpoint)
+        if code == 200:
+            return body
+        last = f"HTTP {code}: {body.get('status') or body.get('detail') or ''}".strip() if code else "no answer"
+        if alive is not None:
+            reason = alive()
+            if reason:
+                raise ServiceDown(f"the service is not running: {reason}", hint="aiboxctl logs")
+        if time.monotonic() >= deadline:
+            raise ServiceDown(f"the service did not become healthy within {timeout:.0f} s ({last})",
+                              hint="aiboxctl logs")
+        time.sleep(interval)
+
+
+@dataclass
+class ChatOutcome:
+    answer: str
+    finish_reason: str | None
+    usage: dict[str, Any]
+    timings: dict[str, float]
+    interrupted: bool = False
+    chunks: int = 0
+
+
+@dataclass
+class StreamEvent:
+    text: str = ""
+    done: bool = False
+    outcome: ChatOutcome | None = None
+
+
+def _raise_for(r, endpoint: Endpoint) -> None:
+    if r.status_code in (401, 403):
+        raise AiboxError(f"the service refused the API key (HTTP {r.status_code})", code="unauthorized",
+                         hint="pass --api-key KEY or run where the installed key file is readable")
+    if r.status_code >= 400:
+        try:
+            r.read()
+            detail = r.text[:200]
+        except Exception:  # noqa: BLE001 - best effort detail for the message
+            detail = ""
+        raise VerificationFailed(f"chat request failed: HTTP {r.status_code} {detail}".strip(),
+                                 code="request_failed", hint="aiboxctl status")
+
+
+def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_tokens: int | None = None,
+                temperature: float | None = None, timeout: float = 300.0,
+                extra: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+    """Stream one chat completion: yields text deltas, then a final event with the outcome.
+    Closing the generator (Ctrl-C in the REPL) closes the connection, which cancels the answer."""
+    import httpx
+
+    body: dict[str, Any] = {"model": endpoint.model or "default", "messages": messages, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if temperature is not None:
+        body["temperature"] = temperature
+    body.update(extra or {})
+    parts: list[str] = []
+    usage: dict[str, Any] = {}
+    finish = None
+    chunks = 0
+    t0 = time.perf_counter()
+    t_first = t_last = None
+    try:
+        with _client(timeout) as c, c.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body,
+                                             headers=endpoint.headers()) as r:
+            _raise_for(r, endpoint)
+            for line in r.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                if chunk.get("error"):
+                    raise VerificationFailed(f"chat request failed: {chunk['error']}", code="request_failed")
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content") or ""
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    if delta:
+                        now = time.perf_counter()
+                        t_first = t_first or now
+                        t_last = now
+                        chunks += 1
+                        parts.append(delta)
+                        yield StreamEvent(text=delta)
+    except httpx.ConnectError as exc:
+        raise ServiceDown(f"the service at {endpoint.url} is not answering", hint="aiboxctl status") from exc
+    except httpx.HTTPError as exc:
+        raise VerificationFailed(f"chat request failed: {type(exc).__name__}: {exc}", code="request_failed",
+                                 hint="aiboxctl status") from exc
+    t_end = time.perf_counter()
+    completion = int(usage.get("completion_tokens") or chunks)
+    timings = {"total_s": t_end - t0}
+    if t_first is not None:
+        timings["ttft_s"] = t_first - t0
+        if completion > 1 and t_last and t_last > t_first:
+            timings["decode_tok_s"] = (completion - 1) / (t_last - t_first)
+        timings["tok_s"] = completion / max(t_end - t0, 1e-9)
+    yield StreamEvent(done=True, outcome=ChatOutcome("".join(parts), finish, usage, timings, chunks=chunks))
+
+
+def chat_once(endpoint: Endpoint, messages: list[dict[str, str]], *,
+              on_text: Callable[[str], None] | None = None, **kwargs: Any) -> ChatOutcome:
+    """One streamed completion; ``on_text`` sees each delta. Raises VerificationFailed when empty."""
+    outcome = None
+    for event in stream_chat(endpoint, messages, **kwargs):
+        if event.text and on_text:
+            on_text(event.text)
+        if event.done:
+            outcome = event.outcome
+    if outcome is None or not outcome.answer.strip():
+        raise VerificationFailed("the service returned an empty answer", code="empty_reply",
+                                 hint="aiboxctl logs")
+    return outcome
+
+
+def complete_raw(endpoint: Endpoint, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+    """A non-streamed completion (bench uses it for usage counts)."""
+    import httpx
+
+    try:
+        with _client(timeout) as c:
+            r = c.post(f"{endpoint.url}/v1/chat/completions", json=body, headers=endpoint.headers())
+    except httpx.ConnectError as exc:
+        raise ServiceDown(f"the service at {endpoint.url} is not answering", hint="aiboxctl status") from exc
+    _raise_for(r, endpoint)
+    return r.json()
+
+
+__all__ = ["Endpoint", "ChatOutcome", "StreamEvent", "endpoint_from_install", "health", "wait_healthy",
+           "stream_chat", "chat_once", "complete_raw", "read_api_key"]

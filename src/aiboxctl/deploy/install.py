@@ -1,0 +1,453 @@
+"""The install transaction and the lifecycle built on its manifest.
+
+install: probe → plan → pull (unless present and verified) → exact memory check on this box
+(pin the fitted parameters) → render → write → enable/start → wait healthy → smoke test → commit
+the manifest. Any failure after the first write puts the previous files, manifest and service
+state back.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiboxctl import __version__
+from aiboxctl.deploy import manifest as mf
+from aiboxctl.deploy.manifest import InstallManifest
+from aiboxctl.deploy.render import RenderedFile, safe_path
+from aiboxctl.deploy.services import ServiceManager, choose_manager, manager_for, service_env, systemd_version
+from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, render_appliance, service_command
+from aiboxctl.deploy.transaction import FileChange, Transaction, entries_for, maybe_fail, plan_changes, write_plain
+from aiboxctl.errors import AiboxError, ServiceDown, UsageError
+from aiboxctl.paths import InstallLayout, StatePaths
+from aiboxctl.system import run_command
+
+Progress = Callable[[str], None]
+KEEP_GENERATIONS = 5
+DEFAULT_HEALTH_TIMEOUT_S = 300.0
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    root: str
+    profile: str
+    model_variant: str
+    quant: str | None
+    model_path: str
+    dry_run: bool
+    changed: int
+    changes: tuple[FileChange, ...]
+    generation: int | None
+    manager: str
+    service_action: str  # started | restarted | unchanged | would-start | none
+    endpoint: str
+    api_key_file: str | None
+    audit_log: str | None
+    engine: dict[str, Any]
+    predicted: dict[str, Any]
+    smoke: dict[str, Any]
+    steps: dict[str, float]
+    reused_plan: bool
+    next_commands: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["changes"] = [{"path": c.path, "action": c.action, "mode": c.mode,
+                         **({"diff": c.diff} if self.dry_run and c.changed else {})}
+                        for c in self.changes if c.changed or self.dry_run]
+        return d
+
+
+def _root_flag(layout: InstallLayout) -> str:
+    return "" if str(layout.root) == "/" else f" --root {layout.root}"
+
+
+def is_system_install(layout: InstallLayout) -> bool:
+    return str(layout.root) == "/" and os.geteuid() == 0
+
+
+# --- the pieces owned by other areas, behind one function each ------------------------------
+
+def _probe():
+    from aiboxctl.hardware.probe import probe_box
+
+    return probe_box()
+
+
+def _hardware_fingerprint(hardware: Any) -> dict[str, Any]:
+    """What of the box the plan depends on and does not drift between two runs (total memory,
+    cores, accelerators; not free memory)."""
+    from aiboxctl.cli.output import to_jsonable
+
+    d = to_jsonable(hardware)
+    cpu = d.get("cpu") or {}
+    mem = d.get("memory") or {}
+    accels = [{k: a.get(k) for k in ("vendor", "model", "name", "memory_total", "pci_bus_id") if k in a}
+              for a in d.get("accelerators") or []]
+    return {"cpu": {k: cpu.get(k) for k in ("model", "cores", "threads", "sockets") if k in cpu},
+            "memory_total": mem.get("total"), "accelerators": accels}
+
+
+def _plan(profile: Any, hardware: Any, model: str | None):
+    from aiboxctl.sizing.planner import plan
+
+    return plan(profile, hardware, model=model)
+
+
+def _plan_facts(plan: Any) -> dict[str, Any]:
+    """Plan → {variant, quant, engine params, predicted figures} (contract 6)."""
+    from aiboxctl.cli.output import to_jsonable
+    from aiboxctl.deploy.spec import ENGINE_DEFAULTS
+
+    d = to_jsonable(plan)
+    params = d.get("engine") or d.get("params") or d.get("engine_params") or {}
+    engine = {k: v for k, v in params.items() if k in ENGINE_DEFAULTS and k not in ("model", "model_name", "host", "port")}
+    predicted = d.get("predicted") or {}
+    if not predicted:
+        predicted = {k: d[k] for k in ("decode_tok_s", "prefill_tok_s", "aggregate_tok_s",
+                                       "predicted_decode_tok_s", "predicted_prefill_tok_s") if k in d}
+    variant = d.get("variant") or {}
+    name = variant.get("name") if isinstance(variant, dict) else variant
+    return {"variant": name or d.get("variant_name") or d.get("model"), "quant": d.get("quant"),
+            "engine": engine, "predicted": predicted, "plan": plan}
+
+
+def _ensure_model(facts: dict[str, Any], progress: Progress, dry_run: bool) -> tuple[str, bool]:
+    """The local path of the planned model: from the store when present and verified, else pulled.
+    Returns (path, pulled). In a dry run nothing is pulled: the path is where it would be."""
+    from aiboxctl.hub.store import ModelStore
+
+    store = ModelStore(StatePaths.from_env().models)
+    found = store.find(facts["variant"], facts["quant"])
+    if found is not None and Path(found.path).is_file():
+        return str(found.path), False
+    if dry_run:
+        return f"<pulled into {StatePaths.from_env().models}>", False
+    from aiboxctl.hub.pull import pull
+
+    progress(f"pulling {facts['variant']} ({facts['quant'] or 'planned quant'})")
+    result = pull(facts["variant"], quant=facts["quant"])
+    paths = getattr(result, "paths", None) or [getattr(result, "path")]
+    return str(paths[0]), True
+
+
+def _fit(facts: dict[str, Any], model_path: str) -> dict[str, Any]:
+    """The on-box exact memory check (the sizing dry run): loads the model's metadata with
+    allocation off, measures every buffer and returns the engine parameters that fit (pinned)."""
+    from aiboxctl.sizing import dryrun
+
+    fitted = dryrun.fit(facts["plan"], model_path)
+    from aiboxctl.cli.output import to_jsonable
+    from aiboxctl.deploy.spec import ENGINE_DEFAULTS
+
+    d = to_jsonable(fitted)
+    params = d.get("engine") or d.get("params") or d
+    return {k: v for k, v in params.items() if k in ENGINE_DEFAULTS and k not in ("model", "model_name", "host", "port")}
+
+
+# --- the transaction --------------------------------------------------------------------------
+
+def inputs_fingerprint(profile: Any, model: str | None, overrides: dict[str, Any], hardware_fp: dict) -> str:
+    from aiboxctl.cli.output import to_jsonable
+
+    doc = {"profile": to_jsonable(profile), "model": model, "overrides": overrides,
+           "aiboxctl": __version__, "hardware": hardware_fp}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _existing_keys(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return text if any(line.strip() and not line.startswith("#") for line in text.splitlines()) else None
+
+
+def _new_keys() -> str:
+    return f"# aibox API keys: one per line, id:key. Clients send 'Authorization: Bearer <key>'.\nadmin:sk-aibox-{secrets.token_urlsafe(32)}\n"
+
+
+def _service_user(profile: Any, system: bool) -> tuple[str, str]:
+    if system:
+        user = str(profile.service.user)
+        return user, user
+    import grp
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+def _ensure_user(user: str, home: Path) -> bool:
+    """Create the dedicated system user if missing; True when created."""
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+        return False
+    except KeyError:
+        pass
+    nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false") if os.path.exists(p)), "/bin/false")
+    r = run_command(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(home),
+                     "--shell", nologin, "--comment", "aibox LLM service", user], timeout=30)
+    if not r.ok:
+        raise AiboxError(f"could not create the service user {user}: {r.failure_reason()}", code="useradd_failed")
+    return True
+
+
+def build_spec(*, layout: InstallLayout, profile: Any, facts: dict[str, Any], model_path: str,
+               engine_params: dict[str, Any], port: int | None, bind: str | None, system: bool) -> InstallSpec:
+    sec = profile.security
+    host = bind or str(sec.bind)
+    user, group = _service_user(profile, system)
+    state_home = str(StatePaths.from_env().home) if not system else str(layout.state)
+    engine = {
+        **engine_params,
+        "model": model_path,
+        "model_name": facts["variant"],
+        "host": host,
+        "port": int(port or profile.service.port),
+        # An API key whenever the profile asks or the service listens beyond loopback.
+        "api_keys_file": str(layout.etc / "api_keys") if (sec.api_key or not _is_loopback(host)) else None,
+        "audit_log": str(layout.log / "audit.jsonl") if sec.audit_log else None,
+        "audit_content": bool(sec.audit_content) if sec.audit_log else False,
+    }
+    version = systemd_version() if system else None
+    return InstallSpec(
+        root=str(layout.root), profile=profile.name, description=profile.description,
+        model_variant=str(facts["variant"]), quant=facts.get("quant"), engine=engine,
+        manager=choose_manager(layout), service_user=user, service_group=group,
+        exec_argv=service_command(), state_home=state_home, system_install=system,
+        restart_steps=bool(version and version >= 254), predicted=dict(facts.get("predicted") or {}),
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _service_for(spec: InstallSpec) -> ServiceManager:
+    return manager_for(spec.manager, spec.layout, service_env(spec.to_dict()))
+
+
+def _alive_check(service: ServiceManager) -> Callable[[], str | None]:
+    def check() -> str | None:
+        s = service.state()
+        if not s.active:
+            return s.detail
+        if s.manager == "supervisor" and s.restarts > 0:
+            return f"the engine exited (code {service_state_exit(service)}) and is being restarted"
+        return None
+
+    return check
+
+
+def service_state_exit(service: ServiceManager) -> Any:
+    from aiboxctl.deploy import supervisor
+
+    return supervisor.read_state(service.layout).last_exit
+
+
+def _smoke(layout: InstallLayout) -> dict[str, Any]:
+    from aiboxctl.client.api import chat_once, endpoint_from_install
+
+    maybe_fail("smoke")
+    endpoint = endpoint_from_install(layout.root)
+    outcome = chat_once(endpoint, [{"role": "user", "content": "Say hello in one short sentence."}],
+                        max_tokens=24, temperature=0.0, timeout=120)
+    return {"answer": outcome.answer, "usage": outcome.usage, "timings": outcome.timings}
+
+
+def _commit(layout: InstallLayout, files: tuple[RenderedFile, ...], manifest: InstallManifest) -> None:
+    base = mf.generation_path(layout, manifest.generation)
+    if base.exists():
+        shutil.rmtree(base)
+    for index, f in enumerate(files):
+        write_plain(base / "files" / str(index), f.content, 0o600)
+    write_plain(base / "manifest.json", mf.encode(manifest), 0o600)
+    write_plain(layout.manifest, mf.encode(manifest), 0o644)
+    for old in mf.list_generations(layout)[:-KEEP_GENERATIONS]:
+        shutil.rmtree(mf.generation_path(layout, old), ignore_errors=True)
+
+
+def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFile, ...],
+               previous: InstallManifest | None, *, fingerprint: str, progress: Progress,
+               health_timeout: float, steps: dict[str, float], users_created: tuple[str, ...] = (),
+               force_restart: bool = False) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:
+    """Write, (re)start, wait healthy, smoke-test and commit; roll everything back on failure."""
+    changes = plan_changes(files, previous)
+    changed = sum(c.changed for c in changes)
+    service = _service_for(spec)
+    was_active = service.state().active
+    prev_service = (_service_for(InstallSpec.from_dict(previous.spec))
+                    if previous is not None and previous.spec else None)
+    tx = Transaction()
+    created_users: list[str] = list(users_created)
+    action = "unchanged"
+    t = time.perf_counter()
+    try:
+        if spec.system_install:
+            if _ensure_user(spec.service_user, layout.state):
+                created_users.append(spec.service_user)
+        owner = spec.service_user if spec.system_install else None
+        group = spec.service_group if spec.system_install else None
+        tx.ensure_dir(layout.etc, 0o755)
+        tx.ensure_dir(layout.state, 0o750, owner, group)
+        tx.ensure_dir(layout.log, 0o750, owner, group)
+        for change, f in zip(changes, files):
+            if change.changed:
+                tx.write(f)
+        for change in changes[len(files):]:
+            if change.action == "remove":
+                tx.remove(change.path)
+        steps["write_s"] = time.perf_counter() - t
+        maybe_fail("before-start")
+        t = time.perf_counter()
+        if spec.manager == "systemd" and changed:
+            service.reload()
+        if not was_active:
+            progress(f"starting the service ({spec.manager})")
+            service.enable_start()
+            action = "started"
+        elif changed or force_restart:
+            progress(f"restarting the service ({spec.manager})")
+            service.restart()
+            action = "restarted"
+        maybe_fail("after-start")
+        from aiboxctl.client.api import endpoint_from_install, wait_healthy
+
+        progress("waiting for the service to load the model and pass its self-test")
+        wait_healthy(endpoint_from_install(layout.root), health_timeout, _alive_check(service))
+        steps["start_healthy_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress("smoke test: one real chat completion")
+        smoke = _smoke(layout)
+        steps["smoke_s"] = time.perf_counter() - t
+        generation = previous.generation if previous is not None else 0
+        if changed or previous is None or previous.inputs_fingerprint != fingerprint:
+            generation += 1
+            new = InstallManifest(
+                generation=generation, aiboxctl_version=__version__, root=str(layout.root),
+                profile=spec.profile, model_variant=spec.model_variant, files=entries_for(files),
+                directories=tuple(dict.fromkeys([*(previous.directories if previous else ()), *tx.created_dirs])),
+                users_created=tuple(dict.fromkeys([*(previous.users_created if previous else ()), *created_users])),
+                services_enabled=({"manager": spec.manager, "name": UNIT_NAME},),
+                spec=spec.to_dict(), inputs_fingerprint=fingerprint, model_path=str(spec.engine["model"]),
+                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
+            _commit(layout, files, new)
+        tx.commit()
+        return changes, generation, action, smoke
+    except BaseException as exc:
+        progress(f"install failed ({exc}); rolling back")
+        problems = tx.rollback()
+        if previous is not None and prev_service is not None and (was_active or action != "unchanged"):
+            # The previous generation's files are back: run them again if they ran before.
+            try:
+                if was_active:
+                    prev_service.restart()
+                else:
+                    prev_service.stop()
+            except Exception as again:  # noqa: BLE001 - report, keep the original error
+                problems.append(f"service: {again}")
+        elif previous is None:
+            try:
+                service.disable()
+            except Exception as again:  # noqa: BLE001
+                problems.append(f"service: {again}")
+        for user in created_users[len(users_created):]:
+            run_command(["userdel", user], timeout=30)
+        if problems and isinstance(exc, AiboxError):
+            exc.message += f" (rollback incomplete: {'; '.join(problems)})"
+        raise
+
+
+def install(profile_name: str, *, model: str | None = None, root: str | Path | None = None,
+            port: int | None = None, bind: str | None = None, dry_run: bool = False,
+            replan: bool = False, health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S,
+            progress: Progress = _noop, confirm: Callable[[str], None] | None = None) -> InstallResult:
+    from aiboxctl.sizing.profiles import load_use_case
+
+    layout = InstallLayout.for_root(root)
+    if str(layout.root) != "/":
+        safe_path(str(layout.root))
+    steps: dict[str, float] = {}
+    previous = mf.load_manifest(layout)
+    system = is_system_install(layout)
+    t = time.perf_counter()
+    profile = load_use_case(profile_name)
+    progress("probing the box")
+    hardware = _probe()
+    steps["probe_s"] = time.perf_counter() - t
+    overrides = {"port": port, "bind": bind, "root": str(layout.root)}
+    fingerprint = inputs_fingerprint(profile, model, overrides, _hardware_fingerprint(hardware))
+    reuse = (previous is not None and not replan and previous.inputs_fingerprint == fingerprint
+             and previous.spec and Path(previous.model_path).is_file())
+    notes: list[str] = []
+    if reuse:
+        # Same inputs as the installed generation: keep its pinned parameters (free memory
+        # drifts between runs; re-planning would churn the config for nothing).
+        spec = InstallSpec.from_dict(previous.spec)
+        notes.append("inputs unchanged: kept the pinned plan of the installed generation")
+    else:
+        t = time.perf_counter()
+        progress(f"planning for profile {profile.name}")
+        facts = _plan_facts(_plan(profile, hardware, model))
+        steps["plan_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model_path, pulled = _ensure_model(facts, progress, dry_run)
+        steps["pull_s"] = time.perf_counter() - t
+        engine_params = dict(facts["engine"])
+        if not dry_run or Path(model_path).is_file():
+            t = time.perf_counter()
+            progress("exact memory check on this box (dry run of the engine)")
+            engine_params.update(_fit(facts, model_path))
+            steps["fit_s"] = time.perf_counter() - t
+        spec = build_spec(layout=layout, profile=profile, facts=facts, model_path=model_path,
+                          engine_params=engine_params, port=port, bind=bind, system=system)
+    key_path = spec.engine.get("api_keys_file")
+    keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
+    files = render_appliance(spec, keys)
+    endpoint = f"http://{spec.engine['host']}:{spec.engine['port']}/v1"
+    rflag = _root_flag(layout)
+    next_commands = (f"aiboxctl chat{rflag}", f"aiboxctl status{rflag}", f"aiboxctl bench{rflag}")
+    common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
+                  model_path=str(spec.engine["model"]), manager=spec.manager, endpoint=endpoint,
+                  api_key_file=key_path, audit_log=spec.engine.get("audit_log"), engine=dict(spec.engine),
+                  predicted=dict(spec.predicted), reused_plan=bool(reuse), next_commands=next_commands)
+    if dry_run:
+        changes = plan_changes(files, previous)
+        running = _service_for(spec).state().active
+        changed = sum(c.changed for c in changes)
+        action = "would-start" if not running else ("would-restart" if changed else "unchanged")
+        return InstallResult(dry_run=True, changed=changed, changes=changes,
+                             generation=previous.generation if previous else None, service_action=action,
+                             smoke={}, steps=steps, notes=tuple(notes), **common)
+    changes = plan_changes(files, previous)
+    if confirm is not None and any(c.changed for c in changes):
+        confirm(f"Install aibox ({spec.profile}: {spec.model_variant}) under {layout.root}, "
+                f"{sum(c.changed for c in changes)} file(s) to write?")
+    changes, generation, action, smoke = apply_spec(
+        layout, spec, files, previous, fingerprint=fingerprint, progress=progress,
+        health_timeout=health_timeout, steps=steps)
+    return InstallResult(dry_run=False, changed=sum(c.changed for c in changes), changes=changes,
+                         generation=generation, service_action=action, smoke=smoke, steps=steps,
+                         notes=tuple(notes), **common)

@@ -1,0 +1,272 @@
+"""Lifecycle of an installation, read from its manifest: status, start/stop/restart, logs,
+uninstall, upgrade and rollback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiboxctl.deploy import manifest as mf
+from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _root_flag,
+                                     _service_for, _noop, apply_spec, install)
+from aiboxctl.deploy.render import RenderedFile
+from aiboxctl.deploy.services import ServiceManager
+from aiboxctl.deploy.spec import InstallSpec
+from aiboxctl.deploy.transaction import plan_changes
+from aiboxctl.errors import AiboxError, ServiceDown, UsageError
+from aiboxctl.paths import InstallLayout
+from aiboxctl.system import run_command
+
+Progress = Callable[[str], None]
+
+
+def _installed(root: str | Path | None) -> tuple[InstallLayout, mf.InstallManifest, InstallSpec, ServiceManager]:
+    layout = InstallLayout.for_root(root)
+    manifest = mf.require_manifest(layout)
+    spec = InstallSpec.from_dict(manifest.spec)
+    return layout, manifest, spec, _service_for(spec)
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    root: str
+    healthy: bool
+    service: dict[str, Any]
+    health: dict[str, Any]
+    profile: str
+    model_variant: str
+    model_path: str
+    generation: int
+    endpoint: str
+    api_key_file: str | None
+    plan: dict[str, Any]
+    memory_rss_bytes: int | None
+    log_file: str
+
+
+def _rss(pid: int | None) -> int | None:
+    if not pid:
+        return None
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            total += child.memory_info().rss
+        return total
+    except Exception:  # noqa: BLE001 - gone or not ours: unknown
+        return None
+
+
+def status(root: str | Path | None = None) -> StatusResult:
+    from aiboxctl.client.api import endpoint_from_install, health
+
+    layout, manifest, spec, service = _installed(root)
+    state = service.state()
+    endpoint = endpoint_from_install(layout.root)
+    code, body = health(endpoint) if state.active else (None, {})
+    e = spec.engine
+    plan = {k: e.get(k) for k in ("n_ctx", "parallel", "n_batch", "threads", "cache_type_k", "cache_type_v",
+                                  "flash_attn", "n_gpu_layers", "repack")}
+    plan["predicted"] = spec.predicted
+    return StatusResult(
+        root=str(layout.root), healthy=code == 200, service=vars(state) | {},
+        health={"http_status": code, **body}, profile=manifest.profile, model_variant=manifest.model_variant,
+        model_path=manifest.model_path, generation=manifest.generation, endpoint=f"{endpoint.url}/v1",
+        api_key_file=e.get("api_keys_file"), plan=plan, memory_rss_bytes=_rss(state.pid),
+        log_file=str(layout.log / "engine.log"),
+    )
+
+
+@dataclass(frozen=True)
+class ServiceActionResult:
+    root: str
+    action: str
+    manager: str
+    was_running: bool
+    running: bool
+    healthy: bool | None
+
+
+def start(root: str | Path | None = None, *, wait: bool = True,
+          timeout: float = DEFAULT_HEALTH_TIMEOUT_S) -> ServiceActionResult:
+    from aiboxctl.client.api import endpoint_from_install, wait_healthy
+
+    layout, _, spec, service = _installed(root)
+    was = service.state().active
+    if not was:
+        service.enable_start()
+    if wait:
+        wait_healthy(endpoint_from_install(layout.root), timeout, _alive_check(service))
+    return ServiceActionResult(str(layout.root), "start", spec.manager, was, True, True if wait else None)
+
+
+def stop(root: str | Path | None = None) -> ServiceActionResult:
+    layout, _, spec, service = _installed(root)
+    was = service.stop()
+    return ServiceActionResult(str(layout.root), "stop", spec.manager, was, service.state().active, None)
+
+
+def restart(root: str | Path | None = None, *, wait: bool = True,
+            timeout: float = DEFAULT_HEALTH_TIMEOUT_S) -> ServiceActionResult:
+    from aiboxctl.client.api import endpoint_from_install, wait_healthy
+
+    layout, _, spec, service = _installed(root)
+    was = service.state().active
+    service.restart() if was else service.enable_start()
+    if wait:
+        wait_healthy(endpoint_from_install(layout.root), timeout, _alive_check(service))
+    return ServiceActionResult(str(layout.root), "restart", spec.manager, was, True, True if wait else None)
+
+
+def log_path(root: str | Path | None = None) -> Path:
+    layout = InstallLayout.for_root(root)
+    mf.require_manifest(layout)
+    return layout.log / "engine.log"
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            block = min(size, max(8192, n * 400))
+            fh.seek(size - block)
+            data = fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = data.splitlines()
+    return lines[-n:] if n > 0 else []
+
+
+def follow(path: Path, poll: float = 0.25) -> Iterator[str]:
+    """Lines appended to the log from now on (survives copytruncate rotation)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        buf = b""
+        while True:
+            chunk = fh.read()
+            if chunk:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+            else:
+                if os.fstat(fh.fileno()).st_size < fh.tell():  # truncated by logrotate
+                    fh.seek(0)
+                time.sleep(poll)
+
+
+@dataclass(frozen=True)
+class UninstallResult:
+    root: str
+    removed_files: tuple[str, ...]
+    removed_dirs: tuple[str, ...]
+    removed_users: tuple[str, ...]
+    kept: tuple[str, ...]
+    purged_models: tuple[str, ...]
+    service_stopped: bool
+
+
+def uninstall(root: str | Path | None = None, *, purge: bool = False) -> UninstallResult:
+    """Stop and disable the service, remove exactly the files, directories and users the manifest
+    lists (and the manifest and its generations). Logs and the model are kept unless ``purge``."""
+    layout, manifest, spec, service = _installed(root)
+    stopped = service.stop()
+    service.disable()
+    if spec.manager == "systemd":
+        run_command(["systemctl", "daemon-reload"], timeout=60)
+    removed: list[str] = []
+    for entry in manifest.files:
+        p = Path(entry.path)
+        if p.exists() or p.is_symlink():
+            p.unlink()
+            removed.append(entry.path)
+    shutil.rmtree(mf.generations_dir(layout), ignore_errors=True)
+    layout.manifest.unlink(missing_ok=True)
+    kept: list[str] = []
+    purged: list[str] = []
+    if layout.log.is_dir():
+        for p in sorted(layout.log.iterdir()):
+            if purge:
+                p.unlink() if p.is_file() else shutil.rmtree(p)
+            else:
+                kept.append(str(p))
+    if purge and manifest.model_path and Path(manifest.model_path).is_file():
+        Path(manifest.model_path).unlink()
+        purged.append(manifest.model_path)
+    for runtime in (layout.run / "supervisor.pid", layout.run / "supervisor.json"):
+        runtime.unlink(missing_ok=True)
+    removed_dirs: list[str] = []
+    candidates = [*manifest.directories, str(layout.run)]
+    for d in sorted(set(candidates), key=lambda s: s.count("/"), reverse=True):
+        try:
+            Path(d).rmdir()
+            removed_dirs.append(d)
+        except OSError:
+            pass
+    users: list[str] = []
+    for user in manifest.users_created:
+        r = run_command(["userdel", user], timeout=30)
+        if r.ok:
+            users.append(user)
+    return UninstallResult(str(layout.root), tuple(removed), tuple(removed_dirs), tuple(users), tuple(kept),
+                           tuple(purged), stopped)
+
+
+def upgrade(root: str | Path | None = None, *, model: str | None = None, dry_run: bool = False,
+            health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S, progress: Progress = _noop,
+            confirm: Callable[[str], None] | None = None) -> InstallResult:
+    """Re-plan and re-render the installed profile (new aiboxctl, or ``--model``); the current
+    generation stays in var/lib/aibox/generations for ``rollback``."""
+    layout = InstallLayout.for_root(root)
+    manifest = mf.require_manifest(layout)
+    spec = InstallSpec.from_dict(manifest.spec)
+    return install(spec.profile, model=model, root=layout.root, port=int(spec.engine["port"]),
+                   bind=str(spec.engine["host"]), dry_run=dry_run, replan=True, health_timeout=health_timeout,
+                   progress=progress, confirm=confirm)
+
+
+def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: bool = False,
+             health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S, progress: Progress = _noop,
+             confirm: Callable[[str], None] | None = None) -> InstallResult:
+    """Put back a kept generation (default: the one before the current) byte for byte, as a
+    new generation, restart and verify it."""
+    layout, manifest, _, _ = _installed(root)
+    kept = [g for g in mf.list_generations(layout) if g != manifest.generation]
+    older = [g for g in kept if g < manifest.generation]
+    target = to if to is not None else (older[-1] if older else None)
+    if target is None or target not in kept:
+        raise UsageError(f"no earlier generation to roll back to (kept: {', '.join(map(str, kept)) or 'none'})",
+                         hint=f"aiboxctl status{_root_flag(layout)}")
+    old, contents = mf.load_generation(layout, target)
+    spec = InstallSpec.from_dict(old.spec)
+    files = tuple(RenderedFile(e.path, contents[e.path], int(e.mode, 8),
+                               e.owner if spec.system_install else None,
+                               e.group if spec.system_install else None, e.secret) for e in old.files)
+    steps: dict[str, float] = {}
+    common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
+                  model_path=str(spec.engine["model"]), manager=spec.manager,
+                  endpoint=f"http://{spec.engine['host']}:{spec.engine['port']}/v1",
+                  api_key_file=spec.engine.get("api_keys_file"), audit_log=spec.engine.get("audit_log"),
+                  engine=dict(spec.engine), predicted=dict(spec.predicted), reused_plan=True,
+                  next_commands=(f"aiboxctl status{_root_flag(layout)}",))
+    if dry_run:
+        changes = plan_changes(files, manifest)
+        return InstallResult(dry_run=True, changed=sum(c.changed for c in changes), changes=changes,
+                             generation=manifest.generation, service_action="would-restart", smoke={},
+                             steps=steps, notes=(f"would roll back to generation {target}",), **common)
+    if confirm is not None:
+        confirm(f"Roll back {layout.root} from generation {manifest.generation} to {target}?")
+    changes, generation, action, smoke = apply_spec(
+        layout, spec, files, manifest, fingerprint=old.inputs_fingerprint,
+        progress=progress, health_timeout=health_timeout, steps=steps, force_restart=True)
+    return InstallResult(dry_run=False, changed=sum(c.changed for c in changes), changes=changes,
+                         generation=generation, service_action=action, smoke=smoke, steps=steps,
+                         notes=(f"rolled back to the files of generation {target}",), **common)

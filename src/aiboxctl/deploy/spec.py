@@ -1,0 +1,169 @@
+"""What an installation is: the pinned inputs (:class:`InstallSpec`) and the files they render to."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiboxctl import __version__
+from aiboxctl.deploy.render import RenderedFile, render_template
+from aiboxctl.errors import UsageError
+from aiboxctl.paths import InstallLayout
+
+UNIT_NAME = "aibox.service"
+
+# Every key of the engine's EngineConfig (contract 4), in the order engine.yaml lists them,
+# with the engine's documented defaults. The plan and the dry run override them.
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "model": None,
+    "model_name": None,
+    "host": "127.0.0.1",
+    "port": 8080,
+    "n_ctx": 4096,
+    "parallel": 4,
+    "kv_unified": True,
+    "n_batch": 512,
+    "n_ubatch": 512,
+    "threads": None,
+    "threads_batch": None,
+    "cache_type_k": "f16",
+    "cache_type_v": "f16",
+    "flash_attn": "auto",
+    "swa_full": False,
+    "n_gpu_layers": 0,
+    "tensor_split": [],
+    "main_gpu": 0,
+    "repack": True,
+    "mmap": True,
+    "mlock": False,
+    "api_keys_file": None,
+    "audit_log": None,
+    "audit_content": False,
+    "max_tokens_cap": 4096,
+    "queue_size": 64,
+    "chat_template": None,
+    "selftest": True,
+}
+
+
+@dataclass(frozen=True)
+class InstallSpec:
+    """Everything the rendered files depend on. Two equal specs render identical bytes."""
+
+    root: str
+    profile: str
+    description: str
+    model_variant: str
+    quant: str | None
+    engine: dict[str, Any]
+    manager: str  # "systemd" | "supervisor"
+    service_user: str
+    service_group: str
+    exec_argv: tuple[str, ...]
+    state_home: str  # AIBOX_HOME the service sees
+    system_install: bool  # root prefix "/" as root: create the user, chown files
+    restart_steps: bool = False  # systemd >= 254 knows RestartSteps=/RestartMaxDelaySec=
+    predicted: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> InstallLayout:
+        return InstallLayout.for_root(self.root)
+
+    @property
+    def api_key_required(self) -> bool:
+        return bool(self.engine.get("api_keys_file"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root, "profile": self.profile, "description": self.description,
+            "model_variant": self.model_variant, "quant": self.quant, "engine": dict(self.engine),
+            "manager": self.manager, "service_user": self.service_user, "service_group": self.service_group,
+            "exec_argv": list(self.exec_argv), "state_home": self.state_home,
+            "system_install": self.system_install, "restart_steps": self.restart_steps,
+            "predicted": dict(self.predicted),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InstallSpec":
+        return cls(**{**d, "exec_argv": tuple(d["exec_argv"]), "engine": dict(d["engine"]),
+                      "predicted": dict(d.get("predicted") or {})})
+
+
+def service_command() -> tuple[str, ...]:
+    """The program the service runs: this installation's aiboxctl (same interpreter, same venv)."""
+    script = Path(sys.executable).with_name("aiboxctl")
+    if script.is_file() and os.access(script, os.X_OK):
+        return (str(script),)
+    return (str(Path(sys.executable)), "-m", "aiboxctl.cli.app")
+
+
+def check_bind(host: str, api_key_required: bool) -> None:
+    """Security default: an API key is required whenever the service listens beyond loopback."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise UsageError(f"bind address {host!r} is not an IP address",
+                         hint="set security.bind in the profile to 127.0.0.1, 0.0.0.0 or an address of this box") from exc
+    if not addr.is_loopback and not api_key_required:
+        raise UsageError(f"refusing to listen on {host} without an API key",
+                         hint="set security.api_key: true in the profile (required beyond loopback)")
+
+
+def _protect_home(paths: list[str]) -> str:
+    # The venv or the model store may live in a home directory (pip install --user, AIBOX_HOME=~):
+    # then the service needs to read there, never write.
+    homes = ("/home/", "/root/", "/run/user/")
+    return "read-only" if any(p.startswith(homes) for p in paths) else "yes"
+
+
+def render_appliance(spec: InstallSpec, api_keys: str | None) -> tuple[RenderedFile, ...]:
+    """The files of one installation, in the order they are written. ``api_keys`` is the key
+    file's content (kept across re-installs), None when the profile needs no key."""
+    layout = spec.layout
+    engine = {**ENGINE_DEFAULTS, **spec.engine}
+    unknown = set(engine) - set(ENGINE_DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown engine settings: {', '.join(sorted(unknown))}")
+    check_bind(str(engine["host"]), bool(engine["api_keys_file"]))
+    owner, group = (("root", spec.service_group) if spec.system_install else (None, None))
+    svc_owner = (spec.service_user, spec.service_group) if spec.system_install else (None, None)
+    common = {"version": __version__, "profile": spec.profile, "model_name": engine["model_name"]}
+    env_file = layout.etc / "aibox.env"
+    engine_log = layout.log / "engine.log"
+    files = [
+        RenderedFile(str(layout.engine_config),
+                     render_template("engine.yaml.j2", {**common, "engine": engine}).encode(),
+                     0o640, owner, group),
+        RenderedFile(str(env_file), render_template("aibox.env.j2", {
+            **common, "state_home": spec.state_home, "engine_config": str(layout.engine_config),
+        }).encode(), 0o644, "root" if spec.system_install else None, "root" if spec.system_install else None),
+    ]
+    if api_keys is not None:
+        if not engine["api_keys_file"]:
+            raise UsageError("an API key was generated but the engine config names no api_keys_file")
+        files.append(RenderedFile(str(engine["api_keys_file"]), api_keys.encode(), 0o600, *svc_owner,
+                                  secret=True))
+    unit_context = {
+        **common,
+        "description": f"aiboxctl LLM service ({spec.profile}: {engine['model_name']})",
+        "user": spec.service_user, "group": spec.service_group,
+        "state_home": spec.state_home, "engine_config": str(layout.engine_config),
+        "env_file": str(env_file), "engine_log": str(engine_log),
+        "exec_argv": [*spec.exec_argv, "serve", "--config", str(layout.engine_config)],
+        "restart_steps": spec.restart_steps, "mlock": bool(engine["mlock"]),
+        "protect_home": _protect_home([*spec.exec_argv, str(engine["model"]), spec.state_home]),
+        "read_write_paths": [str(layout.state), str(layout.log)],
+        "private_devices": int(engine["n_gpu_layers"] or 0) == 0,
+    }
+    files.append(RenderedFile(str(layout.unit_dir / UNIT_NAME),
+                              render_template("aiboxctl.service.j2", unit_context).encode(), 0o644,
+                              "root" if spec.system_install else None, "root" if spec.system_install else None))
+    files.append(RenderedFile(str(layout.logrotate_dir / "aibox"), render_template("logrotate.j2", {
+        **common, "log_dir": str(layout.log), "user": spec.service_user if spec.system_install else "root",
+        "group": spec.service_group if spec.system_install else "root",
+    }).encode(), 0o644, "root" if spec.system_install else None, "root" if spec.system_install else None))
+    return tuple(files)

@@ -1,0 +1,114 @@
+"""The file transaction under an install prefix: diff, atomic writes, rollback, manifest, generations."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from aiboxctl.deploy import manifest as mf
+from aiboxctl.deploy.render import RenderedFile
+from aiboxctl.deploy.transaction import InjectedFailure, Transaction, entries_for, plan_changes
+from aiboxctl.paths import InstallLayout
+
+
+def files_under(root: Path) -> dict[str, tuple[bytes, int]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+        else:
+            out[str(p.relative_to(root)) + "/"] = (b"", 0)
+    return out
+
+
+def rendered(root: Path, version: str) -> tuple[RenderedFile, ...]:
+    return (
+        RenderedFile(str(root / "etc/aibox/engine.yaml"), f"model: a\nversion: {version}\n".encode(), 0o640),
+        RenderedFile(str(root / "etc/aibox/api_keys"), b"admin:sk-secret\n", 0o600, secret=True),
+        RenderedFile(str(root / "etc/logrotate.d/aibox"), b"/var/log/aibox/*.log {}\n", 0o644),
+    )
+
+
+def apply(files, previous=None, fail_after=None, monkeypatch=None):
+    tx = Transaction()
+    for change, f in zip(plan_changes(files, previous), files):
+        if change.changed:
+            tx.write(f)
+    return tx
+
+
+def test_plan_changes_create_modify_unchanged_remove(tmp_path):
+    files = rendered(tmp_path, "1")
+    changes = plan_changes(files, None)
+    assert [c.action for c in changes] == ["create"] * 3
+    assert "+version: 1" in changes[0].diff
+    assert "sk-secret" not in changes[1].diff  # secrets never appear in a diff
+    apply(files).commit()
+    assert [c.action for c in plan_changes(files, None)] == ["unchanged"] * 3
+    os.chmod(files[1].path, 0o644)
+    assert [c.action for c in plan_changes(files, None)] == ["unchanged", "chmod", "unchanged"]
+    new = rendered(tmp_path, "2")
+    manifest = mf.InstallManifest(1, "0", str(tmp_path), "demo", "m", entries_for(files))
+    changes = plan_changes(new[:1], manifest)
+    assert [(Path(c.path).name, c.action) for c in changes] == [("engine.yaml", "modify"), ("api_keys", "remove"),
+                                                               ("aibox", "remove")]
+    assert "-version: 1\n+version: 2" in changes[0].diff
+
+
+def test_rollback_restores_bytes_modes_and_removes_created_dirs(tmp_path):
+    first = rendered(tmp_path, "1")
+    apply(first).commit()
+    (tmp_path / "etc/aibox/unrelated").write_text("keep me")
+    before = files_under(tmp_path)
+    second = (*rendered(tmp_path, "2"), RenderedFile(str(tmp_path / "new/dir/file"), b"x", 0o600))
+    tx = Transaction()
+    for f in second:
+        tx.write(f)
+    tx.remove(first[2].path)
+    assert files_under(tmp_path) != before
+    assert tx.rollback() == []
+    assert files_under(tmp_path) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_injected_failure_after_n_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIBOX_INJECT_FAILURE", "after-file:2")
+    tx = Transaction()
+    files = rendered(tmp_path, "1")
+    with pytest.raises(InjectedFailure):
+        for f in files:
+            tx.write(f)
+    assert tx.files_written == 2
+    tx.rollback()
+    assert not (tmp_path / "etc").exists()
+
+
+def test_secret_is_written_with_its_mode(tmp_path):
+    files = rendered(tmp_path, "1")
+    apply(files).commit()
+    assert stat.S_IMODE(Path(files[1].path).stat().st_mode) == 0o600
+    entries = entries_for(files)
+    assert entries[1].mode == "0600" and entries[1].secret
+    assert entries[0].sha256 == mf.sha256_bytes(files[0].content)
+
+
+def test_manifest_round_trip_and_generations(tmp_path):
+    layout = InstallLayout.for_root(tmp_path)
+    assert mf.load_manifest(layout) is None
+    from aiboxctl.deploy.install import _commit
+
+    files = rendered(tmp_path, "1")
+    apply(files).commit()
+    m = mf.InstallManifest(1, "0.1.0", str(tmp_path), "demo", "smollm2", entries_for(files),
+                           directories=(str(tmp_path / "etc"),), services_enabled=({"manager": "supervisor", "name": "aibox.service"},),
+                           spec={"x": 1}, inputs_fingerprint="abc", model_path="/m.gguf")
+    _commit(layout, files, m)
+    assert mf.load_manifest(layout) == m
+    assert mf.list_generations(layout) == [1]
+    old, contents = mf.load_generation(layout, 1)
+    assert old == m and contents[files[0].path] == files[0].content
+    with pytest.raises(Exception, match="no aibox installation"):
+        mf.require_manifest(InstallLayout.for_root(tmp_path / "elsewhere"))
