@@ -14,6 +14,7 @@ class Env:
     HF_TOKEN = "HF_TOKEN"
     HF_HUB_OFFLINE = "HF_HUB_OFFLINE"
     MODELSCOPE_ENDPOINT = "MODELSCOPE_ENDPOINT"
+    PROBE_TIMEOUT = "AIBOX_PROBE_TIMEOUT"  # pull: seconds a source gets to answer its first request (default 3)
     # tests: make `aiboxctl install` fail at a named point (after-file:N, before-start, after-start,
     # smoke) to prove the rollback
     INJECT_FAILURE = "AIBOX_INJECT_FAILURE"

