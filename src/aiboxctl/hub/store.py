@@ -1,0 +1,265 @@
+"""The model store: verified weight files and a record of where each came from.
+
+Layout under the store root (``$AIBOX_MODELS``, default ``$AIBOX_HOME/models``)::
+
+    index.json                      one record per file (below), written atomically under .index.lock
+    <owner>/<repo>/<file>.gguf      a hub file (the same path whichever source served it)
+    pypi/<package>/<file>.gguf      a model embedded in a PyPI package
+    .partial/<owner>/<repo>/<file>  resumable downloads in progress (+ .json: which upstream object)
+    .locks/                         one lock per file, so concurrent pulls of it wait, then reuse it
+    .quarantine/<time>-<file>       files that failed sha256 verification: never served
+
+A record carries source, repo, revision, size, sha256 and times, plus the catalog variant and
+quant it was pulled for, so ``find("deepseek-r1-distill-qwen-7b", "Q4_K_M")`` works offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from aiboxctl.errors import AiboxError, UsageError
+
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One verified file in the store (contract 3: path, sha256, size, source)."""
+
+    path: Path
+    repo: str  # owner/name, or pypi:<package>
+    file: str  # name in the repo (with any sub-folder)
+    size: int
+    sha256: str
+    source: str  # hf | mirror | modelscope | pypi | dir
+    endpoint: str | None = None  # which hub/mirror/folder served it
+    revision: str | None = None  # commit, or the package version
+    variant: str | None = None  # catalog variant it was pulled for
+    quant: str | None = None
+    shard: int | None = None  # 1-based, for split GGUFs
+    shards: int | None = None
+    expected_sha256_from: str | None = None  # hub-lfs | catalog | modelscope | package | none
+    pulled_at: float = 0.0
+    verified_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.repo}:{self.file}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["name"] = self.name
+        return d
+
+
+@dataclass(frozen=True)
+class VerifyEntry:
+    name: str
+    path: Path
+    ok: bool
+    expected: str
+    actual: str | None  # None: file missing
+    quarantined_to: Path | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    entries: tuple[VerifyEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(e.ok for e in self.entries)
+
+
+def _safe_parts(repo: str) -> list[str]:
+    parts = [p for p in repo.replace(":", "/").split("/") if p]
+    if not parts or any(p in (".", "..") or p.startswith(".") for p in parts):
+        raise UsageError(f"not a repository name: {repo!r}", hint="use owner/name, e.g. bartowski/Qwen2.5-7B-Instruct-GGUF")
+    return parts
+
+
+class ModelStore:
+    """``ModelStore(StatePaths.from_env().models)``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser()
+
+    # --- paths ----------------------------------------------------------------------------
+    def path_for(self, repo: str, file: str) -> Path:
+        return self.root.joinpath(*_safe_parts(repo), *_safe_parts(file))
+
+    def partial_for(self, repo: str, file: str) -> Path:
+        return self.root.joinpath(".partial", *_safe_parts(repo), *_safe_parts(file))
+
+    def lock_for(self, repo: str, file: str):
+        from filelock import FileLock
+
+        key = hashlib.sha256(f"{repo}:{file}".encode()).hexdigest()[:24]
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{key}.lock"))
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / ".quarantine"
+
+    def free_bytes(self) -> int:
+        """Free space on the store's filesystem (its nearest existing parent)."""
+        p = self.root
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        return shutil.disk_usage(p).free
+
+    # --- the index ------------------------------------------------------------------------
+    def _index_lock(self):
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / ".index.lock"))
+
+    def _read(self) -> list[StoredFile]:
+        try:
+            doc = json.loads((self.root / "index.json").read_text())
+        except FileNotFoundError:
+            return []
+        except (json.JSONDecodeError, OSError) as exc:
+            raise AiboxError(f"model store index {self.root / 'index.json'} is unreadable: {exc}",
+                             code="store_corrupt", hint="aiboxctl models verify") from exc
+        out = []
+        for rec in doc.get("files", []):
+            rec = {k: v for k, v in rec.items() if k in StoredFile.__dataclass_fields__}
+            rec["path"] = self.root / rec["path"]
+            out.append(StoredFile(**rec))
+        return out
+
+    def _write(self, records: list[StoredFile]) -> None:
+        files = []
+        for r in sorted(records, key=lambda r: (r.repo, r.file)):
+            d = asdict(r)
+            d["path"] = os.path.relpath(r.path, self.root)
+            files.append(d)
+        tmp = self.root / f"index.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"version": INDEX_VERSION, "files": files}, indent=1) + "\n")
+        os.replace(tmp, self.root / "index.json")
+
+    def records(self) -> list[StoredFile]:
+        return self._read()
+
+    def get(self, repo: str, file: str) -> StoredFile | None:
+        for r in self._read():
+            if r.repo == repo and r.file == file:
+                return r
+        return None
+
+    def present(self, repo: str, file: str, expected_sha256: str | None = None) -> StoredFile | None:
+        """The record when the file is in place with its recorded size (and the expected hash,
+        when one is known). Cheap: no re-hashing; ``models verify`` re-reads."""
+        r = self.get(repo, file)
+        if r is None or not r.path.is_file() or r.path.stat().st_size != r.size:
+            return None
+        if expected_sha256 and r.sha256 != expected_sha256.lower():
+            return None
+        return r
+
+    def add(self, record: StoredFile) -> StoredFile:
+        with self._index_lock():
+            records = [r for r in self._read() if not (r.repo == record.repo and r.file == record.file)]
+            records.append(record)
+            self._write(records)
+        return record
+
+    def update(self, repo: str, file: str, **changes) -> None:
+        with self._index_lock():
+            self._write([replace(r, **changes) if r.repo == repo and r.file == file else r for r in self._read()])
+
+    def find(self, variant_or_name: str, quant: str | None = None) -> StoredFile | None:
+        """A stored file by catalog variant (+quant), ``repo:file``, file name or repo; for a
+        split model the first shard (llama.cpp opens the others from it)."""
+        matches = self.find_all(variant_or_name, quant)
+        if not matches:
+            return None
+        matches.sort(key=lambda r: (r.shard or 1, -r.pulled_at))
+        return matches[0]
+
+    def find_all(self, variant_or_name: str, quant: str | None = None) -> list[StoredFile]:
+        key = variant_or_name.strip()
+        out = []
+        for r in self._read():
+            hit = (r.variant == key or r.name == key or r.file == key or Path(r.file).name == key
+                   or r.repo == key or r.path == Path(key))
+            if hit and (quant is None or (r.quant or "").upper() == quant.upper()
+                        or quant.upper() in r.file.upper()):
+                if r.path.is_file():
+                    out.append(r)
+        return out
+
+    # --- removal, verification, quarantine ------------------------------------------------
+    def remove(self, variant_or_name: str, quant: str | None = None) -> list[StoredFile]:
+        victims = self.find_all(variant_or_name, quant)
+        if not victims:
+            # also records whose file vanished
+            victims = [r for r in self._read() if r.name == variant_or_name or r.variant == variant_or_name]
+        if not victims:
+            raise AiboxError(f"no model named {variant_or_name!r} in the store {self.root}",
+                             code="not_found", hint="aiboxctl models list")
+        gone = {(r.repo, r.file) for r in victims}
+        with self._index_lock():
+            self._write([r for r in self._read() if (r.repo, r.file) not in gone])
+        for r in victims:
+            r.path.unlink(missing_ok=True)
+            _prune_empty(r.path.parent, self.root)
+        return victims
+
+    def quarantine(self, path: Path, reason: str = "sha256 mismatch") -> Path:
+        """Move a file out of the store's served paths; keep it for inspection."""
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.quarantine_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{path.name}"
+        os.replace(path, dest)
+        dest.with_name(dest.name + ".reason").write_text(reason + "\n")
+        return dest
+
+    def verify(self, variant_or_name: str | None = None, *, quant: str | None = None,
+               progress=None) -> VerifyReport:
+        """Re-hash stored files against their records; mismatches are quarantined and their
+        records dropped (so nothing serves them)."""
+        from aiboxctl.hub.verify import sha256_file
+
+        if variant_or_name is None:
+            targets = self._read()
+        else:
+            targets = [r for r in self._read() if r in self.find_all(variant_or_name, quant)
+                       or r.variant == variant_or_name or r.name == variant_or_name]
+            if not targets:
+                raise AiboxError(f"no model named {variant_or_name!r} in the store {self.root}",
+                                 code="not_found", hint="aiboxctl models list")
+        entries = []
+        for r in targets:
+            if not r.path.is_file():
+                entries.append(VerifyEntry(r.name, r.path, False, r.sha256, None))
+                continue
+            actual = sha256_file(r.path, progress=progress)
+            if actual == r.sha256:
+                self.update(r.repo, r.file, verified_at=time.time())
+                entries.append(VerifyEntry(r.name, r.path, True, r.sha256, actual))
+            else:
+                q = self.quarantine(r.path, f"sha256 mismatch: expected {r.sha256}, got {actual}")
+                with self._index_lock():
+                    self._write([x for x in self._read() if not (x.repo == r.repo and x.file == r.file)])
+                entries.append(VerifyEntry(r.name, r.path, False, r.sha256, actual, q))
+        return VerifyReport(tuple(entries))
+
+
+def _prune_empty(folder: Path, root: Path) -> None:
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
