@@ -21,11 +21,19 @@ from aiboxctl.errors import ErrorInfo, ExitCode, from_exception
 
 COMMAND_MODULES: tuple[str, ...] = (
     "paths",
+    "plan",
+    "serve",
+    "pull",
+    "models",
     "install",
     "service",
     "chat",
     "bench",
     "probe",
+    "inspect",
+    "estimate",
+    "pack",
+    "engine",
 )
 
 app = typer.Typer(
