@@ -21,8 +21,6 @@ from aiboxctl.errors import ErrorInfo, ExitCode, from_exception
 
 COMMAND_MODULES: tuple[str, ...] = (
     "paths",
-    "plan",
-    "serve",
     "pull",
     "models",
     "install",
@@ -30,10 +28,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "chat",
     "bench",
     "probe",
-    "inspect",
-    "estimate",
-    "pack",
-    "engine",
 )
 
 app = typer.Typer(
