@@ -271,3 +271,43 @@ def load_catalog() -> Catalog:
     cat = validate(doc, Catalog)
     _check(doc, cat)
     return cat
+
+
+def facts_for(variant: Variant, qfile: QuantFile):
+    """:class:`~aiboxctl.sizing.facts.ModelFacts` from the catalog alone (no download).
+
+    Weights total the file size; the split between embedding, layers and experts is estimated
+    from the architecture. When the header can be read, use ``ModelFacts.from_header`` instead.
+    """
+    from aiboxctl.sizing.facts import ModelFacts
+
+    a = variant.architecture
+    weight_bytes = qfile.size
+    expert_bytes = 0
+    if a.is_moe:
+        moe_layers = a.block_count - (a.leading_dense_block_count or 0)
+        expert_params = moe_layers * 3 * a.embedding_length * a.expert_feed_forward_length * a.expert_count
+        expert_bytes = int(weight_bytes * min(expert_params / (variant.params * 1e9), 0.98))
+    n_ff = a.feed_forward_length
+    facts = ModelFacts.from_plain(
+        architecture=a.arch, n_layer=a.block_count, n_embd=a.embedding_length, n_vocab=a.vocab_size,
+        n_head=a.head_count, n_head_kv=a.head_count_kv, head_dim_k=a.head_dim_k, head_dim_v=a.head_dim_v,
+        n_ff=0 if (a.is_moe and not a.leading_dense_block_count) else n_ff,
+        weight_bytes=weight_bytes, tied_embeddings=a.tied_embeddings, n_ctx_train=a.context_length,
+        n_swa=a.sliding_window or 0, swa_period=a.sliding_window_pattern,
+        kv_lora_rank=a.kv_lora_rank or 0, n_rot=a.rope_dimension_count or 0,
+        n_expert=a.expert_count or 0, n_expert_used=a.expert_used_count or 0,
+        n_expert_shared=a.expert_shared_count or 0, n_ff_exp=a.expert_feed_forward_length or 0,
+        expert_bytes=expert_bytes, name=variant.name, source=f"catalog ({variant.name} {qfile.quant})",
+    )
+    share = REPACK_SHARE.get(qfile.base_quant, 0.0)
+    if share:
+        from dataclasses import replace
+
+        facts = replace(facts, repackable_layer_bytes=tuple(int(b * share) for b in facts.layer_bytes))
+    return facts
+
+
+# Share of the layers' weights llama.cpp's CPU repack copies (ggml-cpu repack: Q4_0, Q4_K,
+# IQ4_NL matrices) by file type: Q4_K_M keeps half of attn_v/ffn_down in Q6_K, which stays put.
+REPACK_SHARE: dict[str, float] = {"Q4_0": 0.97, "IQ4_NL": 0.97, "Q4_K_M": 0.75, "Q4_K_S": 0.9}
