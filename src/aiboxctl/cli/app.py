@@ -21,6 +21,7 @@ from aiboxctl.errors import ErrorInfo, ExitCode, from_exception
 
 COMMAND_MODULES: tuple[str, ...] = (
     "paths",
+    "plan",
     "pull",
     "models",
     "install",
