@@ -1,0 +1,70 @@
+"""Prometheus metrics of one engine (prometheus_client, a registry per server).
+
+Gauges that describe the scheduler's state (queue depth, busy slots, KV cells) are read at
+scrape time, so the decode loop pays nothing for them; counters and histograms are updated
+once per token or per request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiboxctl.engine.scheduler import Request, Scheduler
+
+_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+_TPOT_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+
+
+class EngineMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("aibox_requests", "API requests by endpoint and HTTP status",
+                                ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("aibox_prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.generated_tokens = Counter("aibox_generated_tokens", "Generated tokens", registry=r)
+        self.prefix_reused_tokens = Counter("aibox_prefix_reused_tokens",
+                                            "Prompt tokens served from a slot's cached prefix", registry=r)
+        self.ttft = Histogram("aibox_time_to_first_token_seconds", "Time from arrival to the first token",
+                              buckets=_TTFT_BUCKETS, registry=r)
+        self.tpot = Histogram("aibox_time_per_output_token_seconds", "Time between successive tokens of a request",
+                              buckets=_TPOT_BUCKETS, registry=r)
+        self.queue_depth = Gauge("aibox_queue_depth", "Requests waiting for a slot", registry=r)
+        self.slots_busy = Gauge("aibox_slots_busy", "Slots generating or prefilling", registry=r)
+        self.slots_total = Gauge("aibox_slots_total", "Slots (parallel sequences)", registry=r)
+        self.kv_cells_used = Gauge("aibox_kv_cells_used", "KV cache cells holding tokens", registry=r)
+        self.kv_cells_total = Gauge("aibox_kv_cells_total", "KV cache cells (n_ctx)", registry=r)
+        self.ready = Gauge("aibox_ready", "1 when the model is loaded and the self-test passed", registry=r)
+
+    def bind(self, scheduler: "Scheduler", n_ctx: int) -> None:
+        self.queue_depth.set_function(lambda: scheduler.queue_depth)
+        self.slots_busy.set_function(lambda: scheduler.busy_slots)
+        self.kv_cells_used.set_function(lambda: scheduler.kv_cells_used)
+        self.slots_total.set(scheduler.parallel)
+        self.kv_cells_total.set(n_ctx)
+        self.ready.set(1)
+
+    # called from the decode loop
+    def first_token(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
+
+    def token_latency(self, seconds: float) -> None:
+        self.tpot.observe(seconds)
+
+    def prefix_reused(self, n: int) -> None:
+        self.prefix_reused_tokens.inc(n)
+
+    def finished(self, req: "Request") -> None:
+        self.prompt_tokens.inc(req.prompt_tokens)
+        self.generated_tokens.inc(req.completion_tokens)
+
+    # called from the HTTP side
+    def count(self, endpoint: str, status: int) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,461 @@
+"""Continuous batching over N slots: one decode-loop thread owns the model and the context.
+
+Each step gathers every generating slot's next token plus chunks of waiting prompts (chunked
+prefill, bounded by ``n_batch``) into **one** ``llama_decode``, then samples each slot with its
+own llama.cpp sampler chain. The HTTP side never touches llama.cpp state: it submits
+:class:`Request` objects through a thread-safe inbox and receives events through the
+request's ``emit`` callback (which the server binds to ``loop.call_soon_threadsafe``).
+
+Per-token Python work is kept to a few attribute writes on the ctypes batch, one sampler
+call, a cached piece lookup and an incremental UTF-8 decode.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiboxctl.errors import AiboxError
+
+if TYPE_CHECKING:
+    from aiboxctl.engine.llama import LlamaRuntime
+
+log = logging.getLogger("aiboxctl.engine")
+
+# Events sent to a request's emit callback (tuples: cheap to build, cheap to pass across):
+#   ("text", str)                                   a piece of completion text (valid UTF-8)
+#   ("done", finish_reason, prompt_tokens, completion_tokens)
+#   ("error", message)
+Event = tuple
+
+
+class QueueFull(AiboxError):
+    code = "queue_full"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 40
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+class Request:
+    """One generation request, owned by the loop once submitted."""
+
+    __slots__ = ("id", "prompt", "params", "emit", "cancelled", "t_submit", "t_first", "t_last",
+                 "prompt_tokens", "completion_tokens", "finish_reason", "slot")
+
+    def __init__(self, id: str, prompt: list[int], params: SamplingParams, emit: Callable[[Event], Any]) -> None:
+        self.id = id
+        self.prompt = prompt
+        self.params = params
+        self.emit = emit
+        self.cancelled = False
+        self.t_submit = time.monotonic()
+        self.t_first: float | None = None
+        self.t_last = 0.0
+        self.prompt_tokens = len(prompt)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.slot: int | None = None
+
+
+class _Slot:
+    __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "decoder", "held", "last", "out_idx",
+                 "generating", "max_tokens", "stops", "max_stop")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.cached: list[int] = []  # tokens whose KV cells hold positions 0..len-1 of this sequence
+        self.req: Request | None = None
+        self.n_fed = 0  # prompt tokens already in the cache
+        self.sampler: Any = None
+        self.decoder: Any = None
+        self.held = ""  # text held back because it may be the start of a stop string
+        self.last = -1  # sampled token still to be fed
+        self.out_idx = -1  # batch row whose logits belong to this slot in the current step
+        self.generating = False
+        self.max_tokens = 0
+        self.stops: tuple[str, ...] = ()
+        self.max_stop = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """The decode loop. Create it on any thread; :meth:`start` runs it on its own thread."""
+
+    def __init__(self, rt: "LlamaRuntime", *, parallel: int, n_batch: int, slot_ctx: int,
+                 queue_size: int, metrics: Any = None) -> None:
+        self.rt = rt
+        self.L = rt.lib
+        self.parallel = parallel
+        self.n_batch = n_batch
+        self.slot_ctx = slot_ctx
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self.slots = [_Slot(i) for i in range(parallel)]
+        self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._waiting: deque[Request] = deque()
+        self._n_waiting = 0  # submitted, not yet in a slot (guarded by _lock)
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.batch = self.L.llama_batch_init(n_batch, 0, 1)
+        b = self.batch
+        self._seq_rows = [b.seq_id[i] for i in range(n_batch)]
+        for i in range(n_batch):
+            b.n_seq_id[i] = 1
+        self.steps = 0
+        self.fatal: str | None = None
+
+    # --- HTTP side (any thread) ----------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        with self._lock:
+            if self._stop:
+                raise QueueFull("the server is shutting down", code="shutting_down")
+            if self._n_waiting >= self.queue_size:
+                raise QueueFull(f"the request queue is full ({self.queue_size} waiting)")
+            self._n_waiting += 1
+        self._inbox.put(req)
+
+    def cancel(self, req: Request) -> None:
+        """Ask the loop to drop ``req``; its slot is freed at the start of the next step."""
+        req.cancelled = True
+        self._inbox.put(None)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._n_waiting
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.req is not None)
+
+    @property
+    def kv_cells_used(self) -> int:
+        return sum(len(s.cached) for s in self.slots)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="aibox-decode", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop: requests still running or waiting are cancelled with an error event."""
+        with self._lock:
+            self._stop = True
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        for s in self.slots:
+            if s.sampler:
+                self.L.llama_sampler_free(s.sampler)
+                s.sampler = None
+        if self.batch is not None:
+            self.L.llama_batch_free(self.batch)
+            self.batch = None
+
+    # --- the loop --------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop:
+                self._take_inbox(block=not self._has_work())
+                if self._stop:
+                    break
+                self._drop_cancelled()
+                self._admit()
+                n = self._fill_batch()
+                if n == 0:
+                    continue
+                rc = self.L.llama_decode(self.rt.ctx, self.batch)
+                self.steps += 1
+                if rc != 0:
+                    self._decode_failed(rc)
+                    continue
+                self._sample_all()
+        except Exception as exc:  # noqa: BLE001 - a dead loop must not leave clients hanging
+            log.exception("decode loop failed")
+            self.fatal = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._fail_everything("the server is shutting down" if self.fatal is None else
+                                  f"engine failure: {self.fatal}")
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting) or any(s.req is not None for s in self.slots)
+
+    def _take_inbox(self, *, block: bool) -> None:
+        inbox = self._inbox
+        if block:
+            item = inbox.get()
+            if item is not None:
+                self._waiting.append(item)
+        while True:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                self._waiting.append(item)
+
+    def _drop_cancelled(self) -> None:
+        for s in self.slots:
+            r = s.req
+            if r is not None and r.cancelled:
+                r.finish_reason = "cancelled"
+                self._release(s)
+        if any(r.cancelled for r in self._waiting):
+            keep = deque(r for r in self._waiting if not r.cancelled)
+            with self._lock:
+                self._n_waiting -= len(self._waiting) - len(keep)
+            self._waiting = keep
+
+    def _admit(self) -> None:
+        while self._waiting:
+            free = [s for s in self.slots if s.req is None]
+            if not free:
+                return
+            req = self._waiting.popleft()
+            with self._lock:
+                self._n_waiting -= 1
+            # the free slot whose cached tokens share the longest prefix with this prompt
+            slot = max(free, key=lambda s: common_prefix(s.cached, req.prompt))
+            self._bind(slot, req)
+
+    def _bind(self, s: _Slot, req: Request) -> None:
+        L, mem = self.L, self.rt.mem
+        prompt = req.prompt
+        n = common_prefix(s.cached, prompt)
+        if n >= len(prompt):
+            n = len(prompt) - 1  # the last prompt token must be decoded again for its logits
+        reused = False
+        if n > 0 and L.llama_memory_seq_rm(mem, s.seq, n, -1):
+            reused = True
+            if self.rt.n_swa > 0:
+                # a sliding-window cache may already have dropped cells the new tokens attend to
+                pos_min = L.llama_memory_seq_pos_min(mem, s.seq)
+                reused = 0 <= pos_min <= max(0, n - self.rt.n_swa)
+        if not reused:
+            L.llama_memory_seq_rm(mem, s.seq, -1, -1)
+            n = 0
+        del s.cached[n:]
+        if self.metrics is not None and n:
+            self.metrics.prefix_reused(n)
+        s.req = req
+        req.slot = s.seq
+        s.n_fed = n
+        s.generating = False
+        s.out_idx = -1
+        p = req.params
+        s.max_tokens = max(1, min(p.max_tokens, self.slot_ctx - len(prompt)))
+        s.stops = tuple(x for x in p.stop if x)
+        s.max_stop = max((len(x) for x in s.stops), default=0)
+        s.held = ""
+        s.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        s.sampler = self._make_sampler(p, prompt)
+
+    def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> Any:
+        L = self.L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = L.llama_sampler_chain_add
+        if p.uses_penalties:
+            add(chain, L.llama_sampler_init_penalties(p.penalty_last_n, p.repeat_penalty,
+                                                      p.frequency_penalty, p.presence_penalty))
+            for tok in prompt[-p.penalty_last_n:] if p.penalty_last_n > 0 else prompt:
+                L.llama_sampler_accept(chain, tok)
+        if p.temperature <= 0:
+            add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(chain, L.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(chain, L.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            add(chain, L.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, L.llama_sampler_init_temp(p.temperature))
+        seed = L.LLAMA_DEFAULT_SEED if p.seed is None else (p.seed & 0xFFFFFFFF)
+        add(chain, L.llama_sampler_init_dist(seed))
+        return chain
+
+    def _fill_batch(self) -> int:
+        b = self.batch
+        tok, pos, logits, rows = b.token, b.pos, b.logits, self._seq_rows
+        i = 0
+        prefilling = []
+        for s in self.slots:
+            if s.req is None:
+                continue
+            if s.generating:
+                t = s.last
+                tok[i] = t
+                pos[i] = len(s.cached)
+                rows[i][0] = s.seq
+                logits[i] = 1
+                s.out_idx = i
+                s.cached.append(t)
+                i += 1
+            else:
+                prefilling.append(s)
+        budget = self.n_batch - i
+        # oldest request first, so a long prompt finishes its prefill instead of starving
+        prefilling.sort(key=lambda s: s.req.t_submit)
+        for s in prefilling:
+            if budget <= 0:
+                s.out_idx = -1
+                continue
+            prompt = s.req.prompt
+            start = s.n_fed
+            take = min(budget, len(prompt) - start)
+            seq = s.seq
+            for k in range(start, start + take):
+                tok[i] = prompt[k]
+                pos[i] = k
+                rows[i][0] = seq
+                logits[i] = 0
+                i += 1
+            s.cached.extend(prompt[start:start + take])
+            s.n_fed = start + take
+            budget -= take
+            if s.n_fed == len(prompt):
+                logits[i - 1] = 1
+                s.out_idx = i - 1
+            else:
+                s.out_idx = -1
+        b.n_tokens = i
+        return i
+
+    def _sample_all(self) -> None:
+        L, rt, ctx = self.L, self.rt, self.rt.ctx
+        now = time.monotonic()
+        metrics = self.metrics
+        for s in self.slots:
+            if s.req is None or s.out_idx < 0:
+                continue
+            req = s.req
+            t = L.llama_sampler_sample(s.sampler, ctx, s.out_idx)
+            s.out_idx = -1
+            req.completion_tokens += 1
+            if req.t_first is None:
+                req.t_first = now
+                if metrics is not None:
+                    metrics.first_token(now - req.t_submit)
+            elif metrics is not None:
+                metrics.token_latency(now - req.t_last)
+            req.t_last = now
+            if rt.is_eog(t):
+                self._finish(s, "stop")
+                continue
+            text = s.decoder.decode(rt.piece(t))
+            if text and self._push_text(s, text):
+                self._finish(s, "stop", flush=False)
+                continue
+            if req.completion_tokens >= s.max_tokens or len(s.cached) + 1 >= self.slot_ctx:
+                self._finish(s, "length")
+                continue
+            s.last = t
+            s.generating = True
+
+    def _push_text(self, s: _Slot, text: str) -> bool:
+        """Send text, holding back a possible stop-string prefix. True when a stop matched."""
+        if not s.stops:
+            s.req.emit(("text", text))
+            return False
+        held = s.held + text
+        cut = -1
+        for stop in s.stops:
+            k = held.find(stop)
+            if k >= 0 and (cut < 0 or k < cut):
+                cut = k
+        if cut >= 0:
+            s.held = ""
+            if cut:
+                s.req.emit(("text", held[:cut]))
+            return True
+        keep = 0
+        for stop in s.stops:
+            for n in range(min(len(stop) - 1, len(held)), keep, -1):
+                if held.endswith(stop[:n]):
+                    keep = n
+                    break
+        out = held[: len(held) - keep]
+        s.held = held[len(held) - keep:]
+        if out:
+            s.req.emit(("text", out))
+        return False
+
+    def _finish(self, s: _Slot, reason: str, *, flush: bool = True) -> None:
+        req = s.req
+        if flush:
+            tail = s.held + s.decoder.decode(b"", final=True)
+            s.held = ""
+            if tail:
+                req.emit(("text", tail))
+        req.finish_reason = reason
+        if self.metrics is not None:
+            self.metrics.finished(req)
+        req.emit(("done", reason, req.prompt_tokens, req.completion_tokens))
+        self._release(s)
+
+    def _release(self, s: _Slot) -> None:
+        # the sequence's KV cells stay: the next request may reuse the common prefix
+        if s.generating:
+            pass  # s.last was sampled but never fed; s.cached is exactly what the KV holds
+        s.req = None
+        s.generating = False
+        s.out_idx = -1
+        if s.sampler:
+            self.L.llama_sampler_free(s.sampler)
+            s.sampler = None
+
+    def _decode_failed(self, rc: int) -> None:
+        """llama_decode refused the batch (1: no KV room; <0: error). Fail the requests in it
+        and forget their cache so the next step starts clean."""
+        message = ("no room left in the KV cache" if rc == 1 else f"llama_decode failed ({rc})")
+        log.error("%s; failing the requests in this step", message)
+        for s in self.slots:
+            if s.req is None:
+                continue
+            if s.generating or s.n_fed > 0:
+                s.req.emit(("error", message))
+                self._release(s)
+                self.L.llama_memory_seq_rm(self.rt.mem, s.seq, -1, -1)
+                s.cached.clear()
+
+    def _fail_everything(self, message: str) -> None:
+        for s in self.slots:
+            if s.req is not None:
+                s.req.emit(("error", message))
+                self._release(s)
+        self._take_inbox(block=False)
+        for r in self._waiting:
+            r.emit(("error", message))
+        self._waiting.clear()
+        with self._lock:
+            self._n_waiting = 0
