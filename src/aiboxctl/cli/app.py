@@ -22,6 +22,7 @@ from aiboxctl.errors import ErrorInfo, ExitCode, from_exception
 COMMAND_MODULES: tuple[str, ...] = (
     "paths",
     "plan",
+    "serve",
     "pull",
     "models",
     "install",
