@@ -134,9 +134,21 @@ def parse_buffer_lines(lines: list[str], *, mode: str, model_bytes: int = 0) -> 
 def oracle(model: str | Path, params: EngineParams, *, mode: str = "dry", timeout: float = 300.0,
            keep_lines: bool = False) -> OracleResult:
     """Run llama.cpp on ``model`` with ``params`` in a child process and return its figures."""
+    return oracle_many(model, [params], mode=mode, timeout=timeout, keep_lines=keep_lines)[0]
+
+
+def oracle_many(model: str | Path, params: list[EngineParams], *, mode: str = "dry", timeout: float = 600.0,
+                keep_lines: bool = False) -> list[OracleResult | DryRunFailed]:
+    """Several context configurations against one model load (same model parameters) in one
+    child: the model loads once, each configuration creates and frees its own context. A
+    configuration llama.cpp rejects comes back as a :class:`DryRunFailed` in its place; a
+    single configuration that fails raises it."""
     from aiboxctl.system import run_command
 
-    request = {"model": str(model), "params": asdict(params), "mode": mode}
+    model_keys = {(p.n_gpu_layers, p.tensor_split, p.repack, p.mmap) for p in params}
+    if len(model_keys) > 1:
+        raise ValueError("oracle_many: all configurations must share the model parameters")
+    request = {"model": str(model), "params": [asdict(p) for p in params], "mode": mode}
     started = time.monotonic()
     res = run_command([sys.executable, "-m", "aiboxctl.sizing.dryrun"], input_text=json.dumps(request),
                       timeout=timeout)
@@ -147,13 +159,22 @@ def oracle(model: str | Path, params: EngineParams, *, mode: str = "dry", timeou
         if line.startswith("{"):
             doc = json.loads(line)
             break
-    if res.returncode != 0 or doc is None or "error" in (doc or {}):
+    if doc is None or "error" in doc:
         reason = (doc or {}).get("error") or _last_error(res.stderr) or res.failure_reason()
         raise DryRunFailed(f"llama.cpp {mode} run failed: {reason}",
                            hint="check the model file and parameters (aiboxctl inspect FILE)")
-    devices = tuple(OracleDevice(name, **vals) for name, vals in doc["devices"].items())
-    return OracleResult(mode, devices, time.monotonic() - started, doc.get("flash_attn"),
-                        tuple(doc.get("kv_cells", ())), tuple(doc.get("lines", ())) if keep_lines else ())
+    seconds = (time.monotonic() - started) / max(1, len(params))
+    out: list[OracleResult | DryRunFailed] = []
+    for item in doc["results"]:
+        if "error" in item:
+            out.append(DryRunFailed(f"llama.cpp {mode} run failed: {item['error']}"))
+            continue
+        devices = tuple(OracleDevice(name, **vals) for name, vals in item["devices"].items())
+        out.append(OracleResult(mode, devices, seconds, item.get("flash_attn"), tuple(item.get("kv_cells", ())),
+                                tuple(item.get("lines", ())) if keep_lines else ()))
+    if len(params) == 1 and isinstance(out[0], DryRunFailed):
+        raise out[0]
+    return out
 
 
 def _last_error(stderr: str) -> str:
@@ -164,41 +185,52 @@ def _last_error(stderr: str) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def _child(request: dict) -> dict:
+def _engine_config(model: str, p: dict):
     from aiboxctl.engine.config import EngineConfig
-    from aiboxctl.engine.llama import context_params, llama_cpp_module, model_params
 
-    p = request["params"]
-    mode = request["mode"]
-    cfg = EngineConfig(
-        model=Path(request["model"]), n_ctx=p["n_ctx"], parallel=p["parallel"], kv_unified=p["kv_unified"],
+    return EngineConfig(
+        model=Path(model), n_ctx=p["n_ctx"], parallel=p["parallel"], kv_unified=p["kv_unified"],
         n_batch=p["n_batch"], n_ubatch=p["n_ubatch"], cache_type_k=p["cache_type_k"],
         cache_type_v=p["cache_type_v"], flash_attn=p["flash_attn"], swa_full=p["swa_full"],
         n_gpu_layers=p["n_gpu_layers"], tensor_split=tuple(p["tensor_split"]), repack=p["repack"],
         mmap=p["mmap"], threads=1,
     )
+
+
+def _child(request: dict) -> dict:
+    from aiboxctl.engine.llama import context_params, llama_cpp_module, model_params
+
+    mode = request["mode"]
+    configs = [_engine_config(request["model"], p) for p in request["params"]]
     llama = llama_cpp_module()
     lines = _capture_log(llama)
-    mp, keep = model_params(cfg, llama)
+    mp, keep = model_params(configs[0], llama)
     if mode == "dry":
         mp.no_alloc = True
         mp.load_mode = llama.LLAMA_LOAD_MODE_NONE  # without it load_tensors asserts !no_alloc
-    model = llama.llama_model_load_from_file(str(cfg.model).encode(), mp)
+    model = llama.llama_model_load_from_file(str(configs[0].model).encode(), mp)
     if not model:
         return {"error": "could not load the model: " + " | ".join(lines[-3:])}
-    cp = context_params(cfg, llama)
-    cp.offload_kqv = bool(p.get("offload_kqv", True))
-    ctx = llama.llama_init_from_model(model, cp)
-    if not ctx:
-        llama.llama_model_free(model)
-        return {"error": "could not create the context: " + " | ".join(lines[-3:])}
+    model_lines = list(lines)
     model_bytes = int(llama.llama_model_size(model))
-    out = parse_buffer_lines(lines, mode=mode, model_bytes=model_bytes)
-    out["lines"] = [ln for ln in lines if "buffer size" in ln or "size =" in ln or "flash_attn" in ln]
-    llama.llama_free(ctx)
+    results = []
+    for cfg, p in zip(configs, request["params"]):
+        mark = len(lines)
+        cp = context_params(cfg, llama)
+        cp.offload_kqv = bool(p.get("offload_kqv", True))
+        ctx = llama.llama_init_from_model(model, cp)
+        ctx_lines = lines[mark:]
+        if not ctx:
+            results.append({"error": "could not create the context: " + " | ".join(ctx_lines[-3:])})
+            continue
+        item = parse_buffer_lines(model_lines + ctx_lines, mode=mode, model_bytes=model_bytes)
+        item["lines"] = [ln for ln in model_lines + ctx_lines
+                         if "buffer size" in ln or "size =" in ln or "flash_attn" in ln]
+        results.append(item)
+        llama.llama_free(ctx)
     llama.llama_model_free(model)
     del keep
-    return out
+    return {"results": results}
 
 
 _LOG_CALLBACK = None  # the ctypes callback must stay referenced while llama.cpp may log

@@ -226,33 +226,70 @@ def output_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext) -> int:
 
 def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output: bool,
                          layers: Sequence[int]) -> int:
-    """Peak of the worst-case graph on one backend (calibrated against the dry run)."""
+    """Peak of llama.cpp's worst-case graph on one backend.
+
+    llama.cpp reserves a prompt graph of ``n_ubatch`` tokens, all of them outputs, with every KV
+    cell visible; ggml-alloc reuses memory between layers, so the buffer is the largest of a
+    few phases, each a sum of f32 activations ``T(width) = 4·n_ubatch·width``:
+
+    * output: the logits ``T(n_vocab)`` plus three residual-stream tensors ``3·T(n_embd)``
+      (on the device holding the output layer);
+    * attention: the KQ masks (f16 with flash attention, f32 without) for the full and the SWA
+      cache, ``3·T(n_embd) + 2·T(q) + 2·T(kv)``, and without flash attention the f32 score
+      matrix ``4·n_kv·n_ubatch·n_head`` (MLA keeps two more latent-query tensors);
+    * feed-forward: gate, up and their product ``3·T(n_ff)`` (MoE: per used expert).
+
+    Known misses (ggml-alloc fragmentation, not modelled): on an SWA model whose last layers are
+    SWA, without flash attention at very long contexts the logits land above leftovers of the
+    attention phase (synthetic gemma3, 32k cells: 7 % low); MLA without flash attention is
+    over-estimated by up to 8 %.
+
+    The coefficients were fitted against llama.cpp's dry run on llama, qwen2, qwen3, gemma3,
+    deepseek2, mamba and two real models (bench/sizing_accuracy.py prints the residuals).
+    """
     if not layers and not has_output:
         return 0
     n_ub = ctx.n_ubatch
-    n_embd = facts.n_embd
-    terms = []
+
+    def T(width: int) -> int:
+        return 4 * n_ub * width
+
+    E = facts.n_embd
+    phases = []
+    moe = facts.n_expert and facts.n_expert_used and facts.n_ff_exp
+    moe_act = T(facts.n_ff_exp * facts.n_expert_used) if moe else 0
     if has_output:
-        terms.append(4 * n_ub * facts.n_vocab + 2 * 4 * n_ub * n_embd)
+        phases.append(T(facts.n_vocab) + 3 * T(E) + 2 * moe_act)
     att = [il for il in layers if facts.has_kv(il)]
-    if att:
-        terms.append(max(_attention_peak(facts, ctx, il) for il in att))
+    mask_bytes = 2 if ctx.flash_attn else 4
+    masks = 0
+    if any(not facts.is_swa(il) for il in att):
+        masks += mask_bytes * ctx.n_ctx_seq * n_ub
+    if any(facts.is_swa(il) for il in att):
+        masks += mask_bytes * ctx.swa_cells * n_ub
+    for il in att:
+        n_kv = ctx.swa_cells if facts.is_swa(il) else ctx.n_ctx_seq
+        h = facts.n_head[il]
+        if facts.is_mla:
+            q = h * facts.head_dim_k[il]  # latent + rope per head after absorption
+            kv = facts.head_dim_k[il]
+            extra = 2 * T(q)
+        else:
+            q = h * facts.head_dim_k[il]
+            kv = facts.n_head_kv[il] * (facts.head_dim_k[il] + facts.head_dim_v[il]) // 2
+            extra = 0
+        peak = masks + 3 * T(E) + 2 * T(q) + 2 * T(kv) + extra
+        if not ctx.flash_attn:
+            peak += 4 * n_kv * n_ub * h
+        phases.append(peak)
     ff = max((facts.n_ff[il] for il in layers), default=0)
     if ff:
-        terms.append(4 * n_ub * (2 * ff + n_embd))
-    if facts.n_expert and facts.n_expert_used:
-        terms.append(4 * n_ub * (facts.n_expert_used * facts.n_ff_exp * 2 + facts.n_expert + 2 * n_embd))
-    return max(terms, default=0)
-
-
-def _attention_peak(facts: ModelFacts, ctx: ResolvedContext, il: int) -> int:
-    n_ub = ctx.n_ubatch
-    n_kv = ctx.swa_cells if facts.is_swa(il) else ctx.n_ctx_seq
-    n_head = facts.n_head[il]
-    q = 4 * n_ub * n_head * facts.head_dim_k[il]
-    if ctx.flash_attn:
-        return q * 2 + 2 * n_kv * n_ub
-    return 4 * n_kv * n_ub * n_head * 2 + q
+        phases.append(masks + 2 * T(E) + 3 * T(ff))
+    if moe and layers:
+        phases.append(masks + 2 * T(E) + 3 * moe_act + 2 * T(facts.n_expert))
+    if any(facts.is_recurrent(il) for il in layers):
+        phases.append(3 * T(E))  # the scan's inputs stay below the logits in every case measured
+    return max(phases, default=0)
 
 
 def estimate_memory(facts: ModelFacts, params: EngineParams, *,
