@@ -30,6 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "chat",
     "bench",
     "probe",
+    "inspect",
+    "estimate",
 )
 
 app = typer.Typer(
