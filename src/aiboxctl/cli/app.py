@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from typing import Annotated, Optional
 
 import typer
@@ -39,6 +38,9 @@ app = typer.Typer(
     help="Turn a bare AI box into a private, secure, fast LLM service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain Click help: Typer's Rich help imports rich.markdown/markdown-it (~90 ms), which
+    # alone breaks the start-up goal (bench/cli_startup.py).
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -87,6 +89,24 @@ def _click_error(exc: Exception) -> ErrorInfo:
     return ErrorInfo("usage", message.splitlines()[0] if message else "Invalid usage.", hint, ExitCode.USAGE)
 
 
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app with only the command being run, when one is named: Typer builds the Click
+    objects of every mounted command on each call (signatures and annotations of ~25
+    commands, tens of ms), and one is enough. Bare ``--help``, completion and unknown names
+    get the whole app."""
+    name = output.STATE.command
+    cmds = [c for c in app.registered_commands if c.name == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not name or len(cmds) + len(groups) != 1:
+        return app
+    slim = typer.Typer(name=app.info.name, help=app.info.help, no_args_is_help=True,
+                       pretty_exceptions_enable=False, rich_markup_mode=None,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+    slim.registered_callback = app.registered_callback
+    slim.registered_commands, slim.registered_groups = cmds, groups
+    return slim
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns (and exits with) a documented exit code."""
     import click
@@ -94,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     output.configure_from_argv(args)
     try:
-        rv = app(args=args, prog_name="aiboxctl", standalone_mode=False)
+        rv = _app_for(args)(args=args, prog_name="aiboxctl", standalone_mode=False)
         code = int(rv) if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code
@@ -106,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         if os.environ.get(Env.DEBUG) == "1":
+            import traceback  # only here: it drags in linecache/tokenize at start-up
+
             traceback.print_exc()
         code = output.emit_error(from_exception(exc), getattr(exc, "data", None) or None)
     if argv is None:

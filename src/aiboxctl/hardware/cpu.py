@@ -8,7 +8,6 @@ it was compiled with is present; the usable variant with the highest score wins.
 from __future__ import annotations
 
 import os
-import platform
 import re
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def _read(path: Path) -> str | None:
 
 
 def read_cpu(proc_root: Path, sysfs_root: Path, warnings: list[str]) -> CpuInfo:
-    arch = platform.machine()
+    arch = os.uname().machine
     text = _read(proc_root / "cpuinfo")
     if text is None:
         warnings.append(f"cannot read {proc_root / 'cpuinfo'}: CPU model and flags unknown")

@@ -14,10 +14,8 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import re
 import time
-from importlib import metadata
 from pathlib import Path
 
 from aiboxctl.hardware.model import EngineBuild
@@ -26,13 +24,34 @@ CACHE_NAME = "engine-build.json"
 CACHE_SCHEMA = 1
 
 
-def _lib_dirs() -> list[Path]:
+def _package_dir() -> Path | None:
     spec = importlib.util.find_spec("llama_cpp")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _lib_dirs(pkg: Path | None) -> list[Path]:
+    if pkg is None:
         return []
-    pkg = Path(next(iter(spec.submodule_search_locations)))
     # Portable builds (GGML_BACKEND_DL) install the backend modules to <site-packages>/bin.
     return [d for d in (pkg / "lib", pkg.parent / "bin") if d.is_dir()]
+
+
+def _installed_version(pkg: Path | None) -> str | None:
+    """From the dist-info folder name: importlib.metadata costs more to import than a
+    cached probe is allowed to take."""
+    if pkg is None:
+        return None
+    try:
+        names = os.listdir(pkg.parent)
+    except OSError:
+        return None
+    for name in names:
+        m = re.fullmatch(r"llama_cpp_python-(.+)\.dist-info", name)
+        if m:
+            return m.group(1)
+    return None
 
 
 def _lib_files(dirs: list[Path]) -> list[Path]:
@@ -48,11 +67,11 @@ def _cpu_signature() -> str:
                     return hashlib.sha256(line.encode()).hexdigest()[:16]
     except OSError:
         pass
-    return platform.processor() or ""
+    return ""
 
 
 def _fingerprint(version: str | None, files: list[Path]) -> str:
-    parts = [f"schema={CACHE_SCHEMA}", f"version={version}", f"machine={platform.machine()}",
+    parts = [f"schema={CACHE_SCHEMA}", f"version={version}", f"machine={os.uname().machine}",
              f"cpu={_cpu_signature()}"]
     for p in files:
         try:
@@ -70,11 +89,9 @@ def _variant_of(path: str) -> str | None:
 
 def read_engine_build(*, use_cache: bool = True, cache_dir: Path | None = None) -> EngineBuild:
     """Never raises: an engine that is missing or broken is an answer, with ``error`` set."""
-    try:
-        version = metadata.version("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        version = None
-    dirs = _lib_dirs()
+    pkg = _package_dir()
+    version = _installed_version(pkg)
+    dirs = _lib_dirs(pkg)
     if version is None and not dirs:
         return EngineBuild(False, None, (), (), (), (), None, (), False, "", "live", None,
                            "llama-cpp-python is not installed")

@@ -1,0 +1,291 @@
+"""Which build a box needs and the CMake flags for it, from recorded probe results; the
+toolchain checks that run before a build, with fake toolkits on disk."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from aiboxctl.engine.backends import (
+    PORTABLE_CPU_ARGS,
+    build_spec,
+    load_accelerators,
+    needed_backend,
+)
+from aiboxctl.engine.toolchain import check_toolchain, require_toolchain
+from aiboxctl.errors import AiboxError, UsageError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "engine"
+
+
+def box(name: str) -> list[dict]:
+    return load_accelerators(FIXTURES / f"probe-{name}.json")
+
+
+def args_dict(spec) -> dict[str, str]:
+    out = {}
+    for a in spec.cmake_args:
+        k, _, v = a[2:].partition("=")
+        out[k] = v
+    return out
+
+
+def test_every_build_keeps_the_portable_cpu_part():
+    for name, backend in [("cpu-only", "auto"), ("nvidia-mixed", "auto"), ("amd", "auto"),
+                          ("hygon-k100ai", "auto"), ("ascend-910b", "auto"), ("mthreads", "auto"),
+                          ("intel-arc", "auto"), ("intel-arc", "vulkan")]:
+        spec = build_spec(backend, box(name))
+        assert spec.cmake_args[:3] == PORTABLE_CPU_ARGS, (name, spec.cmake_args)
+
+
+def test_cpu_box_gets_the_portable_cpu_build():
+    spec = build_spec("auto", box("cpu-only"))
+    assert spec.backend == "cpu" and spec.key == "cpu-portable" and not spec.offload
+    assert args_dict(spec) == {"GGML_NATIVE": "OFF", "GGML_BACKEND_DL": "ON", "GGML_CPU_ALL_VARIANTS": "ON"}
+
+
+def test_accelerator_without_a_ggml_backend_falls_back_to_cpu():
+    assert needed_backend(box("metax")) == "cpu"
+    assert build_spec("auto", box("metax")).key == "cpu-portable"
+
+
+def test_cuda_architectures_from_compute_capability():
+    spec = build_spec("auto", box("nvidia-mixed"))
+    assert spec.backend == "cuda" and spec.offload
+    flags = args_dict(spec)
+    assert flags["GGML_CUDA"] == "ON"
+    assert flags["CMAKE_CUDA_ARCHITECTURES"] == "80;89"  # deduplicated, numeric order
+    assert spec.key == "cuda-80.89"
+    assert "3 × NVIDIA GeForce RTX 4090, NVIDIA A100-SXM4-80GB" in spec.reason
+
+
+def test_cuda_blackwell_and_unknown_capability():
+    assert args_dict(build_spec("auto", box("nvidia-blackwell")))["CMAKE_CUDA_ARCHITECTURES"] == "120"
+    # No SMI answered: no capability, so ggml's own default list (no -DCMAKE_CUDA_ARCHITECTURES).
+    spec = build_spec("auto", box("nvidia-no-smi"))
+    assert spec.key == "cuda" and "CMAKE_CUDA_ARCHITECTURES" not in args_dict(spec)
+    assert "default list" in spec.reason
+
+
+def test_cuda_accepts_probe_dataclass_and_explicit_architectures():
+    from aiboxctl.hardware.model import Accelerator
+
+    acc = Accelerator(vendor="NVIDIA", vendor_key="nvidia", model="NVIDIA H100 80GB HBM3", index=0,
+                      pci_bus_id="0000:4f:00.0", pci_vendor_id="0x10de", pci_device_id="0x2330",
+                      memory_total_bytes=80 * 2**30, memory_free_bytes=79 * 2**30, driver_version="575.57",
+                      runtime_version="12.9", numa_node=0, detected_by=("nvml",), ggml_backend="CUDA",
+                      backend_in_build=False, notes=("compute capability 9.0",))
+    assert build_spec("auto", [acc]).key == "cuda-90"
+    assert build_spec("cuda", [acc], architectures=["86", "89"]).key == "cuda-86.89"
+
+
+def test_hip_targets_from_rocminfo_notes():
+    spec = build_spec("auto", box("amd"))
+    flags = args_dict(spec)
+    assert spec.backend == "hip" and not spec.hygon_dtk
+    assert flags["GGML_HIP"] == "ON"
+    assert flags["GPU_TARGETS"] == flags["CMAKE_HIP_ARCHITECTURES"] == "gfx1100;gfx942"
+    assert spec.key == "hip-gfx1100.gfx942"
+
+
+def test_hygon_dtk_targets_from_product_names():
+    spec = build_spec("auto", box("hygon-k100ai"))
+    assert spec.backend == "hip" and spec.hygon_dtk
+    assert args_dict(spec)["GPU_TARGETS"] == "gfx928"
+    assert "Hygon DTK" in spec.reason and "8 × K100_AI" in spec.reason
+    mixed = build_spec("auto", box("hygon-mixed"))
+    assert args_dict(mixed)["GPU_TARGETS"] == "gfx906;gfx926"  # Z100L by name, the other by its gfx note
+
+
+def test_musa_architectures_per_moore_threads_generation():
+    spec = build_spec("auto", box("mthreads"))
+    flags = args_dict(spec)
+    assert flags["GGML_MUSA"] == "ON" and flags["MUSA_ARCHITECTURES"] == "21;22"  # S80 = QY1, S4000 = QY2
+    assert spec.key == "musa-21.22"
+
+
+def test_cann_soc_type():
+    spec = build_spec("auto", box("ascend-910b"))
+    flags = args_dict(spec)
+    assert flags["GGML_CANN"] == "ON" and flags["SOC_TYPE"] == "ascend910b"
+    assert spec.key == "cann-ascend910b"
+    assert args_dict(build_spec("auto", box("ascend-310p")))["SOC_TYPE"] == "ascend310p"
+    with pytest.raises(UsageError, match="different SoC types"):
+        build_spec("auto", box("ascend-mixed"))
+    # Told explicitly, one SoC is built for.
+    assert build_spec("cann", box("ascend-mixed"), architectures=["ascend310p"]).key == "cann-ascend310p"
+    with pytest.raises(UsageError, match="SoC type"):
+        build_spec("cann", box("cpu-only"))
+
+
+def test_sycl_and_vulkan():
+    sycl = build_spec("auto", box("intel-arc"))
+    flags = args_dict(sycl)
+    assert (flags["GGML_SYCL"], flags["CMAKE_C_COMPILER"], flags["CMAKE_CXX_COMPILER"]) == ("ON", "icx", "icpx")
+    vulkan = build_spec("vulkan", box("intel-arc"))
+    assert args_dict(vulkan)["GGML_VULKAN"] == "ON" and vulkan.key == "vulkan"
+
+
+def test_the_backend_with_most_memory_wins():
+    accs = box("intel-arc") + box("nvidia-blackwell")
+    assert needed_backend(accs) == "cuda"
+
+
+def test_unknown_backend_is_usage():
+    with pytest.raises(UsageError):
+        build_spec("opencl", [])
+
+
+def test_probe_report_loader_accepts_envelope_and_data(tmp_path):
+    import json
+
+    doc = json.loads((FIXTURES / "probe-amd.json").read_text())
+    (tmp_path / "data.json").write_text(json.dumps(doc["data"]))
+    assert load_accelerators(tmp_path / "data.json") == box("amd")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(UsageError, match="not a probe report"):
+        load_accelerators(tmp_path / "bad.json")
+
+
+# --- toolchain -----------------------------------------------------------------------------
+
+def _exe(path: Path, body: str = "exit 0") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return path
+
+
+@pytest.fixture
+def bare_env(tmp_path):
+    """A PATH with a C/C++ compiler only, and no toolkit anywhere."""
+    bindir = tmp_path / "bin"
+    _exe(bindir / "cc")
+    _exe(bindir / "c++")
+    return {"PATH": str(bindir)}
+
+
+NO_DEFAULTS = {k: () for k in ("cuda", "hip", "hygon", "musa", "cann", "vulkan", "sycl")}
+
+
+@pytest.mark.parametrize("backend,needle,hint", [
+    ("cuda", "nvcc", "install the CUDA toolkit"),
+    ("hip", "hipcc", "install ROCm"),
+    ("musa", "MUSA SDK", "MUSA SDK"),
+    ("cann", "CANN toolkit", "source /usr/local/Ascend/ascend-toolkit/set_env.sh"),
+    ("vulkan", "glslc", "apt install libvulkan-dev glslc spirv-headers"),
+    ("sycl", "icpx", "source /opt/intel/oneapi/setvars.sh"),
+])
+def test_missing_toolchain_names_what_to_install(bare_env, backend, needle, hint):
+    tc = check_toolchain(backend, env=bare_env, defaults=NO_DEFAULTS)
+    assert not tc.ok and needle in tc.message and hint in tc.install_hint
+    assert "\n" not in tc.message and "\n" not in tc.install_hint
+    with pytest.raises(AiboxError) as info:
+        require_toolchain(backend, env=bare_env, defaults=NO_DEFAULTS)
+    assert info.value.code == "toolchain_missing" and info.value.hint == tc.install_hint
+
+
+def test_hygon_hint_names_dtk(bare_env):
+    tc = check_toolchain("hip", env=bare_env, defaults=NO_DEFAULTS, hygon=True)
+    assert "DTK" in tc.install_hint and "/opt/dtk/env.sh" in tc.install_hint
+
+
+def test_missing_compiler_is_named_first(tmp_path):
+    tc = check_toolchain("cpu", env={"PATH": str(tmp_path)}, defaults=NO_DEFAULTS)
+    assert not tc.ok and "C compiler" in tc.message and "build-essential" in tc.install_hint
+
+
+def test_cuda_without_cublas_is_caught_before_building(bare_env, tmp_path):
+    cuda = tmp_path / "cuda-13.0"
+    _exe(cuda / "bin" / "nvcc")
+    _touch(cuda / "include" / "cuda_runtime.h")
+    env = {**bare_env, "CUDA_HOME": str(cuda)}
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS)
+    assert not tc.ok and tc.missing == (f"cuBLAS (libcublas.so) under {cuda}",)
+    _touch(cuda / "targets" / "x86_64-linux" / "lib" / "libcublas.so.13")
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS)
+    assert tc.ok and dict(tc.build_env) == {"CUDACXX": str(cuda / "bin" / "nvcc")}
+
+
+def test_cuda_found_through_nvcc_on_path(bare_env, tmp_path):
+    cuda = tmp_path / "opt" / "cuda"
+    nvcc = _exe(cuda / "bin" / "nvcc")
+    _touch(cuda / "include" / "cuda_runtime.h")
+    _touch(cuda / "lib64" / "libcublas.so")
+    env = {"PATH": f"{cuda / 'bin'}{os.pathsep}{bare_env['PATH']}"}
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS)
+    assert tc.ok and tc.root == str(cuda) and dict(tc.build_env)["CUDACXX"] == str(nvcc)
+
+
+def test_rocm_and_dtk_toolchains(bare_env, tmp_path):
+    dtk = tmp_path / "dtk"
+    _exe(dtk / "bin" / "hipcc")
+    _exe(dtk / "llvm" / "bin" / "clang")
+    _touch(dtk / "lib" / "libhipblas.so")
+    env = {**bare_env, "ROCM_PATH": str(dtk)}
+    tc = check_toolchain("hip", env=env, defaults=NO_DEFAULTS, hygon=True)
+    assert not tc.ok and tc.missing == (f"rocBLAS (librocblas.so) under {dtk}",)
+    _touch(dtk / "lib" / "librocblas.so.4")
+    tc = check_toolchain("hip", env=env, defaults=NO_DEFAULTS, hygon=True)
+    assert tc.ok
+    assert dict(tc.build_env) == {"HIPCXX": str(dtk / "llvm" / "bin" / "clang"), "HIP_PATH": str(dtk),
+                                  "ROCM_PATH": str(dtk)}
+
+
+def test_musa_cann_vulkan_sycl_found(bare_env, tmp_path):
+    musa = tmp_path / "musa"
+    _exe(musa / "bin" / "clang++")
+    _touch(musa / "lib" / "libmublas.so")
+    assert check_toolchain("musa", env={**bare_env, "MUSA_PATH": str(musa)}, defaults=NO_DEFAULTS).ok
+
+    cann = tmp_path / "ascend-toolkit" / "latest"
+    _touch(cann / "include" / "acl" / "acl.h")
+    tc = check_toolchain("cann", env={**bare_env, "ASCEND_TOOLKIT_HOME": str(cann)}, defaults=NO_DEFAULTS)
+    assert not tc.ok and "libascendcl" in tc.message
+    _touch(cann / "lib64" / "libascendcl.so")
+    tc = check_toolchain("cann", env={**bare_env, "ASCEND_TOOLKIT_HOME": str(cann)}, defaults=NO_DEFAULTS)
+    assert tc.ok and dict(tc.build_env) == {"ASCEND_TOOLKIT_HOME": str(cann)}
+
+    sdk = tmp_path / "vulkan-sdk"
+    _touch(sdk / "include" / "vulkan" / "vulkan.h")
+    _touch(sdk / "include" / "spirv" / "unified1" / "spirv.hpp")
+    _touch(sdk / "lib" / "libvulkan.so.1")
+    tc = check_toolchain("vulkan", env={**bare_env, "VULKAN_SDK": str(sdk)}, defaults=NO_DEFAULTS)
+    assert tc.missing == ("the shader compiler (glslc) on PATH",)
+    _exe(sdk / "bin" / "glslc")
+    assert check_toolchain("vulkan", env={**bare_env, "VULKAN_SDK": str(sdk)}, defaults=NO_DEFAULTS).ok
+
+    oneapi = tmp_path / "oneapi"
+    _exe(oneapi / "compiler" / "bin" / "icx")
+    _exe(oneapi / "compiler" / "bin" / "icpx")
+    _touch(oneapi / "mkl" / "latest" / "lib" / "libmkl_sycl_blas.so")
+    env = {"PATH": f"{oneapi / 'compiler' / 'bin'}{os.pathsep}{bare_env['PATH']}", "ONEAPI_ROOT": str(oneapi)}
+    assert check_toolchain("sycl", env=env, defaults=NO_DEFAULTS).ok
+
+
+def test_cli_install_stops_at_missing_toolchain_with_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
+    r = cli("engine", "install", "--backend", "cuda", "--hardware", str(FIXTURES / "probe-nvidia-mixed.json"),
+            "--yes", "--json")
+    assert r.code == 1, r.stdout
+    doc = r.json()
+    (err,) = doc["errors"]
+    assert err["code"] == "toolchain_missing" and "nvcc" in err["message"]
+    assert "CUDA toolkit" in err["hint"]
+    assert doc["data"]["toolchain"]["backend"] == "cuda"
+    # Nothing was built or recorded.
+    from aiboxctl.paths import StatePaths
+
+    assert not (StatePaths.from_env().engine / "engine.json").exists()
+    assert not list(StatePaths.from_env().wheels.glob("llama-cpp-python/*/cuda-*/*.whl"))
+    r = cli("engine", "install", "--backend", "cuda", "--hardware", str(FIXTURES / "probe-nvidia-mixed.json"), "--yes")
+    assert r.code == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: Cannot build the CUDA engine")
