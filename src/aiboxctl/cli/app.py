@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "probe",
     "inspect",
     "estimate",
+    "engine",
 )
 
 app = typer.Typer(
