@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from aiboxctl.errors import DoesNotFit, UsageError
@@ -338,15 +339,15 @@ def _header_facts(path: Path, name: str) -> ModelFacts | None:
         return None
 
 
-def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tuple[BoxDevice, ...]) -> list[_Config]:
+def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tuple[BoxDevice, ...]) -> Iterator[_Config]:
     """Engine configurations for one model, best first (placement × KV cache type × repack).
 
     ``devices`` empty: the model runs on the CPU (no usable accelerator, or its backend cannot
-    run this quantization)."""
+    run this quantization). A generator: the partial-offload search only runs when full offload
+    failed."""
     n_ctx = profile.users * profile.context_per_request
     base = EngineParams(n_ctx=n_ctx, parallel=profile.users, kv_unified=True, n_batch=512, n_ubatch=512,
                         flash_attn="auto", swa_full=False, repack=True, mmap=True)
-    out: list[_Config] = []
     all_names = tuple(d.name for d in devices)
     if devices:
         counts = sorted({1, *[k for k in (2, 4, 8, 16) if k < len(devices)], len(devices)})
@@ -355,22 +356,21 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
                 split = tuple([1.0] * k + [0.0] * (len(devices) - k)) if k < len(devices) else ()
                 p = replace(base, n_gpu_layers=facts.n_layer + 1, tensor_split=split, cache_type_k=kv,
                             cache_type_v=kv, flash_attn="on" if kv != "f16" else "auto")
-                out.append(_Config(p, all_names, f"all layers on {k} x {devices[0].model}, KV {kv}"))
+                yield _Config(p, all_names, f"all layers on {k} x {devices[0].model}, KV {kv}")
         # Partial offload: the last layers on the accelerators, the rest on the host.
         for kv in KV_LADDER:
             for ngl in _partial_layer_counts(facts, box, devices, base, kv):
                 p = replace(base, n_gpu_layers=ngl, cache_type_k=kv, cache_type_v=kv,
                             flash_attn="on" if kv != "f16" else "auto")
-                out.append(_Config(p, all_names, f"{ngl} of {facts.n_layer + 1} layers on accelerators, KV {kv}"))
-        return out
+                yield _Config(p, all_names, f"{ngl} of {facts.n_layer + 1} layers on accelerators, KV {kv}")
+        return
     for kv in KV_LADDER:
         p = replace(base, n_gpu_layers=0, cache_type_k=kv, cache_type_v=kv,
                     flash_attn="on" if kv != "f16" else "auto")
-        out.append(_Config(p, (), f"CPU, KV {kv}, repack on"))
-        out.append(_Config(replace(p, mmap=False), (),
-                           f"CPU, KV {kv}, repack on without mmap (no duplicate of repacked weights)"))
-        out.append(_Config(replace(p, repack=False), (), f"CPU, KV {kv}, repack off"))
-    return out
+        yield _Config(p, (), f"CPU, KV {kv}, repack on")
+        yield _Config(replace(p, mmap=False), (),
+                      f"CPU, KV {kv}, repack on without mmap (no duplicate of repacked weights)")
+        yield _Config(replace(p, repack=False), (), f"CPU, KV {kv}, repack off")
 
 
 def _partial_layer_counts(facts: ModelFacts, box: Box, devices: tuple[BoxDevice, ...], base: EngineParams,

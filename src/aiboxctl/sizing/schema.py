@@ -91,7 +91,8 @@ SizeBytes = Annotated[int, BeforeValidator(parse_size)]
 def read_document(text: str, name: str) -> Document:
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    # libyaml's loader when built in (10x faster on the catalog); both keep node marks.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
