@@ -192,3 +192,44 @@ def test_gemma_on_this_box_takes_the_logits_buffer_from_the_dry_run():
     assert p.variant == "gemma-3-270m" and p.compute_source == "dry run" and p.facts_source == "header"
     assert p.memory.host.compute >= 4 * 512 * 262144
     assert any("no chat template" in n for n in p.notes)
+
+
+def _report(accelerators, *, ram=256 * 2**30, gbps=200.0):
+    from aiboxctl.hardware.model import (Accelerator, Bandwidth, CpuInfo, EngineBuild, HardwareReport, MemoryInfo,
+                                         ServingDecision)
+
+    cpu = CpuInfo(model="Xeon", vendor="GenuineIntel", arch="x86_64", sockets=1, cores=32, threads=64, numa_nodes=1,
+                  flags=("avx2", "avx512f"), ggml_variant="skylakex")
+    mem = MemoryInfo(ram, ram, None, None, None, Bandwidth(gbps, "dmidecode", "8 x DDR5-4800"))
+    engine = EngineBuild(True, "0.3.36", ("CPU", "CUDA"), (), (), (), None, (), True, "", "live", None)
+    return HardwareReport(cpu, mem, (), tuple(accelerators), engine, ServingDecision("CUDA", (0,), "test"))
+
+
+def _accel(vendor_key, model, backend, in_build, memory):
+    from aiboxctl.hardware.model import Accelerator
+
+    return Accelerator(vendor=vendor_key, vendor_key=vendor_key, model=model, index=0, pci_bus_id=None,
+                       pci_vendor_id=None, pci_device_id=None, memory_total_bytes=memory, memory_free_bytes=memory,
+                       driver_version=None, runtime_version=None, numa_node=None, detected_by=("test",),
+                       ggml_backend=backend, backend_in_build=in_build)
+
+
+def test_a_probe_report_is_planned_like_the_box_it_describes():
+    report = _report([
+        _accel("nvidia", "NVIDIA GeForce RTX 4090", "CUDA", True, 24 * 2**30),
+        _accel("metax", "MetaX C500", None, False, 64 * 2**30),
+        _accel("mthreads", "MTT S4000", "MUSA", False, 48 * 2**30),
+    ])
+    p = plan(load_use_case("healthcare"), report, exact=False)
+    assert [d.device for d in p.devices] == ["host", "CUDA0"]
+    assert p.engine["n_gpu_layers"] > 0 and p.engine["threads"] == 32
+    assert any("MetaX C500: no llama.cpp backend" in n for n in p.notes)
+    assert any("MTT S4000: the installed engine lacks the MUSA backend" in n for n in p.notes)
+    assert p.throughput.per_user_tok_s >= 10
+
+
+def test_variant_colon_quant_pins_the_quantization(cli):
+    p = _plan("gov-office", "rtx4090", model="qwen3-8b:Q4_K_M")
+    assert (p.variant, p.quant) == ("qwen3-8b", "Q4_K_M")
+    r = cli("plan", "--profile", "gov-office", "--hardware", "rtx4090", "--model", "qwen3-8b:Q9", "--json")
+    assert r.code == 2

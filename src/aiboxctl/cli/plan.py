@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
             "--hardware", help="Plan for a hardware profile (cpu-32g, rtx4090, ascend-910b-x8, …, or a YAML file) "
                                "instead of this box.")] = None,
         model: Annotated[Optional[str], typer.Option(
-            "--model", "-m", help="A catalog variant (qwen3-8b) or family (qwen3) instead of the profile's choice.")] = None,
+            "--model", "-m", help="A catalog variant (qwen3-8b), VARIANT:QUANT (qwen3-8b:Q4_K_M) or family (qwen3) "
+                             "instead of the profile's choice.")] = None,
         measure: Annotated[bool, typer.Option(
             "--measure", help="Measure this box's memory bandwidth first (≈2 s) when it is not known.")] = False,
         json_: JsonOpt = False,

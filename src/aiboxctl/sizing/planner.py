@@ -159,7 +159,7 @@ def box_from_report(report: Any) -> Box:
         backend = _PROBE_BACKEND.get(acc.ggml_backend or "", (acc.ggml_backend or "none").lower())
         if backend not in USABLE_BACKENDS or not acc.backend_in_build:
             why = "no llama.cpp backend" if backend not in USABLE_BACKENDS else \
-                f"the installed engine lacks the {acc.ggml_backend} backend"
+                f"the installed engine lacks the {acc.ggml_backend} backend (aiboxctl engine install builds it)"
             idle.append(f"{label}: {why}")
             continue
         if not acc.memory_total_bytes:
@@ -437,13 +437,16 @@ def _backend_ok(f: QuantFile, devices: tuple[BoxDevice, ...]) -> str | None:
 
 
 def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: str | None = None, *,
-         catalog: Catalog | None = None, exact: bool | None = None) -> Plan:
+         quant: str | None = None, catalog: Catalog | None = None, exact: bool | None = None) -> Plan:
     """Plan ``profile`` on ``hardware`` (a Box, a HardwareProfile or a HardwareReport).
 
-    ``model``: a catalog variant or family that overrides the profile's choice. ``exact``:
-    use llama.cpp's dry run for the compute buffer when the chosen file is local (default:
-    when planning for this box).
+    ``model``: a catalog variant or family that overrides the profile's choice
+    (``VARIANT:QUANT`` pins the quantization too, as does ``quant``). ``exact``: use
+    llama.cpp's dry run for the compute buffer when the chosen file is local (default: when
+    planning for this box).
     """
+    if model and ":" in model:
+        model, quant = model.split(":", 1)
     catalog = catalog or load_catalog()
     box = hardware if isinstance(hardware, Box) else (
         box_from_profile(hardware) if isinstance(hardware, HardwareProfile) else box_from_report(hardware))
@@ -456,6 +459,8 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
     outcomes: list[tuple[Variant, QuantFile, _Outcome]] = []
     chosen: tuple[Variant, QuantFile, _Outcome, ModelFacts, Path | None] | None = None
     for v, f in _order(variants, families):
+        if quant and f.quant.upper() != quant.upper():
+            continue
         if chosen is not None:
             rejected.append(Rejected(v.name, f.quant, f"fits or may fit, but {chosen[0].name} {chosen[1].quant} "
                                      "is preferred (bigger model or better quantization)", "preference"))
@@ -579,6 +584,9 @@ def _does_not_fit(profile: UseCaseProfile, box: Box, outcomes, rejected: list[Re
 
     if not outcomes:
         reasons = sorted({r.kind for r in rejected})
+        if not rejected:
+            raise UsageError(f"no catalog file matches the requested model and quantization for {profile.name}",
+                             hint="see the quantizations of the variant in profiles/catalog.yaml")
         raise DoesNotFit(f"no catalog model is eligible for profile {profile.name} on {box.name} "
                          f"(rejected for: {', '.join(reasons) or 'no candidates'})",
                          hint="aiboxctl plan --profile NAME --model FAMILY, or lower min_quality in the profile",
