@@ -8,9 +8,7 @@ so ``aiboxctl probe`` stays fast and a rebuilt or reinstalled engine is read afr
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -60,17 +58,19 @@ def _lib_files(dirs: list[Path]) -> list[Path]:
 
 
 def _cpu_signature() -> str:
+    """The CPU flags line: a DL build picks its CPU variant by them."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith(("flags", "Features")):
-                    return hashlib.sha256(line.encode()).hexdigest()[:16]
+                    return line.strip()
     except OSError:
         pass
     return ""
 
 
 def _fingerprint(version: str | None, files: list[Path]) -> str:
+    """Plain text, compared as a whole (hashlib would cost more to import than it saves)."""
     parts = [f"schema={CACHE_SCHEMA}", f"version={version}", f"machine={os.uname().machine}",
              f"cpu={_cpu_signature()}"]
     for p in files:
@@ -79,7 +79,7 @@ def _fingerprint(version: str | None, files: list[Path]) -> str:
             parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
         except OSError:
             parts.append(f"{p}:?")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return "\n".join(parts)
 
 
 def _variant_of(path: str) -> str | None:
@@ -119,18 +119,19 @@ def read_engine_build(*, use_cache: bool = True, cache_dir: Path | None = None) 
     return build
 
 
-class _Feature(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
-
-
 def _read_live(version: str | None, dirs: list[Path], files: list[Path]) -> EngineBuild:
     start = time.perf_counter()
     backend_libs = tuple(dict.fromkeys(re.sub(r"\.so(\.\d+)*$", ".so", p.name) for p in files
                                        if re.match(r"libggml-(?!base)[\w.-]+\.so", p.name)))
     variants = tuple(sorted({v for v in (_variant_of(p.name) for p in files) if v}))
     try:
+        import ctypes
+
         import llama_cpp
         from llama_cpp import llama_cpp as low
+
+        class _Feature(ctypes.Structure):  # struct ggml_backend_feature
+            _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
 
         lib = low._lib
         vp, sz = ctypes.c_void_p, ctypes.c_size_t
