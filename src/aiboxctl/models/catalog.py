@@ -250,6 +250,8 @@ def _check(doc, cat: Catalog) -> None:
             if f.shards > 1 and not _SHARD_RE.match(f.file):
                 problems.append(doc.problem((*floc, "file"),
                                             "a split file must name its first shard: NAME-00001-of-0000N.gguf"))
+            if f.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", f.sha256):
+                problems.append(doc.problem((*floc, "sha256"), "not a lowercase hex SHA-256 (64 characters)"))
             if not f.file.endswith(".gguf"):
                 problems.append(doc.problem((*floc, "file"), "not a .gguf file name"))
     raise_problems(problems)
