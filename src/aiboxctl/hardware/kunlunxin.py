@@ -8,10 +8,12 @@ sample was available (accelerators.md §10): field positions follow vendor CI sc
 
 from __future__ import annotations
 
+import os
 import re
 
 from aiboxctl.hardware.pci import PciDevice, normalize_bus_id
-from aiboxctl.hardware.tools import ParseError, ToolDevice, ToolReport, find_tool, free_from, mib, run_and_parse
+from aiboxctl.hardware.tools import ParseError, ToolDevice, ToolReport, free_from, mib, run_and_parse
+from aiboxctl.system import which
 
 DIRS = ("/opt/xre/bin", "/usr/local/xpu/bin")
 FIELDS = 32
@@ -38,8 +40,18 @@ def parse_xpu_smi_machine(text: str) -> tuple[ToolDevice, ...]:
 
 
 def query(devices: list[PciDevice], timeout: float) -> ToolReport:
-    tool = find_tool("xpu-smi", DIRS)
-    if tool is None:
+    # Kunlunxin's install dirs first: on a box that also has an Intel GPU, the xpu-smi on PATH
+    # may well be Intel's.
+    candidates = [p for p in (os.path.join(d, "xpu-smi") for d in DIRS) if os.access(p, os.X_OK)]
+    on_path = which("xpu-smi")
+    if on_path and on_path not in candidates:
+        candidates.append(on_path)
+    if not candidates:
         return ToolReport("", (), ("xpu-smi (Kunlunxin) not found",))
-    found, reason = run_and_parse("xpu-smi", [tool, "-m"], parse_xpu_smi_machine, timeout)
-    return ToolReport("xpu-smi", found) if found is not None else ToolReport("", (), (reason,))
+    reasons = []
+    for tool in candidates:
+        found, reason = run_and_parse("xpu-smi", [tool, "-m"], parse_xpu_smi_machine, timeout)
+        if found is not None:
+            return ToolReport("xpu-smi", found)
+        reasons.append(reason if len(candidates) == 1 else f"{tool}: {reason}")
+    return ToolReport("", (), tuple(reasons))
