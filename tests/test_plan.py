@@ -233,3 +233,15 @@ def test_variant_colon_quant_pins_the_quantization(cli):
     assert (p.variant, p.quant) == ("qwen3-8b", "Q4_K_M")
     r = cli("plan", "--profile", "gov-office", "--hardware", "rtx4090", "--model", "qwen3-8b:Q9", "--json")
     assert r.code == 2
+
+
+def test_unequal_accelerators_get_a_proportional_tensor_split():
+    report = _report([
+        _accel("nvidia", "NVIDIA GeForce RTX 4090", "CUDA", True, 24 * 2**30),
+        _accel("nvidia", "NVIDIA A100-SXM4-80GB", "CUDA", True, 80 * 2**30),
+    ])
+    p = plan(load_use_case("finance"), report, model="qwq-32b:Q8_0", exact=False)
+    # Budgets: 24 GiB - 1 GiB margin, 80 GiB - 4 %: layers in that proportion.
+    assert p.engine["tensor_split"] == [round(23 / 99.8, 4), round(76.8 / 99.8, 4)]
+    for use in p.devices:
+        assert use.planned <= use.budget

@@ -353,7 +353,7 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
         counts = sorted({1, *[k for k in (2, 4, 8, 16) if k < len(devices)], len(devices)})
         for kv in KV_LADDER:
             for k in counts:
-                split = tuple([1.0] * k + [0.0] * (len(devices) - k)) if k < len(devices) else ()
+                split = _tensor_split(devices, k)
                 p = replace(base, n_gpu_layers=facts.n_layer + 1, tensor_split=split, cache_type_k=kv,
                             cache_type_v=kv, flash_attn="on" if kv != "f16" else "auto")
                 yield _Config(p, all_names, f"all layers on {k} x {devices[0].model}, KV {kv}")
@@ -361,6 +361,7 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
         for kv in KV_LADDER:
             for ngl in _partial_layer_counts(facts, box, devices, base, kv):
                 p = replace(base, n_gpu_layers=ngl, cache_type_k=kv, cache_type_v=kv,
+                            tensor_split=_tensor_split(devices, len(devices)),
                             flash_attn="on" if kv != "f16" else "auto")
                 yield _Config(p, all_names, f"{ngl} of {facts.n_layer + 1} layers on accelerators, KV {kv}")
         return
@@ -373,11 +374,23 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
         yield _Config(replace(p, repack=False), (), f"CPU, KV {kv}, repack off")
 
 
+def _tensor_split(devices: tuple[BoxDevice, ...], k: int) -> tuple[float, ...]:
+    """Layers in proportion to each used device's budget ((): all devices, equal shares)."""
+    used = [d.budget for d in devices[:k]]
+    if k == len(devices) and len(set(used)) == 1:
+        return ()
+    if len(set(used)) == 1:
+        return tuple([1.0] * k + [0.0] * (len(devices) - k))
+    total = sum(used)
+    return tuple([round(b / total, 4) for b in used] + [0.0] * (len(devices) - k))
+
+
 def _partial_layer_counts(facts: ModelFacts, box: Box, devices: tuple[BoxDevice, ...], base: EngineParams,
                           kv: str) -> list[int]:
     """The largest n_gpu_layers whose accelerator share fits (binary search), if any."""
     names = tuple(d.name for d in devices)
-    p = replace(base, cache_type_k=kv, cache_type_v=kv, flash_attn="on" if kv != "f16" else "auto")
+    p = replace(base, cache_type_k=kv, cache_type_v=kv, flash_attn="on" if kv != "f16" else "auto",
+                tensor_split=_tensor_split(devices, len(devices)))
 
     def fits(ngl: int) -> bool:
         est = estimate_memory(facts, replace(p, n_gpu_layers=ngl), accelerators=names)
