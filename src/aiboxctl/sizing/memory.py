@@ -158,6 +158,14 @@ def resolve_context(facts: ModelFacts, p: EngineParams) -> ResolvedContext:
     if not flash and p.cache_type_v.lower() not in ("f16", "f32", "bf16"):
         raise UsageError(f"a quantized V cache ({p.cache_type_v}) needs flash attention",
                          hint="use --flash-attn on, or --cache-type-v f16")
+    if facts.is_mla and p.cache_type_k.lower() != p.cache_type_v.lower():
+        raise UsageError(f"an MLA model keeps V as a view of K: different K and V cache types "
+                         f"({p.cache_type_k}/{p.cache_type_v}) are not supported",
+                         hint="use the same type for K and V")
+    if not flash and p.cache_type_k.lower() != p.cache_type_v.lower():
+        # llama_init_from_model: "model does not support different K and V cache types" without FA
+        raise UsageError(f"different K and V cache types ({p.cache_type_k}/{p.cache_type_v}) need flash attention",
+                         hint="use --flash-attn on, or the same type for K and V")
     return ResolvedContext(n_ctx, n_ctx_seq, n_stream, n_seq, n_batch, n_ubatch, swa_cells, flash)
 
 
