@@ -231,6 +231,9 @@ def test_repo_and_quant_expand_through_model_info(cli, hub):
     doc = r.json()["data"]
     assert [f["file"] for f in doc["files"]] == ["multi-Q4_K_M.gguf"] and doc["quant"] == "Q4_K_M"
     assert hub.requests("GET", "/api/models/org/multi")
+    seen = len(hub.log)
+    r = cli("pull", "org/multi:q4_k_m", "--endpoint", hub.url, "--json")
+    assert r.json()["data"]["already_present"] is True and len(hub.log) == seen  # from the store's records
 
 
 def test_modelscope_http_endpoint(cli, hub):

