@@ -353,3 +353,15 @@ def test_a_copied_store_is_a_dir_source_with_its_hashes(cli, hub, _isolated_stat
     r = cli("pull", "org/gap:gap.gguf", "--source", f"dir:{store_root(_isolated_state)}", "--store", str(other),
             "--json")
     assert r.code == 4 and sha(data) in r.json()["errors"][0]["message"]
+
+
+def test_progress_bars_on_a_terminal_and_none_in_json(cli, hub, monkeypatch):
+    data = gguf_bytes(2 * MiB, seed=90)
+    hub.add_file("org/p", "p.gguf", data)
+    hub.add_file("org/p", "q.gguf", data + b"q")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    r = cli("pull", "org/p:p.gguf", "--endpoint", hub.url)
+    assert r.code == 0
+    assert "p.gguf" in r.stderr and "2.1/2.1 MB" in r.stderr  # rich's bytes column, final frame
+    r = cli("pull", "org/p:q.gguf", "--endpoint", hub.url, "--json")
+    assert r.code == 0 and r.stderr == "" and json.loads(r.stdout)["ok"] is True
