@@ -7,6 +7,7 @@ typer at top level, so ``aiboxctl --help`` stays fast (heavy imports live in the
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from typing import Annotated, Optional
@@ -90,22 +91,42 @@ def _click_error(exc: Exception) -> ErrorInfo:
     return ErrorInfo("usage", message.splitlines()[0] if message else "Invalid usage.", hint, ExitCode.USAGE)
 
 
+def _typer(**extra) -> typer.Typer:
+    return typer.Typer(name=app.info.name, help=app.info.help, no_args_is_help=True, pretty_exceptions_enable=False,
+                       rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]}, **extra)
+
+
 def _app_for(args: list[str]) -> typer.Typer:
-    """The app with only the command being run, when one is named: Typer builds the Click
-    objects of every mounted command on each call (signatures and annotations of ~25
-    commands, tens of ms), and one is enough. Bare ``--help``, completion and unknown names
-    get the whole app."""
+    """Only what this call needs: Typer builds the Click objects (signatures, annotations) of
+    every mounted command on each call, tens of ms for ~25 commands. A named command gets an
+    app with just that command; the root help (no command named) gets a listing whose entries
+    carry each command's help but no parameters. Completion and unknown names get the whole app."""
+    from typer.models import CommandInfo
+
     name = output.STATE.command
-    cmds = [c for c in app.registered_commands if c.name == name]
-    groups = [g for g in app.registered_groups if g.name == name]
-    if not name or len(cmds) + len(groups) != 1:
+    if os.environ.get("_AIBOXCTL_COMPLETE"):
         return app
-    slim = typer.Typer(name=app.info.name, help=app.info.help, no_args_is_help=True,
-                       pretty_exceptions_enable=False, rich_markup_mode=None,
-                       context_settings={"help_option_names": ["-h", "--help"]})
-    slim.registered_callback = app.registered_callback
-    slim.registered_commands, slim.registered_groups = cmds, groups
-    return slim
+    if name:
+        cmds = [c for c in app.registered_commands if c.name == name]
+        groups = [g for g in app.registered_groups if g.name == name]
+        if len(cmds) + len(groups) != 1:
+            return app
+        slim = _typer()
+        slim.registered_callback = app.registered_callback
+        slim.registered_commands, slim.registered_groups = cmds, groups
+        return slim
+    listing = _typer()
+    listing.registered_callback = app.registered_callback
+    listing.registered_commands = [
+        CommandInfo(name=c.name, help=c.help or inspect.getdoc(c.callback), short_help=c.short_help,
+                    hidden=c.hidden, callback=_listed_only) for c in app.registered_commands
+    ] + [CommandInfo(name=g.name, help=g.help or g.typer_instance.info.help, hidden=bool(g.hidden),
+                     callback=_listed_only) for g in app.registered_groups]
+    return listing
+
+
+def _listed_only() -> None:  # never runs: a named command always gets the real app
+    raise RuntimeError("listing stand-in invoked")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from aiboxctl.hardware.memory import dmidecode_bandwidth, measure_bandwidth, rea
 from aiboxctl.hardware.model import (Accelerator, Bandwidth, CpuInfo, EngineBuild, HardwareReport,
                                      SelfTestSummary, ServingDecision)
 from aiboxctl.hardware.pci import VENDOR_BY_KEY, VENDOR_ID_BY_KEY, PciDevice, scan_pci
-from aiboxctl.hardware.tools import ToolDevice, ToolReport, find_tool
+from aiboxctl.hardware.tools import Background, ToolDevice, ToolReport, find_tool
 
 DEFAULT_TOOL_TIMEOUT = 5.0
 
@@ -80,23 +79,23 @@ def probe_box(sysfs_root: str | Path | None = None, proc_root: str | Path | None
     from aiboxctl.paths import StatePaths
 
     state = StatePaths.from_env()
-    with ThreadPoolExecutor(max_workers=max(2, len(to_query) + 2)) as pool:
-        engine_f = pool.submit(read_engine_build, use_cache=engine_cache, cache_dir=state.engine)
-        dmi_f = pool.submit(dmidecode_bandwidth, timeout) if not measure_bandwidth and _is_root() and find_tool(
-            "dmidecode", ("/usr/sbin", "/sbin")) else None
-        tool_f = {k: pool.submit(_query_vendor, k, by_vendor.get(k, []), timeout) for k in to_query}
-        cpu = read_cpu(proc, sysfs, warnings)
-        disks = read_disks(state.models, warnings)
-        reports = {k: f.result() for k, f in tool_f.items()}
-        engine = engine_f.result()
-        if measure_bandwidth:
-            bandwidth = measure_bandwidth_safely(warnings)
-        elif dmi_f is not None:
-            bandwidth = dmi_f.result()
-        elif not _is_root():
-            bandwidth = Bandwidth(None, "unknown", "dmidecode needs root; run `aiboxctl probe --measure` to measure")
-        else:
-            bandwidth = Bandwidth(None, "unknown", "dmidecode is not installed; `aiboxctl probe --measure` measures")
+    # Vendor tools (and dmidecode) run in threads while this one reads /proc, sysfs and the
+    # engine build; a hung tool costs its timeout once, not once per vendor.
+    dmi = Background(dmidecode_bandwidth, timeout) if not measure_bandwidth and _is_root() and find_tool(
+        "dmidecode", ("/usr/sbin", "/sbin")) else None
+    tools = {k: Background(_query_vendor, k, by_vendor.get(k, []), timeout) for k in to_query}
+    engine = read_engine_build(use_cache=engine_cache, cache_dir=state.engine)
+    cpu = read_cpu(proc, sysfs, warnings)
+    disks = read_disks(state.models, warnings)
+    reports = {k: t.result() for k, t in tools.items()}
+    if measure_bandwidth:
+        bandwidth = measure_bandwidth_safely(warnings)
+    elif dmi is not None:
+        bandwidth = dmi.result()
+    elif not _is_root():
+        bandwidth = Bandwidth(None, "unknown", "dmidecode needs root; run `aiboxctl probe --measure` to measure")
+    else:
+        bandwidth = Bandwidth(None, "unknown", "dmidecode is not installed; `aiboxctl probe --measure` measures")
     memory = read_memory(proc, warnings, bandwidth)
 
     accelerators: list[Accelerator] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -99,3 +100,27 @@ def split_row(line: str) -> list[str]:
 
 
 USED_TOTAL = re.compile(r"(\d+)\s*(?:MiB|MB)?\s*/\s*(\d+)\s*(MiB|MB|GiB)?")
+
+
+class Background:
+    """``fn(*args)`` in a daemon thread; ``result()`` waits and returns or re-raises.
+
+    Plain threading rather than concurrent.futures: that import (logging and all) costs
+    more start-up than a cached probe is allowed."""
+
+    def __init__(self, fn: Callable, *args, **kwargs) -> None:
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable, args: tuple, kwargs: dict) -> None:
+        try:
+            self._value = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
