@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 def chat(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="One-shot: print only the answer. '-' reads stdin.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Answer length cap.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length cap (0: the service's own cap).")] = 512,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature.")] = None,
     root: RootOpt = None,
     url: UrlOpt = None,
@@ -35,7 +35,7 @@ def chat(
     from aiboxctl.client.chat import ChatSession, repl
 
     endpoint = endpoint_from_install(root, url=url, api_key=api_key)
-    session = ChatSession(endpoint, system=system, max_tokens=max_tokens, temperature=temperature)
+    session = ChatSession(endpoint, system=system, max_tokens=max_tokens or None, temperature=temperature)
     if prompt == "-" or (prompt is None and (not sys.stdin.isatty() or output.STATE.json)):
         prompt = sys.stdin.read()
     if prompt is not None:

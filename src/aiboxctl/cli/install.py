@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -28,7 +29,7 @@ def _render_install(console: Any, r: Any) -> None:
             if c.changed:
                 console.print(f"[bold]{c.action}[/bold] {c.path} ({c.mode})")
                 if c.diff:
-                    console.print(c.diff.rstrip("\n"), markup=False, highlight=False)
+                    console.print(c.diff.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
     console.print(f"aibox [bold]{r.profile}[/bold] on [bold]{r.model_variant}[/bold] under {r.root}: "
                   f"{verb.lower()} {r.changed} file(s)" if r.changed else
                   f"aibox [bold]{r.profile}[/bold] on [bold]{r.model_variant}[/bold] under {r.root}: 0 changes")
@@ -41,13 +42,13 @@ def _render_install(console: Any, r: Any) -> None:
         if r.smoke.get("answer"):
             answer = " ".join(r.smoke["answer"].split())[:80]
             console.print(f"  smoke test   ok: {answer!r}", markup=False)
-        console.print("  next:        " + "   ".join(r.next_commands), markup=False)
+        console.print("  next:        " + "   ".join(r.next_commands), markup=False, soft_wrap=True)
     for note in r.notes:
         console.print(f"  [dim]{note}[/dim]")
 
 
 def install(
-    profile: Annotated[str, typer.Option("--profile", "-p", help="Use-case profile (demo, gov-office, finance, …) or a YAML file.")],
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Use-case profile (demo, gov-office, finance, …) or a YAML file.")] = None,
     model: ModelOpt = None,
     root: RootOpt = None,
     port: Annotated[Optional[int], typer.Option("--port", help="Listen port (default: the profile's).")] = None,
@@ -55,10 +56,20 @@ def install(
     dry_run: DryRunOpt = False,
     replan: Annotated[bool, typer.Option("--replan", help="Plan again even when the inputs match the installed generation.")] = False,
     health_timeout: HealthTimeoutOpt = 300.0,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Install offline from an `aiboxctl pack` bundle: every member verified first, no network used.")] = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> int:
     """Install the appliance: probe, plan, pull, fit, render, write, start, verify (one transaction)."""
+    if bundle is not None:  # offline, from `aiboxctl pack` (the bundle's own module)
+        from aiboxctl.cli.pack import install_bundle
+
+        return install_bundle(bundle, profile=profile, model=model, root=root, port=port, bind=bind,
+                              dry_run=dry_run, health_timeout=health_timeout, yes=yes, render=_render_install)
+    if profile is None:
+        from aiboxctl.errors import UsageError
+
+        raise UsageError("Missing option '--profile' / '-p' (or --bundle).", hint="aiboxctl install --help")
     from aiboxctl.deploy.install import install as run_install
 
     result = run_install(profile, model=model, root=root, port=port, bind=bind, dry_run=dry_run, replan=replan,

@@ -35,7 +35,7 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
         mark = "[green]healthy[/green]" if r.healthy else "[red]not healthy[/red]"
         console.print(f"aibox under {r.root}: {mark}  ({r.service['manager']}: {r.service['detail']}, "
                       f"restarts {r.service['restarts']})")
-        console.print(f"  model      {r.model_variant}  ({r.model_path})", markup=False)
+        console.print(f"  model      {r.model_variant}  ({r.model_path})", markup=False, soft_wrap=True)
         console.print(f"  profile    {r.profile}   generation {r.generation}")
         p = r.plan
         console.print(f"  plan       n_ctx {p['n_ctx']}, {p['parallel']} slots, threads {p['threads'] or 'auto'}, "

