@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -30,10 +31,12 @@ def probe(measure: MeasureOpt = False, selftest: SelftestOpt = False, fresh: Fre
     from aiboxctl.hardware.probe import probe_box
 
     report = probe_box(measure_bandwidth=measure, selftest=selftest, engine_cache=not fresh)
+    code = output.emit(report, _human)  # --json: the warnings are in the envelope's data
     if not output.STATE.json:
+        sys.stdout.flush()  # the report first, then what went wrong while reading it
         for w in report.warnings:
             output.warn(w)
-    return output.emit(report, _human)
+    return code
 
 
 def _gib(n: int | None) -> str:

@@ -239,7 +239,8 @@ def decide_serving(accelerators: list[Accelerator], engine: EngineBuild, cpu_var
 def _describe(accs: list[Accelerator]) -> str:
     groups: dict[str, int] = {}
     for a in accs:
-        label = f"{a.vendor} {a.model}" if a.model and not a.model.startswith(a.vendor) else (a.model or a.vendor)
+        named = a.model and a.model.split()[0].lower() in a.vendor.lower().split()  # "Ascend 910A", "NVIDIA H100"
+        label = (a.model if named else f"{a.vendor} {a.model}") if a.model else a.vendor
         groups[label] = groups.get(label, 0) + 1
     return ", ".join(f"{n}× {label}" for label, n in groups.items())
 
