@@ -35,7 +35,8 @@ def _entries(tmp_path: Path) -> list[Entry]:
 def _bundle(tmp_path: Path, *, target: TargetPlatform = HERE, compress: str = "none", name="b.tar") -> Path:
     out = tmp_path / name
     write_bundle(out, _entries(tmp_path), target=target, compress=compress, profile="demo", hardware="cpu-32g",
-                 model={"variant": "tiny", "path": "models/tiny.gguf"})
+                 model={"variant": "tiny", "quant": "Q4_1", "path": "models/tiny.gguf",
+                        "repo": "local/tiny", "file": "tiny.gguf", "source": "dir"})
     return out
 
 
@@ -70,11 +71,16 @@ def test_round_trip_manifest_first_and_every_member_verified(tmp_path, compress)
     assert checked.members == 5 and checked.bundle_id == bundle_id
     assert _nothing_written(tmp_path), "checking must not write anything"
     done = unpack(checked, store=store, scratch=scratch, install_wheels=False)
-    assert done.model_path == store / "tiny.gguf" and done.model_path.read_bytes() == MODEL_BYTES
+    assert done.model_path == store / "local" / "tiny" / "tiny.gguf"
+    assert done.model_path.read_bytes() == MODEL_BYTES
+    from aiboxctl.hub.store import ModelStore
+
+    found = ModelStore(store).find("tiny", "Q4_1")
+    assert found is not None and found.path == done.model_path and found.sha256 == model.sha256
     assert done.plan == {"variant": "tiny"}
     sums = (done.scratch / "SHA256SUMS").read_text()
     assert f"{model.sha256}  models/tiny.gguf\n" in sums
-    assert not list(store.glob("*.incomplete"))
+    assert not list(store.rglob("*.incomplete"))
     done.cleanup()
     assert not done.scratch.exists()
 
@@ -283,3 +289,43 @@ def test_scan_refuses_a_second_copy_of_a_member(tmp_path):
     assert plan is not None
     with pytest.raises(VerificationFailed, match="twice"):
         scan_bundle(_evil_bundle(tmp_path, add), manifest)
+
+
+def test_cli_install_bundle_for_another_machine_exits_1_naming_the_target(tmp_path, cli):
+    target = TargetPlatform(python="3.11", platform="manylinux_2_28_aarch64")
+    bundle = _bundle(tmp_path, target=target)
+    r = cli("install", "--bundle", str(bundle), "--root", str(tmp_path / "root"), "--yes", "--json")
+    assert r.code == 1
+    err = r.json()["errors"][0]
+    assert err["code"] == "bundle_wrong_target" and "manylinux_2_28_aarch64" in err["message"]
+    assert not (tmp_path / "root").exists()
+
+
+def test_cli_install_bundle_traversal_is_one_line_exit_4(tmp_path, cli_proc):
+    def add(tf):
+        info = tarfile.TarInfo("../etc/passwd")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"root\n"))
+
+    evil = _evil_bundle(tmp_path, add)
+    r = cli_proc("install", "--bundle", str(evil), "--root", str(tmp_path / "root"), "--yes",
+                 env={"AIBOX_HOME": str(tmp_path / "home")})
+    assert r.code == 4 and r.stdout == ""
+    errors = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: bundle member '../etc/passwd'"), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "home" / "models").exists()
+
+
+def test_cli_install_bundle_rejects_profile_with_bundle(tmp_path, cli):
+    r = cli("install", "--bundle", str(tmp_path / "x.tar"), "--profile", "demo", "--json")
+    assert r.code == 2 and "--bundle" in r.json()["errors"][0]["message"]
+
+
+def test_pip_platforms_cover_older_manylinux_and_local_builds():
+    tags = TargetPlatform(python="3.11", platform="manylinux_2_28_x86_64").pip_platforms()
+    assert tags[0] == "manylinux_2_28_x86_64"
+    for t in ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64"):
+        assert t in tags
+    assert not any("aarch64" in t for t in tags)
+    assert TargetPlatform(python="3.11", platform="manylinux2014_aarch64").arch == "aarch64"

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from aiboxctl.bundle.manifest import MANIFEST_NAME, BundleError, BundleManifest, Member, check_member_name
+from aiboxctl.bundle.manifest import (
+    FOREIGN_HINT,
+    MANIFEST_NAME,
+    BundleError,
+    BundleManifest,
+    Member,
+    check_member_name,
+)
 from aiboxctl.errors import VerificationFailed
 
 _CHUNK = 4 * 1024 * 1024
@@ -244,11 +251,11 @@ def check_member_safe(info: tarfile.TarInfo) -> None:
         tarfile.data_filter(info, _CHECK_DEST)
     except tarfile.FilterError as exc:
         raise VerificationFailed(f"bundle member {info.name!r} refused: {exc}", code="bundle_unsafe_member",
-                                 hint="this bundle was not made by aiboxctl pack, or was tampered with") from None
+                                 hint=FOREIGN_HINT) from None
     if info.issym() or info.islnk():
         raise VerificationFailed(
             f"bundle member {info.name!r} is a link to {info.linkname!r}; bundles carry only regular files",
-            code="bundle_unsafe_member", hint="this bundle was not made by aiboxctl pack, or was tampered with")
+            code="bundle_unsafe_member", hint=FOREIGN_HINT)
     if not (info.isreg() or info.isdir()):
         raise VerificationFailed(f"bundle member {info.name!r} is not a regular file; refusing it",
                                  code="bundle_unsafe_member")
@@ -287,7 +294,7 @@ def scan_bundle(bundle: Path, manifest: BundleManifest, *, sink: Sink | None = N
                 if member is None:
                     raise VerificationFailed(f"bundle member {info.name!r} is not listed in the manifest; refusing",
                                              code="bundle_unlisted_member",
-                                             hint="this bundle was not made by aiboxctl pack, or was tampered with")
+                                             hint=FOREIGN_HINT)
                 if info.name in seen:
                     raise VerificationFailed(f"bundle member {info.name!r} appears twice; refusing",
                                              code="bundle_duplicate_member")

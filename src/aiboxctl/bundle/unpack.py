@@ -80,29 +80,54 @@ def check_bundle(bundle: Path, *, needs: dict[Path, int] | None = None,
                          bytes=result.bytes)
 
 
+def model_destination(manifest: BundleManifest, store_root: Path, bundle_id: str) -> Path | None:
+    """Where the bundled weights go in this box's store: the same repo/file as on the packer."""
+    from aiboxctl.hub.store import ModelStore
+
+    rec = manifest.model
+    if not rec.get("path"):
+        return None
+    repo = rec.get("repo") or f"bundle:{bundle_id[:12]}"
+    return ModelStore(store_root).path_for(repo, rec.get("file") or Path(rec["path"]).name)
+
+
 def space_needed(manifest: BundleManifest, *, store: Path, scratch: Path) -> dict[Path, int]:
     model_member = manifest.model.get("path")
     model = sum(m.size for m in manifest.members if m.path == model_member)
     # The engine wheel unpacks to about 3x its size in site-packages; the rest is small.
-    wheels = sum(m.size for m in manifest.members if m.path.startswith("wheels/"))
-    return {store: model, scratch: wheels * 4}
+    rest = sum(m.size for m in manifest.members if m.path != model_member)
+    return {store: model, scratch: rest * 4}
 
 
 def unpack(checked: CheckedBundle, *, store: Path, scratch: Path, install_wheels: bool = True,
            progress=None) -> UnpackedBundle:
-    """Steps 3 and 4 for a checked bundle."""
+    """Steps 3 and 4 for a checked bundle: the weights go straight to their place in the model
+    store (and are recorded there), everything else to a scratch folder."""
+    import time
+
+    from aiboxctl.hub.store import ModelStore, StoredFile
+
     manifest = checked.manifest
     model_member = manifest.model.get("path")
     scratch_dir = scratch / f"bundle-{checked.bundle_id[:12]}"
+    model_path = model_destination(manifest, store, checked.bundle_id)
     plan: dict | None = None
 
     def sink(member):
         if member.path == model_member:
-            return store / Path(member.path).name
+            return model_path
         return scratch_dir / member.path  # wheels, plan, configs, install.sh
 
     scan_bundle(checked.path, manifest, sink=sink, progress=progress)
-    model_path = store / Path(model_member).name if model_member else None
+    if model_path is not None:
+        rec, member = manifest.model, manifest.member(model_member)
+        now = time.time()
+        ModelStore(store).add(StoredFile(
+            path=model_path, repo=rec.get("repo") or f"bundle:{checked.bundle_id[:12]}",
+            file=rec.get("file") or model_path.name, size=member.size, sha256=member.sha256,
+            source=rec.get("source") or "bundle", endpoint=f"bundle:{checked.path.name}",
+            revision=rec.get("revision"), variant=rec.get("variant"), quant=rec.get("quant"),
+            expected_sha256_from="bundle", pulled_at=now, verified_at=now))
     plan_file = scratch_dir / "plan.json"
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
@@ -112,10 +137,28 @@ def unpack(checked: CheckedBundle, *, store: Path, scratch: Path, install_wheels
     return UnpackedBundle(checked=checked, model_path=model_path, scratch=scratch_dir, plan=plan, pip=pip_summary)
 
 
+def _already_installed(wheels: Path) -> bool:
+    """True when every bundled wheel's distribution is installed here at the same version
+    (install.sh has just made this venv from them): pip would only say so, slowly."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    installed = {canonicalize_name(d.metadata["Name"] or ""): d.version for d in metadata.distributions()}
+    for whl in wheels.glob("*.whl"):
+        name, version, _, _ = parse_wheel_filename(whl.name)
+        if installed.get(canonicalize_name(name)) != str(version):
+            return False
+    return True
+
+
 def install_bundled_wheels(wheels: Path, manifest: BundleManifest) -> str:
     """``pip install --no-index`` of the bundle's aiboxctl into the running environment."""
+    if _already_installed(wheels):
+        return "already installed"
     extra = "[zstd]" if manifest.compress == "zstd" else ""
-    env = {**os.environ, **OFFLINE_ENV}
+    # No pip configuration either: a configured mirror or find-links URL would be a network call.
+    env = {**os.environ, **OFFLINE_ENV, "PIP_CONFIG_FILE": os.devnull}
     res = run_command([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels),
                        "--disable-pip-version-check", f"aiboxctl{extra}=={manifest.aiboxctl_version}"],
                       timeout=1800, env=env)

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "probe",
     "inspect",
     "estimate",
+    "pack",
     "engine",
 )
 

