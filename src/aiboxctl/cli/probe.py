@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 
 MeasureOpt = Annotated[bool, typer.Option(
-    "--measure", help="Measure memory bandwidth with a short copy (about a second) instead of asking dmidecode.")]
+    "--measure", help="Measure memory bandwidth with a short copy (a second or two) instead of asking dmidecode.")]
 SelftestOpt = Annotated[bool, typer.Option(
     "--selftest", help="Run the engine self-test to verify that advertised AVX-512/AMX paths really execute.")]
 FreshOpt = Annotated[bool, typer.Option(

@@ -104,7 +104,7 @@ def dmidecode_bandwidth(timeout: float) -> Bandwidth:
     return Bandwidth(gbps, "dmidecode" if gbps else "unknown", detail)
 
 
-def measure_bandwidth(size_bytes: int = 256 * 1024 * 1024, repeats: int = 3) -> Bandwidth:
+def measure_bandwidth(size_bytes: int = 128 * 1024 * 1024, repeats: int = 5) -> Bandwidth:
     """A short numpy copy: bytes read + bytes written per second, best of ``repeats``.
 
     One thread, so it is a lower bound of what llama.cpp's threads get on a many-channel box."""
