@@ -276,12 +276,14 @@ def test_domestic_vendor(box, vendor_id, tool, fixture, bus, vendor, model, tota
 
 
 def test_intel_gpu_never_runs_xpu_smi_and_kunlunxin_refuses_intels_tool(box):
+    box.pci("0000:00:02.0", INTEL, 0xa780, VGA)  # the CPU's integrated GPU
     box.pci("0000:03:00.0", INTEL, 0x56c0, DISPLAY_3D)
     box.pci("0000:04:00.0", INTEL, 0x4940, 0x0B4000)  # QuickAssist is a co-processor, not an accelerator
     box.tool("xpu-smi", {"*": Out("xpu-smi-intel.txt")})
     r = probe_box()
-    (gpu,) = r.accelerators
+    igpu, gpu = r.accelerators
     assert gpu.vendor == "Intel" and gpu.detected_by == ("sysfs",) and gpu.ggml_backend in ("SYCL", "Vulkan")
+    assert "integrated GPU: shares system RAM" in igpu.notes and igpu.pci_bus_id == "0000:00:02.0"
     assert box.calls() == []
 
     box.pci("0000:3b:00.0", KUNLUNXIN, 0x3685, ACCEL)

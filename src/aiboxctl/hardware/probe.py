@@ -167,6 +167,8 @@ def _merge(key: str, pci_devs: list[PciDevice], report: ToolReport | None, engin
             notes.append("index by PCI order")
         if dev is not None and dev.driver:
             notes.append(f"kernel driver {dev.driver}")
+        if key == "intel" and dev is not None and dev.bus_id.endswith(":00:02.0"):
+            notes.append("integrated GPU: shares system RAM")
         index = td.index if td and td.index is not None else (
             sorted(pci_devs, key=lambda d: d.bus_id).index(dev) if dev else position)
         out.append(Accelerator(
