@@ -15,8 +15,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiboxctl.env import Env
@@ -404,11 +404,28 @@ def _expected(w: WantedFile, remote: RemoteFile | None, source_kind: str) -> tup
     return None, "none"
 
 
+@contextmanager
+def _locked(store: ModelStore, w: WantedFile, progress: Progress):
+    """The file's lock; says so when another pull holds it (it may take a while)."""
+    from filelock import Timeout
+
+    lock = store.lock_for(w.repo, w.file)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        progress.note(f"{w.file}: another pull is downloading it; waiting for it to finish")
+        lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def _download_one(store: ModelStore, req: PullRequest, w: WantedFile, remote: RemoteFile, src,
                   progress: Progress) -> tuple[PulledFile, float]:
     expected, expected_from = _expected(w, remote, src.kind)
     t0 = time.monotonic()
-    with store.lock_for(w.repo, w.file):
+    with _locked(store, w, progress):
         # another pull may have finished it while we waited for the lock
         done = store.present(w.repo, w.file, expected)
         if done is not None:
