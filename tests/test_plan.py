@@ -245,3 +245,13 @@ def test_unequal_accelerators_get_a_proportional_tensor_split():
     assert p.engine["tensor_split"] == [round(23 / 99.8, 4), round(76.8 / 99.8, 4)]
     for use in p.devices:
         assert use.planned <= use.budget
+
+
+def test_pull_reads_the_plan_json(cli, tmp_path):
+    from aiboxctl.hub.pull import resolve_request
+
+    r = cli("plan", "--profile", "demo", "--hardware", "cpu-32g", "--json")
+    path = tmp_path / "plan.json"
+    path.write_text(r.stdout)
+    req = resolve_request(None, plan=path)
+    assert req.quant == "Q4_1" and "smollm2" in req.model.lower()

@@ -234,6 +234,8 @@ class Plan:
 
         return {
             "profile": self.profile, "hardware": self.hardware,
+            # Top level too, for scripts and `aiboxctl pull --plan plan.json`.
+            "variant": self.variant, "quant": self.quant,
             "choice": {"variant": self.variant, "family": self.family, "quant": self.quant,
                        "quality": self.quality, "params_b": self.params_b, "licence": self.licence,
                        "file": to_jsonable(self.file), "file_names": list(self.file.file_names),
@@ -509,7 +511,7 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
             if why:
                 notes.append(f"runs on the CPU: {why}")
         else:
-            rejected.append(Rejected(v.name, f.quant, best.reason, best.kind if not why else best.kind, best.needed))
+            rejected.append(Rejected(v.name, f.quant, best.reason, best.kind, best.needed))
     if chosen is None:
         _does_not_fit(profile, box, outcomes, rejected, catalog, notes)
     v, f, out, facts, local = chosen
@@ -567,14 +569,12 @@ def _make_plan(profile, box, v, f, out, facts, local, estimate, compute_source, 
     budgets = [box.ram_budget, *(d.budget for d in out.devices)]
     caps = [box.ram, *(d.memory for d in out.devices)]
     uses = tuple(DeviceUse(dm.device, b, dm.total, c) for dm, b, c in zip(estimate.devices, budgets, caps))
-    template = catalog.chat_template_of(v)
     tmpl_name = v.chat_template or catalog.families[v.family].chat_template
     if v.has_chat_template is False:
         notes.append(f"the GGUF has no chat template: the engine uses the catalog's {tmpl_name!r} template")
     if facts.source != "header":
         notes.append("weights and KV from the catalog's architecture facts; the header (after pull) is exact")
     notes.extend(v.notes)
-    del template
     return Plan(
         profile=profile.name, hardware=box.name, variant=v.name, family=v.family, quant=f.quant,
         quality=v.quality, params_b=v.params, licence=catalog.licence_of(v), file=f,
