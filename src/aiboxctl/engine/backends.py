@@ -240,7 +240,7 @@ def build_spec(backend: str, accelerators: Sequence[Any] = (), *,
         args.append("-DGGML_CUDA=ON")
         if archs:
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(archs)}")
-        why = f"CUDA for {seen}" + (f" (compute capability {', '.join(archs)})" if archs else
+        why = f"CUDA for {seen}" + (f" (CUDA architectures {', '.join(archs)})" if archs else
                                      " (architectures unknown: ggml's default list)")
     elif backend == "hip":
         hygon = any(_is_hygon(a) for a in mine)

@@ -82,6 +82,23 @@ def _platform_ok(wheel: Path) -> bool:
     return tag == "any" or tag.endswith(platform.machine())
 
 
+def wheel_backend(wheel: Path) -> str:
+    """The accelerator backend a llama-cpp-python wheel carries, from its libggml-<name>.so
+    files ("cpu" when it has none)."""
+    import re
+
+    found = set()
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            m = re.search(r"(?:^|/)libggml-(cuda|hip|musa|cann|vulkan|sycl)\.so", name)
+            if m:
+                found.add(m.group(1))
+    for backend in ("cuda", "hip", "musa", "cann", "sycl", "vulkan"):
+        if backend in found:
+            return backend
+    return "cpu"
+
+
 # --- the wheel cache -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -456,18 +473,17 @@ def install_engine(backend: str = "auto", *, wheel: Path | None = None, accelera
         if not wheel.is_file() or not wheel.name.startswith(WHEEL_PREFIX) or wheel.suffix != ".whl":
             raise UsageError(f"Not a llama-cpp-python wheel: {wheel}", hint="pass a llama_cpp_python-*.whl file")
         given_version = wheel.name[len(WHEEL_PREFIX):].split("-", 1)[0]
-        spec_backend = None if backend == "auto" else backend
-        spec = build_spec(backend, ()) if spec_backend else None
+        spec_backend = wheel_backend(wheel) if backend == "auto" else backend
+        spec = None
         key = f"given-{_sha256(wheel)[:12]}"
         target = cache.find(given_version, key) or cache.add(wheel, CachedWheel(
             path=wheel, version=given_version, key=key, backend=spec_backend, origin="given"))
         reason = f"the given wheel {wheel.name}"
-        cmake_args: tuple[str, ...] = ()
-        built = False
     else:
         spec = build_spec(backend, _accelerators(accelerators), architectures=architectures)
         target = cache.find(version, spec.key)
-        reason, cmake_args, built = spec.reason, spec.cmake_args, False
+        reason = spec.reason
+    built = False
 
     tc = None
     if target is None:  # a build is needed: check the toolchain before anything else
@@ -507,11 +523,12 @@ def install_engine(backend: str = "auto", *, wheel: Path | None = None, accelera
             progress("keeping a copy of the installed engine, to restore it if the new one fails")
             previous = snapshot_installed(before, cache)
 
+    check_backend = target.backend if target.backend else (None if backend == "auto" else backend)
+    test_model = selftest_model(model, progress=progress)  # before anything changes
     progress(f"installing {target.path.name} ({target.key})")
     pip_install(python, target.path)
-    progress("self-testing the new engine" + (" with offload on" if (target.backend or backend) not in ("cpu",) else ""))
-    check_backend = target.backend if target.backend else (None if backend == "auto" else backend)
-    result = verify(python, check_backend, selftest_model(model, progress=progress))
+    progress("self-testing the new engine" + (" with offload on" if check_backend not in (None, "cpu") else ""))
+    result = verify(python, check_backend, test_model)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     found_backends = [b for b in result.engine.get("backends", ()) if b != "CPU"]
     from aiboxctl.engine.backends import backend_from_registry_name
@@ -526,7 +543,15 @@ def install_engine(backend: str = "auto", *, wheel: Path | None = None, accelera
         restored = None
         if previous is not None:
             progress(f"the new engine failed ({result.reason}); restoring the previous one")
-            pip_install(python, previous.path)
+            try:
+                pip_install(python, previous.path)
+            except AiboxError as exc:
+                _write_record({**doc, "restored": None, "restore_error": exc.message}, current=False)
+                raise VerificationFailed(
+                    f"The new engine ({target.key}) failed its self-test: {result.reason}; restoring the "
+                    f"previous one failed too: {exc.message}",
+                    hint=f"reinstall it by hand: {python} -m pip install --force-reinstall --no-deps {previous.path}",
+                    data={"record": doc}) from exc
             after = inspect_engine(python).get("engine") or {}
             restored = {"key": previous.key, "version": previous.version, "wheel": str(previous.path),
                         "available": bool(after.get("available")), "backends": after.get("backends")}
@@ -588,8 +613,7 @@ def engine_status(*, python: str = sys.executable, accelerators: Sequence[Any] |
     if not engine.get("available"):
         next_command = f"aiboxctl engine install --backend {spec.backend}"
     elif not has_backend:
-        arch = f" --arch {','.join(spec.architectures)}" if spec.architectures and spec.backend == "cann" else ""
-        next_command = f"aiboxctl engine install --backend {spec.backend}{arch}"
+        next_command = f"aiboxctl engine install --backend {spec.backend}"
     elif not sees_device:
         next_command = "aiboxctl probe"
     return EngineStatus(
@@ -600,3 +624,35 @@ def engine_status(*, python: str = sys.executable, accelerators: Sequence[Any] |
         matches=matches, next_command=next_command, record=read_record(),
         cached_wheels=tuple(e.meta() | {"path": str(e.path)} for e in cache.entries()),
         error=engine.get("error"))
+
+
+# --- for `aiboxctl install` ------------------------------------------------------------------
+
+def offload_gap(n_gpu_layers: int, *, accelerators: Sequence[Any] | None = None,
+                python: str = sys.executable) -> BuildSpec | None:
+    """The build ``install`` needs first when a plan offloads layers (``n_gpu_layers != 0``) but
+    the installed engine lacks the backend for this box's accelerators; None when it can run."""
+    if not n_gpu_layers:
+        return None
+    spec = build_spec("auto", _accelerators(accelerators))
+    if spec.backend == "cpu":
+        return None
+    engine = inspect_engine(python).get("engine") or {}
+    names = registry_names(spec.backend)
+    if engine.get("available") and any(b in names for b in engine.get("backends") or ()):
+        return None
+    return spec
+
+
+def ensure_engine_for_offload(n_gpu_layers: int, *, confirm: Callable[[str], None],
+                              accelerators: Sequence[Any] | None = None, python: str = sys.executable,
+                              progress: Progress = _quiet) -> EngineInstallResult | None:
+    """Build and install the engine a plan's offload needs (``confirm`` refuses without --yes);
+    None when the installed engine already has the backend."""
+    spec = offload_gap(n_gpu_layers, accelerators=accelerators, python=python)
+    if spec is None:
+        return None
+    confirm(f"The plan offloads {n_gpu_layers} layers to {spec.backend.upper()} but the installed engine "
+            f"has no {registry_names(spec.backend)[0]} backend. Build it ({spec.key})?")
+    return install_engine(spec.backend, accelerators=accelerators, python=python,
+                          architectures=spec.architectures, progress=progress)

@@ -1,0 +1,166 @@
+"""The engine wheel cache, install into an environment, self-test and restore — with real pip,
+real wheels and the real engine, in a throwaway virtualenv (the shared .venv is never touched).
+
+The throwaway venv sees every package of the running environment except llama-cpp-python
+(a folder of symlinks added with ``site.addsitedir``), so installs, restores and the
+self-test run against exactly the llama-cpp-python the test put there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from aiboxctl.engine.backends import build_spec
+from aiboxctl.engine.build import (
+    CachedWheel,
+    WheelCache,
+    build_wheel,
+    engine_status,
+    inspect_engine,
+    install_engine,
+    read_record,
+    snapshot_installed,
+)
+from aiboxctl.errors import VerificationFailed
+from aiboxctl.paths import StatePaths
+from engineenv import drop_from_wheel, make_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _wheel(folder: Path, version: str = "0.3.36", tag: str = "py3-none-linux_x86_64", body: bytes = b"x") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"llama_cpp_python-{version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("llama_cpp/__init__.py", body)
+    return path
+
+
+# --- the cache -------------------------------------------------------------------------------
+
+def test_cache_keys_by_version_backend_and_architectures(tmp_path):
+    cache = WheelCache(tmp_path / "wheels")
+    cuda_a = build_spec("cuda", [], architectures=["86", "89"])
+    cuda_b = build_spec("cuda", [], architectures=["90"])
+    src = _wheel(tmp_path / "src", body=b"a")
+    stored = cache.add(src, CachedWheel(src, "0.3.36", cuda_a.key, "cuda", cuda_a.architectures,
+                                        cuda_a.cmake_args, build_seconds=12.5))
+    assert stored.path == tmp_path / "wheels" / "0.3.36" / "cuda-86.89" / src.name
+    assert stored.sha256 and stored.size_bytes == src.stat().st_size
+    hit = cache.find("0.3.36", "cuda-86.89")
+    assert hit is not None and hit.cmake_args == cuda_a.cmake_args and hit.build_seconds == 12.5
+    assert cache.find("0.3.36", cuda_b.key) is None  # other architectures: another wheel
+    assert cache.find("0.3.37", cuda_a.key) is None  # another llama-cpp-python version
+    assert [e.key for e in cache.entries()] == ["cuda-86.89"]
+
+
+def test_cache_ignores_wheels_for_another_machine(tmp_path):
+    cache = WheelCache(tmp_path)
+    other = "aarch64" if os.uname().machine != "aarch64" else "x86_64"
+    _wheel(cache.dir_for("0.3.36", "cpu-portable"), tag=f"py3-none-linux_{other}")
+    assert cache.find("0.3.36", "cpu-portable") is None
+
+
+def test_a_cached_wheel_is_reused_without_building(tmp_path):
+    """A hit never reaches the source download or the compiler (no sdist, no toolchain here)."""
+    cache = WheelCache(tmp_path)
+    spec = build_spec("cpu", [])
+    src = _wheel(tmp_path / "src")
+    cache.add(src, CachedWheel(src, "0.3.36", spec.key, "cpu", (), spec.cmake_args, build_seconds=400.0))
+    got = build_wheel(spec, version="0.3.36", cache=cache, python="/nonexistent/python")
+    assert got.key == "cpu-portable" and got.build_seconds == 400.0
+
+
+# --- a throwaway environment -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def native_wheel(tmp_path_factory) -> Path:
+    """The shared environment's llama-cpp-python packed into a wheel (what install keeps to
+    restore when aiboxctl did not install the engine itself)."""
+    cache = WheelCache(tmp_path_factory.mktemp("snapshot-cache"))
+    engine = inspect_engine(sys.executable)["engine"]
+    snap = snapshot_installed(engine, cache)
+    assert snap is not None and snap.origin == "snapshot"
+    return snap.path
+
+
+def test_snapshot_is_a_complete_wheel(native_wheel):
+    with zipfile.ZipFile(native_wheel) as zf:
+        names = set(zf.namelist())
+        record = zf.read(next(n for n in names if n.endswith(".dist-info/RECORD"))).decode()
+    assert "llama_cpp/llama_cpp.py" in names and "llama_cpp/lib/libllama.so" in names
+    assert not any("__pycache__" in n or n.endswith(("/INSTALLER", "/direct_url.json")) for n in names)
+    listed = {line.split(",")[0] for line in record.splitlines()}
+    assert listed == names
+
+
+@pytest.mark.slow
+def test_failed_selftest_restores_the_previous_engine(tmp_path, native_wheel):
+    env_py = make_env(tmp_path / "env")
+    cache = WheelCache(tmp_path / "cache")
+    assert inspect_engine(str(env_py))["engine"]["error"] == "llama-cpp-python is not installed"
+
+    good = install_engine("cpu", wheel=native_wheel, python=str(env_py), cache=cache)
+    assert good.action == "installed" and good.backend == "cpu"
+    assert good.selftest["ok"] and good.engine["backends"] == ["CPU"]
+    assert good.previous is None  # nothing was installed before
+    record = read_record()
+    assert record["ok"] and record["wheel"] == str(good.wheel)
+
+    # The same wheel again: nothing to do.
+    again = install_engine("cpu", wheel=native_wheel, python=str(env_py), cache=cache)
+    assert again.action == "unchanged"
+
+    # A wheel whose CPU backend library is missing: it installs, then cannot load.
+    broken = drop_from_wheel(native_wheel, tmp_path / "broken" / native_wheel.name,
+                              lambda n: n.startswith("llama_cpp/lib/libggml-cpu"))
+    with pytest.raises(VerificationFailed) as info:
+        install_engine("cpu", wheel=broken, python=str(env_py), cache=cache)
+    err = info.value
+    assert "failed its self-test" in err.message and "restored the previous engine" in err.message
+    assert err.data["record"]["restored"]["available"] is True
+    after = inspect_engine(str(env_py))["engine"]
+    assert after["available"] and after["backends"] == ["CPU"]
+    # The record still names the engine that is installed; the failure is in the history.
+    assert read_record()["wheel"] == str(good.wheel)
+    history = [json.loads(line) for line in (StatePaths.from_env().engine / "history.jsonl").read_text().splitlines()]
+    assert [h["ok"] for h in history] == [True, False]
+    assert "does not load" in history[-1]["failure"] or "libggml-cpu" in history[-1]["failure"]
+
+
+def test_status_names_the_next_command_when_the_build_lacks_the_backend():
+    nvidia = ROOT / "tests" / "fixtures" / "engine" / "probe-nvidia-mixed.json"
+    from aiboxctl.engine.backends import load_accelerators
+
+    status = engine_status(accelerators=load_accelerators(nvidia))
+    assert status.available and "CPU" in status.backends
+    assert status.needed_backend == "cuda" and not status.matches
+    assert status.next_command == "aiboxctl engine install --backend cuda"
+    cpu = status.devices[0]
+    assert cpu["backend"] == "CPU" and cpu["memory_total_bytes"] > 0
+
+
+def test_install_builds_the_missing_offload_backend_only_with_confirmation():
+    from aiboxctl.cli import output
+    from aiboxctl.engine.backends import load_accelerators
+    from aiboxctl.engine.build import ensure_engine_for_offload, offload_gap
+    from aiboxctl.errors import ConfirmationRequired
+
+    nvidia = load_accelerators(ROOT / "tests" / "fixtures" / "engine" / "probe-nvidia-mixed.json")
+    assert offload_gap(0, accelerators=nvidia) is None  # the plan does not offload
+    assert offload_gap(99, accelerators=[]) is None  # nothing to offload to
+    gap = offload_gap(99, accelerators=nvidia)  # this environment's engine is CPU-only
+    assert gap is not None and gap.key == "cuda-80.89"
+
+    def refuse(question: str) -> None:
+        output.confirm(question, yes=False)  # no TTY under pytest: refuses, never prompts
+
+    with pytest.raises(ConfirmationRequired) as info:
+        ensure_engine_for_offload(99, confirm=refuse, accelerators=nvidia)
+    assert "no CUDA backend" in info.value.message and info.value.hint == "re-run with --yes"
