@@ -192,3 +192,57 @@ def test_meminfo():
     info = parse_meminfo(text("meminfo.txt"))
     assert info["MemTotal"] == 263867392 * 1024 and info["HugePages_Total"] == 16
     assert info["Hugepagesize"] == 2 * MIB
+
+
+PARSERS = [
+    (metax.parse_mx_smi, "mx-smi.txt"), (mthreads.parse_mthreads_gmi, "mthreads-gmi.txt"),
+    (iluvatar.parse_ixsmi, "ixsmi.txt"), (cambricon.parse_cnmon, "cnmon.txt"),
+    (kunlunxin.parse_xpu_smi_machine, "xpu-smi-m.txt"), (enflame.parse_efsmi, "efsmi.txt"),
+    (nvidia.parse_nvidia_smi_csv, "nvidia-smi.csv"), (amd.parse_rocm_smi_json, "rocm-smi-amd.json"),
+    (amd.parse_rocm_smi_json, "hy-smi.json"), (amd.parse_amd_smi_static, "amd-smi-static.txt"),
+]
+
+
+@pytest.mark.parametrize("parse, name", PARSERS, ids=[n for _, n in PARSERS])
+def test_cut_off_output_is_refused_or_sane(parse, name):
+    """A tool killed mid-print: every prefix of a real output either parses to sane devices
+    or is refused with ParseError — never another exception, never negative or inverted memory."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    full = text(name)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(min_value=0, max_value=len(full)), st.sampled_from(["", "\x00", "garbage", "|", "\n"]))
+    def check(cut, tail):
+        try:
+            devices = parse(full[:cut] + tail)
+        except ParseError:
+            return
+        for d in devices:
+            assert d.memory_total_bytes is None or d.memory_total_bytes > 0
+            if d.memory_free_bytes is not None:
+                assert 0 <= d.memory_free_bytes <= d.memory_total_bytes
+
+    check()
+
+
+@pytest.mark.parametrize("parse, name", [
+    (ascend.parse_npu_smi_info, "npu-smi-info-910a.txt"), (ascend.parse_npu_smi_info, "npu-smi-info-950.txt"),
+    (ascend.parse_npu_smi_mapping, "npu-smi-map-310.txt"), (ascend.parse_npu_smi_usages, "npu-smi-usages-310p.txt"),
+])
+def test_cut_off_npu_smi_output_is_refused_or_sane(parse, name):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    full = text(name)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(min_value=0, max_value=len(full)))
+    def check(cut):
+        try:
+            parse(full[:cut])
+        except ParseError:
+            pass
+
+    check()
