@@ -222,7 +222,11 @@ def download(remote: RemoteFile, partial: Path, *, on_bytes: Callable[[int], Non
     """Continue (or start) ``partial`` from the remote with huggingface_hub's http_get and
     return the finished HashingWriter's (sha256, bytes written by this call, hash CPU s)."""
     from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils.tqdm import silent_tqdm
+
+    try:
+        from huggingface_hub.utils.tqdm import silent_tqdm
+    except ImportError:  # older 2.x: any class with tqdm's update() and context protocol will do
+        silent_tqdm = _NoBar
 
     from aiboxctl.hub.verify import HashingWriter
 
@@ -245,6 +249,20 @@ def download(remote: RemoteFile, partial: Path, *, on_bytes: Callable[[int], Non
                                     where=_host(remote.url)) from None
         digest = writer.hexdigest()
         return digest, written, writer.hash_cpu_s
+
+
+class _NoBar:
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
 
 
 # --- a local folder (the air-gapped case) ------------------------------------------------
