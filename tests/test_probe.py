@@ -182,6 +182,7 @@ def test_amd_without_tools_still_has_vram_from_sysfs(box):
     r = probe_box()
     (gpu,) = r.accelerators
     assert gpu.memory_total_bytes == 16 * 1024 * MIB and gpu.memory_free_bytes == 15 * 1024 * MIB
+    assert gpu.detected_by == ("sysfs",)
     assert any("neither rocm-smi nor amd-smi" in w for w in r.warnings)
 
 

@@ -159,7 +159,7 @@ def _merge(key: str, pci_devs: list[PciDevice], report: ToolReport | None, engin
 
     out = []
     for position, (dev, td, note) in enumerate(pairs):
-        detected = tuple(s for s in ("sysfs" if dev else None, source if td else None) if s)
+        detected = tuple(dict.fromkeys(s for s in ("sysfs" if dev else None, source if td else None) if s))
         notes = list(td.notes if td else ())
         if note:
             notes.append(note)
