@@ -511,7 +511,7 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
     devices = box.accelerators
     notes = list(box.notes) + [f"accelerator left idle: {s}" for s in box.idle_accelerators]
     outcomes: list[tuple[Variant, QuantFile, _Outcome, ModelFacts]] = []
-    chosen: tuple[Variant, QuantFile, _Outcome, ModelFacts, Path | None] | None = None
+    chosen: tuple[Variant, QuantFile, _Outcome, ModelFacts, Path | None, str] | None = None
     for v, f in _order(variants, families):
         if quant and f.quant.upper() != quant.upper():
             continue
@@ -540,30 +540,34 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
                 break
             if best is None or _closer(out, best):
                 best = out
-        assert best is not None
+        assert best is not None and best.config is not None
         if why:
             best.reason += f" (on the CPU: {why})"
         best.devices = use
+        compute_source = "model"
+        if best.ok and exact and local is not None and not best.config.params.n_gpu_layers:
+            # The file is here and runs on this CPU: llama.cpp's dry run has the last word.
+            assert best.estimate is not None
+            exact_est, compute_source, note = _with_dry_run(local, best.config, best.estimate)
+            if note:
+                notes.append(note)
+            rejudged = _judge(exact_est, facts, best.config, box, profile, v.active * 1e9, use)
+            rejudged.devices = use
+            if not rejudged.ok:
+                rejudged.reason = f"by llama.cpp's dry run: {rejudged.reason}"
+            best = rejudged
         outcomes.append((v, f, best, facts))
         if best.ok:
-            chosen = (v, f, best, facts, local)
+            chosen = (v, f, best, facts, local, compute_source)
             if why:
                 notes.append(f"runs on the CPU: {why}")
         else:
             rejected.append(Rejected(v.name, f.quant, best.reason, best.kind, best.needed))
     if chosen is None:
         _does_not_fit(profile, box, outcomes, rejected, catalog, notes)
-    v, f, out, facts, local = chosen
+    v, f, out, facts, local, compute_source = chosen
     assert out.estimate is not None and out.throughput is not None and out.config is not None
-    estimate, compute_source = out.estimate, "model"
-    if exact and local is not None and not out.config.params.n_gpu_layers:
-        estimate, compute_source, note = _with_dry_run(local, out.config, estimate)
-        if note:
-            notes.append(note)
-        rejudged = _judge(estimate, facts, out.config, box, profile, v.active * 1e9, out.devices)
-        if not rejudged.ok:
-            notes.append(f"llama.cpp's dry run changes the verdict: {rejudged.reason}")
-    return _make_plan(profile, box, v, f, out, facts, local, estimate, compute_source, rejected, notes, catalog)
+    return _make_plan(profile, box, v, f, out, facts, local, out.estimate, compute_source, rejected, notes, catalog)
 
 
 def _closer(a: _Outcome, b: _Outcome) -> bool:
