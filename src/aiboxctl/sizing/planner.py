@@ -151,6 +151,10 @@ def box_from_report(report: Any) -> Box:
     else:
         notes.append(f"memory bandwidth {bw:.1f} GB/s ({report.memory.bandwidth.source})")
     ram = report.memory.total_bytes or 0
+    available = report.memory.available_bytes
+    if available is not None and ram and available < ram - max(2 * GiB, ram // 10):
+        notes.append(f"only {available / GiB:.1f} GiB of {ram / GiB:.1f} GiB RAM is free now: the plan assumes "
+                     "the box is dedicated to the service")
     devices: list[BoxDevice] = []
     idle: list[str] = []
     counters: dict[str, int] = {}
