@@ -329,3 +329,60 @@ def test_pip_platforms_cover_older_manylinux_and_local_builds():
         assert t in tags
     assert not any("aarch64" in t for t in tags)
     assert TargetPlatform(python="3.11", platform="manylinux2014_aarch64").arch == "aarch64"
+
+
+def _engine_wheel(folder: Path, variants: list[str], version: str = "0.3.36", plat: str = "linux_x86_64") -> Path:
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"llama_cpp_python-{version}-py3-none-{plat}.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("llama_cpp/__init__.py", "")
+        for v in variants:
+            zf.writestr(f"bin/libggml-cpu-{v}.so", b"\x7fELF")
+        if not variants:
+            zf.writestr("llama_cpp/lib/libggml-cpu.so", b"\x7fELF")
+    return path
+
+
+def test_engine_wheel_prefers_the_portable_build_from_the_engine_cache(tmp_path, _isolated_state):
+    from aiboxctl.bundle.wheels import describe_engine_wheel, find_engine_wheel, required_engine_version
+
+    version = required_engine_version()
+    target = TargetPlatform(python="3.11", platform="manylinux_2_28_x86_64")
+    cache = _isolated_state / "cache" / "wheels" / "llama-cpp-python"
+    _engine_wheel(cache / version / "cpu-portable", ["x64", "haswell", "sapphirerapids"], version)
+    _engine_wheel(cache / version / "snapshot-abc", [], version)
+    _engine_wheel(cache / version / "cpu-portable-arm", ["armv8"], version, plat="linux_aarch64")
+    chosen = find_engine_wheel(target)
+    assert chosen.build == "portable" and chosen.cpu_variants == ("haswell", "sapphirerapids", "x64")
+    assert chosen.path.parent.name == "cpu-portable"
+    native = describe_engine_wheel(_engine_wheel(tmp_path / "n", [], version), "given")
+    assert native.build == "native" and native.cpu_variants == ()
+
+
+def test_engine_wheel_for_a_gpu_target_must_be_built_first(_isolated_state):
+    from aiboxctl.bundle.wheels import WheelError, find_engine_wheel, target_engine_key
+    from aiboxctl.sizing.hardware_profiles import load_hardware_profile
+
+    key, why = target_engine_key(load_hardware_profile("rtx4090").accelerators)
+    assert key.startswith("cuda") and "4090" in why
+    with pytest.raises(WheelError) as info:
+        find_engine_wheel(TargetPlatform(python="3.11", platform="manylinux_2_28_x86_64"), key=key)
+    assert info.value.code == "engine_wheel_missing" and "engine install --backend cuda" in info.value.hint
+
+
+def test_install_sh_checks_python_arch_and_wheels_before_pip(tmp_path):
+    from aiboxctl.bundle.pack import render_install_sh
+
+    target = TargetPlatform(python="3.11", platform="manylinux_2_28_aarch64")
+    text = render_install_sh(target=target, profile="demo\n; rm -rf /", model="m", compress="zstd",
+                             created="2026-01-01T00:00:00Z").decode()
+    # Profile and model names land in one comment line only: a newline cannot start a command.
+    assert [ln for ln in text.splitlines() if "rm -rf /" in ln] == [
+        ln for ln in text.splitlines() if ln.startswith("# Bundle: profile demo?")]
+    assert '[ "$have" = "3.11" ]' in text and '[ "$arch" = "aarch64" ]' in text
+    assert "command -v zstd" in text and '"aiboxctl[zstd]==' in text
+    # The order that matters: checks, then checksums, then pip (offline), then aiboxctl.
+    order = [text.index(s) for s in ("sha256sum -c", "--no-index", "exec \"$VENV/bin/aiboxctl\" install --bundle")]
+    assert order == sorted(order)

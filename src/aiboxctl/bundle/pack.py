@@ -303,6 +303,11 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
     progress(f"planning {profile.name} for {hardware_name}")
     plan = make_plan(profile, hardware, model=model)
     summary = _plan_summary(plan)
+    from aiboxctl.bundle.wheels import find_engine_wheel, target_engine_key
+
+    # The engine build the target needs must exist before any weights are pulled.
+    engine_key, engine_why = target_engine_key(getattr(hardware, "accelerators", ()))
+    engine = find_engine_wheel(target, explicit=engine_wheel, key=engine_key)
     if not summary["variant"]:
         raise BundleError("the plan names no model variant", code="plan_without_model")
     model_path, expected, record = _model_file(summary["variant"], summary["quant"], progress)
@@ -312,7 +317,7 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
     cache_dir = StatePaths.from_env().wheels
     with tempfile.TemporaryDirectory(prefix=".aibox-pack-", dir=output.parent) as tmp:
         progress(f"collecting wheels for {target.describe()}")
-        wheels = collect_wheels(target, Path(tmp) / "wheels", engine_wheel=engine_wheel, cache_dir=cache_dir,
+        wheels = collect_wheels(target, Path(tmp) / "wheels", engine=engine, cache_dir=cache_dir,
                                 extra_requirements=("zstandard>=0.23,<1",) if compress == "zstd" else ())
         model_member = f"models/{model_path.name}"
         entries = [
@@ -330,7 +335,8 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
             output, entries, target=target, compress=compress, profile=profile.name, hardware=hardware_name,
             model={**record, "variant": summary["variant"], "quant": record.get("quant") or summary["quant"],
                    "path": model_member},
-            engine_wheel={"path": f"wheels/{wheels.engine.path.name}", **wheels.engine.to_dict()},
+            engine_wheel={"path": f"wheels/{wheels.engine.path.name}", **wheels.engine.to_dict(),
+                          "target_key": engine_key, "target_build": engine_why},
             created=created)
     model_rec = written.manifest.member(model_member)
     return PackResult(

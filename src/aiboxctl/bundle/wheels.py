@@ -91,32 +91,51 @@ def _arch_ok(path: Path, target: TargetPlatform) -> bool:
     return bool(platforms & set(target.pip_platforms())) or platforms == {"any"}
 
 
-def find_engine_wheel(target: TargetPlatform, *, explicit: Path | None = None,
-                      cache_dir: Path | None = None) -> EngineWheel:
-    """The llama-cpp-python wheel to bundle: ``explicit``, else the state wheel cache
-    (portable builds first), else pip's wheel cache."""
+def target_engine_key(accelerators) -> tuple[str, str]:
+    """(wheel-cache key, why) of the llama.cpp build the target needs (``aiboxctl engine``'s rules):
+    ``cpu-portable`` for a CPU box, else the accelerator's backend and architectures."""
+    from aiboxctl.engine.backends import build_spec
+
+    spec = build_spec("auto", list(accelerators or ()))
+    return spec.key, spec.reason
+
+
+def find_engine_wheel(target: TargetPlatform, *, explicit: Path | None = None, key: str = "cpu-portable",
+                      cache_root: Path | None = None) -> EngineWheel:
+    """The llama-cpp-python wheel to bundle: ``explicit``; else the build for the target's
+    backend (``key``) from the engine wheel cache (where ``aiboxctl engine install`` keeps its
+    builds); else, for a CPU target, pip's own wheel cache (a native build: warned about)."""
+    from aiboxctl.engine.build import WheelCache
+
     version = required_engine_version()
     if explicit is not None:
         explicit = Path(explicit)
         if not explicit.is_file() or not explicit.name.startswith(ENGINE_DIST + "-"):
             raise WheelError(f"--engine-wheel {explicit} is not a llama_cpp_python wheel", code="usage")
+        if not _arch_ok(explicit, target):
+            raise WheelError(f"--engine-wheel {explicit.name} is not for {target.platform}", code="usage")
         return describe_engine_wheel(explicit, "given")
-    candidates: list[EngineWheel] = []
-    if cache_dir is not None and cache_dir.is_dir():
-        candidates += [describe_engine_wheel(p, "aiboxctl wheel cache") for p in sorted(cache_dir.glob(f"{ENGINE_DIST}-*.whl"))]
+    cache = WheelCache(cache_root)
+    for entry in cache.entries():
+        if entry.key == key and (version is None or entry.version == version) and _arch_ok(entry.path, target):
+            return describe_engine_wheel(entry.path, f"engine wheel cache ({key})")
+    if key != "cpu-portable":
+        raise WheelError(
+            f"the target needs a {key} build of llama-cpp-python {version or ''} and the engine wheel cache "
+            f"({cache.root}) has none", code="engine_wheel_missing",
+            hint=f"build it on a machine with that toolkit: aiboxctl engine install --backend {key.split('-')[0]}, "
+                 "then pack there, or pass --engine-wheel")
     res = _pip("cache", "list", "--format=abspath", ENGINE_DIST, timeout=60)
-    if res.ok:
-        candidates += [describe_engine_wheel(Path(line.strip()), "pip wheel cache")
-                       for line in res.stdout.splitlines() if line.strip().endswith(".whl") and Path(line.strip()).is_file()]
+    candidates = [describe_engine_wheel(Path(line.strip()), "pip wheel cache")
+                  for line in (res.stdout.splitlines() if res.ok else [])
+                  if line.strip().endswith(".whl") and Path(line.strip()).is_file()]
     usable = [c for c in candidates if (version is None or _wheel_version(c.path) == version) and _arch_ok(c.path, target)]
     if not usable:
         raise WheelError(
             f"no llama-cpp-python {version or ''} wheel for {target.platform} was found "
-            "(PyPI ships only its source; it must be built once)".replace("  ", " "),
-            code="engine_wheel_missing",
-            hint=f"build it: pip wheel --no-deps 'llama-cpp-python=={version}' -w DIR "
-                 "(CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON' "
-                 "for a portable one), then pass --engine-wheel DIR/<file>.whl")
+            "(PyPI ships only its source; it must be built once)", code="engine_wheel_missing",
+            hint="aiboxctl engine install --backend cpu (builds the portable wheel into the cache), "
+                 "or pass --engine-wheel")
     usable.sort(key=lambda c: (c.build != "portable", -c.path.stat().st_mtime))
     return usable[0]
 
@@ -160,17 +179,18 @@ def build_self_wheel(dest: Path, *, cache_dir: Path | None = None) -> Path:
              "or install aiboxctl from its source folder")
 
 
-def collect_wheels(target: TargetPlatform, dest: Path, *, engine_wheel: Path | None = None,
+def collect_wheels(target: TargetPlatform, dest: Path, *, engine: EngineWheel,
                    extra_requirements: tuple[str, ...] = (), cache_dir: Path | None = None) -> WheelSet:
-    """Fill ``dest`` with every wheel ``pip install --no-index aiboxctl`` needs on the target."""
+    """Fill ``dest`` with every wheel ``pip install --no-index aiboxctl`` needs on the target,
+    ``engine`` (from :func:`find_engine_wheel`) as its llama-cpp-python."""
     dest.mkdir(parents=True, exist_ok=True)
-    engine = find_engine_wheel(target, explicit=engine_wheel, cache_dir=cache_dir)
     warnings = []
     if engine.build != "portable":
         warnings.append(
             f"the bundled llama-cpp-python wheel ({engine.path.name}, from the {engine.origin}) is a native "
-            "build of the machine that built it: it may stop with SIGILL on an older CPU; pass "
-            "--engine-wheel with a portable build (GGML_NATIVE=OFF, GGML_BACKEND_DL, GGML_CPU_ALL_VARIANTS)")
+            "build of the machine that built it: it may stop with SIGILL on an older CPU; build the portable "
+            "one (GGML_NATIVE=OFF, GGML_BACKEND_DL, GGML_CPU_ALL_VARIANTS) with `aiboxctl engine install "
+            "--backend cpu`, or pass --engine-wheel")
     local_engine = dest / engine.path.name
     if engine.path.resolve() != local_engine.resolve():
         shutil.copyfile(engine.path, local_engine)
