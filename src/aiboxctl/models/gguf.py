@@ -256,7 +256,9 @@ class _Parser:
 
     def _skip_strings(self, count: int, key: str) -> None:
         # The hot loop of a header parse (262k tokenizer strings): walk the length prefixes
-        # inside the buffered window without creating a str per entry.
+        # inside the buffered window without creating a str per entry. unpack_from raises
+        # struct.error once a prefix leaves the window; a hostile length just moves the cursor
+        # past the end of the file, which the next read reports as truncation.
         cur = self.cur
         unpack_from = _U64.unpack_from
         done = 0
@@ -264,24 +266,20 @@ class _Parser:
             cur._fill(8)
             buf = cur.buf
             p = cur.pos - cur.buf_start
-            end = len(buf)
-            while done < count and p + 8 <= end:
-                n = unpack_from(buf, p)[0]
-                if n > MAX_STRING_LENGTH:
-                    raise GGUFError(f"{key}: string length {n} exceeds the limit")
-                if p + 8 + n > end:
-                    break
-                p += 8 + n
-                done += 1
-            cur.pos = cur.buf_start + p
-            if done < count:
-                # The next string straddles the window: read its prefix, then let _fill grow.
-                n = self.u64()
-                if n > MAX_STRING_LENGTH:
-                    raise GGUFError(f"{key}: string length {n} exceeds the limit")
-                cur._fill(n)
-                cur.pos += n
-                done += 1
+            i = done
+            try:
+                for i in range(done, count):  # noqa: B007 - i is read after the loop
+                    p += 8 + unpack_from(buf, p)[0]
+                i = count
+            except (struct.error, OverflowError):  # left the window (or a length beyond 2**63)
+                pass
+            done = i
+            pos = cur.buf_start + p
+            if cur.limit is not None and pos > cur.limit:
+                raise GGUFError(f"{key}: string {done} runs past the end of the file")
+            if pos > MAX_HEADER_BYTES:
+                raise GGUFError(f"{key}: header larger than {MAX_HEADER_BYTES // 2**20} MiB")
+            cur.pos = pos
 
     def parse(self, source_name: str, shard: int = 0) -> tuple[int, dict, list[TensorInfo], int, int]:
         magic = bytes(self.cur.take(4))
