@@ -18,10 +18,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _mib(n: int) -> str:
-    return f"{n / 2**20:,.2f}"
+    return f"{n / 2**20:,.1f}"
 
 
 def _human(console: Any, r: dict) -> None:
+    from rich import box
     from rich.table import Table
 
     c = r["context"]
@@ -29,11 +30,12 @@ def _human(console: Any, r: dict) -> None:
                   f"cells{', SWA layers ' + str(c['swa_cells']) + ' cells' if c['swa_cells'] != c['n_ctx_seq'] else ''}), "
                   f"{c['n_seq']} slot(s), ubatch {c['n_ubatch']}, flash attention "
                   f"{'on' if c['flash_attn'] else 'off'} — {r['method']}")
-    cols = ("weights", "kv_cache", "recurrent", "compute", "output", "repack", "overhead", "total")
-    t = Table(title="MiB per device", title_justify="left")
+    cols = {"weights": "weights", "kv_cache": "KV", "recurrent": "state", "compute": "compute",
+            "output": "output", "repack": "repack", "overhead": "fixed", "total": "total"}
+    t = Table(title="MiB per device", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     t.add_column("device")
-    for col in cols:
-        t.add_column(col.replace("_", " "), justify="right")
+    for header in cols.values():
+        t.add_column(header, justify="right")
     for name, d in r["devices"].items():
         t.add_row(name, *(_mib(d[col]) for col in cols))
     console.print(t)
