@@ -19,19 +19,20 @@ class BackendFit:
 
 FITS: dict[str, BackendFit] = {
     "nvidia": BackendFit("CUDA", ("CUDA",), ("Vulkan",),
-                         "reinstall llama-cpp-python with CMAKE_ARGS=\"-DGGML_CUDA=on\""),
+                         "run `aiboxctl engine install --backend cuda` (llama-cpp-python built with -DGGML_CUDA=ON)"),
     "amd": BackendFit("HIP", ("ROCm", "HIP"), ("Vulkan",),
-                      "reinstall llama-cpp-python with CMAKE_ARGS=\"-DGGML_HIP=on -DGPU_TARGETS=<gfx target>\""),
+                      "run `aiboxctl engine install --backend hip` (llama-cpp-python built with -DGGML_HIP=ON "
+                      "-DGPU_TARGETS=<gfx target>)"),
     "hygon": BackendFit("HIP", ("ROCm", "HIP"), (),
-                        "build llama-cpp-python with DTK's HIP (source /opt/dtk/env.sh; "
-                        "CMAKE_ARGS=\"-DGGML_HIP=on -DGPU_TARGETS=gfx906;gfx926;gfx928;gfx936\")"),
+                        "source /opt/dtk/env.sh, then run `aiboxctl engine install --backend hip` (DTK's HIP, "
+                        "-DGGML_HIP=ON -DGPU_TARGETS=gfx906;gfx926;gfx928;gfx936)"),
     "huawei": BackendFit("CANN", ("CANN",), (),
-                         "reinstall llama-cpp-python with CMAKE_ARGS=\"-DGGML_CANN=on -DSOC_TYPE=ascend910b\" "
-                         "(ascend310p for 310P) and CANN installed"),
+                         "run `aiboxctl engine install --backend cann` (-DGGML_CANN=ON -DSOC_TYPE=ascend910b, "
+                         "ascend310p for 310P; needs the CANN toolkit)"),
     "mthreads": BackendFit("MUSA", ("MUSA",), ("Vulkan",),
-                           "reinstall llama-cpp-python with CMAKE_ARGS=\"-DGGML_MUSA=on\" and the MUSA SDK"),
+                           "run `aiboxctl engine install --backend musa` (-DGGML_MUSA=ON; needs the MUSA SDK)"),
     "intel": BackendFit("SYCL", ("SYCL",), ("Vulkan",),
-                        "reinstall llama-cpp-python with CMAKE_ARGS=\"-DGGML_SYCL=on\" (oneAPI) or \"-DGGML_VULKAN=on\""),
+                        "run `aiboxctl engine install --backend sycl` (oneAPI, -DGGML_SYCL=ON) or --backend vulkan"),
     "metax": BackendFit(None, (), (), "llama.cpp has no MetaX (MACA) backend upstream"),
     "iluvatar": BackendFit(None, (), (), "llama.cpp has no Iluvatar CoreX backend"),
     "cambricon": BackendFit(None, (), (), "llama.cpp has no Cambricon MLU backend"),
