@@ -19,10 +19,15 @@ def _fmt(v: float | None, unit: str = "") -> str:
     return "—" if v is None else f"{v:.1f}{unit}"
 
 
+def _ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
 def bench(
     concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", help="Concurrent streams (default: the service's slots).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens per answer.")] = 64,
     runs: Annotated[int, typer.Option("--runs", help="Single-stream runs (median).")] = 2,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="About how long the single-stream prompt is (prefill).")] = 320,
     root: RootOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -40,6 +45,7 @@ def bench(
     slots = int((spec.get("engine") or {}).get("parallel") or 4)
     output.note(f"benchmarking {endpoint.url} ({endpoint.model or 'model'}): 1 stream × {runs}, then {concurrency or slots} streams")
     result = run_bench(endpoint, concurrency=concurrency or slots, max_tokens=max_tokens, runs=runs,
+                       prompt_tokens=prompt_tokens,
                        predicted=spec.get("predicted") or {})
 
     def human(console: Any, r: Any) -> None:
@@ -52,11 +58,11 @@ def bench(
         rows = [
             ("time to first token", _fmt(r.ttft_s * 1000, " ms"), "", ""),
             (f"prefill ({r.prompt_tokens} tok prompt)", _fmt(r.prefill_tok_s, " tok/s"),
-             _fmt(p.get("prefill_tok_s"), " tok/s") if p.get("prefill_tok_s") else "—", _fmt(r.ratio["prefill"], "×")),
+             _fmt(p.get("prefill_tok_s"), " tok/s") if p.get("prefill_tok_s") else "—", _ratio(r.ratio["prefill"])),
             ("decode, 1 stream", _fmt(r.decode_tok_s, " tok/s"),
-             _fmt(p.get("decode_tok_s"), " tok/s") if p.get("decode_tok_s") else "—", _fmt(r.ratio["decode"], "×")),
+             _fmt(p.get("decode_tok_s"), " tok/s") if p.get("decode_tok_s") else "—", _ratio(r.ratio["decode"])),
             (f"decode, {r.concurrency} streams (aggregate)", _fmt(r.aggregate_tok_s, " tok/s"),
-             _fmt(p.get("aggregate_tok_s"), " tok/s") if p.get("aggregate_tok_s") else "—", _fmt(r.ratio["aggregate"], "×")),
+             _fmt(p.get("aggregate_tok_s"), " tok/s") if p.get("aggregate_tok_s") else "—", _ratio(r.ratio["aggregate"])),
             ("  per stream", _fmt(r.per_stream_tok_s, " tok/s"), "", ""),
         ]
         for row in rows:

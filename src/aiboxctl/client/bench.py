@@ -16,7 +16,11 @@ from aiboxctl.client.api import ChatOutcome, Endpoint, chat_once
 _FILLER = ("The appliance serves a private language model to the staff of a small office. "
            "It keeps every document on the premises, answers questions about policies, drafts "
            "letters and summarises long reports. ")
-PREFILL_PROMPT = _FILLER * 8 + "\nWrite a long, detailed story about this office, in many paragraphs."
+_FILLER_TOKENS = 40  # about, for the usual tokenizers
+
+
+def prefill_prompt(tokens: int) -> str:
+    return _FILLER * max(1, round(tokens / _FILLER_TOKENS)) + "\nWrite a long, detailed story about this office."
 DECODE_PROMPT = "Write a long, detailed story about a lighthouse keeper, in many paragraphs."
 
 
@@ -53,14 +57,14 @@ def _ratio(measured: float | None, predicted: float | None) -> float | None:
 
 
 def run_bench(endpoint: Endpoint, *, concurrency: int, max_tokens: int = 64, runs: int = 2,
-              predicted: dict[str, Any] | None = None) -> BenchResult:
+              prompt_tokens: int = 320, predicted: dict[str, Any] | None = None) -> BenchResult:
     predicted = dict(predicted or {})
     # Warm-up: the first request pays for page faults of the weights and the graph build.
     chat_once(endpoint, [{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0.0)
 
     singles: list[ChatOutcome] = []
     for _ in range(max(1, runs)):
-        singles.append(chat_once(endpoint, [{"role": "user", "content": PREFILL_PROMPT}],
+        singles.append(chat_once(endpoint, [{"role": "user", "content": prefill_prompt(prompt_tokens)}],
                                  max_tokens=max_tokens, temperature=0.0))
     ttft = statistics.median(o.timings.get("ttft_s", 0.0) for o in singles)
     prompt_tokens = int(singles[-1].usage.get("prompt_tokens") or 0)

@@ -249,11 +249,14 @@ def _service_for(spec: InstallSpec) -> ServiceManager:
 
 
 def _alive_check(service: ServiceManager) -> Callable[[], str | None]:
+    """A crash from now on (not one the supervisor already recovered from) fails the wait at once."""
+    baseline = service.state().restarts
+
     def check() -> str | None:
         s = service.state()
         if not s.active:
             return s.detail
-        if s.manager == "supervisor" and s.restarts > 0:
+        if s.manager == "supervisor" and s.restarts > baseline:
             return f"the engine exited (code {service_state_exit(service)}) and is being restarted"
         return None
 
@@ -272,7 +275,7 @@ def _smoke(layout: InstallLayout) -> dict[str, Any]:
     maybe_fail("smoke")
     endpoint = endpoint_from_install(layout.root)
     outcome = chat_once(endpoint, [{"role": "user", "content": "Say hello in one short sentence."}],
-                        max_tokens=24, temperature=0.0, timeout=120)
+                        max_tokens=12, temperature=0.0, timeout=120)
     return {"answer": outcome.answer, "usage": outcome.usage, "timings": outcome.timings}
 
 
@@ -361,8 +364,9 @@ def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFi
     except BaseException as exc:
         progress(f"install failed ({exc}); rolling back")
         problems = tx.rollback()
-        if previous is not None and prev_service is not None and (was_active or action != "unchanged"):
-            # The previous generation's files are back: run them again if they ran before.
+        if previous is not None and prev_service is not None and action != "unchanged":
+            # The service was (re)started on the new files; the previous generation's files are
+            # back: run them again if they ran before, else leave it stopped as it was.
             try:
                 if was_active:
                     prev_service.restart()

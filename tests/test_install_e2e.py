@@ -1,0 +1,196 @@
+"""End to end with the real engine and the real SmolLM2-135M model, under --root in a temp dir with
+the built-in supervisor: install → status healthy → chat → 0 changes → dry run → injected failure
+rolls back → crash restart → stop → uninstall leaves nothing the manifest listed.
+
+The tests share one installation (module scope) and run in file order; each step's assertions are
+about what the previous steps left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EXE = str(Path(sys.executable).with_name("aiboxctl"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Box:
+    def __init__(self, base: Path):
+        self.root = base / "root"
+        self.home = base / "home"
+        self.port = free_port()
+        self.env = {**os.environ, "AIBOX_HOME": str(self.home), "NO_COLOR": "1", "COLUMNS": "200"}
+        self.env.pop("AIBOX_INJECT_FAILURE", None)
+
+    def run(self, *args: str, timeout: float = 240, extra_env: dict | None = None, input_text: str | None = None):
+        proc = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
+                              env={**self.env, **(extra_env or {})}, input=input_text,
+                              stdin=None if input_text is not None else subprocess.DEVNULL)
+        return proc
+
+    def json(self, *args: str, **kw) -> tuple[int, dict]:
+        proc = self.run(*args, "--json", **kw)
+        try:
+            return proc.returncode, json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError(f"not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+
+    def install(self, *extra: str, **kw) -> tuple[int, dict]:
+        return self.json("install", "--profile", "demo", "--root", str(self.root), "--port", str(self.port),
+                         "--yes", *extra, **kw)
+
+    def manifest(self) -> dict:
+        return json.loads((self.root / "var/lib/aibox/install-manifest.json").read_text())
+
+    def snapshot(self) -> dict[str, tuple[str, int]]:
+        out = {}
+        for p in sorted(self.root.rglob("*")):
+            if p.is_file() and "var/log" not in str(p) and "/run/" not in str(p):
+                out[str(p)] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode & 0o7777)
+        return out
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    b = Box(tmp_path_factory.mktemp("e2e"))
+    yield b
+    # Never leave a daemon behind, whatever failed.
+    pidfile = b.root / "run/aibox/supervisor.pid"
+    if pidfile.exists():
+        subprocess.run([EXE, "stop", "--root", str(b.root)], env=b.env, capture_output=True, timeout=60)
+
+
+def test_install_brings_up_a_verified_service(box):
+    code, doc = box.install()
+    assert code == 0, doc
+    d = doc["data"]
+    assert d["changed"] == 5 and d["generation"] == 1 and d["service_action"] == "started"
+    assert d["manager"] == "supervisor" and d["model_variant"] == "smollm2-135m-instruct"
+    assert d["smoke"]["answer"].strip()
+    assert d["endpoint"] == f"http://127.0.0.1:{box.port}/v1"
+    m = box.manifest()
+    for entry in m["files"]:
+        p = Path(entry["path"])
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == entry["sha256"]
+        assert f"{p.stat().st_mode & 0o7777:04o}" == entry["mode"]
+    keys = box.root / "etc/aibox/api_keys"
+    assert keys.stat().st_mode & 0o777 == 0o600 and "sk-aibox-" in keys.read_text()
+    assert m["services_enabled"] == [{"manager": "supervisor", "name": "aibox.service"}]
+    if shutil.which("systemd-analyze"):
+        unit = box.root / "etc/systemd/system/aibox.service"
+        out = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no", str(unit)],
+                             capture_output=True, text=True, timeout=60)
+        assert (out.stdout + out.stderr).strip() == ""
+
+
+def test_status_is_healthy(box):
+    code, doc = box.json("status", "--root", str(box.root))
+    assert code == 0, doc
+    d = doc["data"]
+    assert d["healthy"] is True and d["service"]["active"] is True
+    assert d["health"]["slots_free"] + d["health"]["slots_busy"] == d["plan"]["parallel"]
+    assert d["memory_rss_bytes"] > 50_000_000  # the model is loaded
+
+
+def test_chat_one_shot_answers(box):
+    proc = box.run("chat", "--root", str(box.root), "-p", "你好", "--temperature", "0", "--max-tokens", "16")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and proc.stdout.endswith("\n")
+
+
+def test_bench_reports_ratios_to_the_plan(box):
+    code, doc = box.json("bench", "--root", str(box.root), "--runs", "1", "--max-tokens", "8", "-c", "2",
+                         "--prompt-tokens", "40")
+    assert code == 0, doc
+    d = doc["data"]
+    assert d["concurrency"] == 2 and d["completion_tokens_concurrent"] >= 2
+    assert d["predicted"]["decode_tok_s"] > 0 and d["ratio"]["decode"] is not None
+
+
+def test_second_install_changes_nothing(box):
+    before = box.snapshot()
+    code, doc = box.install()
+    assert code == 0, doc
+    d = doc["data"]
+    assert d["changed"] == 0 and d["generation"] == 1 and d["service_action"] == "unchanged"
+    assert box.snapshot() == before
+    proc = box.run("install", "--profile", "demo", "--root", str(box.root), "--port", str(box.port), "--yes")
+    assert "0 changes" in proc.stdout
+
+
+def test_dry_run_shows_the_diff_and_touches_nothing(box):
+    before = box.snapshot()
+    other = free_port()
+    code, doc = box.json("install", "--profile", "demo", "--root", str(box.root), "--port", str(other), "--dry-run")
+    assert code == 0, doc
+    changes = {Path(c["path"]).name: c for c in doc["data"]["changes"] if c["action"] != "unchanged"}
+    assert set(changes) == {"engine.yaml"}
+    assert f"-port: {box.port}\n+port: {other}" in changes["engine.yaml"]["diff"]
+    assert box.snapshot() == before
+
+
+def test_injected_failure_rolls_back(box):
+    before = box.snapshot()
+    code, doc = box.install("--port", str(free_port()), extra_env={"AIBOX_INJECT_FAILURE": "after-file:1"})
+    assert code == 1 and doc["errors"][0]["code"] == "injected_failure"
+    assert box.snapshot() == before
+    assert box.manifest()["generation"] == 1
+    code, doc = box.json("status", "--root", str(box.root))
+    assert code == 0 and doc["data"]["healthy"]
+
+
+def test_supervisor_restarts_a_crashed_engine(box):
+    state = json.loads((box.root / "run/aibox/supervisor.json").read_text())
+    os.kill(state["engine_pid"], signal.SIGKILL)
+    code, doc = box.json("start", "--root", str(box.root), "--timeout", "180")  # waits for health
+    assert code == 0, doc
+    code, doc = box.json("status", "--root", str(box.root))
+    assert code == 0 and doc["data"]["service"]["restarts"] == 1
+    new = json.loads((box.root / "run/aibox/supervisor.json").read_text())
+    assert new["engine_pid"] != state["engine_pid"] and new["last_exit"] == -signal.SIGKILL
+    assert "restart 1" in box.run("logs", "--root", str(box.root), "-n", "200").stdout
+
+
+def test_stopped_service_is_exit_5(box):
+    code, doc = box.json("stop", "--root", str(box.root))
+    assert code == 0 and doc["data"]["was_running"] is True and doc["data"]["running"] is False
+    code, doc = box.json("status", "--root", str(box.root))
+    assert code == 5 and doc["data"]["healthy"] is False
+    proc = box.run("chat", "--root", str(box.root), "-p", "hi")
+    assert proc.returncode == 5 and "aiboxctl status" in proc.stderr
+
+
+def test_uninstall_leaves_nothing_the_manifest_listed(box):
+    m = box.manifest()
+    code, doc = box.json("uninstall", "--root", str(box.root), "--yes")
+    assert code == 0, doc
+    for entry in m["files"]:
+        assert not Path(entry["path"]).exists(), entry["path"]
+    assert not (box.root / "var/lib/aibox/install-manifest.json").exists()
+    assert not (box.root / "var/lib/aibox/generations").exists()
+    for d in m["directories"]:
+        p = Path(d)
+        # only the service's own log (kept unless --purge) may remain
+        assert not p.exists() or all("var/log" in str(x) for x in p.rglob("*") if x.is_file()), d
+    assert not (box.root / "run/aibox/supervisor.pid").exists()
+    assert doc["data"]["kept"] and all("var/log/aibox" in k for k in doc["data"]["kept"])
+    # the model stays in the store
+    assert Path(m["model_path"]).is_file()
