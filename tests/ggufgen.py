@@ -1,8 +1,9 @@
 """Synthetic GGUF models, written with gguf-py, that llama.cpp really loads.
 
 One writer per architecture family the sizing tests cover: llama, qwen2, qwen3, gemma3 (SWA),
-deepseek2 (MLA + MoE) and mamba (recurrent), with the shapes of real small models (Llama-3.2-1B,
-Qwen2.5-0.5B, Qwen3-0.6B, Gemma-3-1B, a shortened DeepSeek-V2-Lite, Mamba-130M) so that the
+deepseek2 (MLA + MoE), lfm2 (hybrid: short-convolution + attention layers) and mamba (recurrent),
+with the shapes of real small models (Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B, Gemma-3-1B, a
+shortened DeepSeek-V2-Lite, LFM2-350M, Mamba-130M) so that the
 compute-buffer terms that matter in practice (vocabulary, heads, context) dominate as they do in
 real models. Only the header is written; the tensor data region is a sparse hole of zeros
 (``truncate``), so a "1B" file costs a few MB of disk and sizing never looks at weights anyway.
@@ -73,6 +74,10 @@ SPECS: dict[str, Spec] = {
                       n_ctx_train=163840, kv_lora_rank=512, q_lora_rank=0, qk_rope=64, qk_nope=128, v_head=128,
                       n_expert=64, n_expert_used=6, n_expert_shared=2, n_ff_exp=1408, leading_dense=1,
                       weight_type="Q8_0"),
+    # LFM2-350M shapes: a hybrid of short-convolution (recurrent state) and attention layers
+    "lfm2": Spec("lfm2", n_layer=16, n_embd=1024, n_head=16,
+                 n_head_kv=(0, 0, 8, 0, 0, 8, 0, 0, 8, 0, 8, 0, 8, 0, 8, 0), head_dim=64, n_ff=4608,
+                 n_vocab=65536, n_ctx_train=128000, tied=True, weight_type="Q8_0", d_conv=3),
     # Mamba-130M (recurrent state instead of a KV cache)
     "mamba": Spec("mamba", n_layer=24, n_embd=768, n_head=0, n_head_kv=0, n_vocab=50280, d_inner=1536,
                   dt_rank=48, n_ctx_train=1_048_576, tied=True),
@@ -141,6 +146,8 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
         w.add_head_count_kv(list(s.n_head_kv) if isinstance(s.n_head_kv, tuple) else s.n_head_kv)
         w.add_layer_norm_rms_eps(1e-6)
         w.add_rope_freq_base(10000.0)
+    if a == "lfm2":
+        w.add_shortconv_l_cache(s.d_conv)
     if a in ("qwen3", "gemma3"):
         w.add_key_length(s.head_dim)
         w.add_value_length(s.head_dim)
@@ -180,7 +187,7 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
 
     E, V = s.n_embd, s.n_vocab
     info("token_embd.weight", (E, V), GGMLQuantizationType.Q8_0 if s.weight_type != "F16" else wtype)
-    vec("output_norm.weight", E)
+    vec("token_embd_norm.weight" if a == "lfm2" else "output_norm.weight", E)
     if not s.tied:
         mat("output.weight", E, V)
     for il in range(s.n_layer):
@@ -199,6 +206,23 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
             continue
         hkv = s.n_head_kv[il] if isinstance(s.n_head_kv, tuple) else s.n_head_kv
         vec(b + "attn_norm.weight", E)
+        if a == "lfm2":
+            if hkv == 0:
+                f32(b + "shortconv.conv.weight", s.d_conv, E)
+                mat(b + "shortconv.in_proj.weight", E, 3 * E)
+                mat(b + "shortconv.out_proj.weight", E, E)
+            else:
+                mat(b + "attn_q.weight", E, s.n_head * s.head_dim)
+                mat(b + "attn_k.weight", E, hkv * s.head_dim)
+                mat(b + "attn_v.weight", E, hkv * s.head_dim)
+                mat(b + "attn_output.weight", s.n_head * s.head_dim, E)
+                vec(b + "attn_q_norm.weight", s.head_dim)
+                vec(b + "attn_k_norm.weight", s.head_dim)
+            vec(b + "ffn_norm.weight", E)
+            mat(b + "ffn_gate.weight", E, s.n_ff)
+            mat(b + "ffn_up.weight", E, s.n_ff)
+            mat(b + "ffn_down.weight", s.n_ff, E)
+            continue
         if a == "deepseek2":
             qk_head = s.qk_nope + s.qk_rope
             mat(b + "attn_q.weight", E, s.n_head * qk_head)

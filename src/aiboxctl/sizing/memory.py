@@ -250,7 +250,9 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
     Known misses (ggml-alloc fragmentation, not modelled): on an SWA model whose last layers are
     SWA, without flash attention at very long contexts the logits land above leftovers of the
     attention phase (synthetic gemma3, 32k cells: 7 % low); MLA without flash attention is
-    over-estimated by up to 8 %.
+    over-estimated by up to 8 %; MoE expert activations usually stay live below the logits
+    (counted) but not in every graph (then up to 16 % over). Otherwise the allocator's
+    placement noise is about one ``T(n_embd)``.
 
     The coefficients were fitted against llama.cpp's dry run on llama, qwen2, qwen3, gemma3,
     deepseek2, mamba and two real models (bench/sizing_accuracy.py prints the residuals).
