@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
@@ -50,14 +51,33 @@ def run_command(argv: Sequence[str], *, timeout: float = 10.0, env: Mapping[str,
     if exe is None or not os.path.exists(exe):
         return CommandResult(argv, None, "", "", missing=True)
     try:
-        proc = subprocess.run(
-            (exe, *argv[1:]), capture_output=True, text=True, errors="replace", timeout=timeout,
-            env=dict(env) if env is not None else None, cwd=cwd, input=input_text,
-            stdin=None if input_text is not None else subprocess.DEVNULL,
+        # A session of its own, so a timeout kills the whole process group: a vendor tool that
+        # is a shell wrapper leaves children holding our pipes open otherwise, and reading
+        # them would hang past the timeout.
+        proc = subprocess.Popen(
+            (exe, *argv[1:]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
         )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return CommandResult(argv, None, out, "", timed_out=True)
     except OSError as exc:  # not executable, exec format error
         return CommandResult(argv, None, "", str(exc), missing=True)
-    return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr)
+    try:
+        stdout, stderr = proc.communicate(input=input_text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:
+            stdout, _ = proc.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            stdout = ""
+        return CommandResult(argv, None, stdout or "", "", timed_out=True)
+    except BaseException:
+        _kill_group(proc)
+        raise
+    return CommandResult(argv, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
