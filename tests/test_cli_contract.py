@@ -60,6 +60,10 @@ def test_usage_error_human_is_one_line_on_stderr(cli_proc):
 def test_unknown_command_is_usage(cli):
     r = cli("--json", "frobnicate")
     assert r.code == 2 and r.json()["ok"] is False
+    r = cli("--json", "prob")
+    (err,) = r.json()["errors"]
+    assert err["message"].count("Did you mean 'probe'?") == 1
+    assert err["hint"] == "aiboxctl --help"
 
 
 def test_version(cli_proc):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from typing import Annotated, Optional
 
@@ -87,9 +88,13 @@ def _click_error(exc: Exception) -> ErrorInfo:
     import click
 
     message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    first = message.splitlines()[0] if message else "Invalid usage."
+    # Typer and Click both append "Did you mean ...?" to an unknown command: say it once.
+    first = re.sub(r"( Did you mean [^?]*\?)(?:\1)+", r"\1", first)
     command = output.STATE.command
-    hint = f"aiboxctl {command} --help" if command else "aiboxctl --help"
-    return ErrorInfo("usage", message.splitlines()[0] if message else "Invalid usage.", hint, ExitCode.USAGE)
+    known = command in {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    hint = f"aiboxctl {command} --help" if command and known else "aiboxctl --help"
+    return ErrorInfo("usage", first, hint, ExitCode.USAGE)
 
 
 def _typer(**extra) -> typer.Typer:
