@@ -271,3 +271,14 @@ def test_a_gguf_path_is_planned_from_its_own_header(cli, tmp_path):
     assert data["choice"]["params_b"] == pytest.approx(0.135, abs=0.001)  # counted from the tensor shapes
     assert data["choice"]["local_path"] == str(path.resolve())
     assert data["memory"]["devices"]["host"]["weights"] == 96576768
+
+
+def test_amx_fault_seen_by_the_probe_turns_repack_off():
+    from aiboxctl.hardware.model import IsaPath
+
+    report = _report([])
+    cpu = replace(report.cpu, isa_paths=(IsaPath("amx", ("amx_tile", "amx_int8"), True, "failed", "SIGSEGV"),))
+    p = plan(load_use_case("demo"), replace(report, cpu=cpu), exact=False)
+    assert p.engine["repack"] is False and p.memory.host.repack == 0
+    assert any("AMX fault" in n for n in p.notes)
+    assert plan(load_use_case("demo"), report, exact=False).engine["repack"] is True

@@ -85,6 +85,7 @@ class Box:
     idle_accelerators: tuple[str, ...] = ()  # present but not usable by llama.cpp, and why
     is_this_box: bool = False
     notes: tuple[str, ...] = ()
+    repack_ok: bool = True  # False: the probe's self-test saw AMX/repacked kernels fault here
 
     @property
     def os_reserve(self) -> int:
@@ -177,8 +178,11 @@ def box_from_report(report: Any) -> Box:
         i = counters.get(prefix, 0)
         counters[prefix] = i + 1
         devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta))
+    amx_failed = any(p.name == "amx" and p.verified == "failed" for p in cpu.isa_paths)
+    if amx_failed:
+        notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")
     return Box("this box", "probe of this box", ram, float(bw), cores, cpu_tflops, tuple(devices), tuple(idle),
-               True, tuple(notes))
+               True, tuple(notes), repack_ok=not amx_failed)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -392,7 +396,7 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
     failed."""
     n_ctx = profile.users * profile.context_per_request
     base = EngineParams(n_ctx=n_ctx, parallel=profile.users, kv_unified=True, n_batch=512, n_ubatch=512,
-                        flash_attn="auto", swa_full=False, repack=True, mmap=True)
+                        flash_attn="auto", swa_full=False, repack=box.repack_ok, mmap=True)
     all_names = tuple(d.name for d in devices)
     if devices:
         counts = sorted({1, *[k for k in (2, 4, 8, 16) if k < len(devices)], len(devices)})
@@ -413,9 +417,10 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
     for kv in KV_LADDER:
         p = replace(base, n_gpu_layers=0, cache_type_k=kv, cache_type_v=kv,
                     flash_attn="on" if kv != "f16" else "auto")
-        yield _Config(p, (), f"CPU, KV {kv}, repack on")
-        yield _Config(replace(p, mmap=False), (),
-                      f"CPU, KV {kv}, repack on without mmap (no duplicate of repacked weights)")
+        if box.repack_ok:
+            yield _Config(p, (), f"CPU, KV {kv}, repack on")
+            yield _Config(replace(p, mmap=False), (),
+                          f"CPU, KV {kv}, repack on without mmap (no duplicate of repacked weights)")
         yield _Config(replace(p, repack=False), (), f"CPU, KV {kv}, repack off")
 
 
