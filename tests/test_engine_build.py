@@ -77,6 +77,70 @@ def test_a_cached_wheel_is_reused_without_building(tmp_path):
     assert got.key == "cpu-portable" and got.build_seconds == 400.0
 
 
+def _tiny_sdist(folder: Path, version: str, setup_body: str) -> Path:
+    """A stand-in llama-cpp-python source archive whose build takes seconds: it records the
+    build environment it was given into the wheel (or fails like a compiler would)."""
+    import tarfile
+
+    src = folder / f"llama_cpp_python-{version}"
+    (src / "llama_cpp").mkdir(parents=True)
+    (src / "llama_cpp" / "__init__.py").write_text("")
+    (src / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\n'
+                                        'build-backend = "setuptools.build_meta"\n')
+    (src / "setup.py").write_text(setup_body.replace("VERSION", version))
+    sdist = folder / f"llama_cpp_python-{version}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tf:
+        tf.add(src, arcname=src.name)
+    return sdist
+
+
+RECORDING_SETUP = """
+import json, os
+from setuptools import setup
+with open(os.path.join("llama_cpp", "build_env.json"), "w") as f:
+    json.dump({k: os.environ.get(k) for k in ("CMAKE_ARGS", "CMAKE_BUILD_PARALLEL_LEVEL", "CUDACXX")}, f)
+setup(name="llama_cpp_python", version="VERSION", packages=["llama_cpp"],
+      package_data={"llama_cpp": ["build_env.json"]})
+"""
+
+FAILING_SETUP = """
+import sys
+sys.exit("CMake Error: Could not find CUDA toolkit (error: nvcc not found)")
+"""
+
+
+def test_build_passes_cmake_args_and_toolchain_env_and_caches_the_wheel(tmp_path):
+    cache = WheelCache(tmp_path / "cache")
+    spec = build_spec("cuda", [], architectures=["86", "89"])
+    sdist = _tiny_sdist(tmp_path / "src", "0.0.1", RECORDING_SETUP)
+    built = build_wheel(spec, version="0.0.1", cache=cache, sdist=sdist, jobs=3,
+                        build_env=(("CUDACXX", "/opt/cuda/bin/nvcc"),))
+    assert built.origin == "built" and built.key == "cuda-86.89" and built.build_seconds > 0
+    assert built.path.parent == cache.dir_for("0.0.1", "cuda-86.89")
+    with zipfile.ZipFile(built.path) as zf:
+        seen = json.loads(zf.read("llama_cpp/build_env.json"))
+    assert seen == {"CMAKE_ARGS": spec.cmake_args_string, "CMAKE_BUILD_PARALLEL_LEVEL": "3",
+                    "CUDACXX": "/opt/cuda/bin/nvcc"}
+    meta = json.loads((built.path.parent / "build.json").read_text())
+    assert meta["cmake_args"] == list(spec.cmake_args) and meta["sha256"] == built.sha256
+    assert "CMAKE_ARGS=" in (built.path.parent / "build.log").read_text()
+    # A second call is a cache hit (the sdist is not even needed).
+    assert build_wheel(spec, version="0.0.1", cache=cache, sdist=tmp_path / "gone.tar.gz").sha256 == built.sha256
+
+
+def test_failed_build_names_its_log(tmp_path):
+    from aiboxctl.errors import AiboxError
+
+    cache = WheelCache(tmp_path / "cache")
+    sdist = _tiny_sdist(tmp_path / "src", "0.0.2", FAILING_SETUP)
+    with pytest.raises(AiboxError) as info:
+        build_wheel(build_spec("cpu", []), version="0.0.2", cache=cache, sdist=sdist)
+    log = cache.dir_for("0.0.2", "cpu-portable") / "build.log"
+    assert info.value.code == "build_failed" and str(log) in info.value.hint
+    assert "nvcc not found" in info.value.message and "nvcc not found" in log.read_text()
+    assert cache.find("0.0.2", "cpu-portable") is None
+
+
 # --- a throwaway environment -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -193,11 +193,24 @@ def _pip(python: str, *args: str, timeout: float = PIP_TIMEOUT_S, env: dict[str,
     return run_command([python, "-m", "pip", *args], timeout=timeout, env=env, cwd=cwd)
 
 
-def _tail(res: CommandResult, n: int = 1) -> str:
-    lines = [ln.strip() for ln in (res.stderr + "\n" + res.stdout).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower() and "warning" not in ln.lower()]
-    pick = (errors or lines)[-n:]
-    return " | ".join(pick)[:300] or res.failure_reason()
+_PIP_NOISE = ("subprocess-exited-with-error", "error originates from a subprocess", "failed to build",
+              "finished with status", "failed building wheel", "could not build wheels", "error: metadata")
+
+
+def _tail(res: CommandResult) -> str:
+    """The line that says why a pip/CMake/compiler run failed: the first real error (CMake's
+    message line, a compiler's ``error:``), not pip's closing summary."""
+    lines = [ln.strip() for ln in (res.stdout + "\n" + res.stderr).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        low = line.lower()
+        if any(noise in low for noise in _PIP_NOISE):
+            continue
+        if line.startswith("CMake Error at") and i + 1 < len(lines):
+            return f"{line} {lines[i + 1]}"[:300]
+        if "cmake error" in low or "fatal error" in low or " error:" in f" {low}" or low.startswith("error "):
+            return line[:300]
+    tail = [ln for ln in lines if not any(noise in ln.lower() for noise in _PIP_NOISE)][-1:]
+    return (tail[0][:300] if tail else "") or res.failure_reason()
 
 
 def fetch_sdist(version: str, cache: WheelCache, *, python: str = sys.executable,
