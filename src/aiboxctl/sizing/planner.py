@@ -476,11 +476,12 @@ def _judge(est: MemoryEstimate, facts: ModelFacts, cfg: _Config, box: Box, profi
         worst = max(worst, ratio)
         if dm.total > budget:
             over.append(f"{dm.device} needs {_gib(dm.total)} of {_gib(budget)}")
-    if over:
-        return _Outcome(False, "does not fit: " + "; ".join(over), "memory", est, None, cfg, worst, needed)
     speeds = [box.host_speed, *(DeviceSpeed(d.name, d.backend, d.bandwidth_gbps, d.tflops, d.eta) for d in devices)]
+    # Speed too when memory fails: "more RAM would fit" must also say whether it would be fast enough.
     tp = estimate_throughput(facts, est, speeds, active_params=active_params, streams=profile.users,
                              depth=profile.context_per_request // 2)
+    if over:
+        return _Outcome(False, "does not fit: " + "; ".join(over), "memory", est, tp, cfg, worst, needed)
     if tp.per_user_tok_s < profile.target_tokens_per_s:
         return _Outcome(False, f"too slow: {tp.per_user_tok_s:.1f} tok/s per user with {profile.users} users "
                                f"({cfg.label}); the profile needs {profile.target_tokens_per_s:g}",
@@ -691,9 +692,12 @@ def _suggestions(profile: UseCaseProfile, box: Box, v: Variant, f: QuantFile, ou
 
     if out.kind == "memory":
         short = {d: n["needed"] - n["budget"] for d, n in out.needed.items() if n["needed"] > n["budget"]}
+        tp = out.throughput
+        slow = (f", but at ~{tp.per_user_tok_s:.1f} tok/s per user it would still miss the target of "
+                f"{profile.target_tokens_per_s:g}") if tp and tp.per_user_tok_s < profile.target_tokens_per_s else ""
         for d, s in short.items():
             where = "RAM" if d == "host" else d
-            out_list.append(f"{_gib(s)} more {where} would fit {v.name} {f.quant}")
+            out_list.append(f"{_gib(s)} more {where} would fit {v.name} {f.quant}{slow}")
     else:
         tp = out.throughput
         if tp and tp.per_user_tok_s > 0:
