@@ -74,6 +74,7 @@ class ModelFacts:
     causal: bool = True
     repackable_layer_bytes: tuple[int, ...] = ()  # per layer, tensors a CPU repack would copy
     repackable_output_bytes: int = 0
+    layer_max_tensor_bytes: tuple[int, ...] = ()  # the biggest single tensor of each layer
     name: str = ""
     source: str = "header"  # "header" (exact) or where plain facts came from
     notes: tuple[str, ...] = field(default=())
@@ -93,6 +94,14 @@ class ModelFacts:
         if not self.causal or self.is_recurrent(il) or self.n_head_kv[il] == 0:
             return False
         return il < self.n_layer - self.shared_kv_layers
+
+    def largest_matrix_bytes(self, il: int) -> int:
+        """The biggest weight of layer ``il`` (what op offload stages on an accelerator)."""
+        if self.layer_max_tensor_bytes:
+            return self.layer_max_tensor_bytes[il]
+        if self.n_expert and self.expert_bytes:  # all experts of one projection are one tensor
+            return self.expert_bytes // (3 * self.n_layer)
+        return self.layer_bytes[il] // 3 if self.layer_bytes else 0  # an FFN matrix, rounded up
 
     @property
     def is_mla(self) -> bool:
@@ -229,6 +238,7 @@ class ModelFacts:
 
         # Tensor bytes by layer / input / output, and what a CPU repack would copy.
         layer_bytes = [0] * n_layer
+        layer_max = [0] * n_layer
         repack = [0] * n_layer
         input_bytes = output_bytes = expert_bytes = repack_out = 0
         extra_layers: set[int] = set()
@@ -240,6 +250,7 @@ class ModelFacts:
                     extra_layers.add(il)
                     continue
                 layer_bytes[il] += t.n_bytes
+                layer_max[il] = max(layer_max[il], t.n_bytes)
                 if _repackable(t):
                     repack[il] += t.n_bytes
                 if EXPERT_TENSOR.search(t.name):
@@ -296,6 +307,7 @@ class ModelFacts:
             recurrent_layers=recurrent, n_embd_r=n_embd_r, n_embd_s=n_embd_s,
             shared_kv_layers=int(key("attention.shared_kv_layers", 0) or 0), causal=causal,
             repackable_layer_bytes=tuple(repack), repackable_output_bytes=repack_out,
+            layer_max_tensor_bytes=tuple(layer_max),
             name=str(header.get("general.name", "") or ""), source="header", notes=tuple(notes),
         )
 

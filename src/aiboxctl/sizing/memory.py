@@ -302,6 +302,18 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
     return max(phases, default=0)
 
 
+def _mask_bytes(facts: ModelFacts, ctx: ResolvedContext) -> int:
+    """The KQ masks (f16 with flash attention, f32 without) of the full and the SWA cache."""
+    per = (2 if ctx.flash_attn else 4) * ctx.n_ubatch
+    att = [il for il in range(facts.n_layer) if facts.has_kv(il)]
+    total = 0
+    if any(not facts.is_swa(il) for il in att):
+        total += per * ctx.n_ctx_seq
+    if any(facts.is_swa(il) for il in att):
+        total += per * ctx.swa_cells
+    return total
+
+
 def estimate_memory(facts: ModelFacts, params: EngineParams, *,
                     accelerators: Sequence[str] = ()) -> MemoryEstimate:
     """Memory per device (host first, then each accelerator) for one configuration."""
@@ -340,8 +352,15 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *,
     for d in range(n_dev):
         compute[d] = compute_buffer_bytes(facts, ctx, has_output=(d == out_dev), layers=layers_on[d])
     if not compute[0]:
-        # The host always runs the input (get_rows) and some glue even with everything offloaded.
-        compute[0] = 4 * ctx.n_ubatch * facts.n_embd * 2
+        # Everything offloaded: the host still builds the inputs (token embeddings by get_rows,
+        # the KQ masks) — a llama-server log shows 12.01 → 72.01 MiB from 2k to 32k cells,
+        # i.e. the f32 mask plus one T(n_embd) (memory-model.md §3.6).
+        compute[0] = _mask_bytes(facts, ctx) + 4 * ctx.n_ubatch * facts.n_embd
+    if n_dev > 1 and layers_on[0] and any(layers_on[1:]) and ctx.n_ubatch >= 32:
+        # Partial offload: for batches of 32+ tokens llama.cpp's op offload runs host layers'
+        # matmuls on the first accelerator, staging the weight in its compute buffer.
+        first = next(d for d in range(1, n_dev) if layers_on[d] or d == out_dev)
+        compute[first] += max((facts.largest_matrix_bytes(il) for il in layers_on[0]), default=0)
     output = [0] * n_dev
     output[0] = output_buffer_bytes(facts, ctx)
     names = [HOST, *gpus]
