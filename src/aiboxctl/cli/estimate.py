@@ -87,27 +87,26 @@ def run_estimate(model: str, *, ctx: int, parallel: int, ubatch: int, cache_type
     params = EngineParams(n_ctx=ctx, parallel=parallel, n_batch=max(512, ubatch), n_ubatch=ubatch,
                           cache_type_k=cache_type_k.lower(), cache_type_v=cache_type_v.lower(),
                           flash_attn=flash_attn, swa_full=swa_full, n_gpu_layers=gpu_layers)
-    est = estimate_memory(facts, params, accelerators=accelerators or ())
-    data = est.to_dict()
-    data["source"] = str(model)
-    data["method"] = "memory model (header arithmetic; compute buffer calibrated)"
+    dry = None
     if exact:
-        from aiboxctl.sizing.dryrun import oracle
+        from dataclasses import replace
+
+        from aiboxctl.sizing.dryrun import oracle, with_dry_run
 
         dry = oracle(model, params, mode="dry")
-        data["method"] = "llama.cpp dry run (compute and output buffers measured; weights and KV from the header)"
-        data["model_estimate"] = {k: v for k, v in data["devices"].items()}
+        # Name the accelerators as llama.cpp found them (CUDA0, ROCm0, CANN0, …); with none,
+        # llama.cpp keeps every layer on the host, and so does the estimate.
+        accelerators = accelerators or [d.device for d in dry.devices if d.device != "host"]
+        if gpu_layers and not accelerators:
+            output.warn("llama.cpp found no accelerator here: every layer stays on the host")
+            params = replace(params, n_gpu_layers=0)
+    est = estimate_memory(facts, params, accelerators=accelerators or ())
+    data: dict = {"source": str(model),
+                  "method": "memory model (header arithmetic; compute buffer calibrated)"}
+    if dry is not None:
+        data["model_estimate"] = {d.device: d.to_dict() for d in est.devices}
         data["dry_run"] = dry.to_dict()
-        devices = {}
-        for name, d in data["devices"].items():
-            o = dry.device(name)
-            merged = dict(d, compute=o.compute if o.compute or name == "host" else d["compute"],
-                          output=o.output if name == "host" else d["output"])
-            merged["total"] = sum(merged[k] for k in ("weights", "kv_cache", "recurrent", "compute", "output",
-                                                      "repack", "overhead"))
-            devices[name] = merged
-        data["devices"] = devices
-        data["total"] = sum(d["total"] for d in devices.values())
-        if gpu_layers and len(dry.devices) == 1:
-            output.warn("llama.cpp found no accelerator here: the dry run placed every layer on the host")
+        est = with_dry_run(est, dry)
+        data["method"] = "llama.cpp dry run (compute and output buffers measured; weights and KV from the header)"
+    data = {**est.to_dict(), **data}
     return data

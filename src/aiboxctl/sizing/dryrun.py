@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aiboxctl.errors import AiboxError
-from aiboxctl.sizing.memory import HOST, EngineParams
+from aiboxctl.sizing.memory import HOST, EngineParams, MemoryEstimate
 
 MiB = 1024 * 1024
 
@@ -175,6 +175,21 @@ def oracle_many(model: str | Path, params: list[EngineParams], *, mode: str = "d
     if len(params) == 1 and isinstance(out[0], DryRunFailed):
         raise out[0]
     return out
+
+
+def with_dry_run(est: MemoryEstimate, dry: OracleResult) -> MemoryEstimate:
+    """The estimate with llama.cpp's measured compute and output buffers in place of the
+    model's (weights, KV and recurrent state are header arithmetic in both)."""
+    from dataclasses import replace
+
+    devices = []
+    for d in est.devices:
+        o = dry.device(d.device)
+        measured = d.device == HOST or o.compute > 0
+        devices.append(replace(d, compute=o.compute if measured else d.compute,
+                               output=o.output if d.device == HOST else d.output))
+    return replace(est, devices=tuple(devices),
+                   notes=(*est.notes, "compute and output buffers from llama.cpp's dry run"))
 
 
 def _last_error(stderr: str) -> str:
