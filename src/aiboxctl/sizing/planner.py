@@ -270,6 +270,8 @@ class _Config:
     params: EngineParams
     accelerators: tuple[str, ...]
     label: str
+    placement: str = "cpu"  # "full" (all layers on k accelerators), "partial" or "cpu"
+    k: int = 0  # accelerators holding layers
 
 
 @dataclass
@@ -405,14 +407,15 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
                 split = _tensor_split(devices, k)
                 p = replace(base, n_gpu_layers=facts.n_layer + 1, tensor_split=split, cache_type_k=kv,
                             cache_type_v=kv, flash_attn="on" if kv != "f16" else "auto")
-                yield _Config(p, all_names, f"all layers on {k} x {devices[0].model}, KV {kv}")
+                yield _Config(p, all_names, f"all layers on {k} x {devices[0].model}, KV {kv}", "full", k)
         # Partial offload: the last layers on the accelerators, the rest on the host.
         for kv in KV_LADDER:
             for ngl in _partial_layer_counts(facts, box, devices, base, kv):
                 p = replace(base, n_gpu_layers=ngl, cache_type_k=kv, cache_type_v=kv,
                             tensor_split=_tensor_split(devices, len(devices)),
                             flash_attn="on" if kv != "f16" else "auto")
-                yield _Config(p, all_names, f"{ngl} of {facts.n_layer + 1} layers on accelerators, KV {kv}")
+                yield _Config(p, all_names, f"{ngl} of {facts.n_layer + 1} layers on accelerators, KV {kv}",
+                              "partial", len(devices))
         return
     for kv in KV_LADDER:
         p = replace(base, n_gpu_layers=0, cache_type_k=kv, cache_type_v=kv,
@@ -456,6 +459,16 @@ def _partial_layer_counts(facts: ModelFacts, box: Box, devices: tuple[BoxDevice,
         else:
             hi = mid - 1
     return [lo] if lo >= 1 else []
+
+
+def _cannot_fit(facts: ModelFacts, cfg: _Config, box: Box, devices: tuple[BoxDevice, ...]) -> bool:
+    """A quick lower bound: the weights alone exceed the memory the placement may use."""
+    layers_and_output = facts.weight_bytes - facts.input_bytes
+    if cfg.placement == "full":
+        return layers_and_output > sum(d.budget for d in devices[:cfg.k])
+    if cfg.placement == "cpu":
+        return facts.weight_bytes > box.ram_budget
+    return False
 
 
 def _check(facts: ModelFacts, cfg: _Config, box: Box, profile: UseCaseProfile, active_params: float,
@@ -543,14 +556,25 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
         local = _local_file(v, f)
         facts = (_header_facts(local, v.name) if local else None) or facts_for(v, f)
         best: _Outcome | None = None
+        slow_full: set[str] = set()  # KV types whose full offload fitted but was too slow
         for cfg in _configs(facts, box, profile, use):
+            if _cannot_fit(facts, cfg, box, use):
+                continue
+            # Spreading layers over more devices, or offloading fewer, never decodes faster.
+            if cfg.placement == "partial" and slow_full or cfg.params.cache_type_k in slow_full:
+                continue
             out = _check(facts, cfg, box, profile, v.active * 1e9, use)
             if out.ok:
                 best = out
                 break
+            if out.kind == "speed" and cfg.placement == "full":
+                slow_full.add(cfg.params.cache_type_k)
             if best is None or _closer(out, best):
                 best = out
-        assert best is not None and best.config is not None
+        if best is None:  # every configuration was ruled out by the weights alone
+            cfg = next(iter(_configs(facts, box, profile, use)))
+            best = _check(facts, cfg, box, profile, v.active * 1e9, use)
+        assert best.config is not None
         if why:
             best.reason += f" (on the CPU: {why})"
         best.devices = use
