@@ -8,7 +8,7 @@ into variants. Numbers here are for planning before download; a readable GGUF he
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal, Optional

@@ -21,9 +21,9 @@ carries the closest option and what would make it fit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from aiboxctl.errors import DoesNotFit, UsageError
