@@ -282,3 +282,12 @@ def test_amx_fault_seen_by_the_probe_turns_repack_off():
     assert p.engine["repack"] is False and p.memory.host.repack == 0
     assert any("AMX fault" in n for n in p.notes)
     assert plan(load_use_case("demo"), report, exact=False).engine["repack"] is True
+
+
+def test_base_models_are_planned_only_when_named():
+    box = box_from_profile(load_hardware_profile("cpu-32g"))
+    edge = replace(load_use_case("edge"), families=("gemma-3",), min_quality="low")
+    p = plan(edge, box)
+    assert p.variant != "gemma-3-270m"
+    assert any(r.variant == "gemma-3-270m" and "base model" in r.reason for r in p.rejected)
+    assert plan(edge, box, model="gemma-3-270m").variant == "gemma-3-270m"

@@ -166,6 +166,7 @@ class Variant:
     licence: Optional[str] = None  # overrides the family's
     chat_template: Optional[str] = None  # overrides the family's
     has_chat_template: Optional[bool] = None  # does the GGUF carry one (None: assume yes)
+    instruct: bool = True  # False: a base model (continues text); planned only when pinned
     notes: tuple[str, ...] = ()
 
     @property

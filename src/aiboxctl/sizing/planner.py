@@ -303,6 +303,10 @@ def _candidates(profile: UseCaseProfile, catalog: Catalog, model: str | None) ->
     floor = QUALITY_ORDER[profile.min_quality]
     for fam in families:
         for v in catalog.family_variants(fam):
+            if not v.instruct:
+                rejected.append(Rejected(v.name, "*", "a base model (not instruction-tuned): planned only when "
+                                         "named with --model", "quality"))
+                continue
             if QUALITY_ORDER[v.quality] < floor:
                 rejected.append(Rejected(v.name, "*", f"quality tier {v.quality} is below the profile's "
                                          f"min_quality {profile.min_quality}", "quality"))
