@@ -89,6 +89,7 @@ def main() -> int:
     below_total = []
     below_buffers = []
     within = 0
+    per_model: dict[str, list[int]] = {}
     cells = 0
     t_est = t_dry = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +122,11 @@ def main() -> int:
                         worst[c] = (e, tag)
                     if e < lowest[c][0]:
                         lowest[c] = (e, tag)
-                within += all(abs(e) <= 0.03 for e in errs.values())
+                ok = all(abs(e) <= 0.03 for e in errs.values())
+                within += ok
+                per_model.setdefault(label, [0, 0])
+                per_model[label][0] += ok
+                per_model[label][1] += 1
                 est_buffers = sum(getattr(est, c) for c in COMPONENTS)
                 if est_buffers + LOG_ROUNDING < o.total:
                     below_buffers.append(tag)
@@ -134,6 +139,7 @@ def main() -> int:
                           "  ".join(f"{getattr(o, c) / 2**20:8.2f}{errs[c]:+6.1%}"[:13].rjust(13) for c in COMPONENTS) +
                           f"   {est_buffers / 2**20:.2f}/{o.total / 2**20:.2f}")
     print(f"\n{cells} cells; {within} ({within / max(cells, 1):.1%}) have every component within 3 %.")
+    print("  " + ", ".join(f"{m} {ok}/{n}" for m, (ok, n) in per_model.items()))
     print("Worst relative error per component (estimate vs llama.cpp dry run), and the lowest:")
     for c, (e, tag) in worst.items():
         print(f"  {c:>9}: {e:+.2%}  {tag}")
