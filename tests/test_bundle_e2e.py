@@ -141,8 +141,8 @@ def test_install_sh_offline_then_chat(demo_bundle, tmp_path):
             assert list((tmp_path / "venv").rglob("libggml-cpu-x64.so"))
         # Chat one-shot against the installed service (loopback needs no proxy).
         chat_env = {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-        chat = _run([str(venv_aiboxctl), "chat", "--root", str(root), "-p", "Say hello.", "--json"], chat_env,
-                    timeout=180)
+        chat = _run([str(venv_aiboxctl), "chat", "--root", str(root), "-p", "Say hello.", "--max-tokens", "16",
+                     "--json"], chat_env, timeout=180)
         assert chat.returncode == 0, chat.stdout[-2000:] + chat.stderr[-2000:]
         assert json.loads(chat.stdout)["ok"]
     finally:
