@@ -82,10 +82,6 @@ def _header_bytes(path: Path) -> bytes:
     return path.read_bytes()[: h.data_offset] + b"\0" * 64
 
 
-def _kv_start() -> int:
-    return 4 + 4 + 8 + 8
-
-
 @pytest.mark.parametrize(("mutate", "message"), [
     (lambda b: b"GGML" + b[4:], "not a GGUF"),
     (lambda b: b[:4] + struct.pack("<I", 7) + b[8:], "unsupported GGUF version 7"),
@@ -273,7 +269,7 @@ def test_inspect_deepseek2_mla_and_experts(cli, tmp_path):
 
 
 def test_inspect_per_layer_kv_heads_and_url(cli, tmp_path):
-    path = write_model(tmp_path / "pl.gguf", "llama", **{**TINY, "n_head_kv": (2, 4)})
+    write_model(tmp_path / "pl.gguf", "llama", **{**TINY, "n_head_kv": (2, 4)})
     with RangeServer(tmp_path) as srv:
         r = cli("inspect", f"{srv.url}/pl.gguf", "--json")
     assert r.code == 0, r.stderr
