@@ -729,7 +729,8 @@ def _suggestions(profile: UseCaseProfile, box: Box, v: Variant, f: QuantFile, ou
     else:
         tp = out.throughput
         if tp and tp.per_user_tok_s > 0:
-            out_list.append(f"{profile.target_tokens_per_s / tp.per_user_tok_s:.1f}x the memory bandwidth would "
+            what = "compute" if tp.bound == "compute" else "memory bandwidth"
+            out_list.append(f"{profile.target_tokens_per_s / tp.per_user_tok_s:.1f}x the {what} would "
                             f"reach {profile.target_tokens_per_s:g} tok/s per user with {v.name} {f.quant}")
     # Fewer users (same context each), then a smaller context (same users).
     users = profile.users

@@ -35,8 +35,10 @@ ETA_DECODE: dict[str, float] = {
     "vulkan": 0.55,
     "metal": 0.60,
 }
-# Fraction of peak compute reached in prefill (quantized matmuls; rough, bench calibrates).
-ETA_COMPUTE: dict[str, float] = {"cpu": 0.5, "cuda": 0.6, "hip": 0.4, "musa": 0.3, "cann": 0.3,
+# Fraction of peak compute reached by quantized matmuls (prefill, and batched decode when
+# compute-bound); rough, ``aiboxctl bench`` calibrates. CPU: bench/throughput_model.py saw 4
+# streams on one core reach ~1/4 of the FP32 peak (gemma-3-270m, smollm2), so 0.3, not 0.5.
+ETA_COMPUTE: dict[str, float] = {"cpu": 0.3, "cuda": 0.6, "hip": 0.4, "musa": 0.3, "cann": 0.3,
                                  "sycl": 0.3, "vulkan": 0.3, "metal": 0.4}
 # Per-step fixed cost: kernel launches, synchronisation, sampling (memory-model.md §6.1).
 T0_ACCEL = 1.0e-3
