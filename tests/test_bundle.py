@@ -386,3 +386,18 @@ def test_install_sh_checks_python_arch_and_wheels_before_pip(tmp_path):
     # The order that matters: checks, then checksums, then pip (offline), then aiboxctl.
     order = [text.index(s) for s in ("sha256sum -c", "--no-index", "exec \"$VENV/bin/aiboxctl\" install --bundle")]
     assert order == sorted(order)
+
+
+def test_unpacking_again_verifies_but_does_not_rewrite_the_stored_weights(tmp_path):
+    bundle = _bundle(tmp_path)
+    store, scratch = _dirs(tmp_path)
+    first = unpack(check_bundle(bundle), store=store, scratch=scratch, install_wheels=False)
+    inode = first.model_path.stat().st_ino
+    from aiboxctl.bundle.unpack import model_in_store
+
+    manifest, bundle_id = read_manifest(bundle)
+    assert model_in_store(manifest, store, bundle_id)
+    assert space_needed(manifest, store=store, scratch=scratch, model_present=True)[store] == 0
+    again = unpack(check_bundle(bundle), store=store, scratch=scratch, install_wheels=False)
+    assert again.model_path == first.model_path and again.model_path.stat().st_ino == inode
+    assert again.model_path.read_bytes() == MODEL_BYTES

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiboxctl import __version__
 from aiboxctl.bundle.manifest import BundleError
-from aiboxctl.bundle.unpack import OFFLINE_ENV, check_bundle, space_needed, unpack
+from aiboxctl.bundle.unpack import OFFLINE_ENV, check_bundle, model_in_store, space_needed, unpack
 
 Progress = Callable[[str], None]
 
@@ -73,6 +75,17 @@ def _profile_argument(manifest: Any, scratch: Path, keep_dir: Path) -> str:
     return str(kept)
 
 
+def _continue_with_bundled_aiboxctl(version: str) -> None:
+    """The bundled aiboxctl was just installed over this one: the rest of the install must run
+    the new code, so the same command starts again in it (it finds the wheels installed and the
+    weights in the store, and goes on). Only a console-script run can be restarted."""
+    if Path(sys.argv[0]).name == "aiboxctl" and "--bundle" in sys.argv:
+        os.execv(sys.executable, [sys.executable, "-m", "aiboxctl.cli.app", *sys.argv[1:]])
+    raise BundleError(f"installed aiboxctl {version} from the bundle over {__version__}; "
+                      "run the same command again to continue with it", code="bundle_rerun",
+                      hint="aiboxctl install --bundle BUNDLE ...")
+
+
 def install_from_bundle(bundle: Path, *, root: str | Path | None = None, port: int | None = None,
                         bind: str | None = None, health_timeout: float = 300.0, progress: Progress = _noop,
                         confirm: Callable[[str], None] | None = None) -> BundleInstallResult:
@@ -88,9 +101,11 @@ def install_from_bundle(bundle: Path, *, root: str | Path | None = None, port: i
     t = time.perf_counter()
     if not bundle.is_file():
         raise BundleError(f"no such bundle: {bundle}", code="not_found")
-    manifest, _ = read_manifest(bundle)
+    manifest, bundle_id = read_manifest(bundle)
     progress(f"checking every member of {bundle.name} ({manifest.total_size / (1 << 20):.0f} MiB)")
-    checked = check_bundle(bundle, needs=space_needed(manifest, store=state.models, scratch=scratch))
+    present = model_in_store(manifest, state.models, bundle_id)
+    checked = check_bundle(bundle, needs=space_needed(manifest, store=state.models, scratch=scratch,
+                                                      model_present=present))
     steps["verify_s"] = round(time.perf_counter() - t, 3)
     if not manifest.model.get("variant"):
         raise BundleError(f"{bundle.name} carries no model", code="bundle_without_model")
@@ -101,6 +116,9 @@ def install_from_bundle(bundle: Path, *, root: str | Path | None = None, port: i
     progress("unpacking: weights into the model store, wheels offline")
     unpacked = unpack(checked, store=state.models, scratch=scratch, progress=None)
     steps["unpack_s"] = round(time.perf_counter() - t, 3)
+    if manifest.aiboxctl_version != __version__:
+        unpacked.cleanup()
+        _continue_with_bundled_aiboxctl(manifest.aiboxctl_version)
     try:
         profile = _profile_argument(manifest, unpacked.scratch, state.home / "bundles" / checked.bundle_id[:12])
         t = time.perf_counter()

@@ -91,9 +91,23 @@ def model_destination(manifest: BundleManifest, store_root: Path, bundle_id: str
     return ModelStore(store_root).path_for(repo, rec.get("file") or Path(rec["path"]).name)
 
 
-def space_needed(manifest: BundleManifest, *, store: Path, scratch: Path) -> dict[Path, int]:
+def model_in_store(manifest: BundleManifest, store_root: Path, bundle_id: str) -> bool:
+    """The bundled weights are already in this store, recorded with the same sha256 (a re-run,
+    or a box that pulled the same file): they are then verified but not written again."""
+    from aiboxctl.hub.store import ModelStore
+
+    rec = manifest.model
+    member = manifest.member(rec.get("path") or "")
+    if member is None:
+        return False
+    repo = rec.get("repo") or f"bundle:{bundle_id[:12]}"
+    found = ModelStore(store_root).present(repo, rec.get("file") or Path(member.path).name, member.sha256)
+    return found is not None and found.size == member.size
+
+
+def space_needed(manifest: BundleManifest, *, store: Path, scratch: Path, model_present: bool = False) -> dict[Path, int]:
     model_member = manifest.model.get("path")
-    model = sum(m.size for m in manifest.members if m.path == model_member)
+    model = 0 if model_present else sum(m.size for m in manifest.members if m.path == model_member)
     # The engine wheel unpacks to about 3x its size in site-packages; the rest is small.
     rest = sum(m.size for m in manifest.members if m.path != model_member)
     return {store: model, scratch: rest * 4}
@@ -111,15 +125,16 @@ def unpack(checked: CheckedBundle, *, store: Path, scratch: Path, install_wheels
     model_member = manifest.model.get("path")
     scratch_dir = scratch / f"bundle-{checked.bundle_id[:12]}"
     model_path = model_destination(manifest, store, checked.bundle_id)
+    present = model_in_store(manifest, store, checked.bundle_id)
     plan: dict | None = None
 
     def sink(member):
         if member.path == model_member:
-            return model_path
+            return None if present else model_path  # present: hashed again, not rewritten
         return scratch_dir / member.path  # wheels, plan, configs, install.sh
 
     scan_bundle(checked.path, manifest, sink=sink, progress=progress)
-    if model_path is not None:
+    if model_path is not None and not present:
         rec, member = manifest.model, manifest.member(model_member)
         now = time.time()
         ModelStore(store).add(StoredFile(
