@@ -512,8 +512,9 @@ def _gib(n: int) -> str:
 
 def _backend_ok(f: QuantFile, devices: tuple[BoxDevice, ...]) -> str | None:
     if any(d.backend == "cann" for d in devices) and f.main_type not in CANN_TYPES:
-        return (f"llama.cpp's CANN backend runs only F16, Q8_0 and Q4_0 weights; {f.quant} is "
-                f"{f.main_type}")
+        what = f"this file is {f.quant}" if f.quant == f.main_type else \
+            f"{f.quant} stores most weights as {f.main_type}"
+        return f"llama.cpp's CANN backend runs only F16, Q8_0 and Q4_0 weights; {what}"
     return None
 
 
