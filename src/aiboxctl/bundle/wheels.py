@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 import shutil
 import sys
@@ -134,8 +135,10 @@ def find_engine_wheel(target: TargetPlatform, *, explicit: Path | None = None, k
         raise WheelError(
             f"no llama-cpp-python {version or ''} wheel for {target.platform} was found "
             "(PyPI ships only its source; it must be built once)", code="engine_wheel_missing",
-            hint="aiboxctl engine install --backend cpu (builds the portable wheel into the cache), "
-                 "or pass --engine-wheel")
+            hint=("aiboxctl engine install --backend cpu (builds the portable wheel into the cache), "
+                  "or pass --engine-wheel") if target.arch == platform.machine() else
+                 (f"build it on an {target.arch} machine (aiboxctl engine install --backend cpu there) "
+                  "and pass its wheel with --engine-wheel"))
     usable.sort(key=lambda c: (c.build != "portable", -c.path.stat().st_mtime))
     return usable[0]
 
