@@ -146,3 +146,22 @@ def test_cli_reports_a_broken_profile_with_its_line(cli, tmp_path):
     assert err["code"] == "invalid_data_file" and err["message"].startswith(f"{path}:3: users:")
     r = cli("plan", "--profile", "no-such-profile", "--json")
     assert r.code == 2 and "known:" in r.json()["errors"][0]["message"]
+
+
+def test_unknown_family_or_model_is_reported_at_its_line(tmp_path):
+    path = _write(tmp_path, "p.yaml", """
+        name: p
+        description: "x"
+        users: 2
+        context_per_request: 4096
+        target_tokens_per_s: 5
+        families:
+          - qwen3
+          - qwen9
+        model: qwen3-9000b
+        """)
+    with pytest.raises(DataFileError) as info:
+        load_use_case(str(path))
+    problems = info.value.data["problems"]
+    assert problems[0].startswith(f"{path}:8: families[1]: unknown model family 'qwen9'")
+    assert problems[1] == f"{path}:9: model: 'qwen3-9000b' is not a catalog variant or family"

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, with_config
 
 from aiboxctl.errors import UsageError
 from aiboxctl.resources import data_dir
-from aiboxctl.sizing.schema import load_file
+from aiboxctl.sizing.schema import FieldProblem, raise_problems, read_document, validate
 
 Quality = Literal["low", "medium", "high"]
 QUALITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
@@ -72,9 +72,29 @@ def load_use_case(name_or_path: str | Path) -> UseCaseProfile:
         path = Path(text).expanduser()
         if not path.is_file():
             raise UsageError(f"No such profile file: {path}", hint="aiboxctl plan --help")
-        return load_file(path, UseCaseProfile, name=str(path))
+        return _load(path.read_text(encoding="utf-8"), str(path))
     names = use_case_names()
     if text not in names:
         raise UsageError(f"Unknown use-case profile {text!r}; known: {', '.join(names)}",
                          hint="aiboxctl plan --profile demo")
-    return load_file(data_dir("profiles") / f"{text}.yaml", UseCaseProfile, name=f"profiles/{text}.yaml")
+    return _load((data_dir("profiles") / f"{text}.yaml").read_text(encoding="utf-8"), f"profiles/{text}.yaml")
+
+
+def _load(text: str, shown: str) -> UseCaseProfile:
+    """Validate the shape, then the names: families and a pinned model must be in the catalog."""
+    from aiboxctl.models.catalog import load_catalog
+
+    doc = read_document(text, shown)
+    profile = validate(doc, UseCaseProfile)
+    catalog = load_catalog()
+    problems: list[FieldProblem] = []
+    for i, fam in enumerate(profile.families):
+        if fam not in catalog.families:
+            problems.append(doc.problem(("families", i), f"unknown model family {fam!r} (known: "
+                                        + ", ".join(sorted(catalog.families)) + ")"))
+    pinned = profile.model
+    if pinned and not pinned.endswith(".gguf") and catalog.variant(pinned.split(":", 1)[0]) is None \
+            and pinned not in catalog.families:
+        problems.append(doc.problem(("model",), f"{pinned!r} is not a catalog variant or family"))
+    raise_problems(problems)
+    return profile
