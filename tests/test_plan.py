@@ -291,3 +291,15 @@ def test_base_models_are_planned_only_when_named():
     assert p.variant != "gemma-3-270m"
     assert any(r.variant == "gemma-3-270m" and "base model" in r.reason for r in p.rejected)
     assert plan(edge, box, model="gemma-3-270m").variant == "gemma-3-270m"
+
+
+@pytest.mark.parametrize("hardware, prefix, backend", [("hygon-k100-x8", "ROCm", "hip"),
+                                                        ("mthreads-s4000-x8", "MUSA", "musa"),
+                                                        ("a100-80g-x2", "CUDA", "cuda")])
+def test_accelerators_are_named_as_llama_cpp_names_them(hardware, prefix, backend):
+    box = box_from_profile(load_hardware_profile(hardware))
+    assert [d.name for d in box.accelerators] == [f"{prefix}{i}" for i in range(len(box.accelerators))]
+    assert {d.backend for d in box.accelerators} == {backend}
+    p = _plan("healthcare", hardware)
+    assert p.engine["n_gpu_layers"] > 0
+    assert [d.device for d in p.devices] == ["host", *(d.name for d in box.accelerators)]
