@@ -108,6 +108,7 @@ def test_one_shot_prints_only_the_answer_with_the_installed_key(cli, fake, tmp_p
     assert req["auth"] == "Bearer sk-aibox-test"
     assert req["body"]["messages"] == [{"role": "user", "content": "你好"}]
     assert req["body"]["model"] == "smollm2-135m-instruct" and req["body"]["stream"] is True
+    assert req["body"]["temperature"] == 0.0  # one-shot answers are stable by default
 
 
 def test_one_shot_json_has_answer_usage_timings(cli, fake, tmp_path):

@@ -112,3 +112,41 @@ def test_manifest_round_trip_and_generations(tmp_path):
     assert old == m and contents[files[0].path] == files[0].content
     with pytest.raises(Exception, match="no aibox installation"):
         mf.require_manifest(InstallLayout.for_root(tmp_path / "elsewhere"))
+
+
+def test_default_install_prefix_is_root_for_root_and_a_user_dir_otherwise(monkeypatch, _isolated_state):
+    from aiboxctl.deploy.spec import install_layout
+
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert str(install_layout(None).root) == "/"
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert install_layout(None).root == (_isolated_state / "appliance").resolve()
+    assert str(install_layout("/x/y").root) == "/x/y"
+
+
+def test_service_user_access_check_reads_mode_bits(tmp_path):
+    import shutil
+    import tempfile
+
+    from aiboxctl.deploy.install import _user_can
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        private = base / "private"
+        private.mkdir(mode=0o700)
+        (private / "model.gguf").write_bytes(b"x")
+        public = base / "public"
+        public.mkdir(mode=0o755)
+        (public / "model.gguf").write_bytes(b"x")
+        (public / "model.gguf").chmod(0o644)
+        # "nobody" is neither owner nor in the group: the "other" bits decide, on every parent too
+        assert _user_can("nobody", public / "model.gguf", "r")
+        assert not _user_can("nobody", private / "model.gguf", "r")
+        assert _user_can("root", private / "model.gguf", "r")
+        # pytest's own tmp dirs sit under a 0700 parent: refused however open the file is
+        (tmp_path / "m").write_bytes(b"x")
+        (tmp_path / "m").chmod(0o644)
+        assert not _user_can("nobody", tmp_path / "m", "r")
+    finally:
+        shutil.rmtree(base)

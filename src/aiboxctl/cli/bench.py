@@ -37,10 +37,10 @@ def bench(
     from aiboxctl.client.api import endpoint_from_install
     from aiboxctl.client.bench import run_bench
     from aiboxctl.deploy.manifest import load_manifest
-    from aiboxctl.paths import InstallLayout
+    from aiboxctl.deploy.spec import install_layout
 
     endpoint = endpoint_from_install(root, url=url, api_key=api_key)
-    manifest = load_manifest(InstallLayout.for_root(root)) if url is None else None
+    manifest = load_manifest(install_layout(root)) if url is None else None
     spec = manifest.spec if manifest else {}
     slots = int((spec.get("engine") or {}).get("parallel") or 4)
     output.note(f"benchmarking {endpoint.url} ({endpoint.model or 'model'}): 1 stream × {runs}, then {concurrency or slots} streams")

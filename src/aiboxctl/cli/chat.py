@@ -24,7 +24,7 @@ def chat(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="One-shot: print only the answer. '-' reads stdin.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Answer length cap (0: the service's own cap).")] = 512,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (default: 0 for -p/stdin, so scripts get stable answers; the service's own in the REPL).")] = None,
     root: RootOpt = None,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
@@ -39,6 +39,8 @@ def chat(
     if prompt == "-" or (prompt is None and (not sys.stdin.isatty() or output.STATE.json)):
         prompt = sys.stdin.read()
     if prompt is not None:
+        if temperature is None:
+            session.temperature = 0.0
         if not prompt.strip():
             from aiboxctl.errors import UsageError
 

@@ -87,15 +87,16 @@ def uninstall(
     """Stop the service and remove exactly what the install manifest lists (models kept unless --purge)."""
     from aiboxctl.deploy.lifecycle import uninstall as run_uninstall
     from aiboxctl.deploy.manifest import require_manifest
-    from aiboxctl.paths import InstallLayout
+    from aiboxctl.deploy.spec import install_layout
 
-    layout = InstallLayout.for_root(root)
+    layout = install_layout(root)
     require_manifest(layout)
     output.confirm(f"Uninstall aibox from {layout.root}{' and purge its model and logs' if purge else ''}?", yes=yes)
     result = run_uninstall(root, purge=purge)
 
     def human(console: Any, r: Any) -> None:
-        console.print(f"Removed {len(r.removed_files)} file(s), {len(r.removed_dirs)} directorie(s)"
+        dirs = len(r.removed_dirs)
+        console.print(f"Removed {len(r.removed_files)} file(s), {dirs} director{'y' if dirs == 1 else 'ies'}"
                       f"{', users ' + ', '.join(r.removed_users) if r.removed_users else ''} under {r.root}.")
         if r.kept:
             console.print(f"  kept (use --purge to delete): {', '.join(r.kept)}", markup=False)

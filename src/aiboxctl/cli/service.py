@@ -52,7 +52,7 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
     code = ExitCode.OK if result.healthy else ExitCode.SERVICE_DOWN
     rc = output.emit(result, human, exit_code=code)
     if not result.healthy and not output.STATE.json:
-        hint = "" if result.root == "/" else f" --root {result.root}"
+        hint = "" if root is None else f" --root {result.root}"
         output.warn(f"the service is not healthy: see `aiboxctl logs{hint}`, then `aiboxctl start{hint}`")
     return rc
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.errors import AiboxError, ServiceDown, VerificationFailed
-from aiboxctl.paths import InstallLayout
 
 
 @dataclass(frozen=True)
@@ -39,13 +38,15 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
     """The endpoint and key of the installation under ``root`` (``--url``/``--api-key`` win)."""
     import yaml
 
-    layout = InstallLayout.for_root(root)
+    from aiboxctl.deploy.spec import install_layout
+
+    layout = install_layout(root)
     cfg: dict[str, Any] = {}
     try:
         cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         if url is None:
-            hint = "aiboxctl install --profile demo" + ("" if str(layout.root) == "/" else f" --root {layout.root}")
+            hint = "aiboxctl install --profile demo" + ("" if root is None else f" --root {layout.root}")
             raise ServiceDown(f"no aibox installation under {layout.root} (and no --url)", hint=hint) from None
     if url is None:
         host = str(cfg.get("host") or "127.0.0.1")

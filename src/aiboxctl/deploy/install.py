@@ -25,7 +25,7 @@ from aiboxctl.deploy import manifest as mf
 from aiboxctl.deploy.manifest import InstallManifest
 from aiboxctl.deploy.render import RenderedFile, safe_path
 from aiboxctl.deploy.services import ServiceManager, choose_manager, manager_for, service_env, systemd_version
-from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, render_appliance, service_command
+from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, install_layout, render_appliance, service_command
 from aiboxctl.deploy.transaction import FileChange, Transaction, entries_for, maybe_fail, plan_changes, write_plain
 from aiboxctl.errors import AiboxError, ServiceDown, UsageError
 from aiboxctl.paths import InstallLayout, StatePaths
@@ -73,7 +73,8 @@ class InstallResult:
 
 
 def _root_flag(layout: InstallLayout) -> str:
-    return "" if str(layout.root) == "/" else f" --root {layout.root}"
+    """The --root a follow-up command needs (none for the default installation)."""
+    return "" if layout.root == install_layout(None).root else f" --root {layout.root}"
 
 
 def is_system_install(layout: InstallLayout) -> bool:
@@ -177,6 +178,16 @@ def _service_user(profile: Any, system: bool) -> tuple[str, str]:
     return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
 
 
+def _user_exists(user: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+        return True
+    except KeyError:
+        return False
+
+
 def _ensure_user(user: str, home: Path) -> bool:
     """Create the dedicated system user if missing; True when created."""
     import pwd
@@ -228,6 +239,42 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _user_can(user: str, path: Path, bit: str) -> bool:
+    """Can ``user`` traverse to ``path`` and read (``r``) or execute (``x``) it, by the mode bits?"""
+    import grp
+    import pwd
+    import stat
+
+    pw = pwd.getpwnam(user)
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+
+    def allowed(st: os.stat_result, want: str) -> bool:
+        shift = 6 if st.st_uid == pw.pw_uid else (3 if st.st_gid in gids else 0)
+        mask = (stat.S_IROTH if want == "r" else stat.S_IXOTH) << shift
+        return bool(st.st_mode & mask)
+
+    target = path.resolve()
+    for parent in reversed(target.parents):
+        if not allowed(parent.stat(), "x"):
+            return False
+    return allowed(target.stat(), bit)
+
+
+def _check_service_user_access(spec: InstallSpec) -> None:
+    """The hardened unit runs as the service user: it must be able to run this aiboxctl and read
+    the model. A venv under /root is the usual trap; say so before writing anything."""
+    import sys
+
+    user = spec.service_user
+    needs = [(Path(spec.exec_argv[0]), "x"), (Path(sys.prefix), "x"), (Path(str(spec.engine["model"])), "r")]
+    for path, bit in needs:
+        if path.exists() and not _user_can(user, path, bit):
+            raise UsageError(
+                f"the service user {user} cannot {'read' if bit == 'r' else 'run'} {path}",
+                hint="install aiboxctl where every user can read it (e.g. python3 -m venv /opt/aibox), "
+                     "or keep the model store under /var/lib/aibox")
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -304,6 +351,8 @@ def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFi
                     if previous is not None and previous.spec else None)
     if not was_active:
         _check_port_free(str(spec.engine["host"]), int(spec.engine["port"]))
+    if spec.system_install and spec.manager == "systemd" and _user_exists(spec.service_user):
+        _check_service_user_access(spec)
     tx = Transaction()
     created_users: list[str] = list(users_created)
     action = "unchanged"
@@ -392,7 +441,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
             progress: Progress = _noop, confirm: Callable[[str], None] | None = None) -> InstallResult:
     from aiboxctl.sizing.profiles import load_use_case
 
-    layout = InstallLayout.for_root(root)
+    layout = install_layout(root)
     if str(layout.root) != "/":
         safe_path(str(layout.root))
     steps: dict[str, float] = {}

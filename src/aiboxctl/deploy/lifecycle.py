@@ -16,7 +16,7 @@ from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _a
                                      _service_for, _noop, apply_spec, install)
 from aiboxctl.deploy.render import RenderedFile
 from aiboxctl.deploy.services import ServiceManager
-from aiboxctl.deploy.spec import InstallSpec
+from aiboxctl.deploy.spec import InstallSpec, install_layout
 from aiboxctl.deploy.transaction import plan_changes
 from aiboxctl.errors import AiboxError, ServiceDown, UsageError
 from aiboxctl.paths import InstallLayout
@@ -26,7 +26,7 @@ Progress = Callable[[str], None]
 
 
 def _installed(root: str | Path | None) -> tuple[InstallLayout, mf.InstallManifest, InstallSpec, ServiceManager]:
-    layout = InstallLayout.for_root(root)
+    layout = install_layout(root)
     manifest = mf.require_manifest(layout)
     spec = InstallSpec.from_dict(manifest.spec)
     return layout, manifest, spec, _service_for(spec)
@@ -126,7 +126,7 @@ def restart(root: str | Path | None = None, *, wait: bool = True,
 
 
 def log_path(root: str | Path | None = None) -> Path:
-    layout = InstallLayout.for_root(root)
+    layout = install_layout(root)
     path = layout.log / "engine.log"
     if not path.exists():
         mf.require_manifest(layout)
@@ -201,8 +201,17 @@ def uninstall(root: str | Path | None = None, *, purge: bool = False) -> Uninsta
             else:
                 kept.append(str(p))
     if purge and manifest.model_path and Path(manifest.model_path).is_file():
-        Path(manifest.model_path).unlink()
-        purged.append(manifest.model_path)
+        # Through the store, so that its index forgets the file too (all shards of it).
+        from aiboxctl.hub.store import ModelStore
+        from aiboxctl.paths import StatePaths
+
+        try:
+            purged.extend(str(r.path) for r in ModelStore(StatePaths.from_env().models).remove(str(manifest.model_path)))
+        except AiboxError:
+            pass  # not in the store's index
+        if Path(manifest.model_path).is_file():  # not a store file (a --model path)
+            Path(manifest.model_path).unlink()
+            purged.append(manifest.model_path)
     for runtime in (layout.run / "supervisor.pid", layout.run / "supervisor.json"):
         runtime.unlink(missing_ok=True)
     removed_dirs: list[str] = []
@@ -227,7 +236,7 @@ def upgrade(root: str | Path | None = None, *, model: str | None = None, dry_run
             confirm: Callable[[str], None] | None = None) -> InstallResult:
     """Re-plan and re-render the installed profile (new aiboxctl, or ``--model``); the current
     generation stays in var/lib/aibox/generations for ``rollback``."""
-    layout = InstallLayout.for_root(root)
+    layout = install_layout(root)
     manifest = mf.require_manifest(layout)
     spec = InstallSpec.from_dict(manifest.spec)
     return install(spec.profile, model=model, root=layout.root, port=int(spec.engine["port"]),

@@ -125,7 +125,9 @@ def load_manifest(layout: InstallLayout) -> InstallManifest | None:
 def require_manifest(layout: InstallLayout) -> InstallManifest:
     manifest = load_manifest(layout)
     if manifest is None:
-        root = "" if str(layout.root) == "/" else f" --root {layout.root}"
+        from aiboxctl.deploy.spec import install_layout
+
+        root = "" if layout.root == install_layout(None).root else f" --root {layout.root}"
         raise AiboxError(f"no aibox installation under {layout.root}", code="not_installed",
                          hint=f"aiboxctl install --profile demo{root}")
     return manifest

@@ -93,6 +93,19 @@ class InstallSpec:
                       "predicted": dict(d.get("predicted") or {})})
 
 
+def install_layout(root: str | Path | None = None) -> InstallLayout:
+    """Where an installation lives: ``--root`` when given; else ``/`` for root, and for anyone
+    else a prefix in their own state dir (``$AIBOX_HOME/appliance``), so that the quick start
+    works without sudo. Every install and lifecycle command resolves it the same way."""
+    if root is not None:
+        return InstallLayout.for_root(root)
+    if os.geteuid() == 0:
+        return InstallLayout.for_root("/")
+    from aiboxctl.paths import StatePaths
+
+    return InstallLayout.for_root(StatePaths.from_env().home / "appliance")
+
+
 def service_command() -> tuple[str, ...]:
     """The program the service runs: this installation's aiboxctl (same interpreter, same venv)."""
     script = Path(sys.executable).with_name("aiboxctl")
