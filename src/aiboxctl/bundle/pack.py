@@ -67,6 +67,7 @@ class PackResult:
     wheels: int
     compress: str
     seconds: float
+    steps: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -300,6 +301,8 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
         raise UsageError(f"output folder {output.parent} does not exist")
     profile = load_use_case(profile_name)
     hardware = load_hardware_profile(hardware_name)
+    steps: dict[str, float] = {}
+    t = time.perf_counter()
     progress(f"planning {profile.name} for {hardware_name}")
     plan = make_plan(profile, hardware, model=model)
     summary = _plan_summary(plan)
@@ -310,15 +313,21 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
     engine = find_engine_wheel(target, explicit=engine_wheel, key=engine_key)
     if not summary["variant"]:
         raise BundleError("the plan names no model variant", code="plan_without_model")
+    steps["plan_s"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
     model_path, expected, record = _model_file(summary["variant"], summary["quant"], progress)
+    steps["model_s"] = round(time.perf_counter() - t, 3)
     # Room for the weights and the wheels before anything is downloaded or written.
     check_free_space({output.parent: model_path.stat().st_size + (200 << 20)}, what=f"the bundle {output.name}")
     created = _utc_now()
     cache_dir = StatePaths.from_env().wheels
     with tempfile.TemporaryDirectory(prefix=".aibox-pack-", dir=output.parent) as tmp:
+        t = time.perf_counter()
         progress(f"collecting wheels for {target.describe()}")
         wheels = collect_wheels(target, Path(tmp) / "wheels", engine=engine, cache_dir=cache_dir,
                                 extra_requirements=("zstandard>=0.23,<1",) if compress == "zstd" else ())
+        steps["wheels_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
         model_member = f"models/{model_path.name}"
         entries = [
             Entry("install.sh", data=render_install_sh(target=target, profile=profile.name,
@@ -338,10 +347,11 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
             engine_wheel={"path": f"wheels/{wheels.engine.path.name}", **wheels.engine.to_dict(),
                           "target_key": engine_key, "target_build": engine_why},
             created=created)
+    steps["write_s"] = round(time.perf_counter() - t, 3)  # hash every member, then stream them
     model_rec = written.manifest.member(model_member)
     return PackResult(
         bundle=output, bundle_id=written.bundle_id, size=written.size, members=written.members, target=target,
         profile=profile.name, hardware=hardware_name,
         model={**written.manifest.model, "size": model_rec.size, "sha256": model_rec.sha256},
         engine_wheel=dict(written.manifest.engine_wheel), wheels=len(wheels.wheels), compress=compress,
-        seconds=round(time.perf_counter() - t0, 2), warnings=wheels.warnings)
+        seconds=round(time.perf_counter() - t0, 2), steps=steps, warnings=wheels.warnings)
