@@ -2,8 +2,9 @@
 
 The bundle is built once per session (wheels for every dependency: the slow part). The install
 runs the bundle's own install.sh, as on a box without aiboxctl: a venv from the bundled wheels
-only, then ``aiboxctl install --bundle`` from that venv, under ``--root``, with pip and the hub
-forced offline and every proxy variable pointing at a closed loopback port.
+only, then ``aiboxctl install --bundle`` from that venv, under ``--root``, inside a network
+namespace with nothing but loopback (where the machine allows ``unshare -n``), with pip and the
+hub forced offline and every proxy variable pointing at a closed loopback port.
 """
 
 from __future__ import annotations
@@ -104,50 +105,67 @@ def test_pack_demo_bundle_holds_verified_weights_wheels_plan_configs(demo_bundle
     assert not any("api_keys" in n for n in names), "secrets are made on the box, never bundled"
 
 
+def _netns_available() -> bool:
+    """``unshare -n``: a network namespace with nothing but loopback (root, or user namespaces)."""
+    try:
+        return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+# install.sh, then chat, then stop — one script, so that with a network namespace all three
+# share its loopback (the service lives there). Results go to files; the script always stops
+# the service it started.
+_BOX_SCRIPT = """
+ip link set lo up 2>/dev/null || true
+trap '"$AIBOX_VENV/bin/aiboxctl" stop --root "$ROOT" >/dev/null 2>&1' EXIT
+sh "$WORK/install.sh" "$BUNDLE" --root "$ROOT" --port "$PORT" --yes --json >"$WORK/install.json" 2>"$WORK/install.err"
+echo $? >"$WORK/install.rc"
+NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost \
+    "$AIBOX_VENV/bin/aiboxctl" chat --root "$ROOT" -p "Say hello." --max-tokens 16 --json \
+    >"$WORK/chat.json" 2>"$WORK/chat.err"
+echo $? >"$WORK/chat.rc"
+"$AIBOX_VENV/bin/python" -c "import aiboxctl, llama_cpp; print(aiboxctl.__file__)" >"$WORK/venv.txt"
+"""
+
+
 def test_install_sh_offline_then_chat(demo_bundle, tmp_path):
+    """The box has no network: a loopback-only network namespace where the machine allows one,
+    and in any case pip, the hub and every proxy variable pointed at nothing."""
     bundle, _ = demo_bundle
-    root = tmp_path / "root"
     closed = f"http://127.0.0.1:{_free_port()}"
-    offline = {
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("PIP_", "NO_PROXY"))}
+    env.update({
         "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "PIP_INDEX_URL": closed + "/simple",
         **{k: closed for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")},
-    }
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("PIP_", "NO_PROXY"))}
-    env.update(offline, AIBOX_HOME=str(tmp_path / "box-home"), NO_COLOR="1", PYTHON=sys.executable,
-               AIBOX_VENV=str(tmp_path / "venv"))
-    port = _free_port()
+        "AIBOX_HOME": str(tmp_path / "box-home"), "NO_COLOR": "1", "PYTHON": sys.executable,
+        "AIBOX_VENV": str(tmp_path / "venv"), "WORK": str(tmp_path), "BUNDLE": str(bundle),
+        "ROOT": str(tmp_path / "root"), "PORT": str(_free_port()),
+    })
     with tarfile.open(bundle) as tf:
         tf.extract("install.sh", tmp_path, filter="data")
-    venv_aiboxctl = tmp_path / "venv" / "bin" / "aiboxctl"
-    try:
-        proc = _run(["sh", str(tmp_path / "install.sh"), str(bundle), "--root", str(root), "--port", str(port),
-                     "--yes", "--json"], env, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        doc = json.loads(proc.stdout)
-        data = doc["data"]
-        assert doc["ok"] and data["members_verified"] > 40
-        assert data["install"]["smoke"]["answer"].strip()
-        # The weights are in the box's own store, recorded as coming from the bundle.
-        from aiboxctl.hub.store import ModelStore
+    netns = _netns_available()
+    argv = (["unshare", "-n"] if netns else []) + ["sh", "-c", _BOX_SCRIPT]
+    proc = _run(argv, env, cwd=tmp_path, timeout=900)
+    out = lambda name: (tmp_path / name).read_text() if (tmp_path / name).exists() else ""  # noqa: E731
+    assert out("install.rc").strip() == "0", (proc.stderr[-1000:], out("install.json")[-2000:],
+                                               out("install.err")[-3000:])
+    doc = json.loads(out("install.json"))
+    data = doc["data"]
+    assert doc["ok"] and data["members_verified"] > 40
+    assert data["install"]["smoke"]["answer"].strip()
+    # The weights are in the box's own store, recorded as coming from the bundle.
+    from aiboxctl.hub.store import ModelStore
 
-        found = ModelStore(tmp_path / "box-home" / "models").find("smollm2-135m-instruct", "Q4_1")
-        assert found is not None and Path(data["model_path"]) == found.path
-        # The service runs the venv made from the bundled wheels, not this checkout.
-        unit_cmd = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c",
-                                   "import aiboxctl, llama_cpp; print(aiboxctl.__file__)"],
-                                  capture_output=True, text=True, env=env, timeout=60)
-        assert str(tmp_path / "venv") in unit_cmd.stdout
-        if _portable_engine_wheel() is not None:  # the service passed its self-test on the portable build
-            assert list((tmp_path / "venv").rglob("libggml-cpu-x64.so"))
-        # Chat one-shot against the installed service (loopback needs no proxy).
-        chat_env = {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-        chat = _run([str(venv_aiboxctl), "chat", "--root", str(root), "-p", "Say hello.", "--max-tokens", "16",
-                     "--json"], chat_env, timeout=180)
-        assert chat.returncode == 0, chat.stdout[-2000:] + chat.stderr[-2000:]
-        assert json.loads(chat.stdout)["ok"]
-    finally:
-        if venv_aiboxctl.exists():
-            _run([str(venv_aiboxctl), "stop", "--root", str(root)], env, timeout=60)
+    found = ModelStore(tmp_path / "box-home" / "models").find("smollm2-135m-instruct", "Q4_1")
+    assert found is not None and Path(data["model_path"]) == found.path
+    # The service runs the venv made from the bundled wheels, not this checkout.
+    assert str(tmp_path / "venv") in out("venv.txt")
+    if _portable_engine_wheel() is not None:  # the service passed its self-test on the portable build
+        assert list((tmp_path / "venv").rglob("libggml-cpu-x64.so"))
+    # Chat one-shot against the installed service.
+    assert out("chat.rc").strip() == "0", out("chat.json")[-2000:] + out("chat.err")[-2000:]
+    assert json.loads(out("chat.json"))["ok"]
 
 
 def test_install_bundle_refuses_a_modified_bundle_without_touching_the_box(demo_bundle, tmp_path, cli, monkeypatch):
