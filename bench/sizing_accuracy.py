@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Accuracy of aiboxctl's memory model against llama.cpp's own dry run (the anchor).
 
-For the real gemma-3-270m and synthetic GGUFs of llama, qwen2, qwen3, gemma3 (SWA), deepseek2
-(MLA + MoE), lfm2 (hybrid) and mamba (recurrent), over n_ctx 512–32768 × parallel 1/4/8 (unified and split
+For the real gemma-3-270m and synthetic GGUFs of llama, qwen2, qwen3, qwen3moe, gemma3 (SWA),
+deepseek2 (MLA + MoE), lfm2 (hybrid) and mamba (recurrent), over n_ctx 512–32768 × parallel 1/4/8 (unified and split
 KV) × KV cache f16/q8_0/q4_0 × flash attention on/off, compare each component the dry run
 reports (weights, KV, recurrent state, compute buffer, output buffer) with the estimate, and
 print the matrix and the worst relative error per component. The dry run logs MiB with two

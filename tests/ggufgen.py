@@ -1,9 +1,9 @@
 """Synthetic GGUF models, written with gguf-py, that llama.cpp really loads.
 
-One writer per architecture family the sizing tests cover: llama, qwen2, qwen3, gemma3 (SWA),
-deepseek2 (MLA + MoE), lfm2 (hybrid: short-convolution + attention layers) and mamba (recurrent),
-with the shapes of real small models (Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B, Gemma-3-1B, a
-shortened DeepSeek-V2-Lite, LFM2-350M, Mamba-130M) so that the
+One writer per architecture family the sizing tests cover: llama, qwen2, qwen3, qwen3moe (MoE),
+gemma3 (SWA), deepseek2 (MLA + MoE), lfm2 (hybrid: short-convolution + attention layers) and mamba
+(recurrent), with the shapes of real models (Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B, a shortened
+Qwen3-30B-A3B, Gemma-3-1B, a shortened DeepSeek-V2-Lite, LFM2-350M, Mamba-130M) so that the
 compute-buffer terms that matter in practice (vocabulary, heads, context) dominate as they do in
 real models. Only the header is written; the tensor data region is a sparse hole of zeros
 (``truncate``), so a "1B" file costs a few MB of disk and sizing never looks at weights anyway.
@@ -74,6 +74,10 @@ SPECS: dict[str, Spec] = {
                       n_ctx_train=163840, kv_lora_rank=512, q_lora_rank=0, qk_rope=64, qk_nope=128, v_head=128,
                       n_expert=64, n_expert_used=6, n_expert_shared=2, n_ff_exp=1408, leading_dense=1,
                       weight_type="Q8_0"),
+    # Qwen3-30B-A3B shapes (128 experts, 8 used, no shared expert), 4 layers
+    "qwen3moe": Spec("qwen3moe", n_layer=4, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_ff=6144,
+                     n_vocab=151936, n_ctx_train=40960, weight_type="Q8_0", n_expert=128, n_expert_used=8,
+                     n_ff_exp=768),
     # LFM2-350M shapes: a hybrid of short-convolution (recurrent state) and attention layers
     "lfm2": Spec("lfm2", n_layer=16, n_embd=1024, n_head=16,
                  n_head_kv=(0, 0, 8, 0, 0, 8, 0, 0, 8, 0, 8, 0, 8, 0, 8, 0), head_dim=64, n_ff=4608,
@@ -148,7 +152,11 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
         w.add_rope_freq_base(10000.0)
     if a == "lfm2":
         w.add_shortconv_l_cache(s.d_conv)
-    if a in ("qwen3", "gemma3"):
+    if a == "qwen3moe":
+        w.add_expert_count(s.n_expert)
+        w.add_expert_used_count(s.n_expert_used)
+        w.add_expert_feed_forward_length(s.n_ff_exp)
+    if a in ("qwen3", "qwen3moe", "gemma3"):
         w.add_key_length(s.head_dim)
         w.add_value_length(s.head_dim)
     if a == "gemma3":
@@ -254,13 +262,19 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
             vec(b + "attn_q.bias", s.n_head * s.head_dim)
             vec(b + "attn_k.bias", hkv * s.head_dim)
             vec(b + "attn_v.bias", hkv * s.head_dim)
-        if a in ("qwen3", "gemma3"):
+        if a in ("qwen3", "qwen3moe", "gemma3"):
             vec(b + "attn_q_norm.weight", s.head_dim)
             vec(b + "attn_k_norm.weight", s.head_dim)
         if a == "gemma3":
             vec(b + "post_attention_norm.weight", E)
             vec(b + "post_ffw_norm.weight", E)
         vec(b + "ffn_norm.weight", E)
+        if a == "qwen3moe":
+            f32(b + "ffn_gate_inp.weight", E, s.n_expert)
+            mat(b + "ffn_gate_exps.weight", E, s.n_ff_exp, s.n_expert)
+            mat(b + "ffn_up_exps.weight", E, s.n_ff_exp, s.n_expert)
+            mat(b + "ffn_down_exps.weight", s.n_ff_exp, E, s.n_expert)
+            continue
         mat(b + "ffn_gate.weight", E, s.n_ff)
         mat(b + "ffn_up.weight", E, s.n_ff)
         mat(b + "ffn_down.weight", s.n_ff, E)

@@ -41,9 +41,9 @@ def _cells() -> list[EngineParams]:
     ]
 
 
-# Where the compute-buffer model is knowingly conservative: ggml-alloc leaves MoE activations
-# below the logits in some graphs and not in others (deepseek2: 212–242 MiB for the same phase
-# sizes); the estimate takes the larger.
+# Where the compute-buffer model is knowingly conservative: ggml-alloc leaves MLA's latent
+# tensors below the logits in some graphs and not in others (deepseek2: 212–242 MiB for the same
+# phase sizes); the estimate takes the larger.
 COMPUTE_TOLERANCE = {"deepseek2": (0.0, 0.16)}
 
 
@@ -51,7 +51,7 @@ COMPUTE_TOLERANCE = {"deepseek2": (0.0, 0.16)}
 def models(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("archs")
     out = {"gemma-3-270m": _gemma()}
-    for arch in ("llama", "qwen2", "qwen3", "gemma3", "deepseek2", "lfm2", "mamba"):
+    for arch in ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "deepseek2", "lfm2", "mamba"):
         out[arch] = write_model(tmp / f"{arch}.gguf", arch)
     return out
 
@@ -74,7 +74,8 @@ def _check(label: str, facts: ModelFacts, params: EngineParams, ref: OracleResul
     return problems
 
 
-@pytest.mark.parametrize("label", ["gemma-3-270m", "llama", "qwen2", "qwen3", "gemma3", "deepseek2", "lfm2", "mamba"])
+@pytest.mark.parametrize("label", ["gemma-3-270m", "llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "deepseek2", "lfm2",
+                                   "mamba"])
 def test_estimate_matches_dry_run(models, label):
     path = models[label]
     facts = ModelFacts.from_header(read_header(path))

@@ -241,7 +241,7 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
     few phases, each a sum of f32 activations ``T(width) = 4·n_ubatch·width``:
 
     * output: the logits ``T(n_vocab)`` plus three residual-stream tensors ``3·T(n_embd)``
-      (on the device holding the output layer);
+      (on the device holding the output layer; MLA adds its latent query and output);
     * attention: the KQ masks (f16 with flash attention, f32 without) for the full and the SWA
       cache, ``3·T(n_embd) + 2·T(q) + 2·T(kv)``, and without flash attention the f32 score
       matrix ``4·n_kv·n_ubatch·n_head`` (MLA keeps two more latent-query tensors);
@@ -250,8 +250,8 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
     Known misses (ggml-alloc fragmentation, not modelled): on an SWA model whose last layers are
     SWA, without flash attention at very long contexts the logits land above leftovers of the
     attention phase (synthetic gemma3, 32k cells: 7 % low); MLA without flash attention is
-    over-estimated by up to 8 %; MoE expert activations usually stay live below the logits
-    (counted) but not in every graph (then up to 16 % over). Otherwise the allocator's
+    over-estimated by up to 8 %, and with fewer KV cells per stream than the ubatch its
+    latent tensors are freed before the logits (up to 16 % over). Otherwise the allocator's
     placement noise is about one ``T(n_embd)``.
 
     The coefficients were fitted against llama.cpp's dry run on llama, qwen2, qwen3, gemma3,
@@ -269,7 +269,13 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
     moe = facts.n_expert and facts.n_expert_used and facts.n_ff_exp
     moe_act = T(facts.n_ff_exp * facts.n_expert_used) if moe else 0
     if has_output:
-        phases.append(T(facts.n_vocab) + 3 * T(E) + 2 * moe_act)
+        out = T(facts.n_vocab) + 3 * T(E)
+        if facts.is_mla:
+            # MLA's latent query and latent attention output of the last layer stay below the
+            # logits (DeepSeek-V2-Lite shapes: +34 MiB at ubatch 512, matching 240–242 MiB).
+            h = facts.n_head[-1]
+            out += T(h * facts.head_dim_k[-1]) + T(h * facts.kv_lora_rank)
+        phases.append(out)
     att = [il for il in layers if facts.has_kv(il)]
     mask_bytes = 2 if ctx.flash_attn else 4
     masks = 0
