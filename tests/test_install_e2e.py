@@ -157,13 +157,29 @@ def test_injected_failure_rolls_back(box):
     assert code == 0 and doc["data"]["healthy"]
 
 
+def test_change_then_rollback_restores_the_previous_generation(box):
+    before = {p: v for p, v in box.snapshot().items() if "var/lib/aibox" not in p}
+    other = free_port()
+    code, doc = box.install("--port", str(other))
+    assert code == 0, doc
+    d = doc["data"]
+    assert d["changed"] == 1 and d["generation"] == 2 and d["service_action"] == "restarted"
+    assert [Path(c["path"]).name for c in d["changes"]] == ["engine.yaml"]
+    code, doc = box.json("rollback", "--root", str(box.root), "--yes")
+    assert code == 0, doc
+    assert doc["data"]["generation"] == 3 and doc["data"]["smoke"]["answer"]
+    assert {p: v for p, v in box.snapshot().items() if "var/lib/aibox" not in p} == before
+    code, doc = box.json("status", "--root", str(box.root))
+    assert code == 0 and doc["data"]["endpoint"] == f"http://127.0.0.1:{box.port}/v1"
+
+
 def test_supervisor_restarts_a_crashed_engine(box):
     state = json.loads((box.root / "run/aibox/supervisor.json").read_text())
     os.kill(state["engine_pid"], signal.SIGKILL)
     code, doc = box.json("start", "--root", str(box.root), "--timeout", "180")  # waits for health
     assert code == 0, doc
     code, doc = box.json("status", "--root", str(box.root))
-    assert code == 0 and doc["data"]["service"]["restarts"] == 1
+    assert code == 0 and doc["data"]["service"]["restarts"] == 1  # counted by this supervisor
     new = json.loads((box.root / "run/aibox/supervisor.json").read_text())
     assert new["engine_pid"] != state["engine_pid"] and new["last_exit"] == -signal.SIGKILL
     assert "restart 1" in box.run("logs", "--root", str(box.root), "-n", "200").stdout
