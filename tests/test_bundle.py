@@ -401,3 +401,31 @@ def test_unpacking_again_verifies_but_does_not_rewrite_the_stored_weights(tmp_pa
     again = unpack(check_bundle(bundle), store=store, scratch=scratch, install_wheels=False)
     assert again.model_path == first.model_path and again.model_path.stat().st_ino == inode
     assert again.model_path.read_bytes() == MODEL_BYTES
+
+
+def test_split_model_shards_all_go_to_the_store(tmp_path):
+    """A split GGUF travels as one member per shard and is filed shard by shard."""
+    shards = []
+    for i in (1, 2):
+        f = tmp_path / "src" / f"big-0000{i}-of-00002.gguf"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(f"shard {i} ".encode() * 1000)
+        shards.append(f)
+    entries = [Entry("install.sh", data=b"#!/bin/sh\n", mode=0o755),
+               *(Entry(f"models/{f.name}", source=f) for f in shards)]
+    out = tmp_path / "split.tar"
+    write_bundle(out, entries, target=HERE, profile="demo", model={
+        "variant": "big", "quant": "Q4_K_M", "repo": "owner/big-GGUF", "source": "hf",
+        "path": f"models/{shards[0].name}", "file": shards[0].name,
+        "files": [{"path": f"models/{f.name}", "file": f.name, "shard": i, "shards": 2}
+                  for i, f in enumerate(shards, 1)]})
+    store, scratch = _dirs(tmp_path)
+    manifest, _ = read_manifest(out)
+    assert space_needed(manifest, store=store, scratch=scratch)[store] == sum(f.stat().st_size for f in shards)
+    done = unpack(check_bundle(out), store=store, scratch=scratch, install_wheels=False)
+    from aiboxctl.hub.store import ModelStore
+
+    records = sorted(ModelStore(store).find_all("big", "Q4_K_M"), key=lambda r: r.shard)
+    assert [(r.shard, r.shards, r.source) for r in records] == [(1, 2, "hf"), (2, 2, "hf")]
+    assert done.model_path == records[0].path == store / "owner" / "big-GGUF" / shards[0].name
+    assert [r.path.read_bytes() for r in records] == [f.read_bytes() for f in shards]

@@ -195,32 +195,39 @@ def _plan_summary(plan: Any) -> dict[str, Any]:
     return {"variant": name, "quant": choice.get("quant"), "engine": engine, "doc": d}
 
 
-def _model_file(variant: str, quant: str | None, progress) -> tuple[Path, str | None, dict[str, Any]]:
-    """(local path, expected sha256, store record) of the planned weights: from the model
-    store when present, else pulled into it. The record (repo, file, source) lets the box file
-    the weights under the same name in its own store."""
+def _model_files(variant: str, quant: str | None, progress) -> list[tuple[Path, str | None, dict[str, Any]]]:
+    """[(local path, expected sha256, store record)] of the planned weights, one per shard, from
+    the model store when present, else pulled into it. The record (repo, file, source, shard)
+    lets the box file the weights under the same names in its own store."""
     from aiboxctl.hub.store import ModelStore
     from aiboxctl.paths import StatePaths
 
     store = ModelStore(StatePaths.from_env().models)
-    found = store.find(variant, quant)
-    if found is None or not Path(found.path).is_file():
+
+    def complete(records) -> bool:
+        shards = max((r.shards or 1) for r in records) if records else 0
+        return bool(records) and len({r.shard or 1 for r in records}) == shards
+
+    found = [r for r in store.find_all(variant, quant) if Path(r.path).is_file()]
+    if not complete(found):
         try:
             from aiboxctl.hub.pull import pull
         except ImportError:  # PULL's module; until it lands, the catalog's PyPI models still pack
-            pull = None
-        if pull is not None:
-            progress(f"pulling {variant} ({quant or 'planned quant'})")
-            pull(variant, quant=quant)
-            found = store.find(variant, quant)
-        else:
-            return _embedded_model(variant, quant)
-    if found is None:
-        raise BundleError(f"{variant} {quant or ''} is not in the model store after pulling it",
+            return [_embedded_model(variant, quant)]
+        progress(f"pulling {variant} ({quant or 'planned quant'})")
+        pull(variant, quant=quant)
+        found = [r for r in store.find_all(variant, quant) if Path(r.path).is_file()]
+    if not complete(found):
+        raise BundleError(f"{variant} {quant or ''} is not (completely) in the model store after pulling it",
                           code="model_unavailable", hint=f"aiboxctl pull {variant}")
-    record = {"repo": found.repo, "file": found.file, "source": found.source, "revision": found.revision,
-              "variant": found.variant or variant, "quant": found.quant or quant}
-    return Path(found.path), found.sha256, record
+    # One file per shard: the newest record of each.
+    by_shard: dict[int, Any] = {}
+    for r in sorted(found, key=lambda r: r.pulled_at):
+        by_shard[r.shard or 1] = r
+    return [(Path(r.path), r.sha256, {"repo": r.repo, "file": r.file, "source": r.source, "revision": r.revision,
+                                      "variant": r.variant or variant, "quant": r.quant or quant,
+                                      "shard": r.shard, "shards": r.shards})
+            for _, r in sorted(by_shard.items())]
 
 
 def _embedded_model(variant: str, quant: str | None) -> tuple[Path, str | None, dict[str, Any]]:
@@ -315,10 +322,12 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
         raise BundleError("the plan names no model variant", code="plan_without_model")
     steps["plan_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    model_path, expected, record = _model_file(summary["variant"], summary["quant"], progress)
+    weights = _model_files(summary["variant"], summary["quant"], progress)
+    model_path, _, record = weights[0]
     steps["model_s"] = round(time.perf_counter() - t, 3)
     # Room for the weights and the wheels before anything is downloaded or written.
-    check_free_space({output.parent: model_path.stat().st_size + (200 << 20)}, what=f"the bundle {output.name}")
+    check_free_space({output.parent: sum(p.stat().st_size for p, _, _ in weights) + (200 << 20)},
+                     what=f"the bundle {output.name}")
     created = _utc_now()
     cache_dir = StatePaths.from_env().wheels
     with tempfile.TemporaryDirectory(prefix=".aibox-pack-", dir=output.parent) as tmp:
@@ -337,21 +346,25 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
             Entry("plan.json", data=(json.dumps(to_jsonable(plan), indent=2, ensure_ascii=False) + "\n").encode()),
             *_rendered_configs(profile, summary, record),
             *(Entry(f"wheels/{w.name}", source=w) for w in wheels.wheels),
-            Entry(model_member, source=model_path, expected_sha256=expected),
+            *(Entry(f"models/{path.name}", source=path, expected_sha256=sha) for path, sha, _ in weights),
         ]
         progress(f"writing {output.name} (verifying {model_path.name} on the way)")
         written = write_bundle(
             output, entries, target=target, compress=compress, profile=profile.name, hardware=hardware_name,
-            model={**record, "variant": summary["variant"], "quant": record.get("quant") or summary["quant"],
-                   "path": model_member},
+            model={**{k: v for k, v in record.items() if k not in ("shard", "shards")},
+                   "variant": summary["variant"], "quant": record.get("quant") or summary["quant"],
+                   "path": model_member,
+                   "files": [{"path": f"models/{path.name}", "file": rec["file"], "shard": rec.get("shard"),
+                              "shards": rec.get("shards")} for path, _, rec in weights]},
             engine_wheel={"path": f"wheels/{wheels.engine.path.name}", **wheels.engine.to_dict(),
                           "target_key": engine_key, "target_build": engine_why},
             created=created)
     steps["write_s"] = round(time.perf_counter() - t, 3)  # hash every member, then stream them
     model_rec = written.manifest.member(model_member)
+    model_size = sum(written.manifest.member(f["path"]).size for f in written.manifest.model["files"])
     return PackResult(
         bundle=output, bundle_id=written.bundle_id, size=written.size, members=written.members, target=target,
         profile=profile.name, hardware=hardware_name,
-        model={**written.manifest.model, "size": model_rec.size, "sha256": model_rec.sha256},
+        model={**written.manifest.model, "size": model_size, "sha256": model_rec.sha256},
         engine_wheel=dict(written.manifest.engine_wheel), wheels=len(wheels.wheels), compress=compress,
         seconds=round(time.perf_counter() - t0, 2), steps=steps, warnings=wheels.warnings)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiboxctl.bundle.archive import check_free_space, read_manifest, scan_bundle
 from aiboxctl.bundle.manifest import BundleError, BundleManifest
-from aiboxctl.errors import AiboxError
+from aiboxctl.errors import AiboxError, VerificationFailed
 from aiboxctl.system import run_command
 
 # Variables that keep every library we run from reaching for a network.
@@ -73,6 +73,10 @@ def check_bundle(bundle: Path, *, needs: dict[Path, int] | None = None,
         raise BundleError(why, code="bundle_wrong_target",
                           hint=f"pack again for this machine: aiboxctl pack --python "
                                f"{sys.version_info.major}.{sys.version_info.minor} --platform ...")
+    missing = [f["path"] for f in model_files(manifest, bundle_id) if manifest.member(f["path"]) is None]
+    if missing:
+        raise VerificationFailed(f"{bundle.name}: the manifest names weights it does not list: {missing[0]}",
+                                 code="bundle_bad_manifest")
     if needs:
         check_free_space(needs, what=f"unpacking {bundle.name}")
     result = scan_bundle(bundle, manifest, progress=progress)
@@ -80,36 +84,46 @@ def check_bundle(bundle: Path, *, needs: dict[Path, int] | None = None,
                          bytes=result.bytes)
 
 
-def model_destination(manifest: BundleManifest, store_root: Path, bundle_id: str) -> Path | None:
-    """Where the bundled weights go in this box's store: the same repo/file as on the packer."""
-    from aiboxctl.hub.store import ModelStore
-
+def model_files(manifest: BundleManifest, bundle_id: str) -> list[dict]:
+    """The weight members (one per shard) with the store repo/file each goes under: the same as
+    on the packing machine."""
     rec = manifest.model
     if not rec.get("path"):
-        return None
+        return []
     repo = rec.get("repo") or f"bundle:{bundle_id[:12]}"
-    return ModelStore(store_root).path_for(repo, rec.get("file") or Path(rec["path"]).name)
+    files = rec.get("files") or [{"path": rec["path"], "file": rec.get("file") or Path(rec["path"]).name}]
+    return [{"repo": repo, "shard": None, "shards": None, **f,
+             "file": f.get("file") or Path(f["path"]).name} for f in files]
+
+
+def model_destination(manifest: BundleManifest, store_root: Path, bundle_id: str) -> Path | None:
+    """Where the bundled weights (their first shard) go in this box's store."""
+    from aiboxctl.hub.store import ModelStore
+
+    files = model_files(manifest, bundle_id)
+    return ModelStore(store_root).path_for(files[0]["repo"], files[0]["file"]) if files else None
 
 
 def model_in_store(manifest: BundleManifest, store_root: Path, bundle_id: str) -> bool:
     """The bundled weights are already in this store, recorded with the same sha256 (a re-run,
-    or a box that pulled the same file): they are then verified but not written again."""
+    or a box that pulled the same files): they are then verified but not written again."""
     from aiboxctl.hub.store import ModelStore
 
-    rec = manifest.model
-    member = manifest.member(rec.get("path") or "")
-    if member is None:
-        return False
-    repo = rec.get("repo") or f"bundle:{bundle_id[:12]}"
-    found = ModelStore(store_root).present(repo, rec.get("file") or Path(member.path).name, member.sha256)
-    return found is not None and found.size == member.size
+    store = ModelStore(store_root)
+    files = model_files(manifest, bundle_id)
+    for f in files:
+        member = manifest.member(f["path"])
+        found = store.present(f["repo"], f["file"], member.sha256) if member else None
+        if found is None or found.size != member.size:
+            return False
+    return bool(files)
 
 
 def space_needed(manifest: BundleManifest, *, store: Path, scratch: Path, model_present: bool = False) -> dict[Path, int]:
-    model_member = manifest.model.get("path")
-    model = 0 if model_present else sum(m.size for m in manifest.members if m.path == model_member)
+    weights = {f["path"] for f in model_files(manifest, "0" * 12)}
+    model = 0 if model_present else sum(m.size for m in manifest.members if m.path in weights)
     # The engine wheel unpacks to about 3x its size in site-packages; the rest is small.
-    rest = sum(m.size for m in manifest.members if m.path != model_member)
+    rest = sum(m.size for m in manifest.members if m.path not in weights)
     return {store: model, scratch: rest * 4}
 
 
@@ -122,27 +136,30 @@ def unpack(checked: CheckedBundle, *, store: Path, scratch: Path, install_wheels
     from aiboxctl.hub.store import ModelStore, StoredFile
 
     manifest = checked.manifest
-    model_member = manifest.model.get("path")
     scratch_dir = scratch / f"bundle-{checked.bundle_id[:12]}"
+    store_api = ModelStore(store)
+    weights = {f["path"]: f for f in model_files(manifest, checked.bundle_id)}
     model_path = model_destination(manifest, store, checked.bundle_id)
     present = model_in_store(manifest, store, checked.bundle_id)
     plan: dict | None = None
 
     def sink(member):
-        if member.path == model_member:
-            return None if present else model_path  # present: hashed again, not rewritten
+        f = weights.get(member.path)
+        if f is not None:  # present: hashed again, not rewritten
+            return None if present else store_api.path_for(f["repo"], f["file"])
         return scratch_dir / member.path  # wheels, plan, configs, install.sh
 
     scan_bundle(checked.path, manifest, sink=sink, progress=progress)
-    if model_path is not None and not present:
-        rec, member = manifest.model, manifest.member(model_member)
-        now = time.time()
-        ModelStore(store).add(StoredFile(
-            path=model_path, repo=rec.get("repo") or f"bundle:{checked.bundle_id[:12]}",
-            file=rec.get("file") or model_path.name, size=member.size, sha256=member.sha256,
-            source=rec.get("source") or "bundle", endpoint=f"bundle:{checked.path.name}",
-            revision=rec.get("revision"), variant=rec.get("variant"), quant=rec.get("quant"),
-            expected_sha256_from="bundle", pulled_at=now, verified_at=now))
+    if not present:
+        rec, now = manifest.model, time.time()
+        for f in weights.values():
+            member = manifest.member(f["path"])
+            store_api.add(StoredFile(
+                path=store_api.path_for(f["repo"], f["file"]), repo=f["repo"], file=f["file"], size=member.size,
+                sha256=member.sha256, source=rec.get("source") or "bundle", endpoint=f"bundle:{checked.path.name}",
+                revision=rec.get("revision"), variant=rec.get("variant"), quant=rec.get("quant"),
+                shard=f.get("shard"), shards=f.get("shards"), expected_sha256_from="bundle",
+                pulled_at=now, verified_at=now))
     plan_file = scratch_dir / "plan.json"
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
