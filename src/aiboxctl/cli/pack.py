@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
 
 def _human(console: Any, r: Any) -> None:
     mib = r.size / (1 << 20)
-    console.print(f"[bold]{r.bundle}[/bold]  {mib:.1f} MiB, {r.members} members ({r.compress})")
+    kind = "zstd-compressed tar" if r.compress == "zstd" else "plain tar"
+    console.print(f"[bold]{r.bundle}[/bold]  {mib:.1f} MiB, {r.members} members ({kind})")
     console.print(f"  bundle id    {r.bundle_id}", markup=False)
     console.print(f"  target       {r.target.describe()}  (profile {r.profile}, hardware {r.hardware})", markup=False)
     console.print(f"  model        {r.model['variant']} {r.model.get('quant') or ''}  {r.model['file']}  "
