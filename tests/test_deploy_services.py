@@ -1,0 +1,51 @@
+"""The systemd service manager drives a real `systemctl` executable found on PATH (here a recording
+fake: this VM's PID 1 is not systemd)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from aiboxctl.deploy.services import SystemdManager, choose_manager, systemd_version
+from aiboxctl.paths import InstallLayout
+
+FAKE = """#!/bin/sh
+echo "$@" >> "{log}"
+case "$1" in
+  --version) echo "systemd 256 (256.7-1)"; echo "+PAM +AUDIT" ;;
+  show) printf 'ActiveState=active\\nSubState=running\\nMainPID=4242\\nNRestarts=3\\n' ;;
+esac
+exit 0
+"""
+
+
+def fake_systemctl(tmp_path: Path, monkeypatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    exe = bin_dir / "systemctl"
+    exe.write_text(FAKE.format(log=log))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_systemd_manager_commands_and_state(tmp_path, monkeypatch):
+    log = fake_systemctl(tmp_path, monkeypatch)
+    m = SystemdManager(InstallLayout.for_root("/"))
+    m.reload()
+    m.enable_start()
+    m.restart()
+    state = m.state()
+    m.stop()
+    m.disable()
+    calls = log.read_text().splitlines()
+    assert calls[:3] == ["daemon-reload", "enable --now aibox.service", "restart aibox.service"]
+    assert calls[3].startswith("show aibox.service --property=")
+    assert "stop aibox.service" in calls and calls[-1] == "disable --now aibox.service"
+    assert (state.active, state.pid, state.restarts, state.detail) == (True, 4242, 3, "active (running)")
+    assert systemd_version() == 256
+
+
+def test_prefix_installs_use_the_supervisor(tmp_path):
+    assert choose_manager(InstallLayout.for_root(tmp_path)) == "supervisor"
