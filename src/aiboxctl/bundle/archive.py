@@ -138,9 +138,12 @@ class BundleWriter:
                     raise
                 raise VerificationFailed(f"pack: {source} changed while being packed ({exc})",
                                          code="pack_changed") from None
-        if reader.digest.hexdigest() != member.sha256:
-            raise VerificationFailed(f"pack: {source} changed while being packed (sha256 differs)",
-                                     code="pack_changed", hint="re-run aiboxctl pack")
+        actual = reader.digest.hexdigest()
+        if actual != member.sha256:
+            raise VerificationFailed(
+                f"{source} does not match its recorded sha256 (expected {member.sha256}, got {actual}); "
+                "refusing to pack it", code="checksum_mismatch",
+                hint="aiboxctl models verify (then pull it again), and re-run aiboxctl pack")
 
     def _expect(self, name: str) -> Member:
         member = self.manifest.member(name)

@@ -76,14 +76,14 @@ def _utc_now() -> str:
 
 
 def _hash_entry(entry: Entry) -> Member:
+    if entry.source is not None and entry.expected_sha256:
+        # Weights: the store's sha256 (computed when they were pulled) goes into the manifest
+        # unread; the writer hashes them while streaming and fails the pack on a mismatch, so
+        # a big model is read once, not twice.
+        return Member(path=entry.name, size=entry.source.stat().st_size, sha256=entry.expected_sha256.lower(),
+                      mode=entry.mode)
     if entry.source is not None:
-        size = entry.source.stat().st_size
-        digest = sha256_file(entry.source)
-        if entry.expected_sha256 and digest != entry.expected_sha256.lower():
-            raise VerificationFailed(
-                f"{entry.source} does not match its recorded sha256 (expected {entry.expected_sha256}, "
-                f"got {digest}); refusing to pack it", code="checksum_mismatch",
-                hint="pull the model again: aiboxctl pull --force ...")
+        size, digest = entry.source.stat().st_size, sha256_file(entry.source)
     else:
         data = entry.data or b""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
