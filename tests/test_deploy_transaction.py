@@ -150,3 +150,18 @@ def test_service_user_access_check_reads_mode_bits(tmp_path):
         assert not _user_can("nobody", tmp_path / "m", "r")
     finally:
         shutil.rmtree(base)
+
+
+def test_one_install_at_a_time_per_prefix(tmp_path):
+    from aiboxctl.deploy.install import install_lock
+    from aiboxctl.errors import AiboxError
+
+    layout = InstallLayout.for_root(tmp_path)
+    with install_lock(layout):
+        with pytest.raises(AiboxError, match="another install"):
+            with install_lock(layout):
+                pass
+        with install_lock(InstallLayout.for_root(tmp_path / "other")):
+            pass
+    with install_lock(layout):
+        pass

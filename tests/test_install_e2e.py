@@ -136,6 +136,15 @@ def test_second_install_changes_nothing(box):
     assert "0 changes" in proc.stdout
 
 
+def test_upgrade_replans_and_keeps_what_did_not_change(box):
+    before = box.snapshot()
+    code, doc = box.json("upgrade", "--root", str(box.root), "--yes")
+    assert code == 0, doc
+    d = doc["data"]
+    assert d["reused_plan"] is False and d["changed"] == 0 and d["generation"] == 1
+    assert box.snapshot() == before
+
+
 def test_dry_run_shows_the_diff_and_touches_nothing(box):
     before = box.snapshot()
     other = free_port()

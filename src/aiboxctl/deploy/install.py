@@ -8,15 +8,15 @@ state back.
 
 from __future__ import annotations
 
-import getpass
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from aiboxctl.deploy.render import RenderedFile, safe_path
 from aiboxctl.deploy.services import ServiceManager, choose_manager, manager_for, service_env, systemd_version
 from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, install_layout, render_appliance, service_command
 from aiboxctl.deploy.transaction import FileChange, Transaction, entries_for, maybe_fail, plan_changes, write_plain
-from aiboxctl.errors import AiboxError, ServiceDown, UsageError
+from aiboxctl.errors import AiboxError, UsageError
 from aiboxctl.paths import InstallLayout, StatePaths
 from aiboxctl.system import run_command
 
@@ -338,7 +338,34 @@ def _commit(layout: InstallLayout, files: tuple[RenderedFile, ...], manifest: In
         shutil.rmtree(mf.generation_path(layout, old), ignore_errors=True)
 
 
+@contextlib.contextmanager
+def install_lock(layout: InstallLayout) -> Iterator[None]:
+    """One install, upgrade, rollback or uninstall at a time per prefix (the second one fails at
+    once rather than interleave writes)."""
+    import filelock
+
+    key = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
+    path = StatePaths.from_env().home / "locks" / f"install-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise AiboxError(f"another install, upgrade, rollback or uninstall is running on {layout.root}",
+                         code="locked", hint="wait for it to finish, then re-run") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFile, ...],
+               previous: InstallManifest | None, **kwargs: Any) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:
+    with install_lock(layout):
+        return _apply_spec(layout, spec, files, previous, **kwargs)
+
+
+def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFile, ...],
                previous: InstallManifest | None, *, fingerprint: str, progress: Progress,
                health_timeout: float, steps: dict[str, float], users_created: tuple[str, ...] = (),
                force_restart: bool = False) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:

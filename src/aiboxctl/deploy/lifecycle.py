@@ -13,12 +13,12 @@ from typing import Any
 
 from aiboxctl.deploy import manifest as mf
 from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _root_flag,
-                                     _service_for, _noop, apply_spec, install)
+                                     _service_for, _noop, apply_spec, install, install_lock)
 from aiboxctl.deploy.render import RenderedFile
 from aiboxctl.deploy.services import ServiceManager
 from aiboxctl.deploy.spec import InstallSpec, install_layout
 from aiboxctl.deploy.transaction import plan_changes
-from aiboxctl.errors import AiboxError, ServiceDown, UsageError
+from aiboxctl.errors import AiboxError, UsageError
 from aiboxctl.paths import InstallLayout
 from aiboxctl.system import run_command
 
@@ -180,6 +180,12 @@ def uninstall(root: str | Path | None = None, *, purge: bool = False) -> Uninsta
     """Stop and disable the service, remove exactly the files, directories and users the manifest
     lists (and the manifest and its generations). Logs and the model are kept unless ``purge``."""
     layout, manifest, spec, service = _installed(root)
+    with install_lock(layout):
+        return _uninstall(layout, manifest, spec, service, purge)
+
+
+def _uninstall(layout: InstallLayout, manifest: mf.InstallManifest, spec: InstallSpec, service: ServiceManager,
+               purge: bool) -> UninstallResult:
     stopped = service.stop()
     service.disable()
     if spec.manager == "systemd":
