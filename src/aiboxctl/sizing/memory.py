@@ -23,9 +23,12 @@ CACHE_TYPES: dict[str, tuple[int, int]] = {
     "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
     "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
 }
-# Fixed costs outside llama.cpp's buffers: the runtime, tokenizer tables, ggml contexts
-# (host) and a backend context (accelerator; CUDA ≈ 0.3–0.5 GiB, memory-model.md §3.8).
-HOST_OVERHEAD = 64 * MiB
+# Costs outside llama.cpp's buffers. Host, measured as RSS on llama-cpp-python 0.3.36: the
+# serving process (Python, llama_cpp, fastapi/uvicorn) ≈ 70 MiB before a model, and llama.cpp's
+# vocabulary and model structures ≈ 160 bytes per token (gemma-3's 262k vocabulary: +41 MiB).
+# Accelerator: a backend context (CUDA ≈ 0.3–0.5 GiB, memory-model.md §3.8).
+HOST_OVERHEAD = 72 * MiB
+HOST_OVERHEAD_PER_TOKEN = 160
 ACCEL_OVERHEAD = 384 * MiB
 
 
@@ -370,9 +373,10 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *,
     output = [0] * n_dev
     output[0] = output_buffer_bytes(facts, ctx)
     names = [HOST, *gpus]
+    host_overhead = HOST_OVERHEAD + HOST_OVERHEAD_PER_TOKEN * facts.n_vocab
     devices = tuple(
         DeviceMemory(names[d], weights[d], kv[d], rec[d], compute[d], output[d], repack[d],
-                     HOST_OVERHEAD if d == 0 else ACCEL_OVERHEAD, layer_count[d])
+                     host_overhead if d == 0 else ACCEL_OVERHEAD, layer_count[d])
         for d in range(n_dev)
     )
     notes = list(facts.notes)
