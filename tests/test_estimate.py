@@ -181,3 +181,13 @@ def test_estimate_cli_refuses_what_llama_cpp_refuses(cli):
     assert r.code == 2 and "flash attention" in r.json()["errors"][0]["message"]
     r = cli("estimate", "http://127.0.0.1:9/m.gguf", "--exact", "--json")
     assert r.code == 2 and "locally" in r.json()["errors"][0]["message"]
+
+
+def test_exact_estimate_of_a_split_model(cli, tmp_path):
+    first = write_model(tmp_path / "q.gguf", "qwen3", split_max_tensors=120)
+    r = cli("estimate", str(first), "--ctx", "4096", "--exact", "--json")
+    assert r.code == 0, r.stderr
+    d = r.json()["data"]
+    whole = read_header(write_model(tmp_path / "w.gguf", "qwen3"))
+    assert d["devices"]["host"]["weights"] == whole.tensor_bytes == d["dry_run"]["devices"]["host"]["weights"]
+    assert d["devices"]["host"]["kv_cache"] == d["dry_run"]["devices"]["host"]["kv_cache"]

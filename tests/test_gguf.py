@@ -301,3 +301,15 @@ def test_gemma_over_http_in_three_range_requests(cli):
     assert len(srv.requests) == 3
     served = sum(int(rng.split("-")[1]) - int(rng.split("=")[1].split("-")[0]) + 1 for _, rng in srv.requests)
     assert served <= 8 * 2**20
+
+
+def test_reading_a_header_imports_neither_numpy_nor_gguf_py(tiny_qwen3):
+    """The reader uses gguf-py's constants only; importing ``gguf`` would pull numpy (≈0.3 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom aiboxctl.models.gguf import read_header\n"
+            f"h = read_header({str(tiny_qwen3)!r})\nassert len(h.tensors) > 10\n"
+            "print(sorted(m for m in ('numpy', 'gguf', 'llama_cpp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
