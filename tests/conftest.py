@@ -23,8 +23,13 @@ def _isolated_state(tmp_path_factory, monkeypatch):
     from aiboxctl.cli import output
 
     output.reset()
+    saved_env = dict(os.environ)
     yield home
     output.reset()
+    # Commands run in-process may set process-wide variables (install --bundle goes offline
+    # with HF_HUB_OFFLINE=1): a real CLI process ends there, a test session must not inherit it.
+    os.environ.clear()
+    os.environ.update(saved_env)
 
 
 @dataclass
