@@ -26,6 +26,8 @@ def serve(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: physical cores).")] = None,
     api_keys_file: Annotated[Optional[Path], typer.Option("--api-keys-file", help="One key per line (id:key); enables Bearer auth.")] = None,
     audit_log: Annotated[Optional[Path], typer.Option("--audit-log", help="JSONL audit log of request metadata.")] = None,
+    repack: Annotated[Optional[bool], typer.Option("--repack/--no-repack", help="llama.cpp weight repacking (the self-test turns it off if it faults).")] = None,
+    flash_attn: Annotated[Optional[str], typer.Option("--flash-attn", help="auto, on or off.")] = None,
     no_selftest: Annotated[bool, typer.Option("--no-selftest", help="Skip the child-process self-test.")] = False,
     json_: JsonOpt = False,
 ) -> int:
@@ -41,7 +43,8 @@ def serve(
         raise UsageError("Give --config engine.yaml or --model PATH", hint="aiboxctl serve --help")
     base: dict[str, Any] = load_engine_config(config).to_dict() if config is not None else {}
     flags = {"model": model, "model_name": model_name, "host": host, "port": port, "parallel": parallel,
-             "n_ctx": ctx, "threads": threads, "api_keys_file": api_keys_file, "audit_log": audit_log}
+             "n_ctx": ctx, "threads": threads, "api_keys_file": api_keys_file, "audit_log": audit_log,
+             "repack": repack, "flash_attn": flash_attn}
     merged = {**base, **{k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}}
     if no_selftest:
         merged["selftest"] = False

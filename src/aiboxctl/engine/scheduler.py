@@ -53,6 +53,7 @@ class SamplingParams:
     penalty_last_n: int = 64
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
     @property
     def uses_penalties(self) -> bool:
@@ -140,7 +141,8 @@ class Scheduler:
         with self._lock:
             if self._stop:
                 raise QueueFull("the server is shutting down", code="shutting_down")
-            if self._n_waiting >= self.queue_size:
+            # free slots absorb requests the loop has not admitted yet (it admits between steps)
+            if self._n_waiting >= self.queue_size + self.parallel - self.busy_slots:
                 raise QueueFull(f"the request queue is full ({self.queue_size} waiting)")
             self._n_waiting += 1
         self._inbox.put(req)
@@ -369,7 +371,7 @@ class Scheduler:
             elif metrics is not None:
                 metrics.token_latency(now - req.t_last)
             req.t_last = now
-            if rt.is_eog(t):
+            if rt.is_eog(t) and not req.params.ignore_eos:
                 self._finish(s, "stop")
                 continue
             text = s.decoder.decode(rt.piece(t))

@@ -54,6 +54,7 @@ class _Body(BaseModel):
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
     n: int = Field(1, ge=1, le=1)
+    ignore_eos: bool = False  # llama-server's extension: generate max_tokens whatever the model says
     user: Optional[str] = None
 
 
@@ -191,7 +192,7 @@ def _sampling(body: _Body, max_tokens: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_k=body.top_k,
                           top_p=body.top_p, min_p=body.min_p, repeat_penalty=body.repeat_penalty,
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          seed=body.seed, stop=stops)
+                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos)
 
 
 def _sse(obj: Any) -> bytes:

