@@ -117,11 +117,14 @@ def buffer_mib(log: str) -> dict[str, float]:
     return out
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> dict[str, float]:
+    """VmRSS and its parts (anonymous memory vs file pages such as the mmapped weights)."""
+    out: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(rest.split()[0]) / 1024
+    return out
 
 
 class Proc:
@@ -283,10 +286,15 @@ def main() -> int:
               f"{(ls or {}).get('ttft_p95', float('nan')) * 1000:8.0f}/{(ab or {}).get('ttft_p95', float('nan')) * 1000:<8.0f} | "
               f"{eta(ls)}/{eta(ab)}")
     for name, m in mem.items():
-        known = sum(m.get(k, 0.0) for k in ("model", "kv", "compute", "output"))
-        print(f"{name}: RSS {m['rss']:.0f} MiB = model {m.get('model', float('nan')):.0f} + KV {m.get('kv', float('nan')):.0f}"
-              f" + compute {m.get('compute', float('nan')):.0f} + output {m.get('output', float('nan')):.0f}"
-              f" + {m['rss'] - known:.0f} MiB other (goal for aiboxctl: ≤ 150)")
+        r = m["rss"]
+        print(f"{name}: RSS {r['VmRSS']:.0f} MiB (anon {r['RssAnon']:.0f}, file {r['RssFile']:.0f}); llama.cpp buffers "
+              f"allocated: model {m.get('model', float('nan')):.0f}, KV {m.get('kv', float('nan')):.0f}, "
+              f"compute {m.get('compute', float('nan')):.0f}, output {m.get('output', float('nan')):.0f} MiB")
+    if "llama-server" in mem and "aiboxctl" in mem:
+        # the same model, KV and compute buffers live in both processes (and are touched the same
+        # way by the same load), so the difference is what aiboxctl adds: Python, the HTTP stack
+        extra = mem["aiboxctl"]["rss"]["VmRSS"] - mem["llama-server"]["rss"]["VmRSS"]
+        print(f"aiboxctl RSS above llama-server's (model + KV + compute + C++ server): {extra:.0f} MiB (goal ≤ 150)")
     if "llama-server" in results and "aiboxctl" in results:
         single = results["aiboxctl"][levels[0]]["aggregate"] / results["llama-server"][levels[0]]["aggregate"]
         eight = (results["aiboxctl"][8]["aggregate"] / results["llama-server"][8]["aggregate"]) if 8 in levels else None

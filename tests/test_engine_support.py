@@ -69,6 +69,13 @@ class Server:
         return self.proc.returncode
 
 
+def _die_with_parent() -> None:
+    """A killed test run must not leave a server (and its model) behind: PR_SET_PDEATHSIG."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def running_server(tmp: Path, config: dict, env: dict | None = None) -> Iterator[Server]:
     """`aiboxctl serve --config` in a child process, yielded once /health says 200."""
@@ -82,7 +89,8 @@ def running_server(tmp: Path, config: dict, env: dict | None = None) -> Iterator
     exe = Path(sys.executable).with_name("aiboxctl")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(exe), "serve", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                                preexec_fn=_die_with_parent)
     server = Server(proc, f"http://127.0.0.1:{port}", cfg, log_path)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
