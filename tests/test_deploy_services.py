@@ -49,3 +49,32 @@ def test_systemd_manager_commands_and_state(tmp_path, monkeypatch):
 
 def test_prefix_installs_use_the_supervisor(tmp_path):
     assert choose_manager(InstallLayout.for_root(tmp_path)) == "supervisor"
+
+
+def test_supervisor_drops_to_the_service_user_only_when_it_can_run(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from aiboxctl.deploy.supervisor import child_identity
+
+    monkeypatch.setattr("os.geteuid", lambda: 0)  # as root, whoever runs the test
+    layout = InstallLayout.for_root(tmp_path)
+    layout.state.mkdir(parents=True)
+
+    def write(system: bool, user: str, model: str) -> None:
+        layout.manifest.write_text(json.dumps({
+            "manifest_version": 1, "generation": 1, "aiboxctl_version": "0", "root": str(tmp_path),
+            "profile": "demo", "model_variant": "m", "files": [],
+            "spec": {"system_install": system, "service_user": user, "service_group": user,
+                     "engine": {"model": model}}}))
+
+    write(False, "nobody", sys.executable)
+    assert child_identity(layout) == ({}, "")  # not a system install: runs as whoever started it
+    write(True, "nobody", str(tmp_path / "private-model.gguf"))
+    (tmp_path / "private-model.gguf").write_bytes(b"x")
+    kwargs, note = child_identity(layout)
+    # pytest's tmp dirs sit under a 0700 parent: "nobody" cannot read the model there, so the engine stays root
+    assert kwargs == {} and "cannot use" in note and "private-model.gguf" in note
+    monkeypatch.setattr("aiboxctl.deploy.install._user_can", lambda user, path, bit: True)
+    kwargs, note = child_identity(layout)
+    assert kwargs == {"user": "nobody", "group": "nobody", "extra_groups": []} and "nobody" in note

@@ -9,6 +9,7 @@ state back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -509,6 +510,8 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
         engine_params = dict(facts["engine"])
         spec = build_spec(layout=layout, profile=profile, facts=facts, model_path=model_path,
                           engine_params=engine_params, port=port, bind=bind, system=system)
+        spec = dataclasses.replace(spec, inputs={"profile": str(profile_name), "model": model, "port": port,
+                                                 "bind": bind})
     key_path = spec.engine.get("api_keys_file")
     keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
     files = render_appliance(spec, keys)

@@ -245,8 +245,9 @@ def upgrade(root: str | Path | None = None, *, model: str | None = None, dry_run
     layout = install_layout(root)
     manifest = mf.require_manifest(layout)
     spec = InstallSpec.from_dict(manifest.spec)
-    return install(spec.profile, model=model, root=layout.root, port=int(spec.engine["port"]),
-                   bind=str(spec.engine["host"]), dry_run=dry_run, replan=True, health_timeout=health_timeout,
+    asked = spec.inputs or {"profile": spec.profile, "port": int(spec.engine["port"]), "bind": str(spec.engine["host"])}
+    return install(asked["profile"], model=model or asked.get("model"), root=layout.root, port=asked.get("port"),
+                   bind=asked.get("bind"), dry_run=dry_run, replan=True, health_timeout=health_timeout,
                    progress=progress, confirm=confirm)
 
 

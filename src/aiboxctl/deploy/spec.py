@@ -68,6 +68,8 @@ class InstallSpec:
     system_install: bool  # root prefix "/" as root: create the user, chown files
     restart_steps: bool = False  # systemd >= 254 knows RestartSteps=/RestartMaxDelaySec=
     predicted: dict[str, Any] = field(default_factory=dict)
+    # What `install` was asked (profile name or file, --model, --port, --bind): `upgrade` asks again.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layout(self) -> InstallLayout:
@@ -84,13 +86,13 @@ class InstallSpec:
             "manager": self.manager, "service_user": self.service_user, "service_group": self.service_group,
             "exec_argv": list(self.exec_argv), "state_home": self.state_home,
             "system_install": self.system_install, "restart_steps": self.restart_steps,
-            "predicted": dict(self.predicted),
+            "predicted": dict(self.predicted), "inputs": dict(self.inputs),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InstallSpec":
         return cls(**{**d, "exec_argv": tuple(d["exec_argv"]), "engine": dict(d["engine"]),
-                      "predicted": dict(d.get("predicted") or {})})
+                      "predicted": dict(d.get("predicted") or {}), "inputs": dict(d.get("inputs") or {})})
 
 
 def install_layout(root: str | Path | None = None) -> InstallLayout:

@@ -149,6 +149,34 @@ def stop(layout: InstallLayout, timeout: float = STOP_GRACE_S + 10) -> bool:
 
 # --- the daemon itself -----------------------------------------------------------------------
 
+def child_identity(layout: InstallLayout) -> tuple[dict, str]:
+    """Popen arguments that run the engine as the installation's service user, and a note.
+
+    A system install (prefix /, as root) records a dedicated user; the supervisor, started by
+    root, drops to it like the systemd unit's User= does, unless that user could not run this
+    Python or read the model (a venv under /root): then the engine stays root and the note says why.
+    """
+    if os.geteuid() != 0:
+        return {}, ""
+    from aiboxctl.deploy.manifest import load_manifest
+
+    manifest = load_manifest(layout)
+    spec = manifest.spec if manifest else {}
+    user, group = spec.get("service_user"), spec.get("service_group")
+    if not spec.get("system_install") or not user or user == "root":
+        return {}, ""
+    from aiboxctl.deploy.install import _user_can
+
+    needs = [(Path(sys.executable), "x"), (Path(sys.prefix), "x"), (Path(str(spec["engine"]["model"])), "r")]
+    try:
+        blocked = [str(p) for p, bit in needs if not _user_can(user, p, bit)]
+    except (KeyError, OSError) as exc:
+        return {}, f"engine runs as root: cannot check user {user} ({exc})"
+    if blocked:
+        return {}, f"engine runs as root: user {user} cannot use {', '.join(blocked)}"
+    return {"user": user, "group": group, "extra_groups": []}, f"engine runs as user {user}"
+
+
 class _Daemon:
     def __init__(self, layout: InstallLayout) -> None:
         self.layout = layout
@@ -180,12 +208,15 @@ class _Daemon:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         pidfile(self.layout).write_text(f"{os.getpid()}\n")
         argv = [sys.executable, "-m", "aiboxctl.cli.app", "serve", "--config", str(self.layout.engine_config)]
+        identity, note = child_identity(self.layout)
+        if note:
+            self.log(note)
         backoff = BACKOFF_START_S
         try:
             while not self.stopping:
                 self.log(f"starting engine: {' '.join(argv)}")
                 began = time.monotonic()
-                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd="/")
+                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd="/", **identity)
                 self.save()
                 while True:
                     try:
