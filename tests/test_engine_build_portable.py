@@ -1,0 +1,73 @@
+"""The REAL portable CPU build: llama-cpp-python compiled from its sdist with GGML_NATIVE=OFF,
+GGML_BACKEND_DL and GGML_CPU_ALL_VARIANTS, installed into a throwaway virtualenv through
+``install_engine`` and proven by the engine self-test.
+
+The build takes minutes (7+ on 2 idle cores), so its wheel cache lives outside the per-test
+state root: ``$AIBOX_TEST_ENGINE_CACHE`` or ``<checkout>/.cache/engine-wheels`` (ignored by
+git; CI keeps the checkout's ``.cache/`` between runs like pip's own cache). Only the first
+run on a machine compiles; later runs install from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from aiboxctl.engine.backends import build_spec
+from aiboxctl.engine.build import WheelCache, build_wheel, engine_status, inspect_engine, install_engine
+from aiboxctl.env import Env
+from aiboxctl.errors import VerificationFailed
+from engineenv import drop_from_wheel, make_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def persistent_cache() -> WheelCache:
+    root = os.environ.get(Env.TEST_ENGINE_CACHE) or str(ROOT / ".cache" / "engine-wheels")
+    return WheelCache(Path(root) / "llama-cpp-python")
+
+
+@pytest.mark.slow
+def test_real_portable_cpu_build_installs_and_passes_the_selftest(tmp_path):
+    cache = persistent_cache()
+    spec = build_spec("auto", [])
+    assert spec.key == "cpu-portable"
+    wheel = build_wheel(spec, cache=cache, progress=print)  # compiles once per machine
+    assert wheel.origin == "built" and wheel.backend == "cpu" and wheel.cmake_args == spec.cmake_args
+    assert wheel.build_seconds and wheel.build_seconds > 0
+    with zipfile.ZipFile(wheel.path) as zf:
+        variants = sorted(n for n in zf.namelist() if "libggml-cpu-" in n)
+    assert len(variants) >= 10 and any(v.endswith("libggml-cpu-x64.so") for v in variants)
+
+    env_py = make_env(tmp_path / "env")
+    result = install_engine("cpu", python=str(env_py), cache=cache, accelerators=[])
+    assert result.action == "installed" and not result.built and result.key == "cpu-portable"
+    assert result.selftest["ok"]
+    eng = result.engine
+    assert eng["backends"] == ["CPU"] and len(eng["cpu_variants"]) >= 10
+    assert eng["cpu_variant_loaded"] in eng["cpu_variants"]  # ggml picked one at run time
+
+    status = engine_status(python=str(env_py), accelerators=[], cache=cache)
+    assert status.matches and status.next_command is None
+    assert status.cpu_variants == tuple(eng["cpu_variants"]) and status.record["key"] == "cpu-portable"
+
+    # The portable wheel without its CPU variants loads but registers no backend, so the
+    # self-test fails: the working portable engine comes back.
+    broken = drop_from_wheel(wheel.path, tmp_path / "broken" / wheel.path.name, lambda n: "libggml-cpu-" in n)
+    with pytest.raises(VerificationFailed, match="restored the previous engine"):
+        install_engine("cpu", wheel=broken, python=str(env_py), cache=cache)
+    after = inspect_engine(str(env_py))["engine"]
+    assert after["available"] and len(after["cpu_variants"]) >= 10
+
+    # `engine status --json` run by that environment's interpreter, through the CLI.
+    proc = subprocess.run([str(env_py), "-m", "aiboxctl.cli.app", "engine", "status", "--json", "--hardware",
+                           str(ROOT / "tests" / "fixtures" / "engine" / "probe-cpu-only.json")],
+                          capture_output=True, text=True, timeout=300)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0 and doc["data"]["matches"] is True
+    assert doc["data"]["cpu_variant_loaded"] in doc["data"]["cpu_variants"]
