@@ -13,7 +13,7 @@ hardlink to an older file (the store linking an installed package's model) count
 CPU seconds (children's user+sys) are printed beside wall time: on a shared VM the wall clock
 follows other people's load.
 
-    .venv/bin/python bench/bundle.py [--profile demo] [--hardware cpu-32g] [--dir /tmp]
+    .venv/bin/python bench/bundle.py [--profile demo] [--hardware cpu-32g] [--dir /tmp] [--engine-wheel W]
 
 install --bundle runs the whole transaction under a temporary --root (start, health, smoke
 test) with pip and the hub offline, then stops the service.
@@ -107,6 +107,7 @@ def main() -> int:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--hardware", default="cpu-32g")
     ap.add_argument("--dir", default=None, help="work folder (default: a temp dir)")
+    ap.add_argument("--engine-wheel", default=None, help="llama-cpp-python wheel for pack (default: pack's choice)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="aibox-bench-bundle-", dir=args.dir))
@@ -119,7 +120,9 @@ def main() -> int:
         # 1. pack
         env = {**base_env, "AIBOX_HOME": str(pack_home)}
         wall, cpu, peak, proc = timed([AIBOXCTL, "pack", "--profile", args.profile, "--hardware", args.hardware,
-                                       "-o", str(bundle), "--json"], env, pack_home, out_dir)
+                                       "-o", str(bundle), "--json",
+                                       *(["--engine-wheel", args.engine_wheel] if args.engine_wheel else [])],
+                                      env, pack_home, out_dir)
         if proc.returncode != 0:
             print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
             return 1
