@@ -165,3 +165,15 @@ def test_invalid_service_user_is_refused(tmp_path):
 def test_unsafe_prefix_is_refused(tmp_path):
     with pytest.raises(UsageError):
         render_appliance(make_spec(tmp_path / "with space"), "k\n")
+
+
+@needs_systemd_analyze
+def test_unit_exposure_is_low(tmp_path):
+    """systemd's own security review of the hardened unit, offline: exposure ≤ 2.5 ("OK")."""
+    spec = make_spec(tmp_path, user="aibox")
+    write_all(render_appliance(spec, "k\n"))
+    unit = spec.layout.unit_dir / UNIT_NAME
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-800:] + proc.stderr[-800:]
+    assert "Overall exposure level for aibox.service" in proc.stdout and " OK" in proc.stdout
