@@ -39,6 +39,11 @@ class Box:
         self.port = free_port()
         self.env = {**os.environ, "AIBOX_HOME": str(self.home), "NO_COLOR": "1", "COLUMNS": "200"}
         self.env.pop("AIBOX_INJECT_FAILURE", None)
+        # The demo profile with the audit log on (as gov-office and finance have it), given by path.
+        demo = (Path(__file__).resolve().parents[1] / "profiles" / "demo.yaml").read_text()
+        assert "audit_log: false" in demo
+        self.profile = base / "demo-audited.yaml"
+        self.profile.write_text(demo.replace("name: demo", "name: demo-audited").replace("audit_log: false", "audit_log: true"))
 
     def run(self, *args: str, timeout: float = 240, extra_env: dict | None = None, input_text: str | None = None):
         proc = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
@@ -54,7 +59,7 @@ class Box:
             raise AssertionError(f"not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
 
     def install(self, *extra: str, **kw) -> tuple[int, dict]:
-        return self.json("install", "--profile", "demo", "--root", str(self.root), "--port", str(self.port),
+        return self.json("install", "--profile", str(self.profile), "--root", str(self.root), "--port", str(self.port),
                          "--yes", *extra, **kw)
 
     def manifest(self) -> dict:
@@ -84,6 +89,7 @@ def test_install_brings_up_a_verified_service(box):
     d = doc["data"]
     assert d["changed"] == 5 and d["generation"] == 1 and d["service_action"] == "started"
     assert d["manager"] == "supervisor" and d["model_variant"] == "smollm2-135m-instruct"
+    assert d["audit_log"] == str(box.root / "var/log/aibox/audit.jsonl")
     assert d["smoke"]["answer"].strip()
     assert d["endpoint"] == f"http://127.0.0.1:{box.port}/v1"
     m = box.manifest()
@@ -116,6 +122,14 @@ def test_chat_one_shot_answers(box):
     assert proc.stdout.strip() and proc.stdout.endswith("\n")
 
 
+def test_audit_log_has_metadata_not_content(box):
+    audit = box.root / "var/log/aibox/audit.jsonl"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    chats = [r for r in records if r.get("completion_tokens")]
+    assert chats and all(r["key_id"] == "admin" and r["status"] == 200 for r in chats)
+    assert "你好" not in audit.read_text() and "prompt" not in chats[-1]
+
+
 def test_bench_reports_ratios_to_the_plan(box):
     code, doc = box.json("bench", "--root", str(box.root), "--runs", "1", "--max-tokens", "8", "-c", "2",
                          "--prompt-tokens", "40")
@@ -132,7 +146,7 @@ def test_second_install_changes_nothing(box):
     d = doc["data"]
     assert d["changed"] == 0 and d["generation"] == 1 and d["service_action"] == "unchanged"
     assert box.snapshot() == before
-    proc = box.run("install", "--profile", "demo", "--root", str(box.root), "--port", str(box.port), "--yes")
+    proc = box.run("install", "--profile", str(box.profile), "--root", str(box.root), "--port", str(box.port), "--yes")
     assert "0 changes" in proc.stdout
 
 
@@ -148,7 +162,8 @@ def test_upgrade_replans_and_keeps_what_did_not_change(box):
 def test_dry_run_shows_the_diff_and_touches_nothing(box):
     before = box.snapshot()
     other = free_port()
-    code, doc = box.json("install", "--profile", "demo", "--root", str(box.root), "--port", str(other), "--dry-run")
+    code, doc = box.json("install", "--profile", str(box.profile), "--root", str(box.root), "--port", str(other),
+                         "--dry-run")
     assert code == 0, doc
     changes = {Path(c["path"]).name: c for c in doc["data"]["changes"] if c["action"] != "unchanged"}
     assert set(changes) == {"engine.yaml"}
