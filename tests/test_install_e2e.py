@@ -83,6 +83,15 @@ def box(tmp_path_factory):
         subprocess.run([EXE, "stop", "--root", str(b.root)], env=b.env, capture_output=True, timeout=60)
 
 
+def test_failed_first_install_leaves_nothing_running_or_written(box):
+    code, doc = box.install(extra_env={"AIBOX_INJECT_FAILURE": "after-start"})
+    assert code == 1 and doc["errors"][0]["code"] == "injected_failure"
+    assert not (box.root / "run/aibox/supervisor.pid").exists()
+    left = [p for p in box.root.rglob("*") if p.is_file() and "var/log/aibox" not in str(p)]
+    assert left == []  # only the engine's log of the attempt may stay
+    assert not (box.root / "var/lib/aibox/install-manifest.json").exists()
+
+
 def test_install_brings_up_a_verified_service(box):
     code, doc = box.install()
     assert code == 0, doc
