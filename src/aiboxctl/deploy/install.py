@@ -379,8 +379,6 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
                     if previous is not None and previous.spec else None)
     if not was_active:
         _check_port_free(str(spec.engine["host"]), int(spec.engine["port"]))
-    if spec.system_install and spec.manager == "systemd" and _user_exists(spec.service_user):
-        _check_service_user_access(spec)
     tx = Transaction()
     created_users: list[str] = list(users_created)
     action = "unchanged"
@@ -389,6 +387,8 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
         if spec.system_install:
             if _ensure_user(spec.service_user, layout.state):
                 created_users.append(spec.service_user)
+            if spec.manager == "systemd":  # before any file: a unit that cannot start is no install
+                _check_service_user_access(spec)
         owner = spec.service_user if spec.system_install else None
         group = spec.service_group if spec.system_install else None
         tx.ensure_dir(layout.etc, 0o755)
