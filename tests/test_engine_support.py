@@ -160,19 +160,19 @@ def test_stop_holdback_and_utf8_across_tokens():
     """The scheduler's text path, driven directly: a stop string split over pieces and a
     Chinese character split over byte-level tokens."""
     import codecs
+    import types
 
     from aiboxctl.engine.scheduler import Request, SamplingParams, Scheduler, _Slot
 
-    sent: list = []
+    loop = types.SimpleNamespace(_out=[])  # the scheduler's outbox, without a model
     slot = _Slot(0)
-    slot.req = Request("r", [1], SamplingParams(stop=("END",)), sent.append)
+    slot.req = Request("r", [1], SamplingParams(stop=("END",)), print)
     slot.stops, slot.max_stop = ("END",), 3
     slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    push = Scheduler._push_text
     pieces = ["中".encode()[:2], "中".encode()[2:] + b" E", b"N", b"D tail"]
-    stopped = [push(None, slot, slot.decoder.decode(p)) if slot.decoder else None for p in pieces]
+    stopped = [Scheduler._push_text(loop, slot, slot.decoder.decode(p)) for p in pieces]
     assert stopped == [False, False, False, True]
-    text = "".join(e[1] for e in sent)
+    text = "".join(event[1] for _, event in loop._out)
     assert text == "中 " and "\ufffd" not in text
 
 

@@ -4,7 +4,8 @@ Each step gathers every generating slot's next token plus chunks of waiting prom
 prefill, bounded by ``n_batch``) into **one** ``llama_decode``, then samples each slot with its
 own llama.cpp sampler chain. The HTTP side never touches llama.cpp state: it submits
 :class:`Request` objects through a thread-safe inbox and receives events through the
-request's ``emit`` callback (which the server binds to ``loop.call_soon_threadsafe``).
+request's ``emit`` callback. Events of one step are handed over together through ``deliver``
+(the server: one ``loop.call_soon_threadsafe`` per step, not one wake-up per token and stream).
 
 Per-token Python work is kept to a few attribute writes on the ctypes batch, one sampler
 call, a cached piece lookup and an incremental UTF-8 decode.
@@ -114,7 +115,8 @@ class Scheduler:
     """The decode loop. Create it on any thread; :meth:`start` runs it on its own thread."""
 
     def __init__(self, rt: "LlamaRuntime", *, parallel: int, n_batch: int, slot_ctx: int,
-                 queue_size: int, metrics: Any = None) -> None:
+                 queue_size: int, metrics: Any = None,
+                 deliver: Callable[[list[tuple[Callable[[Event], Any], Event]]], None] | None = None) -> None:
         self.rt = rt
         self.L = rt.lib
         self.parallel = parallel
@@ -122,6 +124,8 @@ class Scheduler:
         self.slot_ctx = slot_ctx
         self.queue_size = queue_size
         self.metrics = metrics
+        self.deliver = deliver
+        self._out: list[tuple[Callable[[Event], Any], Event]] = []  # this step's events
         self.slots = [_Slot(i) for i in range(parallel)]
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
@@ -208,6 +212,7 @@ class Scheduler:
                     self._decode_failed(rc)
                     continue
                 self._sample_all()
+                self._flush()
         except Exception as exc:  # noqa: BLE001 - a dead loop must not leave clients hanging
             log.exception("decode loop failed")
             self.fatal = f"{type(exc).__name__}: {exc}"
@@ -399,7 +404,7 @@ class Scheduler:
     def _push_text(self, s: _Slot, text: str) -> bool:
         """Send text, holding back a possible stop-string prefix. True when a stop matched."""
         if not s.stops:
-            s.req.emit(("text", text))
+            self._out.append((s.req.emit, ("text", text)))
             return False
         held = s.held + text
         cut = -1
@@ -410,7 +415,7 @@ class Scheduler:
         if cut >= 0:
             s.held = ""
             if cut:
-                s.req.emit(("text", held[:cut]))
+                self._out.append((s.req.emit, ("text", held[:cut])))
             return True
         keep = 0
         for stop in s.stops:
@@ -421,7 +426,7 @@ class Scheduler:
         out = held[: len(held) - keep]
         s.held = held[len(held) - keep:]
         if out:
-            s.req.emit(("text", out))
+            self._out.append((s.req.emit, ("text", out)))
         return False
 
     def _finish(self, s: _Slot, reason: str, *, flush: bool = True) -> None:
@@ -430,11 +435,11 @@ class Scheduler:
             tail = s.held + s.decoder.decode(b"", final=True)
             s.held = ""
             if tail:
-                req.emit(("text", tail))
+                self._out.append((req.emit, ("text", tail)))
         req.finish_reason = reason
         if self.metrics is not None:
             self.metrics.finished(req)
-        req.emit(("done", reason, req.prompt_tokens, req.completion_tokens))
+        self._out.append((req.emit, ("done", reason, req.prompt_tokens, req.completion_tokens)))
         self._release(s)
 
     def _release(self, s: _Slot) -> None:
@@ -457,19 +462,32 @@ class Scheduler:
             if s.req is None:
                 continue
             if s.generating or s.n_fed > 0:
-                s.req.emit(("error", message))
+                self._out.append((s.req.emit, ("error", message)))
                 self._release(s)
                 self.L.llama_memory_seq_rm(self.rt.mem, s.seq, -1, -1)
                 s.cached.clear()
+        self._flush()
 
     def _fail_everything(self, message: str) -> None:
         for s in self.slots:
             if s.req is not None:
-                s.req.emit(("error", message))
+                self._out.append((s.req.emit, ("error", message)))
                 self._release(s)
         self._take_inbox(block=False)
         for r in self._waiting:
-            r.emit(("error", message))
+            self._out.append((r.emit, ("error", message)))
         self._waiting.clear()
         with self._lock:
             self._n_waiting = 0
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.deliver is None:
+            for emit, event in out:
+                emit(event)
+        else:
+            self.deliver(out)

@@ -107,6 +107,7 @@ class EngineState:
     keys: KeyRing | None = None
     audit: AuditLog | None = None
     started: float = field(default_factory=time.time)
+    loop: Any = None  # the asyncio loop of the HTTP side (set at start-up)
     on_fatal: Callable[[str], None] | None = None
 
     @property
@@ -141,8 +142,17 @@ def boot(state: EngineState) -> None:
         spec = resolve_chat_template(cfg, rt)
         state.template = spec.compile()
         state.template_source = spec.source
+        loop = state.loop
+
+        def deliver(batch: list) -> None:
+            # one wake-up of the event loop per decode step, whatever the number of streams
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the loop is closed: the server has already stopped
+                pass
+
         sched = Scheduler(rt, parallel=cfg.parallel, n_batch=cfg.n_batch, slot_ctx=cfg.slot_ctx,
-                          queue_size=cfg.queue_size, metrics=state.metrics)
+                          queue_size=cfg.queue_size, metrics=state.metrics, deliver=deliver)
         state.metrics.bind(sched, rt.n_ctx)
         sched.start()
         state.scheduler = sched
@@ -159,6 +169,11 @@ def boot(state: EngineState) -> None:
 
 class _BootFailed(Exception):
     pass
+
+
+def _deliver(batch: list) -> None:
+    for emit, event in batch:
+        emit(event)
 
 
 def shutdown(state: EngineState) -> None:
@@ -209,6 +224,7 @@ def create_app(state: EngineState) -> Any:
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
         threading.Thread(target=boot, args=(state,), name="aibox-boot", daemon=True).start()
         yield
         await asyncio.get_running_loop().run_in_executor(None, shutdown, state)
@@ -350,11 +366,10 @@ def create_app(state: EngineState) -> Any:
                           param="messages" if chat else "prompt", code="context_length_exceeded")
         wanted = (getattr(body, "max_completion_tokens", None) or body.max_tokens) or cfg.max_tokens_cap
         max_tokens = max(1, min(wanted, cfg.max_tokens_cap, limit - len(tokens)))
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        put = events.put_nowait
+        # runs on the event loop: the scheduler hands events over through deliver()
         req = Request(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", tokens,
-                      _sampling(body, max_tokens), lambda ev: loop.call_soon_threadsafe(put, ev))
+                      _sampling(body, max_tokens), events.put_nowait)
         try:
             sched.submit(req)
         except QueueFull as exc:
