@@ -193,3 +193,18 @@ def test_serve_reports_a_port_in_use_at_once(cli):
         port = busy.getsockname()[1]
         r = cli("serve", "--model", str(smollm2_path()), "--port", str(port), "--no-selftest")
     assert r.code == 2 and f"Cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_audit_log_writes_content_only_when_asked(tmp_path):
+    import json
+
+    from aiboxctl.engine.security import AuditLog
+
+    meta = AuditLog(tmp_path / "a" / "meta.jsonl", content=False)
+    full = AuditLog(tmp_path / "full.jsonl", content=True)
+    for log in (meta, full):
+        log.write({"key_id": "ops", "status": 200, "prompt_tokens": 3}, prompt="secret question", completion="answer")
+    m = json.loads((tmp_path / "a" / "meta.jsonl").read_text())
+    f = json.loads((tmp_path / "full.jsonl").read_text())
+    assert m["key_id"] == "ops" and "time" in m and "prompt" not in m and "completion" not in m
+    assert f["prompt"] == "secret question" and f["completion"] == "answer"
