@@ -196,3 +196,17 @@ def test_ctrl_c_stops_the_answer_not_the_repl(fake):
     assert len(server.requests) == 2
     # the interrupted exchange is not part of the history
     assert server.requests[1]["body"]["messages"] == [{"role": "user", "content": "again"}]
+
+
+def test_loopback_service_is_reached_despite_proxy_variables(cli, fake, tmp_path, monkeypatch):
+    # A box behind a corporate proxy, with no NO_PROXY: the local appliance must not be sent
+    # through the proxy (here a closed port, which would fail the request).
+    server = fake()
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(var, dead_proxy)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    r = cli("chat", "-p", "hi", "--url", server.url.replace("127.0.0.1", "localhost"))
+    assert r.code == 0, r.stderr
+    assert r.stdout == "Hello, world!\n"

@@ -67,10 +67,25 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
     return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file)
 
 
-def _client(timeout: float):
+def _is_loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _client(timeout: float, url: str):
+    """httpx sends even 127.0.0.1 through HTTP(S)_PROXY when NO_PROXY does not list it; the
+    appliance on this box is never behind a proxy, so loopback ignores the proxy variables."""
     import httpx
 
-    return httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0))
+    return httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=not _is_loopback(url))
 
 
 def health(endpoint: Endpoint, timeout: float = 3.0) -> tuple[int | None, dict]:
@@ -78,7 +93,7 @@ def health(endpoint: Endpoint, timeout: float = 3.0) -> tuple[int | None, dict]:
     import httpx
 
     try:
-        with _client(timeout) as c:
+        with _client(timeout, endpoint.url) as c:
             r = c.get(f"{endpoint.url}/health", headers=endpoint.headers())
     except httpx.HTTPError:
         return None, {}
@@ -162,7 +177,7 @@ def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_token
     t0 = time.perf_counter()
     t_first = t_last = None
     try:
-        with _client(timeout) as c, c.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body,
+        with _client(timeout, endpoint.url) as c, c.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body,
                                              headers=endpoint.headers()) as r:
             _raise_for(r, endpoint)
             for line in r.iter_lines():
@@ -226,7 +241,7 @@ def complete_raw(endpoint: Endpoint, body: dict[str, Any], timeout: float = 300.
     import httpx
 
     try:
-        with _client(timeout) as c:
+        with _client(timeout, endpoint.url) as c:
             r = c.post(f"{endpoint.url}/v1/chat/completions", json=body, headers=endpoint.headers())
     except httpx.ConnectError as exc:
         raise ServiceDown(f"the service at {endpoint.url} is not answering", hint="aiboxctl status") from exc
