@@ -71,3 +71,16 @@ def test_real_portable_cpu_build_installs_and_passes_the_selftest(tmp_path):
     doc = json.loads(proc.stdout)
     assert proc.returncode == 0 and doc["data"]["matches"] is True
     assert doc["data"]["cpu_variant_loaded"] in doc["data"]["cpu_variants"]
+
+    # `engine install --wheel` through the CLI of that environment: refused without --yes (no
+    # TTY), then installed, self-tested and reported as one JSON envelope.
+    cli = [str(env_py), "-m", "aiboxctl.cli.app", "engine", "install", "--wheel", str(wheel.path), "--force", "--json"]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 2 and doc["errors"][0]["hint"] == "re-run with --yes"
+    proc = subprocess.run([*cli, "--yes"], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = doc["data"]
+    assert data["action"] == "installed" and data["backend"] == "cpu" and data["selftest"]["ok"]
+    assert data["key"].startswith("given-") and len(data["engine"]["cpu_variants"]) >= 10
