@@ -210,21 +210,43 @@ def test_status_names_the_next_command_when_the_build_lacks_the_backend():
     assert cpu["backend"] == "CPU" and cpu["memory_total_bytes"] > 0
 
 
-def test_install_builds_the_missing_offload_backend_only_with_confirmation():
+def test_install_builds_the_missing_backend_only_with_confirmation():
     from aiboxctl.cli import output
     from aiboxctl.engine.backends import load_accelerators
-    from aiboxctl.engine.build import ensure_engine_for_offload, offload_gap
+    from aiboxctl.engine.build import backend_gap, ensure_engine
     from aiboxctl.errors import ConfirmationRequired
 
     nvidia = load_accelerators(ROOT / "tests" / "fixtures" / "engine" / "probe-nvidia-mixed.json")
-    assert offload_gap(0, accelerators=nvidia) is None  # the plan does not offload
-    assert offload_gap(99, accelerators=[]) is None  # nothing to offload to
-    gap = offload_gap(99, accelerators=nvidia)  # this environment's engine is CPU-only
+    assert backend_gap(accelerators=[]) is None  # nothing to offload to
+    assert ensure_engine(confirm=lambda q: pytest.fail("asked"), accelerators=[]) is None
+    gap = backend_gap(accelerators=nvidia)  # this environment's engine is CPU-only
     assert gap is not None and gap.key == "cuda-80.89"
 
     def refuse(question: str) -> None:
         output.confirm(question, yes=False)  # no TTY under pytest: refuses, never prompts
 
     with pytest.raises(ConfirmationRequired) as info:
-        ensure_engine_for_offload(99, confirm=refuse, accelerators=nvidia)
+        ensure_engine(confirm=refuse, accelerators=nvidia)
     assert "no CUDA backend" in info.value.message and info.value.hint == "re-run with --yes"
+
+
+def test_appliance_install_asks_to_build_the_engine_the_accelerators_need(monkeypatch, tmp_path):
+    """`aiboxctl install` on a GPU box with a CPU-only engine: it stops before planning and
+    writing anything, asking to build the engine (refused without --yes)."""
+    import dataclasses
+
+    from aiboxctl.cli import output
+    from aiboxctl.deploy import install as deploy_install
+    from aiboxctl.engine.backends import load_accelerators
+    from aiboxctl.errors import ConfirmationRequired
+    from aiboxctl.hardware.model import Accelerator
+    from aiboxctl.hardware.probe import probe_box
+
+    gpus = tuple(Accelerator(**{**d, "detected_by": tuple(d["detected_by"]), "notes": tuple(d["notes"])})
+                 for d in load_accelerators(ROOT / "tests" / "fixtures" / "engine" / "probe-nvidia-mixed.json"))
+    box = dataclasses.replace(probe_box(), accelerators=gpus)
+    monkeypatch.setattr(deploy_install, "_probe", lambda: box)
+    root = tmp_path / "root"
+    with pytest.raises(ConfirmationRequired, match="no CUDA backend"):
+        deploy_install.install("demo", root=root, confirm=lambda q: output.confirm(q, yes=False))
+    assert not (root / "etc" / "aibox").exists()

@@ -480,6 +480,13 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     progress("probing the box")
     hardware = _probe()
     steps["probe_s"] = time.perf_counter() - t
+    if not dry_run and confirm is not None:
+        # Accelerators whose backend the engine lacks would leave the plan on the CPU: build
+        # the engine first (refused without --yes), then probe again so the plan can offload.
+        from aiboxctl.engine.build import ensure_engine
+
+        if ensure_engine(confirm=confirm, accelerators=hardware.accelerators, progress=progress) is not None:
+            hardware = _probe()
     overrides = {"port": port, "bind": bind, "root": str(layout.root)}
     fingerprint = inputs_fingerprint(profile, model, overrides, _hardware_fingerprint(hardware))
     reuse = (previous is not None and not replan and previous.inputs_fingerprint == fingerprint

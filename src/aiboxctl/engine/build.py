@@ -641,12 +641,9 @@ def engine_status(*, python: str = sys.executable, accelerators: Sequence[Any] |
 
 # --- for `aiboxctl install` ------------------------------------------------------------------
 
-def offload_gap(n_gpu_layers: int, *, accelerators: Sequence[Any] | None = None,
-                python: str = sys.executable) -> BuildSpec | None:
-    """The build ``install`` needs first when a plan offloads layers (``n_gpu_layers != 0``) but
-    the installed engine lacks the backend for this box's accelerators; None when it can run."""
-    if not n_gpu_layers:
-        return None
+def backend_gap(*, accelerators: Sequence[Any] | None = None, python: str = sys.executable) -> BuildSpec | None:
+    """The build this box needs when its accelerators have a ggml backend that the installed
+    engine lacks (so a plan could not offload to them); None when the engine can drive them."""
     spec = build_spec("auto", _accelerators(accelerators))
     if spec.backend == "cpu":
         return None
@@ -657,15 +654,16 @@ def offload_gap(n_gpu_layers: int, *, accelerators: Sequence[Any] | None = None,
     return spec
 
 
-def ensure_engine_for_offload(n_gpu_layers: int, *, confirm: Callable[[str], None],
-                              accelerators: Sequence[Any] | None = None, python: str = sys.executable,
-                              progress: Progress = _quiet) -> EngineInstallResult | None:
-    """Build and install the engine a plan's offload needs (``confirm`` refuses without --yes);
-    None when the installed engine already has the backend."""
-    spec = offload_gap(n_gpu_layers, accelerators=accelerators, python=python)
+def ensure_engine(*, confirm: Callable[[str], None], accelerators: Sequence[Any] | None = None,
+                  python: str = sys.executable, progress: Progress = _quiet) -> EngineInstallResult | None:
+    """Build and install the engine this box's accelerators need before ``install`` plans, so
+    the plan can offload (``confirm`` refuses without --yes; a missing toolchain stops with one
+    line naming it). None when the installed engine already has the backend."""
+    spec = backend_gap(accelerators=accelerators, python=python)
     if spec is None:
         return None
-    confirm(f"The plan offloads {n_gpu_layers} layers to {spec.backend.upper()} but the installed engine "
-            f"has no {registry_names(spec.backend)[0]} backend. Build it ({spec.key})?")
+    confirm(f"This box has {spec.backend.upper()} devices but the installed engine has no "
+            f"{registry_names(spec.backend)[0]} backend, so the model would run on the CPU. "
+            f"Build and install the {spec.key} engine first?")
     return install_engine(spec.backend, accelerators=accelerators, python=python,
                           architectures=spec.architectures, progress=progress)
