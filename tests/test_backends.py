@@ -289,3 +289,25 @@ def test_cli_install_stops_at_missing_toolchain_with_one_line(cli, tmp_path, mon
     assert not list(StatePaths.from_env().wheels.glob("llama-cpp-python/*/cuda-*/*.whl"))
     r = cli("engine", "install", "--backend", "cuda", "--hardware", str(FIXTURES / "probe-nvidia-mixed.json"), "--yes")
     assert r.code == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: Cannot build the CUDA engine")
+
+
+def test_cli_build_only_returns_the_cached_wheel_for_the_recorded_box(cli, tmp_path, monkeypatch):
+    import zipfile
+
+    from aiboxctl.engine.build import CachedWheel, WheelCache, pinned_version
+
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
+    probe = str(FIXTURES / "probe-nvidia-mixed.json")
+    r = cli("engine", "install", "--build-only", "--hardware", probe, "--yes", "--json")
+    assert r.code == 1 and r.json()["errors"][0]["code"] == "toolchain_missing"  # not cached: would build
+
+    src = tmp_path / f"llama_cpp_python-{pinned_version()}-py3-none-linux_{os.uname().machine}.whl"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr("llama_cpp/__init__.py", "")
+    spec = build_spec("auto", box("nvidia-mixed"))
+    WheelCache().add(src, CachedWheel(src, pinned_version(), spec.key, "cuda", spec.architectures, spec.cmake_args,
+                                      build_seconds=1234.0))
+    r = cli("engine", "install", "--build-only", "--hardware", probe, "--json")
+    assert r.code == 0, r.stdout
+    data = r.json()["data"]
+    assert data["key"] == "cuda-80.89" and data["build_seconds"] == 1234.0 and data["path"].endswith(src.name)

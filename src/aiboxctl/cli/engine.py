@@ -87,6 +87,8 @@ def install(
     jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Parallel compile jobs (default: all cores).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Reinstall and self-test even when the same "
                      "wheel is installed and verified.")] = False,
+    build_only: Annotated[bool, typer.Option("--build-only", help="Only build (or find) the wheel in the "
+                          "cache, e.g. for another box given with --hardware; install nothing.")] = False,
     hardware: HardwareOpt = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
@@ -100,6 +102,19 @@ def install(
         raise UsageError(f"Unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}",
                          hint="aiboxctl engine install --help")
     archs = [a.strip() for a in arch.split(",") if a.strip()] if arch else None
+    if build_only:
+        from aiboxctl.engine.build import build_engine_wheel
+
+        if wheel is not None:
+            raise UsageError("--build-only builds a wheel; it does not take --wheel", hint="aiboxctl engine install --help")
+        built = build_engine_wheel(backend, accelerators=_accelerators(hardware), architectures=archs, jobs=jobs,
+                                   progress=output.note, confirm=lambda question: output.confirm(question, yes=yes))
+
+        def human_built(console: Any, w: Any) -> None:
+            how = f"built in {w.build_seconds:.0f} s" if w.build_seconds else "cached"
+            console.print(f"{w.path} ({w.key}, {w.size_bytes / 2**20:.0f} MiB, {how})")
+
+        return output.emit(built, human_built)
     result = install_engine(
         backend, wheel=wheel, accelerators=_accelerators(hardware), architectures=archs, model=model,
         jobs=jobs, force=force, progress=output.note,

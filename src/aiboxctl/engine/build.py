@@ -590,6 +590,28 @@ def install_engine(backend: str = "auto", *, wheel: Path | None = None, accelera
                                prev, _summary(result.engine), result.selftest, tuple(warnings))
 
 
+def build_engine_wheel(backend: str = "auto", *, accelerators: Sequence[Any] | None = None,
+                       architectures: Sequence[str] | None = None, cache: WheelCache | None = None,
+                       version: str | None = None, jobs: int | None = None, python: str = sys.executable,
+                       confirm: Callable[[str], None] | None = None, progress: Progress = _quiet,
+                       toolchain_check: Callable[..., Any] | None = None) -> CachedWheel:
+    """Only the build (``engine install --build-only``): the wheel for ``backend`` in the cache,
+    e.g. for another box (``--hardware`` its recorded probe) that ``pack`` will bundle."""
+    from aiboxctl.engine.toolchain import require_toolchain
+
+    cache = cache or WheelCache()
+    version = version or pinned_version()
+    spec = build_spec(backend, _accelerators(accelerators), architectures=architectures)
+    hit = cache.find(version, spec.key)
+    if hit:
+        return hit
+    tc = (toolchain_check or require_toolchain)(spec.backend, hygon=spec.hygon_dtk)
+    if confirm:
+        confirm(f"Build llama-cpp-python {version} for {spec.key} (minutes to an hour)?")
+    return build_wheel(spec, version=version, cache=cache, python=python, build_env=tc.build_env,
+                       jobs=jobs, progress=progress)
+
+
 # --- status ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
