@@ -111,8 +111,10 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--repack", action="store_true",
                     help="allow weight repacking (off by default: some VMs advertise AMX but fault on it)")
-    ap.add_argument("--cache", type=Path, default=Path(os.environ.get(Env.TEST_ENGINE_CACHE)
-                                                      or ROOT / ".cache" / "engine-wheels") / "llama-cpp-python")
+    ap.add_argument("--cache", type=Path, default=Path(
+        os.environ.get(Env.TEST_ENGINE_CACHE)
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aiboxctl-tests" / "engine-wheels")
+        / "llama-cpp-python")
     a = ap.parse_args()
     if a.child:
         child(a.child)

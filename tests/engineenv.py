@@ -41,3 +41,18 @@ def drop_from_wheel(src: Path, dest: Path, predicate) -> Path:
             if not predicate(item.filename):
                 zout.writestr(item, zin.read(item.filename))
     return dest
+
+
+def engine_wheel_cache_root() -> Path:
+    """Where engine tests keep the real portable build between runs: ``$AIBOX_TEST_ENGINE_CACHE``
+    or the user's cache folder. It lives outside the checkout because CI clones afresh for every
+    run; on the same machine only the first run compiles (minutes), like pip's own wheel cache."""
+    import os
+
+    from aiboxctl.env import Env
+
+    explicit = os.environ.get(Env.TEST_ENGINE_CACHE)
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "aiboxctl-tests" / "engine-wheels"

@@ -42,10 +42,9 @@ def _portable_engine_wheel() -> Path | None:
     made it (minutes of compiling, once): then the bundle carries it and the installed service
     runs on it. Without it the bundle carries pip's native build (and pack warns)."""
     from aiboxctl.engine.build import WheelCache
-    from aiboxctl.env import Env
+    from engineenv import engine_wheel_cache_root
 
-    root = Path(os.environ.get(Env.TEST_ENGINE_CACHE) or ROOT / ".cache" / "engine-wheels")
-    for entry in WheelCache(root / "llama-cpp-python").entries():
+    for entry in WheelCache(engine_wheel_cache_root() / "llama-cpp-python").entries():
         if entry.key == "cpu-portable":
             return entry.path
     return None

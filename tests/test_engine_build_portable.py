@@ -3,9 +3,8 @@ GGML_BACKEND_DL and GGML_CPU_ALL_VARIANTS, installed into a throwaway virtualenv
 ``install_engine`` and proven by the engine self-test.
 
 The build takes minutes (7+ on 2 idle cores), so its wheel cache lives outside the per-test
-state root: ``$AIBOX_TEST_ENGINE_CACHE`` or ``<checkout>/.cache/engine-wheels`` (ignored by
-git; CI keeps the checkout's ``.cache/`` between runs like pip's own cache). Only the first
-run on a machine compiles; later runs install from the cache.
+state root (``engineenv.engine_wheel_cache_root``). Only the first run on a machine compiles;
+later runs install from the cache.
 """
 
 from __future__ import annotations
@@ -20,16 +19,14 @@ import pytest
 
 from aiboxctl.engine.backends import build_spec
 from aiboxctl.engine.build import WheelCache, build_wheel, engine_status, inspect_engine, install_engine
-from aiboxctl.env import Env
 from aiboxctl.errors import VerificationFailed
-from engineenv import drop_from_wheel, make_env
+from engineenv import drop_from_wheel, engine_wheel_cache_root, make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def persistent_cache() -> WheelCache:
-    root = os.environ.get(Env.TEST_ENGINE_CACHE) or str(ROOT / ".cache" / "engine-wheels")
-    return WheelCache(Path(root) / "llama-cpp-python")
+    return WheelCache(engine_wheel_cache_root() / "llama-cpp-python")
 
 
 @pytest.mark.slow

@@ -23,5 +23,5 @@ class Env:
     # on, e.g. "repack" or "repack,flash_attn" — proves the fallback path on any machine
     SELFTEST_FAULT = "AIBOX_SELFTEST_FAULT"
     # tests/bench: where the real llama-cpp-python builds are cached across runs (default
-    # <checkout>/.cache/engine-wheels): the portable CPU build takes minutes, so it is built once
+    # ~/.cache/aiboxctl-tests/engine-wheels): the portable CPU build takes minutes, so it is built once
     TEST_ENGINE_CACHE = "AIBOX_TEST_ENGINE_CACHE"
