@@ -6,12 +6,10 @@ from __future__ import annotations
 import os
 import re
 
-from aiboxctl.hardware.pci import PciDevice, normalize_bus_id
-from aiboxctl.hardware.tools import (USED_TOTAL, ParseError, ToolDevice, ToolReport, find_tool, free_from, mib,
-                                     run_and_parse, split_row)
+from aiboxctl.hardware.pci import PciDevice
+from aiboxctl.hardware.tools import ParseError, ToolDevice, ToolReport, find_tool, parse_smi_table, run_and_parse
 
 DIRS = ("/usr/local/corex/bin",)
-_BDF = re.compile(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
 
 
 def parse_ixsmi(text: str) -> tuple[ToolDevice, ...]:
@@ -19,25 +17,7 @@ def parse_ixsmi(text: str) -> tuple[ToolDevice, ...]:
     driver = m.group(1) if m else None
     m = re.search(r"IX-ML:\s*(\S+)", text)
     runtime = f"IX-ML {m.group(1)}" if m else None
-    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
-    out = []
-    for i, line in enumerate(lines):
-        cells = split_row(line)
-        if len(cells) < 2 or not _BDF.fullmatch(cells[1]):
-            continue
-        tokens = cells[0].split()
-        if not tokens or not tokens[0].isdigit():
-            raise ParseError(f"GPU row without an index: {cells[0]!r}")
-        used = total = None
-        if i + 1 < len(lines):
-            nxt = split_row(lines[i + 1])
-            mem = USED_TOTAL.search(nxt[1]) if len(nxt) > 1 else None
-            if mem:
-                used, total = mib(mem.group(1)), mib(mem.group(2))
-        out.append(ToolDevice(index=int(tokens[0]), model=" ".join(tokens[1:]) or None,
-                              bus_id=normalize_bus_id(cells[1]), memory_total_bytes=total,
-                              memory_free_bytes=free_from(total, used), driver_version=driver,
-                              runtime_version=runtime))
+    out = parse_smi_table(text, driver=driver, runtime=runtime)
     if not out:
         if "no devices" in text.lower():
             return ()

@@ -100,6 +100,34 @@ def split_row(line: str) -> list[str]:
 
 
 USED_TOTAL = re.compile(r"(\d+)\s*(?:MiB|MB)?\s*/\s*(\d+)\s*(MiB|MB|GiB)?")
+BUS_ID = re.compile(r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
+
+
+def parse_smi_table(text: str, *, driver: str | None, runtime: str | None) -> list[ToolDevice]:
+    """The nvidia-smi-style table that several vendors' tools imitate (ixsmi, mx-smi): a device
+    row ``| <index> <model> | <bus id> | ...`` followed by a row whose second cell holds
+    ``<used>MiB / <total>MiB``. Returns [] when no device row is found."""
+    from aiboxctl.hardware.pci import normalize_bus_id
+
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
+    out = []
+    for i, line in enumerate(lines):
+        cells = split_row(line)
+        if len(cells) < 2 or not BUS_ID.fullmatch(cells[1]):
+            continue
+        tokens = cells[0].split()
+        if not tokens or not tokens[0].isdigit():
+            raise ParseError(f"GPU row without an index: {cells[0]!r}")
+        used = total = None
+        nxt = split_row(lines[i + 1]) if i + 1 < len(lines) else []
+        mem = USED_TOTAL.search(nxt[1]) if len(nxt) > 1 else None
+        if mem:
+            used, total = mib(mem.group(1)), mib(mem.group(2))
+        out.append(ToolDevice(index=int(tokens[0]), model=" ".join(tokens[1:]) or None,
+                              bus_id=normalize_bus_id(cells[1]), memory_total_bytes=total,
+                              memory_free_bytes=free_from(total, used), driver_version=driver,
+                              runtime_version=runtime))
+    return out
 
 
 class Background:
