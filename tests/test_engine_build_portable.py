@@ -10,7 +10,6 @@ later runs install from the cache.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import zipfile
 from pathlib import Path

@@ -195,7 +195,7 @@ def test_gemma_on_this_box_takes_the_logits_buffer_from_the_dry_run():
 
 
 def _report(accelerators, *, ram=256 * 2**30, gbps=200.0):
-    from aiboxctl.hardware.model import (Accelerator, Bandwidth, CpuInfo, EngineBuild, HardwareReport, MemoryInfo,
+    from aiboxctl.hardware.model import (Bandwidth, CpuInfo, EngineBuild, HardwareReport, MemoryInfo,
                                          ServingDecision)
 
     cpu = CpuInfo(model="Xeon", vendor="GenuineIntel", arch="x86_64", sockets=1, cores=32, threads=64, numa_nodes=1,

@@ -5,10 +5,8 @@ edge (the pynvml module's functions), never our own code."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 

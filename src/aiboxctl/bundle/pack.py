@@ -26,7 +26,7 @@ from typing import Any
 from aiboxctl import __version__
 from aiboxctl.bundle.archive import BundleWriter, check_free_space, sha256_file, zstd_available
 from aiboxctl.bundle.manifest import BundleError, BundleManifest, Member, TargetPlatform
-from aiboxctl.errors import UsageError, VerificationFailed
+from aiboxctl.errors import UsageError
 
 
 @dataclass(frozen=True)

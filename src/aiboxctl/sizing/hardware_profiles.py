@@ -14,9 +14,9 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import ConfigDict, Field, with_config
 
-from aiboxctl.errors import UsageError
 from aiboxctl.resources import data_dir
-from aiboxctl.sizing.schema import FieldProblem, SizeBytes, raise_problems, read_document, validate
+from aiboxctl.sizing.schema import (FieldProblem, SizeBytes, profile_text, raise_problems, read_document,
+                                    shipped_names, validate)
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -80,23 +80,12 @@ _SOURCED = {
 
 
 def hardware_profile_names() -> list[str]:
-    folder = data_dir("profiles") / "hardware"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_names(data_dir("profiles") / "hardware")
 
 
 def load_hardware_profile(name_or_path: str | Path) -> HardwareProfile:
-    text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise UsageError(f"No such hardware profile file: {path}", hint="aiboxctl plan --help")
-        return _load(path.read_text(encoding="utf-8"), str(path))
-    names = hardware_profile_names()
-    if text not in names:
-        raise UsageError(f"Unknown hardware profile {text!r}; known: {', '.join(names)}",
-                         hint="aiboxctl plan --profile demo --hardware cpu-32g")
-    resource = data_dir("profiles") / "hardware" / f"{text}.yaml"
-    return _load(resource.read_text(encoding="utf-8"), f"profiles/hardware/{text}.yaml")
+    return _load(*profile_text(name_or_path, data_dir("profiles") / "hardware", "profiles/hardware",
+                               kind="hardware profile", hint="aiboxctl plan --profile demo --hardware cpu-32g"))
 
 
 def _load(text: str, shown: str) -> HardwareProfile:

@@ -13,9 +13,8 @@ from typing import Annotated, Literal, Optional
 from pydantic import ConfigDict, Field, with_config
 
 
-from aiboxctl.errors import UsageError
 from aiboxctl.resources import data_dir
-from aiboxctl.sizing.schema import FieldProblem, raise_problems, read_document, validate
+from aiboxctl.sizing.schema import FieldProblem, profile_text, raise_problems, read_document, shipped_names, validate
 
 Quality = Literal["low", "medium", "high"]
 QUALITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
@@ -60,24 +59,13 @@ class UseCaseProfile:
 
 
 def use_case_names() -> list[str]:
-    folder = data_dir("profiles")
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir()
-                  if p.name.endswith(".yaml") and p.name != "catalog.yaml")
+    return shipped_names(data_dir("profiles"), exclude=("catalog.yaml",))
 
 
 def load_use_case(name_or_path: str | Path) -> UseCaseProfile:
     """A shipped profile by name (``gov-office``) or any YAML file of the same shape."""
-    text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise UsageError(f"No such profile file: {path}", hint="aiboxctl plan --help")
-        return _load(path.read_text(encoding="utf-8"), str(path))
-    names = use_case_names()
-    if text not in names:
-        raise UsageError(f"Unknown use-case profile {text!r}; known: {', '.join(names)}",
-                         hint="aiboxctl plan --profile demo")
-    return _load((data_dir("profiles") / f"{text}.yaml").read_text(encoding="utf-8"), f"profiles/{text}.yaml")
+    return _load(*profile_text(name_or_path, data_dir("profiles"), "profiles", kind="use-case profile",
+                               hint="aiboxctl plan --profile demo", exclude=("catalog.yaml",)))
 
 
 def _load(text: str, shown: str) -> UseCaseProfile:
