@@ -20,21 +20,21 @@ from aiboxctl.cli import output
 from aiboxctl.env import Env
 from aiboxctl.errors import ErrorInfo, ExitCode, from_exception
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "paths",
+COMMAND_MODULES: tuple[str, ...] = (  # the pipeline order, as `aiboxctl --help` lists them
+    "probe",
     "plan",
-    "serve",
+    "inspect",
+    "estimate",
     "pull",
     "models",
     "install",
     "service",
     "chat",
     "bench",
-    "probe",
-    "inspect",
-    "estimate",
-    "pack",
+    "serve",
     "engine",
+    "pack",
+    "paths",
 )
 
 app = typer.Typer(
