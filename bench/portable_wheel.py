@@ -19,14 +19,14 @@ import os
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-from aiboxctl.env import Env
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from engineenv import engine_wheel_cache_root, make_env  # noqa: E402 - the throwaway venvs the engine tests use
 PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes "
           "Gutenberg combined movable metal type, oil-based ink and a screw press. ") * 4
 
@@ -72,22 +72,6 @@ def child(cfg_json: str) -> None:
                       "system_info": system_info()}))
 
 
-def make_env(root: Path) -> Path:
-    """A venv that sees this environment's packages except llama-cpp-python."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-    farm = root / "shared-site"
-    farm.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if entry.name.lower().startswith(("llama_cpp", "llama-cpp")) or entry.name == "bin":
-            continue
-        (farm / entry.name).symlink_to(entry)
-    py = root / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "zz_shared.pth").write_text(f"import site; site.addsitedir({str(farm)!r})\n")
-    return py
-
-
 def run_once(python: str, cfg: dict) -> dict:
     proc = subprocess.run([python, __file__, "--child", json.dumps(cfg)], capture_output=True, text=True,
                           timeout=900)
@@ -111,10 +95,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--repack", action="store_true",
                     help="allow weight repacking (off by default: some VMs advertise AMX but fault on it)")
-    ap.add_argument("--cache", type=Path, default=Path(
-        os.environ.get(Env.TEST_ENGINE_CACHE)
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aiboxctl-tests" / "engine-wheels")
-        / "llama-cpp-python")
+    ap.add_argument("--cache", type=Path, default=engine_wheel_cache_root() / "llama-cpp-python")
     a = ap.parse_args()
     if a.child:
         child(a.child)
