@@ -146,7 +146,10 @@ def box_from_report(report: Any) -> Box:
     notes.append(f"CPU peak taken as {cores} cores x 2.5 GHz x {per_cycle} FLOP/cycle (assumed clock)")
     bw = report.memory.bandwidth.gbps
     if not bw:
-        bw = 20.0 * max(1, (cpu.sockets or 1)) * 2
+        # Two DDR channels' worth per socket, but no more than the cores can pull: one core
+        # streams ~10 GB/s (this 2-core VM: 16-18 GB/s single-thread copy, so 2 cores ≈ 20 GB/s
+        # usable by decode; bench/throughput_model.py). Small VMs were over-predicted 2x before.
+        bw = min(20.0 * max(1, (cpu.sockets or 1)) * 2, 10.0 * max(1, cores or 1))
         notes.append(f"memory bandwidth unknown ({report.memory.bandwidth.detail}); assumed {bw:.0f} GB/s: "
                      "run `aiboxctl probe --measure` for a measured figure")
     else:
