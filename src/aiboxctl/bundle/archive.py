@@ -42,14 +42,6 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHECK_DEST = "/aibox-bundle-check"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def zstd_available() -> bool:
     try:
         import zstandard  # noqa: F401

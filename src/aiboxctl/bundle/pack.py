@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl import __version__
-from aiboxctl.bundle.archive import BundleWriter, check_free_space, sha256_file, zstd_available
+from aiboxctl.bundle.archive import BundleWriter, check_free_space, zstd_available
+from aiboxctl.hub.verify import sha256_file
 from aiboxctl.bundle.manifest import BundleError, BundleManifest, Member, TargetPlatform
 from aiboxctl.errors import UsageError
 

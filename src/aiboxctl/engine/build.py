@@ -37,6 +37,7 @@ from typing import Any
 from aiboxctl.engine.backends import BuildSpec, build_spec, registry_names
 from aiboxctl.errors import AiboxError, UsageError, VerificationFailed
 from aiboxctl.paths import StatePaths
+from aiboxctl.hub.verify import sha256_file
 from aiboxctl.system import CommandResult, run_command
 
 DIST = "llama-cpp-python"
@@ -66,14 +67,6 @@ def pinned_version() -> str:
     except metadata.PackageNotFoundError:
         pass
     return FALLBACK_VERSION
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _platform_ok(wheel: Path) -> bool:
@@ -180,7 +173,7 @@ class WheelCache:
             tmp = target.with_suffix(".partial")
             shutil.copyfile(wheel, tmp)
             os.replace(tmp, target)
-        stored = replace(entry, path=target, size_bytes=target.stat().st_size, sha256=_sha256(target),
+        stored = replace(entry, path=target, size_bytes=target.stat().st_size, sha256=sha256_file(target),
                          created=entry.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         (folder / "build.json").write_text(json.dumps(stored.meta(), indent=2) + "\n")
         return stored
@@ -488,7 +481,7 @@ def install_engine(backend: str = "auto", *, wheel: Path | None = None, accelera
         given_version = wheel.name[len(WHEEL_PREFIX):].split("-", 1)[0]
         spec_backend = wheel_backend(wheel) if backend == "auto" else backend
         spec = None
-        key = f"given-{_sha256(wheel)[:12]}"
+        key = f"given-{sha256_file(wheel)[:12]}"
         target = cache.find(given_version, key) or cache.add(wheel, CachedWheel(
             path=wheel, version=given_version, key=key, backend=spec_backend, origin="given"))
         reason = f"the given wheel {wheel.name}"
