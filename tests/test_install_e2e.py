@@ -155,6 +155,7 @@ def test_second_install_changes_nothing(box):
     assert d["changed"] == 0 and d["generation"] == 1 and d["service_action"] == "unchanged"
     assert box.snapshot() == before
     proc = box.run("install", "--profile", str(box.profile), "--root", str(box.root), "--port", str(box.port), "--yes")
+    assert proc.returncode == 0, proc.stderr
     assert "0 changes" in proc.stdout
 
 
