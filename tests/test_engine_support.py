@@ -167,7 +167,7 @@ def test_stop_holdback_and_utf8_across_tokens():
     loop = types.SimpleNamespace(_out=[])  # the scheduler's outbox, without a model
     slot = _Slot(0)
     slot.req = Request("r", [1], SamplingParams(stop=("END",)), print)
-    slot.stops, slot.max_stop = ("END",), 3
+    slot.stops = ("END",)
     slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
     pieces = ["中".encode()[:2], "中".encode()[2:] + b" E", b"N", b"D tail"]
     stopped = [Scheduler._push_text(loop, slot, slot.decoder.decode(p)) for p in pieces]

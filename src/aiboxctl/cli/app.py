@@ -102,7 +102,7 @@ def _typer(**extra) -> typer.Typer:
                        rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]}, **extra)
 
 
-def _app_for(args: list[str]) -> typer.Typer:
+def _app_for() -> typer.Typer:
     """Only what this call needs: Typer builds the Click objects (signatures, annotations) of
     every mounted command on each call, tens of ms for ~25 commands. A named command gets an
     app with just that command; the root help (no command named) gets a listing whose entries
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     output.configure_from_argv(args)
     try:
-        rv = _app_for(args)(args=args, prog_name="aiboxctl", standalone_mode=False)
+        rv = _app_for()(args=args, prog_name="aiboxctl", standalone_mode=False)
         code = int(rv) if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         code = exc.exit_code

@@ -65,7 +65,7 @@ class Request:
     """One generation request, owned by the loop once submitted."""
 
     __slots__ = ("id", "prompt", "params", "emit", "cancelled", "t_submit", "t_first", "t_last",
-                 "prompt_tokens", "completion_tokens", "finish_reason", "slot")
+                 "prompt_tokens", "completion_tokens", "finish_reason")
 
     def __init__(self, id: str, prompt: list[int], params: SamplingParams, emit: Callable[[Event], Any]) -> None:
         self.id = id
@@ -79,12 +79,11 @@ class Request:
         self.prompt_tokens = len(prompt)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
-        self.slot: int | None = None
 
 
 class _Slot:
     __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "decoder", "held", "last", "out_idx",
-                 "generating", "max_tokens", "stops", "max_stop", "argmax")
+                 "generating", "max_tokens", "stops", "argmax")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -99,7 +98,6 @@ class _Slot:
         self.generating = False
         self.max_tokens = 0
         self.stops: tuple[str, ...] = ()
-        self.max_stop = 0
         self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
 
 
@@ -281,14 +279,12 @@ class Scheduler:
         if self.metrics is not None and n:
             self.metrics.prefix_reused(n)
         s.req = req
-        req.slot = s.seq
         s.n_fed = n
         s.generating = False
         s.out_idx = -1
         p = req.params
         s.max_tokens = max(1, min(p.max_tokens, self.slot_ctx - len(prompt)))
         s.stops = tuple(x for x in p.stop if x)
-        s.max_stop = max((len(x) for x in s.stops), default=0)
         s.held = ""
         s.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         s.argmax = p.temperature <= 0 and not p.uses_penalties
@@ -388,7 +384,7 @@ class Scheduler:
             elif metrics is not None:
                 metrics.token_latency(now - req.t_last)
             req.t_last = now
-            if rt.is_eog(t) and not req.params.ignore_eos:
+            if not req.params.ignore_eos and rt.is_eog(t):
                 self._finish(s, "stop")
                 continue
             text = s.decoder.decode(rt.piece(t))
@@ -444,8 +440,7 @@ class Scheduler:
 
     def _release(self, s: _Slot) -> None:
         # the sequence's KV cells stay: the next request may reuse the common prefix
-        if s.generating:
-            pass  # s.last was sampled but never fed; s.cached is exactly what the KV holds
+        # if still generating, s.last was sampled but never fed; s.cached is exactly what the KV holds
         s.req = None
         s.generating = False
         s.out_idx = -1

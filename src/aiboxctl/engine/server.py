@@ -210,6 +210,11 @@ def _sampling(body: _Body, max_tokens: int) -> SamplingParams:
                           seed=body.seed, stop=stops, ignore_eos=body.ignore_eos)
 
 
+def _usage(req) -> dict:
+    return {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.completion_tokens,
+            "total_tokens": req.prompt_tokens + req.completion_tokens}
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -405,8 +410,7 @@ def create_app(state: EngineState) -> Any:
                 audit(key_id, endpoint, 500, started, req, audit_prompt, "".join(parts), ev[1])
                 return _error(500, ev[1], type_="server_error", code="engine_error")
         text = "".join(parts)
-        usage = {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.completion_tokens,
-                 "total_tokens": req.prompt_tokens + req.completion_tokens}
+        usage = _usage(req)
         audit(key_id, endpoint, 200, started, req, audit_prompt, text)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
@@ -480,9 +484,7 @@ async def _stream(req: Request, events: asyncio.Queue, sched: Scheduler, *, chat
             else:
                 yield chunk(None, done[1])
                 if include_usage:
-                    yield _sse({**base, "choices": [], "usage": {
-                        "prompt_tokens": req.prompt_tokens, "completion_tokens": req.completion_tokens,
-                        "total_tokens": req.prompt_tokens + req.completion_tokens}})
+                    yield _sse({**base, "choices": [], "usage": _usage(req)})
             yield b"data: [DONE]\n\n"
             return
     finally:
