@@ -101,8 +101,11 @@ def main() -> None:
         child(a.child)
         return
 
-    from aiboxctl.engine.backends import build_spec
-    from aiboxctl.engine.build import WheelCache, build_wheel, pip_install, selftest_model
+    from aiboxctl.engine.build.cache import WheelCache
+    from aiboxctl.engine.build.compile import build_wheel
+    from aiboxctl.engine.build.install import pip_install
+    from aiboxctl.engine.build.specs import build_spec
+    from aiboxctl.engine.build.verify import selftest_model
 
     cache = WheelCache(a.cache)
     wheel = build_wheel(build_spec("cpu", []), cache=cache, progress=lambda m: print(m, file=sys.stderr))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from aiboxctl.engine.backends import (
+from aiboxctl.engine.build.specs import (
     PORTABLE_CPU_ARGS,
     build_spec,
     load_accelerators,
     needed_backend,
 )
-from aiboxctl.engine.toolchain import check_toolchain, require_toolchain
+from aiboxctl.engine.build.toolchain import check_toolchain, require_toolchain
 from aiboxctl.errors import AiboxError, UsageError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine"
@@ -294,7 +294,7 @@ def test_cli_install_stops_at_missing_toolchain_with_one_line(cli, tmp_path, mon
 def test_cli_build_only_returns_the_cached_wheel_for_the_recorded_box(cli, tmp_path, monkeypatch):
     import zipfile
 
-    from aiboxctl.engine.build import CachedWheel, WheelCache, pinned_version
+    from aiboxctl.engine.build.cache import CachedWheel, WheelCache, pinned_version
 
     monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-cuda"))
     probe = str(FIXTURES / "probe-nvidia-mixed.json")

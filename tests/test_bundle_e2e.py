@@ -41,7 +41,7 @@ def _portable_engine_wheel() -> Path | None:
     """The portable CPU build from the engine tests' persistent cache, when this machine has
     made it (minutes of compiling, once): then the bundle carries it and the installed service
     runs on it. Without it the bundle carries pip's native build (and pack warns)."""
-    from aiboxctl.engine.build import WheelCache
+    from aiboxctl.engine.build.cache import WheelCache
     from engineenv import engine_wheel_cache_root
 
     for entry in WheelCache(engine_wheel_cache_root() / "llama-cpp-python").entries():

@@ -16,17 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from aiboxctl.engine.backends import build_spec
-from aiboxctl.engine.build import (
-    CachedWheel,
-    WheelCache,
-    build_wheel,
-    engine_status,
-    inspect_engine,
-    install_engine,
-    read_record,
-    snapshot_installed,
-)
+from aiboxctl.engine.build.cache import CachedWheel, WheelCache
+from aiboxctl.engine.build.compile import build_wheel
+from aiboxctl.engine.build.install import install_engine, snapshot_installed
+from aiboxctl.engine.build.record import read_record
+from aiboxctl.engine.build.specs import build_spec
+from aiboxctl.engine.build.status import engine_status
+from aiboxctl.engine.build.verify import inspect_engine
 from aiboxctl.errors import VerificationFailed
 from aiboxctl.paths import StatePaths
 from engineenv import drop_from_wheel, make_env
@@ -170,7 +166,7 @@ def test_failed_selftest_restores_the_previous_engine(tmp_path, native_wheel):
     cache = WheelCache(tmp_path / "cache")
     assert inspect_engine(str(env_py))["engine"]["error"] == "llama-cpp-python is not installed"
 
-    good = install_engine("cpu", wheel=native_wheel, python=str(env_py), cache=cache)
+    good = install_engine("cpu", accelerators=[], wheel=native_wheel, python=str(env_py), cache=cache)
     assert good.action == "installed" and good.backend == "cpu"
     assert good.selftest["ok"] and good.engine["backends"] == ["CPU"]
     assert good.previous is None  # nothing was installed before
@@ -178,14 +174,14 @@ def test_failed_selftest_restores_the_previous_engine(tmp_path, native_wheel):
     assert record["ok"] and record["wheel"] == str(good.wheel)
 
     # The same wheel again: nothing to do.
-    again = install_engine("cpu", wheel=native_wheel, python=str(env_py), cache=cache)
+    again = install_engine("cpu", accelerators=[], wheel=native_wheel, python=str(env_py), cache=cache)
     assert again.action == "unchanged"
 
     # A wheel whose CPU backend library is missing: it installs, then cannot load.
     broken = drop_from_wheel(native_wheel, tmp_path / "broken" / native_wheel.name,
                               lambda n: n.startswith("llama_cpp/lib/libggml-cpu"))
     with pytest.raises(VerificationFailed) as info:
-        install_engine("cpu", wheel=broken, python=str(env_py), cache=cache)
+        install_engine("cpu", accelerators=[], wheel=broken, python=str(env_py), cache=cache)
     err = info.value
     assert "failed its self-test" in err.message and "restored the previous engine" in err.message
     assert err.data["record"]["restored"]["available"] is True
@@ -200,7 +196,7 @@ def test_failed_selftest_restores_the_previous_engine(tmp_path, native_wheel):
 
 def test_status_names_the_next_command_when_the_build_lacks_the_backend():
     nvidia = ROOT / "tests" / "fixtures" / "engine" / "probe-nvidia-mixed.json"
-    from aiboxctl.engine.backends import load_accelerators
+    from aiboxctl.engine.build.specs import load_accelerators
 
     status = engine_status(accelerators=load_accelerators(nvidia))
     assert status.available and "CPU" in status.backends
@@ -212,8 +208,8 @@ def test_status_names_the_next_command_when_the_build_lacks_the_backend():
 
 def test_install_builds_the_missing_backend_only_with_confirmation():
     from aiboxctl.cli import output
-    from aiboxctl.engine.backends import load_accelerators
-    from aiboxctl.engine.build import backend_gap, ensure_engine
+    from aiboxctl.engine.build.specs import load_accelerators
+    from aiboxctl.engine.build.install import backend_gap, ensure_engine
     from aiboxctl.errors import ConfirmationRequired
 
     nvidia = load_accelerators(ROOT / "tests" / "fixtures" / "engine" / "probe-nvidia-mixed.json")
@@ -237,7 +233,7 @@ def test_appliance_install_asks_to_build_the_engine_the_accelerators_need(monkey
 
     from aiboxctl.cli import output
     from aiboxctl.deploy import install as deploy_install
-    from aiboxctl.engine.backends import load_accelerators
+    from aiboxctl.engine.build.specs import load_accelerators
     from aiboxctl.errors import ConfirmationRequired
     from aiboxctl.hardware.model import Accelerator
     from aiboxctl.hardware.probe import probe_box

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from aiboxctl.engine.backends import build_spec
-from aiboxctl.engine.build import WheelCache, build_wheel, engine_status, inspect_engine, install_engine
+from aiboxctl.engine.build.cache import WheelCache
+from aiboxctl.engine.build.compile import build_wheel
+from aiboxctl.engine.build.install import install_engine
+from aiboxctl.engine.build.specs import build_spec
+from aiboxctl.engine.build.status import engine_status
+from aiboxctl.engine.build.verify import inspect_engine
 from aiboxctl.errors import VerificationFailed
 from engineenv import drop_from_wheel, engine_wheel_cache_root, make_env
 
@@ -56,7 +60,7 @@ def test_real_portable_cpu_build_installs_and_passes_the_selftest(tmp_path):
     # self-test fails: the working portable engine comes back.
     broken = drop_from_wheel(wheel.path, tmp_path / "broken" / wheel.path.name, lambda n: "libggml-cpu-" in n)
     with pytest.raises(VerificationFailed, match="restored the previous engine"):
-        install_engine("cpu", wheel=broken, python=str(env_py), cache=cache)
+        install_engine("cpu", accelerators=[], wheel=broken, python=str(env_py), cache=cache)
     after = inspect_engine(str(env_py))["engine"]
     assert after["available"] and len(after["cpu_variants"]) >= 10
 

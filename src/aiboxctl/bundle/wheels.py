@@ -95,7 +95,7 @@ def _arch_ok(path: Path, target: TargetPlatform) -> bool:
 def target_engine_key(accelerators) -> tuple[str, str]:
     """(wheel-cache key, why) of the llama.cpp build the target needs (``aiboxctl engine``'s rules):
     ``cpu-portable`` for a CPU box, else the accelerator's backend and architectures."""
-    from aiboxctl.engine.backends import build_spec
+    from aiboxctl.engine.build.specs import build_spec
 
     spec = build_spec("auto", list(accelerators or ()))
     return spec.key, spec.reason
@@ -106,7 +106,7 @@ def find_engine_wheel(target: TargetPlatform, *, explicit: Path | None = None, k
     """The llama-cpp-python wheel to bundle: ``explicit``; else the build for the target's
     backend (``key``) from the engine wheel cache (where ``aiboxctl engine install`` keeps its
     builds); else, for a CPU target, pip's own wheel cache (a native build: warned about)."""
-    from aiboxctl.engine.build import WheelCache
+    from aiboxctl.engine.build.cache import WheelCache
 
     version = required_engine_version()
     if explicit is not None:

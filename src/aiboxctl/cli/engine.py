@@ -33,9 +33,12 @@ def _gib(n: Any) -> str:
 
 
 def _accelerators(hardware: Path | None) -> Any:
+    """The accelerators of the recorded probe given with --hardware, else of this box."""
     if hardware is None:
-        return None
-    from aiboxctl.engine.backends import load_accelerators
+        from aiboxctl.hardware.probe import probe_box
+
+        return probe_box().accelerators
+    from aiboxctl.engine.build.specs import load_accelerators
 
     return load_accelerators(hardware)
 
@@ -43,7 +46,7 @@ def _accelerators(hardware: Path | None) -> Any:
 @engine_app.command("status")
 def status(hardware: HardwareOpt = None, json_: JsonOpt = False) -> int:
     """The installed llama-cpp-python: version, backends compiled in, CPU variants, devices with memory, what this box needs, and the next command when they differ."""
-    from aiboxctl.engine.build import engine_status
+    from aiboxctl.engine.build.status import engine_status
 
     output.set_command("engine status")
     result = engine_status(accelerators=_accelerators(hardware))
@@ -94,7 +97,7 @@ def install(
     json_: JsonOpt = False,
 ) -> int:
     """(Re)install llama-cpp-python compiled for this box's backend: toolchain check, cached build, install, self-test with offload on, restore the previous engine on failure."""
-    from aiboxctl.engine.build import install_engine
+    from aiboxctl.engine.build.install import install_engine
     from aiboxctl.errors import UsageError
 
     output.set_command("engine install")
@@ -103,7 +106,7 @@ def install(
                          hint="aiboxctl engine install --help")
     archs = [a.strip() for a in arch.split(",") if a.strip()] if arch else None
     if build_only:
-        from aiboxctl.engine.build import build_engine_wheel
+        from aiboxctl.engine.build.compile import build_engine_wheel
 
         if wheel is not None:
             raise UsageError("--build-only builds a wheel; it does not take --wheel", hint="aiboxctl engine install --help")
@@ -115,8 +118,9 @@ def install(
             console.print(f"{w.path} ({w.key}, {w.size_bytes / 2**20:.0f} MiB, {how})")
 
         return output.emit(built, human_built)
-    result = install_engine(
-        backend, wheel=wheel, accelerators=_accelerators(hardware), architectures=archs, model=model,
+    result = install_engine(  # a given wheel needs no probe: its backend is read from its files
+        backend, wheel=wheel, accelerators=_accelerators(hardware) if wheel is None else (), architectures=archs,
+        model=model,
         jobs=jobs, force=force, progress=output.note,
         confirm=lambda question: output.confirm(question, yes=yes))
 

@@ -483,7 +483,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     if not dry_run and confirm is not None:
         # Accelerators whose backend the engine lacks would leave the plan on the CPU: build
         # the engine first (refused without --yes), then probe again so the plan can offload.
-        from aiboxctl.engine.build import ensure_engine
+        from aiboxctl.engine.build.install import ensure_engine
 
         if ensure_engine(confirm=confirm, accelerators=hardware.accelerators, progress=progress) is not None:
             hardware = _probe()

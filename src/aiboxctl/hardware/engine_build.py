@@ -1,9 +1,14 @@
-"""What the installed llama-cpp-python can drive, read from the library itself.
+"""What the installed llama-cpp-python can drive, for ``probe``: the one reader of the installed
+llama.cpp that never imports it.
 
-``read_engine_build()`` imports llama_cpp (about 0.3 s) and asks ggml's backend registry and
-``llama_print_system_info``; no model is loaded. The answer is cached in the state root keyed
-by the library files (name, size, mtime), the llama-cpp-python version and this CPU's flags,
-so ``aiboxctl probe`` stays fast and a rebuilt or reinstalled engine is read afresh.
+What the files say (package folder, version from the dist-info name, the backend and CPU-variant
+libraries) is read here. What only the loaded library can say (registered backends, devices,
+CPU features, ``llama_print_system_info``) is asked of the engine's introspection child,
+``python -m aiboxctl.engine.introspect``, started by module name: the hardware layer never
+imports the engine, and a library that crashes on load (SIGILL on the wrong CPU) costs the
+child, not the probe. The answer is cached in the state root keyed by the library files (name,
+size, mtime), the llama-cpp-python version and this CPU's flags, so ``aiboxctl probe`` stays
+fast and a rebuilt or reinstalled engine is read afresh.
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ import importlib.util
 import json
 import os
 import re
-import time
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiboxctl.hardware.model import EngineBuild
+from aiboxctl.system import run_command
 
 CACHE_NAME = "engine-build.json"
 CACHE_SCHEMA = 1
+INTROSPECT_MODULE = "aiboxctl.engine.introspect"
+LIVE_READ_TIMEOUT_S = 120.0  # importing llama_cpp and loading every backend module (CUDA: seconds)
 
 
 def _package_dir() -> Path | None:
@@ -82,32 +93,74 @@ def _fingerprint(version: str | None, files: list[Path]) -> str:
     return "\n".join(parts)
 
 
-def _variant_of(path: str) -> str | None:
+def cpu_variant_of(path: str) -> str | None:
     m = re.search(r"libggml-cpu-([\w.]+?)\.so", path)
     return m.group(1) if m else None
 
 
-def read_engine_build(*, use_cache: bool = True, cache_dir: Path | None = None) -> EngineBuild:
-    """Never raises: an engine that is missing or broken is an answer, with ``error`` set."""
+@dataclass(frozen=True)
+class InstalledFiles:
+    """The installed llama-cpp-python as files: enough to fingerprint it and to know which
+    backend modules a portable (GGML_BACKEND_DL) build must load."""
+
+    package_dir: Path | None
+    version: str | None
+    lib_dirs: tuple[Path, ...]
+    lib_files: tuple[Path, ...]
+
+    @property
+    def installed(self) -> bool:
+        return self.version is not None or bool(self.lib_dirs)
+
+    @property
+    def backend_libraries(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(re.sub(r"\.so(\.\d+)*$", ".so", p.name) for p in self.lib_files
+                                   if re.match(r"libggml-(?!base)[\w.-]+\.so", p.name)))
+
+    @property
+    def cpu_variants(self) -> tuple[str, ...]:
+        return tuple(sorted({v for v in (cpu_variant_of(p.name) for p in self.lib_files) if v}))
+
+
+def installed_files() -> InstalledFiles:
     pkg = _package_dir()
-    version = _installed_version(pkg)
     dirs = _lib_dirs(pkg)
-    if version is None and not dirs:
+    return InstalledFiles(pkg, _installed_version(pkg), tuple(dirs), tuple(_lib_files(dirs)))
+
+
+def ask_engine(python: str = sys.executable, args: Sequence[str] = (), *,
+               timeout: float = LIVE_READ_TIMEOUT_S) -> dict[str, Any]:
+    """Run ``python -m aiboxctl.engine.introspect ARGS`` and return its one JSON document; a
+    child that dies, hangs or prints no JSON is an answer too (``engine.error`` says why)."""
+    res = run_command([python, "-m", INTROSPECT_MODULE, *args], timeout=timeout)
+    for line in reversed(res.stdout.strip().splitlines()):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    reason = res.failure_reason() or "no answer"
+    return {"engine": {"available": False, "error": f"the engine inspection child failed: {reason}"}}
+
+
+def read_engine_build(*, use_cache: bool = True, cache_dir: Path | None = None) -> EngineBuild:
+    """This interpreter's engine. Never raises: an engine that is missing or broken is an
+    answer, with ``error`` set."""
+    files = installed_files()
+    if not files.installed:
         return EngineBuild(False, None, (), (), (), (), None, (), False, "", "live", None,
                            "llama-cpp-python is not installed")
-    files = _lib_files(dirs)
-    fingerprint = _fingerprint(version, files)
+    fingerprint = _fingerprint(files.version, list(files.lib_files))
     cache = (cache_dir / CACHE_NAME) if cache_dir else None
     if use_cache and cache is not None:
         try:
             doc = json.loads(cache.read_text())
             if doc.get("fingerprint") == fingerprint:
-                fields = {f.name for f in dataclasses.fields(EngineBuild)}
-                data = {k: tuple(v) if isinstance(v, list) else v for k, v in doc["build"].items() if k in fields}
-                return EngineBuild(**{**data, "source": "cache"})
+                return EngineBuild(**{**_fields(doc["build"]), "source": "cache"})
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    build = _read_live(version, dirs, files)
+    build = _from_child(ask_engine(sys.executable), files)
     if cache is not None and build.available:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -115,84 +168,25 @@ def read_engine_build(*, use_cache: bool = True, cache_dir: Path | None = None) 
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "build": dataclasses.asdict(build)}, indent=1))
             os.replace(tmp, cache)
         except OSError:
-            pass  # a read-only state root only costs the next probe 0.3 s
+            pass  # a read-only state root only costs the next probe a live read
     return build
 
 
-def _read_live(version: str | None, dirs: list[Path], files: list[Path]) -> EngineBuild:
-    start = time.perf_counter()
-    backend_libs = tuple(dict.fromkeys(re.sub(r"\.so(\.\d+)*$", ".so", p.name) for p in files
-                                       if re.match(r"libggml-(?!base)[\w.-]+\.so", p.name)))
-    variants = tuple(sorted({v for v in (_variant_of(p.name) for p in files) if v}))
-    try:
-        import ctypes
+def _fields(data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(EngineBuild)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
 
-        import llama_cpp
-        from llama_cpp import llama_cpp as low
 
-        class _Feature(ctypes.Structure):  # struct ggml_backend_feature
-            _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
-
-        lib = low._lib
-        vp, sz = ctypes.c_void_p, ctypes.c_size_t
-        lib.ggml_backend_reg_count.restype = sz
-        lib.ggml_backend_reg_get.argtypes, lib.ggml_backend_reg_get.restype = [sz], vp
-        lib.ggml_backend_reg_name.argtypes, lib.ggml_backend_reg_name.restype = [vp], ctypes.c_char_p
-        lib.ggml_backend_reg_get_proc_address.argtypes = [vp, ctypes.c_char_p]
-        lib.ggml_backend_reg_get_proc_address.restype = vp
-        lib.ggml_backend_dev_count.restype = sz
-        lib.ggml_backend_dev_get.argtypes, lib.ggml_backend_dev_get.restype = [sz], vp
-        lib.ggml_backend_dev_name.argtypes, lib.ggml_backend_dev_name.restype = [vp], ctypes.c_char_p
-        lib.ggml_backend_dev_description.argtypes, lib.ggml_backend_dev_description.restype = [vp], ctypes.c_char_p
-
-        if lib.ggml_backend_reg_count() == 0 and backend_libs:
-            # A GGML_BACKEND_DL build registers nothing until its modules are loaded, and only
-            # through llama_cpp's own handle (a second CDLL would get another registry).
-            lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-            for d in dirs:
-                if any(p.parent == d and p.name.startswith("libggml-") for p in files):
-                    lib.ggml_backend_load_all_from_path(str(d).encode())
-
-        backends, cpu_features = [], []
-        for i in range(lib.ggml_backend_reg_count()):
-            reg = lib.ggml_backend_reg_get(i)
-            name = (lib.ggml_backend_reg_name(reg) or b"?").decode()
-            backends.append(name)
-            if name == "CPU":
-                addr = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_get_features")
-                if addr:
-                    get = ctypes.CFUNCTYPE(ctypes.POINTER(_Feature), vp)(addr)
-                    feats = get(reg)
-                    j = 0
-                    while feats and feats[j].name:
-                        value = (feats[j].value or b"").decode()
-                        label = feats[j].name.decode()
-                        if value not in ("0", ""):
-                            cpu_features.append(label if value == "1" else f"{label}={value}")
-                        j += 1
-        devices = []
-        for i in range(lib.ggml_backend_dev_count()):
-            dev = lib.ggml_backend_dev_get(i)
-            devices.append(f"{(lib.ggml_backend_dev_name(dev) or b'?').decode()}: "
-                           f"{(lib.ggml_backend_dev_description(dev) or b'').decode()}")
-        loaded = None
-        if variants:
-            try:
-                with open("/proc/self/maps") as f:
-                    loaded = next((v for v in (_variant_of(line) for line in f) if v), None)
-            except OSError:
-                pass
-        else:
-            loaded = "native"
-        info = llama_cpp.llama_print_system_info()
-        return EngineBuild(
-            available=True, llama_cpp_python_version=version or getattr(llama_cpp, "__version__", None),
-            backends=tuple(backends), devices=tuple(devices), backend_libraries=backend_libs,
-            cpu_variants=variants, cpu_variant_loaded=loaded, cpu_features=tuple(cpu_features),
-            gpu_offload=bool(low.llama_supports_gpu_offload()),
-            system_info=(info.decode() if isinstance(info, bytes) else str(info)).strip(),
-            source="live", read_seconds=round(time.perf_counter() - start, 3),
-        )
-    except Exception as exc:  # noqa: BLE001 - a broken engine install is reported, not raised
-        return EngineBuild(False, version, (), (), backend_libs, variants, None, (), False, "", "live",
-                           round(time.perf_counter() - start, 3), f"{type(exc).__name__}: {exc}")
+def _from_child(doc: dict[str, Any], files: InstalledFiles) -> EngineBuild:
+    """The introspection child's ``engine`` document as an EngineBuild (its ``devices`` carry
+    memory; the build lists them by name)."""
+    engine = doc.get("engine") or {}
+    known = _fields({k: v for k, v in engine.items() if k != "devices"})
+    base = {"available": False, "llama_cpp_python_version": files.version, "backends": (), "devices": (),
+            "backend_libraries": files.backend_libraries, "cpu_variants": files.cpu_variants,
+            "cpu_variant_loaded": None, "cpu_features": (), "gpu_offload": False, "system_info": "",
+            "source": "live", "read_seconds": None, "error": None}
+    build = EngineBuild(**{**base, **known, "devices": tuple(engine.get("device_names") or ())})
+    if not build.available and not build.error:
+        build = dataclasses.replace(build, error=engine.get("error") or doc.get("error") or "llama_cpp does not load")
+    return build

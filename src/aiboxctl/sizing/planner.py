@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.errors import DoesNotFit, UsageError
+from aiboxctl.hardware.backends import ACCELERATOR_BACKENDS, backend_key, device_prefix
 from aiboxctl.models.catalog import QUANT_BPW, Architecture, Catalog, QuantFile, Variant, facts_for, load_catalog
 from aiboxctl.sizing.facts import ModelFacts
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
@@ -41,10 +42,7 @@ MiB = 1024**2
 # i-quants would fall back to the CPU op by op.
 CANN_TYPES = frozenset({"F16", "F32", "Q8_0", "Q4_0"})
 # Accelerator backends the engine can drive; "none" and unknown ones are left idle.
-USABLE_BACKENDS = frozenset({"cuda", "hip", "cann", "musa", "sycl", "vulkan", "metal"})
-# Device names llama.cpp uses in its buffer logs, by backend.
-_DEVICE_PREFIX = {"cuda": "CUDA", "hip": "ROCm", "cann": "CANN", "musa": "MUSA", "sycl": "SYCL",
-                  "vulkan": "Vulkan", "metal": "Metal"}
+USABLE_BACKENDS = ACCELERATOR_BACKENDS
 KV_LADDER = ("f16", "q8_0")
 
 
@@ -113,7 +111,7 @@ def box_from_profile(hw: HardwareProfile) -> Box:
         if acc.backend not in USABLE_BACKENDS:
             idle.append(f"{acc.count} x {acc.model}: no llama.cpp backend ({acc.sources.get('backend', acc.backend)})")
             continue
-        prefix = _DEVICE_PREFIX[acc.backend]
+        prefix = device_prefix(acc.backend)
         for _ in range(acc.count):
             i = counters.get(prefix, 0)
             counters[prefix] = i + 1
@@ -131,8 +129,6 @@ _KNOWN_ACCELERATORS: tuple[tuple[str, float, float, float | None], ...] = (
     ("H100", 3350, 989.5, 0.45), ("H200", 4800, 989.5, 0.45), ("L40", 864, 181, 0.65),
     ("910B", 1600, 376, 0.30), ("310P", 204, 70, 0.30), ("K100", 896, 192, 0.40), ("S4000", 768, 100, 0.40),
 )
-_PROBE_BACKEND = {"CUDA": "cuda", "ROCm": "hip", "HIP": "hip", "CANN": "cann", "MUSA": "musa", "SYCL": "sycl",
-                  "Vulkan": "vulkan", "Metal": "metal"}
 
 
 def box_from_report(report: Any) -> Box:
@@ -164,7 +160,7 @@ def box_from_report(report: Any) -> Box:
     counters: dict[str, int] = {}
     for acc in report.accelerators:
         label = acc.model or acc.vendor
-        backend = _PROBE_BACKEND.get(acc.ggml_backend or "", (acc.ggml_backend or "none").lower())
+        backend = backend_key(acc.ggml_backend) or (acc.ggml_backend or "none").lower()
         if backend not in USABLE_BACKENDS or not acc.backend_in_build:
             why = "no llama.cpp backend" if backend not in USABLE_BACKENDS else \
                 f"the installed engine lacks the {acc.ggml_backend} backend (aiboxctl engine install builds it)"
@@ -177,7 +173,7 @@ def box_from_report(report: Any) -> Box:
         bw_dev, tf, eta = (known[1], known[2], known[3]) if known else (500.0, 50.0, None)
         if not known:
             notes.append(f"{label}: bandwidth/compute unknown, assumed 500 GB/s and 50 TFLOPS")
-        prefix = _DEVICE_PREFIX[backend]
+        prefix = device_prefix(backend)
         i = counters.get(prefix, 0)
         counters[prefix] = i + 1
         devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta))

@@ -10,7 +10,9 @@ one machine (or bundled by ``pack``) runs on another. The accelerator backend is
 compiled for the architectures probe saw (smaller and faster to build than "all").
 
 Accelerators come either as :class:`aiboxctl.hardware.model.Accelerator` objects or as the
-dicts of a recorded ``probe --json`` report; both are read through :func:`_get`.
+dicts of a recorded ``probe --json`` report; both are read through :func:`_get`. Which backend
+drives which vendor, and the names a backend registers under, are the hardware layer's one
+table (:mod:`aiboxctl.hardware.backends`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.errors import UsageError
+from aiboxctl.hardware.backends import backend_key, vendor_backend
 
+# The backends a wheel can be built for (keys of aiboxctl.hardware.backends.GGML_BACKENDS).
 BACKENDS: tuple[str, ...] = ("cpu", "cuda", "hip", "musa", "cann", "vulkan", "sycl")
 
 PORTABLE_CPU_ARGS: tuple[str, ...] = (
@@ -30,17 +34,6 @@ PORTABLE_CPU_ARGS: tuple[str, ...] = (
     "-DGGML_BACKEND_DL=ON",
     "-DGGML_CPU_ALL_VARIANTS=ON",
 )
-
-# ggml backend registry names (ggml_backend_reg_name) per `--backend` value.
-REGISTRY_NAMES: dict[str, tuple[str, ...]] = {
-    "cpu": ("CPU",),
-    "cuda": ("CUDA",),
-    "hip": ("ROCm", "HIP"),
-    "musa": ("MUSA",),
-    "cann": ("CANN",),
-    "vulkan": ("Vulkan",),
-    "sycl": ("SYCL",),
-}
 
 # Hygon DCU product → gfx target (DTK). Z100/Z100L are gfx906, K100 gfx926, K100_AI gfx928,
 # BW1000 gfx936 (the targets gpustack/llama-box's DTK job builds).
@@ -56,13 +49,6 @@ MUSA_ARCH: tuple[tuple[str, str], ...] = (
     ("S5000", "31"), ("S4000", "22"), ("S3000", "21"), ("S80", "21"), ("S70", "21"), ("S90", "21"),
 )
 MUSA_DEFAULT_ARCHS: tuple[str, ...] = ("21", "22", "31")
-
-# Vendor key (probe) → ggml backend, for accelerators whose report does not name one.
-VENDOR_BACKEND: dict[str, str] = {
-    "nvidia": "cuda", "amd": "hip", "hygon": "hip", "huawei": "cann", "ascend": "cann",
-    "moorethreads": "musa", "mthreads": "musa", "intel": "sycl",
-}
-
 
 @dataclass(frozen=True)
 class BuildSpec:
@@ -110,15 +96,9 @@ def accelerator_backend(acc: Any) -> str | None:
     """The ggml backend (our lower-case name) that drives this accelerator, or None."""
     named = _get(acc, "ggml_backend", "backend")
     if named:
-        low = str(named).lower()
-        if low in ("rocm", "hip"):
-            return "hip"
-        return low if low in BACKENDS else None
-    vendor = str(_get(acc, "vendor_key", "vendor") or "").lower().replace(" ", "")
-    for key, backend in VENDOR_BACKEND.items():
-        if key in vendor:
-            return backend
-    return None
+        key = backend_key(str(named))
+        return key if key in BACKENDS else None
+    return vendor_backend(str(_get(acc, "vendor_key", "vendor") or ""))
 
 
 def _is_hygon(acc: Any) -> bool:
@@ -279,17 +259,6 @@ def build_spec(backend: str, accelerators: Sequence[Any] = (), *,
         args += ["-DGGML_SYCL=ON", "-DCMAKE_C_COMPILER=icx", "-DCMAKE_CXX_COMPILER=icpx"]
         why = f"SYCL (oneAPI) for {seen}"
     return BuildSpec(backend, archs, tuple(args), why, hygon_dtk=hygon)
-
-
-def registry_names(backend: str) -> tuple[str, ...]:
-    return REGISTRY_NAMES.get(backend, (backend.upper(),))
-
-
-def backend_from_registry_name(name: str) -> str | None:
-    for backend, names in REGISTRY_NAMES.items():
-        if name in names or name.upper() in (n.upper() for n in names):
-            return backend
-    return None
 
 
 def load_accelerators(path: str | Path) -> list[dict[str, Any]]:
