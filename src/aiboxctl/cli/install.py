@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aiboxctl.cli import output
-from aiboxctl.cli.options import JsonOpt, RootOpt, YesOpt
+from aiboxctl.cli.options import JsonOpt, RootOpt, YesOpt, port_option
 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the diff of what would change; touch nothing.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Catalog variant to serve instead of the plan's choice.")]
@@ -51,7 +51,7 @@ def install(
     profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Use-case profile (demo, gov-office, finance, …) or a YAML file.")] = None,
     model: ModelOpt = None,
     root: RootOpt = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="Listen port (default: the profile's).")] = None,
+    port: Annotated[Optional[int], port_option("--port", help="Listen port, 1..65535 (default: the profile's).")] = None,
     bind: Annotated[Optional[str], typer.Option("--bind", help="Listen address (default: the profile's; beyond loopback needs an API key).")] = None,
     dry_run: DryRunOpt = False,
     replan: Annotated[bool, typer.Option("--replan", help="Plan again even when the inputs match the installed generation.")] = False,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aiboxctl.cli import output
-from aiboxctl.cli.options import JsonOpt
+from aiboxctl.cli.options import JsonOpt, port_option
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,7 @@ def serve(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="A .gguf file (quick use without a config).")] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Model id in /v1/models.")] = None,
     host: Annotated[Optional[str], typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", "-p", help="Port (default 8080).")] = None,
+    port: Annotated[Optional[int], port_option("--port", "-p", help="Port, 1..65535 (default 8080).")] = None,
     parallel: Annotated[Optional[int], typer.Option("--parallel", help="Slots: requests decoded together.")] = None,
     ctx: Annotated[Optional[int], typer.Option("--ctx", help="KV cache cells over all slots (n_ctx).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: physical cores).")] = None,
