@@ -175,22 +175,114 @@ class BundleManifest:
                            format_version=int(doc.get("format_version", FORMAT_VERSION)))
         except BundleError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise VerificationFailed(f"{source} is not a valid aiboxctl bundle manifest: {exc}",
                                      code="bundle_bad_manifest") from None
-        for m in manifest.members:
-            check_member_name(m.path)
-            if not re.fullmatch(r"[0-9a-f]{64}", m.sha256) or m.size < 0:
-                raise VerificationFailed(f"{source}: entry {m.path!r} has no valid sha256/size",
-                                         code="bundle_bad_manifest")
+        check_manifest_names(manifest, source)
         return manifest
+
+
+# One rule for every name a manifest carries that could reach a path, a file name or a command
+# line: a plain name (letters, digits, ``._+-``; not starting with a dot or dash; no ``..``), or,
+# for member paths and repo/file names, ``/``-separated plain names. No separators elsewhere,
+# no NUL, nothing absolute, nothing longer than a file name may be.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}")
+_MAX_PATH = 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Free text that is shown, never used as a name (why a build was chosen, where a wheel came from).
+_LABEL = re.compile(r"[^\x00-\x1f\x7f]{0,300}")
+
+
+def is_plain_name(value: object) -> bool:
+    return isinstance(value, str) and bool(_PLAIN_NAME.fullmatch(value)) and ".." not in value
+
+
+def _is_plain_path(value: object, separators: str = "/") -> bool:
+    if not isinstance(value, str) or not value or len(value) > _MAX_PATH:
+        return False
+    return all(is_plain_name(part) for part in re.split(f"[{re.escape(separators)}]", value))
 
 
 def check_member_name(name: str) -> None:
     """A member name must stay inside the folder it is extracted to."""
-    p = PurePosixPath(name)
-    if not name or p.is_absolute() or ".." in p.parts or name.startswith("/") or "\\" in name \
-            or "\x00" in name:
+    if not _is_plain_path(name):
         raise VerificationFailed(f"bundle member {name!r} points outside the bundle; refusing it",
                                  code="bundle_unsafe_member",
                                  hint=FOREIGN_HINT)
+
+
+def _unsafe(source: str, field: str, value: object) -> VerificationFailed:
+    shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "..."
+    return VerificationFailed(f"{source}: {field} {shown} is not a plain name; refusing the bundle",
+                              code="bundle_unsafe_name", hint=FOREIGN_HINT)
+
+
+def check_manifest_names(manifest: BundleManifest, source: str = MANIFEST_NAME) -> None:
+    """Every name in the manifest is data, never a path: checked here, once, at load time, so
+    nothing downstream (the store, the scratch folder, the kept profile, pip) sees another."""
+
+    def name(field: str, value: object, *, optional: bool = True) -> None:
+        if value is None and optional:
+            return
+        if not is_plain_name(value):
+            raise _unsafe(source, field, value)
+
+    def path(field: str, value: object, *, separators: str = "/", optional: bool = True) -> None:
+        if value is None and optional:
+            return
+        if not _is_plain_path(value, separators):
+            raise _unsafe(source, field, value)
+
+    def label(field: str, value: object) -> None:
+        if value is not None and not (isinstance(value, str) and _LABEL.fullmatch(value)):
+            raise _unsafe(source, field, value)
+
+    def count(field: str, value: object) -> None:
+        if value is not None and not (type(value) is int and 0 < value < 100_000):
+            raise _unsafe(source, field, value)
+
+    for m in manifest.members:
+        check_member_name(m.path)
+        if not _SHA256.fullmatch(m.sha256) or m.size < 0:
+            raise VerificationFailed(f"{source}: entry {m.path!r} has no valid sha256/size",
+                                     code="bundle_bad_manifest")
+        if not 0 <= m.mode <= 0o777:
+            raise _unsafe(source, f"mode of {m.path}", oct(m.mode) if isinstance(m.mode, int) else m.mode)
+    if not re.fullmatch(r"\d{1,2}\.\d{1,3}", manifest.target.python):
+        raise _unsafe(source, "target python", manifest.target.python)
+    name("target platform", manifest.target.platform, optional=False)
+    name("target implementation", manifest.target.implementation, optional=False)
+    name("aiboxctl version", manifest.aiboxctl_version, optional=False)
+    label("created", manifest.created)
+    name("profile", manifest.profile)
+    name("hardware", manifest.hardware)
+    if manifest.compress not in ("none", "zstd"):
+        raise _unsafe(source, "compress", manifest.compress)
+    model = manifest.model
+    for key in ("variant", "quant", "source", "revision"):
+        name(f"model {key}", model.get(key))
+    path("model repo", model.get("repo"), separators="/:")
+    for key in ("file", "path"):
+        path(f"model {key}", model.get(key))
+    files = model.get("files")
+    if files is not None and not isinstance(files, list):
+        raise _unsafe(source, "model files", files)
+    for i, f in enumerate(files or ()):
+        if not isinstance(f, dict):
+            raise _unsafe(source, f"model files[{i}]", f)
+        path(f"model files[{i}] path", f.get("path"), optional=False)
+        path(f"model files[{i}] file", f.get("file"))
+        path(f"model files[{i}] repo", f.get("repo"), separators="/:")
+        count(f"model files[{i}] shard", f.get("shard"))
+        count(f"model files[{i}] shards", f.get("shards"))
+    wheel = manifest.engine_wheel
+    path("engine wheel path", wheel.get("path"))
+    for key in ("file", "build"):
+        name(f"engine wheel {key}", wheel.get(key))
+    for key in ("origin", "target_key", "target_build"):
+        label(f"engine wheel {key}", wheel.get(key))
+    variants = wheel.get("cpu_variants")
+    if variants is not None and not isinstance(variants, list):
+        raise _unsafe(source, "engine wheel cpu_variants", variants)
+    for v in variants or ():
+        name("engine wheel cpu variant", v)

@@ -26,8 +26,8 @@ from typing import Any
 from aiboxctl import __version__
 from aiboxctl.bundle.archive import BundleWriter, check_free_space, zstd_available
 from aiboxctl.hub.verify import sha256_file
-from aiboxctl.bundle.manifest import BundleError, BundleManifest, Member, TargetPlatform
-from aiboxctl.errors import UsageError
+from aiboxctl.bundle.manifest import BundleError, BundleManifest, Member, TargetPlatform, check_manifest_names
+from aiboxctl.errors import UsageError, VerificationFailed
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,11 @@ def write_bundle(output: Path, entries: list[Entry], *, target: TargetPlatform, 
     manifest = BundleManifest(aiboxctl_version=__version__, created=created or _utc_now(), target=target,
                               members=tuple(members), profile=profile, hardware=hardware,
                               model=dict(model or {}), engine_wheel=dict(engine_wheel or {}), compress=compress)
+    try:  # the box refuses a manifest with names that are not plain: so does pack, before writing
+        check_manifest_names(manifest, "pack")
+    except VerificationFailed as exc:
+        raise UsageError(exc.message.replace("; refusing the bundle", ""),
+                         hint="give the profile (and model) plain names: letters, digits and ._+-") from None
     # Tar adds 512 bytes of header per member plus padding; PAX headers for long names.
     check_free_space({output.parent: manifest.total_size + 2048 * (len(members) + 2)},
                      what=f"the bundle {output.name}")
@@ -351,7 +356,7 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
         ]
         progress(f"writing {output.name} (verifying {model_path.name} on the way)")
         written = write_bundle(
-            output, entries, target=target, compress=compress, profile=profile.name, hardware=hardware_name,
+            output, entries, target=target, compress=compress, profile=profile.name, hardware=hardware.name,
             model={**{k: v for k, v in record.items() if k not in ("shard", "shards")},
                    "variant": summary["variant"], "quant": record.get("quant") or summary["quant"],
                    "path": model_member,
