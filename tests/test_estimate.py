@@ -10,6 +10,7 @@ import pytest
 
 from aiboxctl.errors import UsageError
 from aiboxctl.models.gguf import read_header
+from aiboxctl.sizing.cpu_buffers import this_cpu
 from aiboxctl.sizing.dryrun import OracleResult, oracle, oracle_many
 from aiboxctl.sizing.facts import ModelFacts
 from aiboxctl.sizing.memory import EngineParams, estimate_memory
@@ -100,15 +101,20 @@ def test_gemma_real_load_matches_estimate():
     assert not _check("gemma-3-270m", ModelFacts.from_header(read_header(path)), params, ref)
 
 
-def test_repack_duplicate_matches_a_real_load():
-    """With repack on, llama.cpp copies Q4_K weights into a CPU_REPACK buffer while the mmapped
-    originals stay resident: the estimate's ``repack`` is that copy."""
+@pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "no-mmap"])
+def test_repack_duplicate_matches_a_real_load(mmap):
+    """With extra buffer types on, llama.cpp moves weights into AMX (AMX Xeons: most quantized
+    matrices, the tied output among them) or CPU_REPACK (AVX2: Q4_K here): the estimate for this
+    CPU's flags matches both buffers of a real load, with mmap (the mapped originals stay) and
+    without (the CPU buffer loses what moved)."""
     path = _gemma()
-    params = EngineParams(n_ctx=512, repack=True)
+    params = EngineParams(n_ctx=512, repack=True, mmap=mmap)
     ref = oracle(path, params, mode="real")
-    est = estimate_memory(ModelFacts.from_header(read_header(path)), params).host
-    assert ref.host.repack > 0
-    assert abs(est.repack - ref.host.repack) <= LOG_ROUNDING
+    cpu = this_cpu()
+    est = estimate_memory(ModelFacts.from_header(read_header(path)), params, cpu=cpu).host
+    assert ref.host.repack > 0 and cpu.names
+    assert abs(est.repack - ref.host.repack) <= LOG_ROUNDING, cpu
+    assert abs(est.weights - ref.host.weights) <= LOG_ROUNDING, cpu
 
 
 def test_facts_from_plain_numbers_match_the_header(models):

@@ -302,15 +302,6 @@ def facts_for(variant: Variant, qfile: QuantFile):
         n_expert=a.expert_count or 0, n_expert_used=a.expert_used_count or 0,
         n_expert_shared=a.expert_shared_count or 0, n_ff_exp=a.expert_feed_forward_length or 0,
         expert_bytes=expert_bytes, name=variant.name, source=f"catalog ({variant.name} {qfile.quant})",
+        file_type=qfile.base_quant,  # which matrices an extra buffer type (AMX, CPU_REPACK) takes
     )
-    share = REPACK_SHARE.get(qfile.base_quant, 0.0)
-    if share:
-        from dataclasses import replace
-
-        facts = replace(facts, repackable_layer_bytes=tuple(int(b * share) for b in facts.layer_bytes))
     return facts
-
-
-# Share of the layers' weights llama.cpp's CPU repack copies (ggml-cpu repack: Q4_0, Q4_K,
-# IQ4_NL matrices) by file type: Q4_K_M keeps half of attn_v/ffn_down in Q6_K, which stays put.
-REPACK_SHARE: dict[str, float] = {"Q4_0": 0.97, "IQ4_NL": 0.97, "Q4_K_M": 0.75, "Q4_K_S": 0.9}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from aiboxctl.errors import AiboxError
+from aiboxctl.sizing.cpu_buffers import BLOCK, WeightMatrix
 
 if TYPE_CHECKING:
     from aiboxctl.models.gguf import GGUFHeader
@@ -72,8 +73,10 @@ class ModelFacts:
     n_embd_s: int = 0  # recurrent SSM/WKV state width
     shared_kv_layers: int = 0  # trailing layers that reuse earlier layers' KV
     causal: bool = True
-    repackable_layer_bytes: tuple[int, ...] = ()  # per layer, tensors a CPU repack would copy
-    repackable_output_bytes: int = 0
+    # The 2-D/3-D weights of types an extra buffer type (AMX, CPU_REPACK) could take, with their
+    # shapes: which ones are taken depends on the CPU (sizing.cpu_buffers). Synthesised from the
+    # dims and the file type for catalog facts.
+    weight_matrices: tuple[WeightMatrix, ...] = ()
     layer_max_tensor_bytes: tuple[int, ...] = ()  # the biggest single tensor of each layer
     name: str = ""
     source: str = "header"  # "header" (exact) or where plain facts came from
@@ -145,6 +148,7 @@ class ModelFacts:
         n_embd_s: int = 0,
         name: str = "",
         source: str = "catalog",
+        file_type: str | None = None,
     ) -> ModelFacts:
         """Facts from a catalog entry. ``weight_bytes`` is the total tensor size (file size is a
         good stand-in); without a per-tensor split, the embedding and output matrices are taken
@@ -175,9 +179,12 @@ class ModelFacts:
         if swa_layers is None and n_swa:
             period = swa_period or SWA_PERIOD_BY_ARCH.get(architecture, 0)
             swa_layers = [_swa_from_period(period, il) for il in range(n_layer)] if period else None
+        ff_per_layer = _per_layer(n_ff, n_layer, "n_ff")
+        matrices = _synthetic_matrices(file_type, n_embd, n_vocab, heads, heads_kv, dk, dv, ff_per_layer,
+                                       n_expert, n_ff_exp, tied_embeddings) if file_type else ()
         return cls(
             architecture=architecture, n_layer=n_layer, n_embd=n_embd, n_vocab=n_vocab, n_head=heads,
-            n_head_kv=heads_kv, head_dim_k=dk, head_dim_v=dv, n_ff=_per_layer(n_ff, n_layer, "n_ff"),
+            n_head_kv=heads_kv, head_dim_k=dk, head_dim_v=dv, n_ff=ff_per_layer,
             layer_bytes=tuple(per_layer), input_bytes=input_bytes, output_bytes=output_bytes,
             output_matrix_bytes=input_bytes if tied_embeddings else output_bytes,
             tied_embeddings=tied_embeddings, n_ctx_train=n_ctx_train,
@@ -185,7 +192,7 @@ class ModelFacts:
             kv_lora_rank=kv_lora_rank, n_rot=n_rot, n_expert=n_expert, n_expert_used=n_expert_used,
             n_expert_shared=n_expert_shared, n_ff_exp=n_ff_exp, expert_bytes=expert_bytes,
             recurrent_layers=tuple(bool(x) for x in recurrent_layers) if recurrent_layers else (),
-            n_embd_r=n_embd_r, n_embd_s=n_embd_s, name=name, source=source,
+            n_embd_r=n_embd_r, n_embd_s=n_embd_s, weight_matrices=matrices, name=name, source=source,
         )
 
     @classmethod
@@ -236,11 +243,11 @@ class ModelFacts:
         dk = tuple(dk_swa if swa_layers and swa_layers[il] else dk_full for il in range(n_layer))
         dv = tuple(dv_swa if swa_layers and swa_layers[il] else dv_full for il in range(n_layer))
 
-        # Tensor bytes by layer / input / output, and what a CPU repack would copy.
+        # Tensor bytes by layer / input / output, and the weights an extra buffer type could take.
         layer_bytes = [0] * n_layer
         layer_max = [0] * n_layer
-        repack = [0] * n_layer
-        input_bytes = output_bytes = expert_bytes = repack_out = 0
+        matrices: list[WeightMatrix] = []
+        input_bytes = output_bytes = expert_bytes = 0
         extra_layers: set[int] = set()
         for t in header.tensors:
             m = _BLK.match(t.name)
@@ -251,18 +258,21 @@ class ModelFacts:
                     continue
                 layer_bytes[il] += t.n_bytes
                 layer_max[il] = max(layer_max[il], t.n_bytes)
-                if _repackable(t):
-                    repack[il] += t.n_bytes
-                if EXPERT_TENSOR.search(t.name):
+                expert = bool(EXPERT_TENSOR.search(t.name))
+                if expert:
                     expert_bytes += t.n_bytes
+                matrices += _matrix(t, il, expert)
             elif t.name.startswith(_INPUT_PREFIXES):
                 input_bytes += t.n_bytes
             else:
                 output_bytes += t.n_bytes
-                if _repackable(t):
-                    repack_out += t.n_bytes
+                matrices += _matrix(t, n_layer, False)
         out = header.tensor("output.weight")
         tied = out is None
+        if tied and emb is not None:
+            # llama.cpp loads the tied output as token_embd again (TENSOR_DUPLICATED, op MUL_MAT):
+            # one tensor while both sit in the same buffer type, two once an extra type takes it.
+            matrices += [replace(m, duplicate=True) for m in _matrix(emb, n_layer, False)]
         output_matrix = emb.n_bytes if tied and emb is not None else (out.n_bytes if out is not None else 0)
 
         # Recurrent layers: explicit zeros in head_count_kv for hybrids; all layers for pure SSM/RWKV.
@@ -306,21 +316,74 @@ class ModelFacts:
             n_ff_exp=int(key("expert_feed_forward_length", 0) or 0), expert_bytes=expert_bytes,
             recurrent_layers=recurrent, n_embd_r=n_embd_r, n_embd_s=n_embd_s,
             shared_kv_layers=int(key("attention.shared_kv_layers", 0) or 0), causal=causal,
-            repackable_layer_bytes=tuple(repack), repackable_output_bytes=repack_out,
-            layer_max_tensor_bytes=tuple(layer_max),
+            weight_matrices=tuple(matrices), layer_max_tensor_bytes=tuple(layer_max),
             name=str(header.get("general.name", "") or ""), source="header", notes=tuple(notes),
         )
 
 
-# CPU_REPACK on x86 (AVX2/AVX512) repacks these weight types into interleaved
-# copies (ggml-cpu/repack.cpp), for 2-D matrices whose row count is a multiple of 8 (measured
-# on llama-cpp-python 0.3.36: gemma-3-270m's Q4_K tensors, 12.66 MiB; its Q8_0 ones stay put).
-REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
+def _matrix(t: Any, slot: int, expert: bool) -> list[WeightMatrix]:
+    """The tensor as a candidate for an extra buffer type: 2-D weights are read by MUL_MAT,
+    3-D expert stacks by MUL_MAT_ID; norms, biases and F32 tensors never move."""
+    op = "mul_mat_id" if expert and len(t.shape) == 3 else "mul_mat" if len(t.shape) == 2 else ""
+    if not op or t.type_name in ("F32", "I32") or t.type_name not in BLOCK:
+        return []
+    return [WeightMatrix(slot, t.type_name, tuple(t.shape), t.n_bytes, op)]
 
 
-def _repackable(t: Any) -> bool:
-    return (t.type_name in REPACK_TYPES and len(t.shape) >= 2 and t.shape[1] % 8 == 0
-            and not t.name.startswith(_INPUT_PREFIXES))
+# How llama.cpp's quantizer types a model's matrices, per file type (llama-quant.cpp, simplified):
+# (most matrices, half of attn_v/ffn_down in the _M mixes, the output matrix). A 256-block type
+# falls back on rows that are not a multiple of 256 (tensor_type_fallback).
+_FILE_TYPE_MIX: dict[str, tuple[str, str, str]] = {
+    "Q4_0": ("Q4_0", "Q4_0", "Q6_K"), "Q4_1": ("Q4_1", "Q4_1", "Q6_K"), "Q5_0": ("Q5_0", "Q5_0", "Q6_K"),
+    "Q5_1": ("Q5_1", "Q5_1", "Q6_K"), "Q8_0": ("Q8_0", "Q8_0", "Q8_0"), "F16": ("F16", "F16", "F16"),
+    "BF16": ("BF16", "BF16", "BF16"), "Q2_K": ("Q2_K", "Q3_K", "Q6_K"), "Q3_K_S": ("Q3_K", "Q3_K", "Q6_K"),
+    "Q3_K_M": ("Q3_K", "Q4_K", "Q6_K"), "Q3_K_L": ("Q3_K", "Q5_K", "Q6_K"), "Q4_K_S": ("Q4_K", "Q4_K", "Q6_K"),
+    "Q4_K_M": ("Q4_K", "Q6_K", "Q6_K"), "Q5_K_S": ("Q5_K", "Q5_K", "Q6_K"), "Q5_K_M": ("Q5_K", "Q6_K", "Q6_K"),
+    "Q6_K": ("Q6_K", "Q6_K", "Q6_K"), "IQ4_NL": ("IQ4_NL", "IQ4_NL", "Q6_K"), "IQ4_XS": ("IQ4_XS", "IQ4_XS", "Q6_K"),
+    "MXFP4": ("MXFP4", "MXFP4", "Q8_0"),
+}
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+
+
+def _typed(type_name: str, ne0: int, ne1: int, *rest: int, slot: int, op: str = "mul_mat",
+           duplicate: bool = False) -> WeightMatrix:
+    if BLOCK.get(type_name, (1, 0))[0] == 256 and ne0 % 256:
+        type_name = _FALLBACK.get(type_name, type_name)
+    block, size = BLOCK[type_name]
+    n = ne1
+    for r in rest:
+        n *= r
+    return WeightMatrix(slot, type_name, (ne0, ne1, *rest), ne0 // block * size * n, op, duplicate)
+
+
+def _synthetic_matrices(file_type: str, n_embd: int, n_vocab: int, heads: Sequence[int], heads_kv: Sequence[int],
+                        dk: Sequence[int], dv: Sequence[int], n_ff: Sequence[int], n_expert: int, n_ff_exp: int,
+                        tied: bool) -> tuple[WeightMatrix, ...]:
+    """A llama-style tensor list for catalog facts (no header): the dims decide which matrices an
+    extra buffer type takes (gemma-3-270m's 640-wide rows keep most of it out of AMX)."""
+    mix = _FILE_TYPE_MIX.get(file_type.upper())
+    if mix is None:
+        return ()
+    main, more_bits, out = mix
+    n_layer = len(heads)
+    out_list: list[WeightMatrix] = []
+    for il in range(n_layer):
+        q, kv_k, kv_v = heads[il] * dk[il], heads_kv[il] * dk[il], heads_kv[il] * dv[il]
+        # llama.cpp's use_more_bits: the first and last eighth and every third layer between.
+        more = il < n_layer // 8 or il >= 7 * n_layer // 8 or (il - n_layer // 8) % 3 == 2
+        side = more_bits if more else main
+        if kv_k:
+            out_list += [_typed(main, n_embd, q, slot=il), _typed(main, n_embd, kv_k, slot=il),
+                         _typed(side, n_embd, kv_v, slot=il), _typed(main, q, n_embd, slot=il)]
+        if n_ff[il]:
+            out_list += [_typed(main, n_embd, n_ff[il], slot=il), _typed(main, n_embd, n_ff[il], slot=il),
+                         _typed(side, n_ff[il], n_embd, slot=il)]
+        if n_expert and n_ff_exp:
+            out_list += [_typed(main, n_embd, n_ff_exp, n_expert, slot=il, op="mul_mat_id"),
+                         _typed(main, n_embd, n_ff_exp, n_expert, slot=il, op="mul_mat_id"),
+                         _typed(side, n_ff_exp, n_embd, n_expert, slot=il, op="mul_mat_id")]
+    out_list.append(_typed(out, n_embd, n_vocab, slot=n_layer, duplicate=tied))
+    return tuple(out_list)
 
 
 def _swa_from_period(period: int, il: int) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiboxctl.errors import UsageError
+from aiboxctl.sizing.cpu_buffers import CpuBuffers
 from aiboxctl.sizing.facts import ModelFacts
 
 MiB = 1024 * 1024
@@ -47,7 +48,7 @@ class EngineParams:
     swa_full: bool = False
     n_gpu_layers: int = 0
     tensor_split: tuple[float, ...] = ()
-    repack: bool = True
+    repack: bool = True  # use_extra_bufts: llama.cpp's CPU extra buffer types (AMX, CPU_REPACK)
     mmap: bool = True
     offload_kqv: bool = True
 
@@ -55,12 +56,12 @@ class EngineParams:
 @dataclass(frozen=True)
 class DeviceMemory:
     device: str  # "host" or an accelerator name ("CUDA0", "GPU0", …)
-    weights: int
+    weights: int  # the CPU/CPU_Mapped (or accelerator) model buffer, as llama.cpp logs it
     kv_cache: int
     recurrent: int
     compute: int
     output: int
-    repack: int  # host copy of repacked weights while the mmapped originals stay resident
+    repack: int  # weights in CPU extra buffer types (AMX, CPU_REPACK); with mmap the originals stay too
     overhead: int
     layers: int = 0  # repeating layers placed here
 
@@ -323,9 +324,39 @@ def _mask_bytes(facts: ModelFacts, ctx: ResolvedContext) -> int:
     return total
 
 
-def estimate_memory(facts: ModelFacts, params: EngineParams, *,
-                    accelerators: Sequence[str] = ()) -> MemoryEstimate:
-    """Memory per device (host first, then each accelerator) for one configuration."""
+def extra_buffer_bytes(facts: ModelFacts, cpu: CpuBuffers, host_slots: set[int], mmap: bool) -> tuple[int, int]:
+    """(bytes the CPU extra buffer types allocate, bytes that leave the CPU buffer for them).
+
+    With mmap the CPU_Mapped buffer spans the file, and the originals of the moved weights were
+    read through the mapping to be converted: they stay resident next to the copies. Without
+    mmap a moved weight lives only in its extra buffer — except the tied output matrix, which
+    is a second tensor beside the input embedding (measured on gemma-3-270m with AMX: CPU
+    211.79 + AMX 213.91 MiB without mmap, CPU_Mapped 235.16 + AMX 213.91 MiB with it).
+    """
+    extra = moved = 0
+    for w in facts.weight_matrices:
+        if w.slot not in host_slots:
+            continue
+        placed = cpu.buffer_for(w)
+        if placed is None:
+            continue
+        extra += placed[1]
+        if not mmap and not w.duplicate:
+            moved += w.n_bytes
+    return extra, moved
+
+
+def estimate_memory(facts: ModelFacts, params: EngineParams, *, accelerators: Sequence[str] = (),
+                    cpu: CpuBuffers | None = None) -> MemoryEstimate:
+    """Memory per device (host first, then each accelerator) for one configuration.
+
+    ``cpu``: the extra buffer types of the CPU that will run it (``CpuBuffers.from_flags`` with a
+    probe's or hardware profile's flags; :func:`aiboxctl.sizing.cpu_buffers.this_cpu`). Without
+    it the estimate assumes an AVX2 x86 CPU (CPU_REPACK, no AMX) and says so in its notes.
+    """
+    assumed_cpu = cpu is None
+    if cpu is None:
+        cpu = CpuBuffers.from_flags(("avx2",), "x86_64")
     ctx = resolve_context(facts, params)
     gpus = list(accelerators)
     if params.n_gpu_layers != 0 and not gpus:
@@ -348,15 +379,15 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *,
         kd = d if params.offload_kqv else 0
         kv[kd] += kv_layer[il]
         rec[kd] += rs_layer[il]
-        if d == 0 and params.repack and params.mmap and facts.repackable_layer_bytes:
-            repack[0] += facts.repackable_layer_bytes[il]
     out_dev = placement[facts.n_layer] + 1
     weights[0] += facts.input_bytes
     weights[out_dev] += facts.output_bytes
     if facts.tied_embeddings and out_dev != 0:
         weights[out_dev] += facts.output_matrix_bytes  # TENSOR_DUPLICATED copy of token_embd
-    if out_dev == 0 and params.repack and params.mmap:
-        repack[0] += facts.repackable_output_bytes
+    if params.repack:
+        host_slots = set(layers_on[0]) | ({facts.n_layer} if out_dev == 0 else set())
+        repack[0], moved = extra_buffer_bytes(facts, cpu, host_slots, params.mmap)
+        weights[0] -= moved
     compute = [0] * n_dev
     for d in range(n_dev):
         compute[d] = compute_buffer_bytes(facts, ctx, has_output=(d == out_dev), layers=layers_on[d])
@@ -380,6 +411,13 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *,
         for d in range(n_dev)
     )
     notes = list(facts.notes)
+    if params.repack and assumed_cpu:
+        notes.append("CPU not given: extra buffer types assumed those of an AVX2 CPU (CPU_REPACK, no AMX)")
+    if params.repack and repack[0]:
+        notes.append(f"extra buffer types on this CPU: {cpu.describe()} hold {repack[0] / MiB:,.1f} MiB of weights"
+                     + (" beside the mapped originals" if params.mmap else ""))
+    elif params.repack and not facts.weight_matrices and cpu.names:
+        notes.append("the weights' types are unknown: the extra buffer copy (AMX/CPU_REPACK) is not counted")
     if facts.source != "header":
         notes.append(f"model facts from {facts.source}: weights are approximate until the header is read")
     return MemoryEstimate(devices, ctx, params, facts.name, tuple(notes))
