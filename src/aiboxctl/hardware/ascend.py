@@ -8,6 +8,9 @@
   logic id ``-`` are not NPUs.
 * ``npu-smi info -t usages -i N [-c C]``: HBM/DDR capacity and usage rate, asked only when the
   table gives no memory; 950 rejects ``-c``.
+
+Each parser reads whole lines only: text after the last newline is output cut off (npu-smi
+killed by a timeout) and may end in a number cut in half.
 """
 
 from __future__ import annotations
@@ -45,7 +48,14 @@ class ChipMap:
     name: str
 
 
+def whole_lines(text: str) -> list[str]:
+    """The lines of ``text`` that ended with a newline."""
+    return text[:text.rfind("\n") + 1].splitlines()
+
+
 def parse_npu_smi_info(text: str) -> tuple[ChipRow, ...]:
+    lines = whole_lines(text)
+    text = "\n".join(lines)
     version = None
     m = re.search(r"Version:\s*(\S+)", text)
     if m:
@@ -53,7 +63,7 @@ def parse_npu_smi_info(text: str) -> tuple[ChipRow, ...]:
     rows: list[ChipRow] = []
     prev: list[str] | None = None
     hbm_header = "HBM-Usage" in text
-    for line in text.splitlines():
+    for line in lines:
         s = line.strip()
         if not s.startswith("|"):
             continue
@@ -90,7 +100,7 @@ def parse_npu_smi_info(text: str) -> tuple[ChipRow, ...]:
 
 
 def parse_npu_smi_mapping(text: str) -> tuple[ChipMap, ...]:
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in whole_lines(text) if line.strip()]
     header = next((i for i, line in enumerate(lines) if line.strip().startswith("NPU ID")), None)
     if header is None:
         raise ParseError("no 'NPU ID' header")
@@ -117,7 +127,7 @@ def parse_npu_smi_mapping(text: str) -> tuple[ChipMap, ...]:
 def parse_npu_smi_usages(text: str) -> tuple[int | None, int | None]:
     """``-t usages`` → (total MiB, used MiB) of the first memory block (HBM, else DDR)."""
     values: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in whole_lines(text):
         key, sep, value = line.partition(":")
         if sep and key.strip() not in values:
             values[key.strip()] = value.strip()
