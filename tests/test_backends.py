@@ -311,3 +311,16 @@ def test_cli_build_only_returns_the_cached_wheel_for_the_recorded_box(cli, tmp_p
     assert r.code == 0, r.stdout
     data = r.json()["data"]
     assert data["key"] == "cuda-80.89" and data["build_seconds"] == 1234.0 and data["path"].endswith(src.name)
+
+
+def test_one_vendor_table_drives_the_probe_and_the_build(monkeypatch):
+    """hardware/backends.FITS is the only vendor → backend table: a vendor added there is driven
+    by its backend in the probe and gets that build from engine install."""
+    from aiboxctl.hardware import backends
+
+    monkeypatch.setitem(backends.FITS, "acme", backends.BackendFit("musa", (), "build it with MUSA",
+                                                                   aliases=("acmecorp",)))
+    assert backends.backend_for("acme", ("CPU", "MUSA")) == ("MUSA", True)
+    assert needed_backend([{"vendor_key": "acme", "memory_total_bytes": 2**30}]) == "musa"
+    assert needed_backend([{"vendor": "Acme Corp"}]) == "musa"
+    assert build_spec("auto", [{"vendor_key": "acme", "model": "S4000"}]).key == "musa-22"

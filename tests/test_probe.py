@@ -548,3 +548,16 @@ def test_a_broken_vendor_module_fails_the_probe_loudly(box, monkeypatch):
     monkeypatch.setitem(probe.VENDOR_MODULES, "nvidia", ("aiboxctl.hardware.no_such_vendor", ("nvidia-smi",)))
     with pytest.raises(ModuleNotFoundError, match="no_such_vendor"):
         probe_box()
+
+
+def test_an_engine_that_crashes_on_load_is_an_answer_not_a_dead_probe(tmp_path, monkeypatch):
+    """The live read happens in the introspection child: a library that kills its process on
+    load (SIGILL on the wrong CPU) costs the child, and the probe reports why."""
+    from aiboxctl.hardware import engine_build
+
+    (tmp_path / "crash_on_load.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(engine_build, "INTROSPECT_MODULE", "crash_on_load")
+    build = engine_build.read_engine_build(cache_dir=tmp_path / "cache")
+    assert not build.available and "inspection child failed" in build.error and "-4" in build.error
+    assert not (tmp_path / "cache" / engine_build.CACHE_NAME).exists()  # a failed read is not cached
