@@ -131,7 +131,8 @@ def test_cpu_plan_turns_mmap_off_when_the_repack_copy_would_not_fit():
     from aiboxctl.models.catalog import facts_for
 
     v = load_catalog().variant(p.variant)
-    with_mmap = estimate_memory(facts_for(v, p.file), replace(p.memory.params, mmap=True))
+    with_mmap = estimate_memory(facts_for(v, p.file), replace(p.memory.params, mmap=True),
+                                cpu=box_from_profile(hw).cpu_buffers)
     assert with_mmap.host.repack > 0 and with_mmap.host.total > box_from_profile(hw).ram_budget
 
 
@@ -303,3 +304,22 @@ def test_accelerators_are_named_as_llama_cpp_names_them(hardware, prefix, backen
     p = _plan("healthcare", hardware)
     assert p.engine["n_gpu_layers"] > 0
     assert [d.device for d in p.devices] == ["host", *(d.name for d in box.accelerators)]
+
+
+def test_cpu_plan_counts_the_extra_buffer_types_of_the_profile_cpu():
+    """An AMX Xeon's profile says AMX, and its plan counts AMX's copy (F16 matrices included),
+    where the same box without AMX (CPU_REPACK takes no F16) has none."""
+    from aiboxctl.models.catalog import facts_for
+    from aiboxctl.sizing.cpu_buffers import CpuBuffers
+
+    amx = box_from_profile(load_hardware_profile("cpu-xeon-amx-512g"))
+    assert amx.cpu_buffers.names == ("AMX", "CPU_REPACK")
+    assert box_from_profile(load_hardware_profile("cpu-256g")).cpu_buffers.names == ("CPU_REPACK",)
+    no_amx = replace(amx, cpu_buffers=CpuBuffers.from_flags(("avx2", "avx512f")))
+    profile = load_use_case("gov-office")
+    a, b = plan(profile, amx, "qwen2.5-7b-instruct"), plan(profile, no_amx, "qwen2.5-7b-instruct")
+    assert (a.variant, a.quant, a.engine["repack"]) == (b.variant, b.quant, True) == ("qwen2.5-7b-instruct", "F16", True)
+    assert b.memory.host.repack == 0 and a.memory.host.repack > 0.8 * a.memory.host.weights
+    v = load_catalog().variant(a.variant)
+    again = estimate_memory(facts_for(v, a.file), a.memory.params, cpu=amx.cpu_buffers)
+    assert again.host.repack == a.memory.host.repack

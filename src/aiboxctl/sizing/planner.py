@@ -29,6 +29,7 @@ from typing import Any
 from aiboxctl.errors import DoesNotFit, UsageError
 from aiboxctl.hardware.backends import ACCELERATOR_BACKENDS, backend_key, device_prefix
 from aiboxctl.models.catalog import QUANT_BPW, Architecture, Catalog, QuantFile, Variant, facts_for, load_catalog
+from aiboxctl.sizing.cpu_buffers import CpuBuffers
 from aiboxctl.sizing.facts import ModelFacts
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
 from aiboxctl.sizing.memory import EngineParams, MemoryEstimate, estimate_memory
@@ -84,6 +85,7 @@ class Box:
     is_this_box: bool = False
     notes: tuple[str, ...] = ()
     repack_ok: bool = True  # False: the probe's self-test saw AMX/repacked kernels fault here
+    cpu_buffers: CpuBuffers = CpuBuffers.from_flags(("avx2",))  # llama.cpp's extra buffer types here
 
     @property
     def os_reserve(self) -> int:
@@ -119,7 +121,8 @@ def box_from_profile(hw: HardwareProfile) -> Box:
                                      acc.fp16_tflops, acc.decode_efficiency, acc.soc))
     cpu_tflops = (hw.cpu.fp32_gflops or hw.cpu.cores * 2.5 * 32) / 1000
     return Box(hw.name, f"hardware profile {hw.name}", hw.memory.total, hw.memory.bandwidth_gbps, hw.cpu.cores,
-               cpu_tflops, tuple(devices), tuple(idle), False, hw.notes)
+               cpu_tflops, tuple(devices), tuple(idle), False, hw.notes,
+               cpu_buffers=CpuBuffers.from_flags(hw.cpu.flags))
 
 
 # Bandwidth and compute of accelerators a probe can name but not measure (per device).
@@ -181,7 +184,7 @@ def box_from_report(report: Any) -> Box:
     if amx_failed:
         notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")
     return Box("this box", "probe of this box", ram, float(bw), cores, cpu_tflops, tuple(devices), tuple(idle),
-               True, tuple(notes), repack_ok=not amx_failed)
+               True, tuple(notes), repack_ok=not amx_failed, cpu_buffers=CpuBuffers.from_flags(cpu.flags, cpu.arch))
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -423,10 +426,11 @@ def _configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tupl
     for kv in KV_LADDER:
         p = replace(base, n_gpu_layers=0, cache_type_k=kv, cache_type_v=kv,
                     flash_attn="on" if kv != "f16" else "auto")
-        if box.repack_ok:
-            yield _Config(p, (), f"CPU, KV {kv}, repack on")
+        if box.repack_ok and box.cpu_buffers.names:
+            extra = box.cpu_buffers.describe()
+            yield _Config(p, (), f"CPU, KV {kv}, repack on ({extra})")
             yield _Config(replace(p, mmap=False), (),
-                          f"CPU, KV {kv}, repack on without mmap (no duplicate of repacked weights)")
+                          f"CPU, KV {kv}, repack on ({extra}) without mmap (no duplicate of repacked weights)")
         yield _Config(replace(p, repack=False), (), f"CPU, KV {kv}, repack off")
 
 
@@ -449,7 +453,7 @@ def _partial_layer_counts(facts: ModelFacts, box: Box, devices: tuple[BoxDevice,
                 tensor_split=_tensor_split(devices, len(devices)))
 
     def fits(ngl: int) -> bool:
-        est = estimate_memory(facts, replace(p, n_gpu_layers=ngl), accelerators=names)
+        est = estimate_memory(facts, replace(p, n_gpu_layers=ngl), accelerators=names, cpu=box.cpu_buffers)
         return all(d.total <= dev.budget for d, dev in zip(est.devices[1:], devices))
 
     lo, hi = 0, facts.n_layer  # full offload (n_layer + 1) was tried already
@@ -476,7 +480,7 @@ def _cannot_fit(facts: ModelFacts, cfg: _Config, box: Box, devices: tuple[BoxDev
 
 def _check(facts: ModelFacts, cfg: _Config, box: Box, profile: UseCaseProfile, active_params: float,
            devices: tuple[BoxDevice, ...]) -> _Outcome:
-    est = estimate_memory(facts, cfg.params, accelerators=cfg.accelerators)
+    est = estimate_memory(facts, cfg.params, accelerators=cfg.accelerators, cpu=box.cpu_buffers)
     return _judge(est, facts, cfg, box, profile, active_params, devices)
 
 
