@@ -100,7 +100,10 @@ def run_estimate(model: str, *, ctx: int, parallel: int, ubatch: int, cache_type
         if gpu_layers and not accelerators:
             output.warn("llama.cpp found no accelerator here: every layer stays on the host")
             params = replace(params, n_gpu_layers=0)
-    est = estimate_memory(facts, params, accelerators=accelerators or ())
+    from aiboxctl.sizing.cpu_buffers import this_cpu
+
+    # this CPU's extra buffer types (AMX, CPU_REPACK) decide which weights llama.cpp copies
+    est = estimate_memory(facts, params, accelerators=accelerators or (), cpu=this_cpu())
     data: dict = {"source": str(model),
                   "method": "memory model (header arithmetic; compute buffer calibrated)"}
     if dry is not None:

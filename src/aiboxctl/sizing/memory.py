@@ -414,7 +414,7 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *, accelerators: Se
     if params.repack and assumed_cpu:
         notes.append("CPU not given: extra buffer types assumed those of an AVX2 CPU (CPU_REPACK, no AMX)")
     if params.repack and repack[0]:
-        notes.append(f"extra buffer types on this CPU: {cpu.describe()} hold {repack[0] / MiB:,.1f} MiB of weights"
+        notes.append(f"llama.cpp's CPU extra buffer types ({cpu.describe()}) hold {repack[0] / MiB:,.1f} MiB of weights"
                      + (" beside the mapped originals" if params.mmap else ""))
     elif params.repack and not facts.weight_matrices and cpu.names:
         notes.append("the weights' types are unknown: the extra buffer copy (AMX/CPU_REPACK) is not counted")
