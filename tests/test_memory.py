@@ -101,3 +101,14 @@ def test_extra_buffer_rules_from_llama_cpp_source():
     assert epyc.buffer_for(q2k) == ("CPU_REPACK", q2k.n_bytes)  # AVX-512 only
     assert CpuBuffers.from_flags(("avx2",)).buffer_for(q2k) is None
     assert CpuBuffers.from_flags(()).names == ()
+
+
+def test_extra_buffer_types_narrow_to_what_the_engine_was_built_with():
+    from aiboxctl.sizing.cpu_buffers import CpuBuffers
+
+    cpu = CpuBuffers.from_flags(XEON_AMX_FLAGS)
+    native = "CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1 | "  # this box's build
+    assert cpu.in_build(native).names == ("AMX", "CPU_REPACK")
+    assert cpu.in_build("CPU : AVX2 = 1 | REPACK = 1 | ").names == ("CPU_REPACK",)  # built without AMX
+    assert cpu.in_build("CPU : AVX2 = 1 | ").names == ()
+    assert cpu.in_build("").names == cpu.names  # no engine: the CPU's flags alone

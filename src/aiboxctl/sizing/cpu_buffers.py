@@ -113,6 +113,16 @@ class CpuBuffers:
                     return CPU_REPACK, w.n_bytes
         return None
 
+    def in_build(self, system_info: str) -> CpuBuffers:
+        """Narrowed to what an installed engine was built with (``llama_print_system_info``:
+        "AMX_INT8 = 1", "REPACK = 1"); unchanged when the build says nothing about its CPU."""
+        from dataclasses import replace
+
+        if "CPU :" not in system_info:
+            return self
+        return replace(self, amx=self.amx and "AMX_INT8 = 1" in system_info,
+                       isa=self.isa if "REPACK = 1" in system_info else frozenset())
+
     def describe(self) -> str:
         return ", ".join(self.names) or "none"
 

@@ -184,7 +184,8 @@ def box_from_report(report: Any) -> Box:
     if amx_failed:
         notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")
     return Box("this box", "probe of this box", ram, float(bw), cores, cpu_tflops, tuple(devices), tuple(idle),
-               True, tuple(notes), repack_ok=not amx_failed, cpu_buffers=CpuBuffers.from_flags(cpu.flags, cpu.arch))
+               True, tuple(notes), repack_ok=not amx_failed,
+               cpu_buffers=CpuBuffers.from_flags(cpu.flags, cpu.arch).in_build(report.engine.system_info or ""))
 
 
 # --- results ------------------------------------------------------------------------------------
