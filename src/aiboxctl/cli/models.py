@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from aiboxctl.cli import output
-from aiboxctl.cli.options import JsonOpt
+from aiboxctl.cli.options import JsonOpt, RootOpt
 
 models_app = typer.Typer(help="The model store: list, verify (re-hash) and remove pulled models.",
                          no_args_is_help=True)
@@ -61,13 +61,19 @@ def list_(store: StoreOpt = None, json_: JsonOpt = False) -> int:
 
 @models_app.command("verify")
 def verify(name: Annotated[Optional[str], typer.Argument(help="Variant, repo:file or file name; default all.")] = None,
-           quant: QuantOpt = None, store: StoreOpt = None, json_: JsonOpt = False) -> int:
+           quant: QuantOpt = None, store: StoreOpt = None, root: RootOpt = None, json_: JsonOpt = False) -> int:
     """Re-hash stored files against their recorded sha256. A mismatch is quarantined (never
-    served) and exits 4."""
+    served; the installation that served it, default or --root, is stopped) and exits 4."""
     from aiboxctl.errors import ExitCode, VerificationFailed
 
     report = _store(store).verify(name, quant=quant)
-    result = {"ok": report.ok, "files": report.entries}
+    quarantined = [e.path for e in report.entries if e.quarantined_to]
+    stopped = None
+    if quarantined:
+        from aiboxctl.deploy.modelcheck import stop_service_serving
+
+        stopped = stop_service_serving(quarantined, root)
+    result = {"ok": report.ok, "files": report.entries, "service_stopped": stopped}
 
     def human(console: Any, res: dict) -> None:
         for e in res["files"]:
@@ -83,7 +89,12 @@ def verify(name: Annotated[Optional[str], typer.Argument(help="Variant, repo:fil
         else:
             message = (f"{bad.name}: sha256 mismatch: expected {bad.expected}, got {bad.actual}; "
                        f"quarantined to {bad.quarantined_to}")
-        raise VerificationFailed(message, hint=f"aiboxctl pull {bad.name}", data=output.to_jsonable(result))
+        hint = f"aiboxctl pull {bad.name}"
+        if stopped:
+            flag = "" if root is None else f" --root {stopped}"
+            message += f"; the service under {stopped} served it and is stopped"
+            hint = f"aiboxctl install --profile PROFILE{flag} --yes (pulls it again, restarts the service)"
+        raise VerificationFailed(message, hint=hint, data=output.to_jsonable(result))
     return output.emit(result, human, exit_code=ExitCode.OK)
 
 

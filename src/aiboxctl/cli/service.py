@@ -35,7 +35,7 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
         mark = "[green]healthy[/green]" if r.healthy else "[red]not healthy[/red]"
         console.print(f"aibox under {r.root}: {mark}  ({r.service['manager']}: {r.service['detail']}, "
                       f"restarts {r.service['restarts']})")
-        console.print(f"  model      {r.model_variant}  ({r.model_path})", markup=False, soft_wrap=True)
+        console.print(f"  model      {r.model_variant}  ({r.model_path}, {r.model_state})", markup=False, soft_wrap=True)
         console.print(f"  profile    {r.profile}   generation {r.generation}")
         p = r.plan
         console.print(f"  plan       n_ctx {p['n_ctx']}, {p['parallel']} slots, threads {p['threads'] or 'auto'}, "
@@ -53,7 +53,10 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
     rc = output.emit(result, human, exit_code=code)
     if not result.healthy and not output.STATE.json:
         hint = "" if root is None else f" --root {result.root}"
-        output.warn(f"the service is not healthy: see `aiboxctl logs{hint}`, then `aiboxctl start{hint}`")
+        for problem in result.problems:
+            output.warn(f"not healthy: {problem}")
+        if not result.problems:
+            output.warn(f"the service is not healthy: see `aiboxctl logs{hint}`, then `aiboxctl start{hint}`")
     return rc
 
 

@@ -467,8 +467,10 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
             port: int | None = None, bind: str | None = None, dry_run: bool = False,
             replan: bool = False, health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S,
             progress: Progress = _noop, confirm: Callable[[str], None] | None = None) -> InstallResult:
+    from aiboxctl.deploy import modelcheck
     from aiboxctl.sizing.profiles import load_use_case
 
+    started_at = time.time()
     layout = install_layout(root)
     if str(layout.root) != "/":
         safe_path(str(layout.root))
@@ -489,8 +491,10 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
             hardware = _probe()
     overrides = {"port": port, "bind": bind, "root": str(layout.root)}
     fingerprint = inputs_fingerprint(profile, model, overrides, _hardware_fingerprint(hardware))
+    # The pinned plan stands only on a model that still verifies (the store hashes it again when
+    # it changed since its last full hash, and quarantines a mismatch: it is then pulled again).
     reuse = (previous is not None and not replan and previous.inputs_fingerprint == fingerprint
-             and previous.spec and Path(previous.model_path).is_file())
+             and previous.spec and modelcheck.verify_model(previous.model_path).state in modelcheck.SERVABLE)
     notes: list[str] = []
     if reuse:
         # Same inputs as the installed generation: keep its pinned parameters (free memory
@@ -505,6 +509,8 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
         t = time.perf_counter()
         model_path, pulled = _ensure_model(facts, progress, dry_run)
         steps["pull_s"] = time.perf_counter() - t
+        if (q := modelcheck.quarantined_since(model_path, started_at)) is not None:
+            notes.append(q)
         if not facts["exact"] and Path(model_path).is_file():
             # The on-box exact memory check: with the file local, the planner measures the
             # compute buffer with llama.cpp's dry run and re-judges; pin what it fitted.
@@ -529,11 +535,16 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
                   model_path=str(spec.engine["model"]), manager=spec.manager, endpoint=endpoint,
                   api_key_file=key_path, audit_log=spec.engine.get("audit_log"), engine=dict(spec.engine),
                   predicted=dict(spec.predicted), reused_plan=bool(reuse), next_commands=next_commands)
+    # An engine that maps an earlier file than the one at its model path now (quarantined and
+    # pulled again since it started) is restarted even when no rendered file changed.
+    stale_engine = modelcheck.engine_has_other_model(_service_for(spec).state().pid, spec.engine["model"])
+    if stale_engine:
+        notes.append("the running engine serves an earlier copy of its model file: restarting it on the verified one")
     if dry_run:
         changes = plan_changes(files, previous)
         running = _service_for(spec).state().active
         changed = sum(c.changed for c in changes)
-        action = "would-start" if not running else ("would-restart" if changed else "unchanged")
+        action = "would-start" if not running else ("would-restart" if changed or stale_engine else "unchanged")
         return InstallResult(dry_run=True, changed=changed, changes=changes,
                              generation=previous.generation if previous else None, service_action=action,
                              smoke={}, steps=steps, notes=tuple(notes), **common)
@@ -543,7 +554,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
                 f"{sum(c.changed for c in changes)} file(s) to write?")
     changes, generation, action, smoke = apply_spec(
         layout, spec, files, previous, fingerprint=fingerprint, progress=progress,
-        health_timeout=health_timeout, steps=steps)
+        health_timeout=health_timeout, steps=steps, force_restart=stale_engine)
     return InstallResult(dry_run=False, changed=sum(c.changed for c in changes), changes=changes,
                          generation=generation, service_action=action, smoke=smoke, steps=steps,
                          notes=tuple(notes), **common)

@@ -18,7 +18,7 @@ from aiboxctl.deploy.render import RenderedFile
 from aiboxctl.deploy.services import ServiceManager
 from aiboxctl.deploy.spec import InstallSpec, install_layout
 from aiboxctl.deploy.transaction import plan_changes
-from aiboxctl.errors import AiboxError, UsageError
+from aiboxctl.errors import AiboxError, UsageError, VerificationFailed
 from aiboxctl.paths import InstallLayout
 from aiboxctl.system import run_command
 
@@ -48,6 +48,8 @@ class StatusResult:
     memory_rss_bytes: int | None
     log_file: str
 
+    model_state: str = "unknown"  # verified | unmanaged | changed | quarantined | missing
+    problems: tuple[str, ...] = ()  # why it is not healthy beyond /health (the model, mostly)
 
 def _rss(pid: int | None) -> int | None:
     if not pid:
@@ -67,24 +69,50 @@ def _rss(pid: int | None) -> int | None:
 def status(root: str | Path | None = None) -> StatusResult:
     from aiboxctl.client.api import endpoint_from_install, health
 
+    from aiboxctl.deploy import modelcheck
     layout, manifest, spec, service = _installed(root)
     state = service.state()
     endpoint = endpoint_from_install(layout.root)
     code, body = health(endpoint) if state.active else (None, {})
     e = spec.engine
+    # /health speaks for the engine; whether what it serves is the verified model is ours to say.
+    model = modelcheck.inspect_model(manifest.model_path)
+    problems = [model.problem] if model.problem else []
+    if state.active and modelcheck.engine_has_other_model(state.pid, manifest.model_path):
+        problems.append("the engine serves an earlier copy of its model file (replaced since it started)")
+    if problems:
+        problems[-1] += f": {_reinstall_hint(layout, spec)}"
     plan = {k: e.get(k) for k in ("n_ctx", "parallel", "n_batch", "threads", "cache_type_k", "cache_type_v",
                                   "flash_attn", "n_gpu_layers", "repack")}
     plan["predicted"] = spec.predicted
     return StatusResult(
-        root=str(layout.root), healthy=code == 200, service=vars(state) | {},
+        root=str(layout.root), healthy=code == 200 and not problems, service=vars(state) | {},
         health={"http_status": code, **body}, profile=manifest.profile, model_variant=manifest.model_variant,
         model_path=manifest.model_path, generation=manifest.generation, endpoint=f"{endpoint.url}/v1",
         api_key_file=e.get("api_keys_file"), plan=plan, memory_rss_bytes=_rss(state.pid),
-        log_file=str(layout.log / "engine.log"),
+        log_file=str(layout.log / "engine.log"), model_state=model.state, problems=tuple(problems),
     )
 
 
 @dataclass(frozen=True)
+def _reinstall_hint(layout: InstallLayout, spec: InstallSpec) -> str:
+    profile = (spec.inputs or {}).get("profile") or spec.profile
+    return f"aiboxctl install --profile {profile}{_root_flag(layout)} --yes (pulls it again, restarts the service)"
+
+
+def _require_model(layout: InstallLayout, spec: InstallSpec, service: ServiceManager) -> None:
+    """Never (re)start on a model that fails verification; and a running engine on one is
+    stopped (it maps those very bytes)."""
+    from aiboxctl.deploy import modelcheck
+
+    try:
+        modelcheck.require_model(spec.engine["model"], hint=_reinstall_hint(layout, spec))
+    except VerificationFailed as exc:
+        if service.stop():
+            exc.message += "; the service is stopped"
+        raise
+
+
 class ServiceActionResult:
     root: str
     action: str
@@ -100,6 +128,7 @@ def start(root: str | Path | None = None, *, wait: bool = True,
 
     layout, _, spec, service = _installed(root)
     was = service.state().active
+    _require_model(layout, spec, service)
     if not was:
         service.enable_start()
     if wait:
@@ -119,6 +148,7 @@ def restart(root: str | Path | None = None, *, wait: bool = True,
 
     layout, _, spec, service = _installed(root)
     was = service.state().active
+    _require_model(layout, spec, service)
     service.restart() if was else service.enable_start()
     if wait:
         wait_healthy(endpoint_from_install(layout.root), timeout, _alive_check(service))
