@@ -11,7 +11,8 @@ import enum
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -91,21 +92,55 @@ def envelope(*, ok: bool, exit_code: int, data: Any = None, errors: list[dict] |
     }
 
 
-def stdout_console() -> "Console":
+def _console(**kwargs: Any) -> "Console":
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # Rich's default points *stdout* at /dev/null and raises SystemExit(1), which would
+            # end a command mid-transaction; silence this console's own stream and let the
+            # caller decide (the sink below carries on without the output).
+            self.quiet = True
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.file.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+            raise BrokenPipeError(32, "Broken pipe")
+
+    return _Console(**kwargs)
+
+
+def stdout_console() -> "Console":
+    return _console(highlight=False, soft_wrap=False)
 
 
 def stderr_console() -> "Console":
-    from rich.console import Console
+    return _console(stderr=True, highlight=False)
 
-    return Console(stderr=True, highlight=False)
+
+@contextmanager
+def _survive_closed(stream: str) -> Iterator[None]:
+    """A reader that went away (``aiboxctl install … 2>&1 | head -3``) loses the rest of the
+    output, never the work: the stream's descriptor is pointed at /dev/null so that later
+    writes, and the interpreter's last flush, succeed silently."""
+    try:
+        yield
+    except BrokenPipeError:
+        fh = getattr(sys, stream)
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fh.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def _write_json(doc: dict) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
-    sys.stdout.flush()
+    with _survive_closed("stdout"):
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+        sys.stdout.flush()
 
 
 def emit(result: Any, human: Callable[["Console", Any], None] | None = None, *,
@@ -119,7 +154,8 @@ def emit(result: Any, human: Callable[["Console", Any], None] | None = None, *,
             data["warnings"] = list(dict.fromkeys([*data["warnings"], *STATE.warnings]))
         _write_json(envelope(ok=exit_code == 0, exit_code=exit_code, data=data))
     elif human is not None and (essential or not STATE.quiet):
-        human(stdout_console(), result)
+        with _survive_closed("stdout"):
+            human(stdout_console(), result)
     return int(exit_code)
 
 
@@ -131,25 +167,30 @@ def emit_error(info: ErrorInfo, data: Any = None) -> int:
         line = f"error: {info.message}"
         if info.hint:
             line += f" (try: {info.hint})"
-        sys.stderr.write(line + "\n")
+        with _survive_closed("stderr"):
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
     return int(info.exit_code)
 
 
 def note(message: str) -> None:
     """A progress or status line for people: stderr, never in --json or --quiet mode."""
     if not STATE.json and not STATE.quiet:
-        stderr_console().print(message, markup=False)
+        with _survive_closed("stderr"):
+            stderr_console().print(message, markup=False)
 
 
 def warn(message: str) -> None:
     STATE.warnings.append(message)
     if not STATE.json:
-        sys.stderr.write(f"warning: {message}\n")
+        with _survive_closed("stderr"):
+            sys.stderr.write(f"warning: {message}\n")
 
 
 def debug(message: str) -> None:
     if STATE.verbose and not STATE.json:
-        sys.stderr.write(f"debug: {message}\n")
+        with _survive_closed("stderr"):
+            sys.stderr.write(f"debug: {message}\n")
 
 
 def is_interactive() -> bool:
