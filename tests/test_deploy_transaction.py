@@ -10,7 +10,7 @@ import pytest
 
 from aiboxctl.deploy import manifest as mf
 from aiboxctl.deploy.render import RenderedFile
-from aiboxctl.deploy.transaction import InjectedFailure, Transaction, entries_for, plan_changes
+from aiboxctl.deploy.transaction import InjectedFailure, Transaction, entries_for, journal_path, plan_changes
 from aiboxctl.paths import InstallLayout
 
 
@@ -105,7 +105,11 @@ def test_manifest_round_trip_and_generations(tmp_path):
     m = mf.InstallManifest(1, "0.1.0", str(tmp_path), "demo", "smollm2", entries_for(files),
                            directories=(str(tmp_path / "etc"),), services_enabled=({"manager": "supervisor", "name": "aibox.service"},),
                            spec={"x": 1}, inputs_fingerprint="abc", model_path="/m.gguf")
-    _commit(layout, files, m)
+    tx = Transaction(journal_path(layout))
+    tx.begin()
+    _commit(layout, tx, files, m)
+    tx.commit()
+    assert not journal_path(layout).exists()
     assert mf.load_manifest(layout) == m
     assert mf.list_generations(layout) == [1]
     old, contents = mf.load_generation(layout, 1)
@@ -165,3 +169,49 @@ def test_one_install_at_a_time_per_prefix(tmp_path):
             pass
     with install_lock(layout):
         pass
+
+
+_CRASHING_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from aiboxctl.deploy.render import RenderedFile
+from aiboxctl.deploy.transaction import Transaction, journal_path
+from aiboxctl.paths import InstallLayout
+root = Path(sys.argv[1])
+layout = InstallLayout.for_root(root)
+tx = Transaction(journal_path(layout), {"operation": "install"})
+tx.begin()
+tx.mark("writing files")
+tx.write(RenderedFile(str(root / "etc/aibox/engine.yaml"), b"model: b\\n", 0o640))
+tx.write(RenderedFile(str(root / "etc/aibox/new"), b"new\\n", 0o600))
+tx.add_service({"manager": "supervisor", "was_active": False, "previous_installed": True})
+tx.write(RenderedFile(str(layout.manifest), b"{}", 0o644))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_transaction_leaves_a_journal_that_undoes_it(tmp_path):
+    """The write-ahead journal: SIGKILL after some writes, then status sees it and the journal
+    alone puts every byte, mode and directory back."""
+    import subprocess
+    import sys
+
+    from aiboxctl.deploy.transaction import InstallInterrupted, check_not_interrupted
+
+    layout = InstallLayout.for_root(tmp_path / "root")
+    first = RenderedFile(str(layout.etc / "engine.yaml"), b"model: a\n", 0o644)
+    Transaction().write(first)
+    before = files_under(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(layout.root)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+    assert (layout.etc / "engine.yaml").read_bytes() == b"model: b\n" and layout.manifest.exists()
+    with pytest.raises(InstallInterrupted, match=r"install incomplete \(interrupted while writing files\)") as err:
+        check_not_interrupted(layout)
+    assert err.value.exit_code == 5 and "aiboxctl uninstall --root" in err.value.hint
+    tx = Transaction.load(journal_path(layout))
+    assert not tx.owner_alive() and tx.services == [{"manager": "supervisor", "was_active": False,
+                                                     "previous_installed": True}]
+    assert tx.rollback() == []
+    assert files_under(tmp_path) == before  # journal, manifest, new file and new dirs gone; bytes and mode back
+    check_not_interrupted(layout)
+    assert Transaction.load(journal_path(layout)) is None

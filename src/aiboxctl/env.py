@@ -18,6 +18,9 @@ class Env:
     # tests: make `aiboxctl install` fail at a named point (after-file:N, before-start, after-start,
     # smoke) to prove the rollback
     INJECT_FAILURE = "AIBOX_INJECT_FAILURE"
+    # tests: SIGKILL `aiboxctl install` at a named point (the same points, plus journal and
+    # commit) to prove that an interrupted install is seen by status and repaired
+    TEST_KILL_AT = "AIBOX_TEST_KILL_AT"
     API_KEY = "AIBOX_API_KEY"  # chat/bench: the key to send (default: the installed key file)
     # tests: make the engine self-test child crash (SIGSEGV) while the named risky options are
     # on, e.g. "repack" or "repack,flash_attn" — proves the fallback path on any machine

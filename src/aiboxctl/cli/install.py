@@ -88,9 +88,11 @@ def uninstall(
     from aiboxctl.deploy.lifecycle import uninstall as run_uninstall
     from aiboxctl.deploy.manifest import require_manifest
     from aiboxctl.deploy.spec import install_layout
+    from aiboxctl.deploy.transaction import journal_path
 
     layout = install_layout(root)
-    require_manifest(layout)
+    if not journal_path(layout).exists():  # an interrupted install is there to be removed
+        require_manifest(layout)
     output.confirm(f"Uninstall aibox from {layout.root}{' and purge its model and logs' if purge else ''}?", yes=yes)
     result = run_uninstall(root, purge=purge)
 

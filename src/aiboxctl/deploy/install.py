@@ -27,7 +27,8 @@ from aiboxctl.deploy.manifest import InstallManifest
 from aiboxctl.deploy.render import RenderedFile, safe_path
 from aiboxctl.deploy.services import ServiceManager, choose_manager, manager_for, service_env, systemd_version
 from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, install_layout, render_appliance, service_command
-from aiboxctl.deploy.transaction import FileChange, Transaction, entries_for, maybe_fail, plan_changes, write_plain
+from aiboxctl.deploy.transaction import (FileChange, Transaction, entries_for, journal_path, maybe_fail, plan_changes,
+                                         write_plain)
 from aiboxctl.errors import AiboxError, UsageError
 from aiboxctl.paths import InstallLayout, StatePaths
 from aiboxctl.system import run_command
@@ -327,16 +328,92 @@ def _smoke(layout: InstallLayout) -> dict[str, Any]:
     return {"answer": outcome.answer, "usage": outcome.usage, "timings": outcome.timings}
 
 
-def _commit(layout: InstallLayout, files: tuple[RenderedFile, ...], manifest: InstallManifest) -> None:
+def _commit(layout: InstallLayout, tx: Transaction, files: tuple[RenderedFile, ...], manifest: InstallManifest) -> None:
+    """Keep a copy of the generation, then the manifest (both undone if the commit is cut short)."""
+    tx.mark("committing the manifest")
     base = mf.generation_path(layout, manifest.generation)
-    if base.exists():
-        shutil.rmtree(base)
+    tx.new_tree(base)
     for index, f in enumerate(files):
         write_plain(base / "files" / str(index), f.content, 0o600)
     write_plain(base / "manifest.json", mf.encode(manifest), 0o600)
-    write_plain(layout.manifest, mf.encode(manifest), 0o644)
+    tx.write(RenderedFile(str(layout.manifest), mf.encode(manifest), 0o644))
+    maybe_fail("commit")
+
+
+def _prune_generations(layout: InstallLayout) -> None:
     for old in mf.list_generations(layout)[:-KEEP_GENERATIONS]:
         shutil.rmtree(mf.generation_path(layout, old), ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What undoing an interrupted install did."""
+
+    step: str  # where it was interrupted
+    removed_files: tuple[str, ...]
+    restored_files: tuple[str, ...]
+    removed_users: tuple[str, ...]
+    service_stopped: bool
+    problems: tuple[str, ...]
+
+
+def _undo(layout: InstallLayout, tx: Transaction) -> tuple[list[str], bool]:
+    """Undo a transaction's services, files and users, in that order; returns (problems, whether
+    a service was stopped). The services it started or restarted are stopped first (the engine
+    of the new files must not keep serving); the previous one runs again when it ran before."""
+    problems: list[str] = []
+    stopped = False
+    for record in reversed(tx.services):
+        try:
+            svc = manager_for(record["manager"], layout)
+            stopped = svc.stop() or stopped
+            if not record.get("previous_installed"):
+                svc.disable()
+        except Exception as exc:  # noqa: BLE001 - report, keep undoing
+            problems.append(f"service: {exc}")
+    problems += tx.rollback()
+    for user in reversed(tx.users):
+        r = run_command(["userdel", user], timeout=30)
+        if not r.ok and _user_exists(user):
+            problems.append(f"user {user}: {r.failure_reason()}")
+    previous = mf.load_manifest(layout) if any(r.get("was_active") for r in tx.services) else None
+    if previous is not None and previous.spec:
+        # The previous generation's files are back: run them again, as they ran before.
+        try:
+            prev = _service_for(InstallSpec.from_dict(previous.spec))
+            if prev.name == "systemd":
+                prev.reload()
+            prev.enable_start() if prev.name == "supervisor" else prev.restart()
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"service: {exc}")
+    return problems, stopped
+
+
+def recover_interrupted(layout: InstallLayout, progress: Progress = _noop) -> Recovery | None:
+    """Undo an install, upgrade or rollback that was killed before it committed (its journal is
+    still there): stop what it started, put back the files and the manifest as they were, remove
+    the directories and users it created. None when there was nothing to undo. Call it under
+    :func:`install_lock`."""
+    tx = Transaction.load(journal_path(layout))
+    if tx is None:
+        return None
+    if tx.owner_alive():
+        raise AiboxError(f"another install is running on {layout.root} (pid {tx.meta.get('pid')})", code="locked",
+                         hint="wait for it to finish, then re-run")
+    step = tx.step
+    progress(f"rolling back an install that was interrupted while {step}")
+    created = tuple(u.path for u in tx._undo if not u.existed)
+    restored = tuple(u.path for u in tx._undo if u.existed)
+    users = tuple(tx.users)
+    problems, stopped = _undo(layout, tx)
+    if mf.load_manifest(layout) is None:
+        # Nothing installed remains: neither does the supervisor's runtime state.
+        for runtime in ("supervisor.pid", "supervisor.json", "engine.pid"):
+            (layout.run / runtime).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            layout.run.rmdir()
+    return Recovery(step, tuple(p for p in created if not Path(p).exists()), restored, users, stopped,
+                    tuple(problems))
 
 
 @contextlib.contextmanager
@@ -363,6 +440,8 @@ def install_lock(layout: InstallLayout) -> Iterator[None]:
 def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFile, ...],
                previous: InstallManifest | None, **kwargs: Any) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:
     with install_lock(layout):
+        if recover_interrupted(layout, kwargs.get("progress", _noop)) is not None:
+            previous = mf.load_manifest(layout)
         return _apply_spec(layout, spec, files, previous, **kwargs)
 
 
@@ -370,27 +449,33 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
                previous: InstallManifest | None, *, fingerprint: str, progress: Progress,
                health_timeout: float, steps: dict[str, float], users_created: tuple[str, ...] = (),
                force_restart: bool = False) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:
-    """Write, (re)start, wait healthy, smoke-test and commit; roll everything back on failure."""
+    """Write, (re)start, wait healthy, smoke-test and commit; roll everything back on failure.
+
+    Every change is journaled on disk ahead of being made (:class:`Transaction`), so an installer
+    killed at any instant leaves a state that ``status`` reports and ``uninstall`` or the next
+    ``install`` undoes (:func:`recover_interrupted`)."""
     changes = plan_changes(files, previous)
     changed = sum(c.changed for c in changes)
     service = _service_for(spec)
     was_active = service.state().active
-    prev_service = (_service_for(InstallSpec.from_dict(previous.spec))
-                    if previous is not None and previous.spec else None)
     if not was_active:
         _check_port_free(str(spec.engine["host"]), int(spec.engine["port"]))
-    tx = Transaction()
+    tx = Transaction(journal_path(layout), {"operation": "install", "profile": spec.profile, "root": str(layout.root)})
     created_users: list[str] = list(users_created)
     action = "unchanged"
     t = time.perf_counter()
     try:
+        tx.begin()  # the first side effect: from here on a crash leaves the journal behind
         if spec.system_install:
-            if _ensure_user(spec.service_user, layout.state):
+            if not _user_exists(spec.service_user):
+                tx.add_user(spec.service_user)
+                _ensure_user(spec.service_user, layout.state)
                 created_users.append(spec.service_user)
             if spec.manager == "systemd":  # before any file: a unit that cannot start is no install
                 _check_service_user_access(spec)
         owner = spec.service_user if spec.system_install else None
         group = spec.service_group if spec.system_install else None
+        tx.mark("writing files")
         tx.ensure_dir(layout.etc, 0o755)
         tx.ensure_dir(layout.state, 0o750, owner, group)
         tx.ensure_dir(layout.log, 0o750, owner, group)
@@ -403,23 +488,30 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
         steps["write_s"] = time.perf_counter() - t
         maybe_fail("before-start")
         t = time.perf_counter()
+        if not was_active or changed or force_restart:
+            tx.add_service({"manager": spec.manager, "was_active": was_active,
+                            "previous_installed": previous is not None})
         if spec.manager == "systemd" and changed:
             service.reload()
         if not was_active:
+            tx.mark("starting the service")
             progress(f"starting the service ({spec.manager})")
             service.enable_start()
             action = "started"
         elif changed or force_restart:
+            tx.mark("restarting the service")
             progress(f"restarting the service ({spec.manager})")
             service.restart()
             action = "restarted"
         maybe_fail("after-start")
         from aiboxctl.client.api import endpoint_from_install, wait_healthy
 
+        tx.mark("waiting for the service to become healthy")
         progress("waiting for the service to load the model and pass its self-test")
         wait_healthy(endpoint_from_install(layout.root), health_timeout, _alive_check(service))
         steps["start_healthy_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        tx.mark("running the smoke test")
         progress("smoke test: one real chat completion")
         smoke = _smoke(layout)
         steps["smoke_s"] = time.perf_counter() - t
@@ -435,32 +527,19 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
                 spec=spec.to_dict(), inputs_fingerprint=fingerprint, model_path=str(spec.engine["model"]),
                 created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
-            _commit(layout, files, new)
+            _commit(layout, tx, files, new)
         tx.commit()
-        return changes, generation, action, smoke
     except BaseException as exc:
-        progress(f"install failed ({exc}); rolling back")
-        problems = tx.rollback()
-        if previous is not None and prev_service is not None and action != "unchanged":
-            # The service was (re)started on the new files; the previous generation's files are
-            # back: run them again if they ran before, else leave it stopped as it was.
-            try:
-                if was_active:
-                    prev_service.restart()
-                else:
-                    prev_service.stop()
-            except Exception as again:  # noqa: BLE001 - report, keep the original error
-                problems.append(f"service: {again}")
-        elif previous is None:
-            try:
-                service.disable()
-            except Exception as again:  # noqa: BLE001
-                problems.append(f"service: {again}")
-        for user in created_users[len(users_created):]:
-            run_command(["userdel", user], timeout=30)
+        # Undo first: telling about it goes through the caller's output, which may be what
+        # failed (a closed pipe), and must never keep the rollback from running.
+        problems, _ = _undo(layout, tx)
+        with contextlib.suppress(Exception):
+            progress(f"install failed ({exc}); rolled back")
         if problems and isinstance(exc, AiboxError):
             exc.message += f" (rollback incomplete: {'; '.join(problems)})"
         raise
+    _prune_generations(layout)
+    return changes, generation, action, smoke
 
 
 def install(profile_name: str, *, model: str | None = None, root: str | Path | None = None,
@@ -475,6 +554,16 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     if str(layout.root) != "/":
         safe_path(str(layout.root))
     steps: dict[str, float] = {}
+    notes: list[str] = []
+    if dry_run:
+        if journal_path(layout).exists():
+            notes.append("an interrupted install is left under this prefix: the install rolls it back first")
+    else:
+        with install_lock(layout):  # a killed install, upgrade or rollback is undone before planning
+            recovered = recover_interrupted(layout, progress)
+        if recovered is not None:
+            notes.append(f"rolled back an install that was interrupted while {recovered.step}"
+                         + (f" ({'; '.join(recovered.problems)})" if recovered.problems else ""))
     previous = mf.load_manifest(layout)
     system = is_system_install(layout)
     t = time.perf_counter()
@@ -495,7 +584,6 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     # it changed since its last full hash, and quarantines a mismatch: it is then pulled again).
     reuse = (previous is not None and not replan and previous.inputs_fingerprint == fingerprint
              and previous.spec and modelcheck.verify_model(previous.model_path).state in modelcheck.SERVABLE)
-    notes: list[str] = []
     if reuse:
         # Same inputs as the installed generation: keep its pinned parameters (free memory
         # drifts between runs; re-planning would churn the config for nothing).

@@ -13,11 +13,11 @@ from typing import Any
 
 from aiboxctl.deploy import manifest as mf
 from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _root_flag,
-                                     _service_for, _noop, apply_spec, install, install_lock)
+                                     _service_for, _noop, apply_spec, install, install_lock, recover_interrupted)
 from aiboxctl.deploy.render import RenderedFile
 from aiboxctl.deploy.services import ServiceManager
 from aiboxctl.deploy.spec import InstallSpec, install_layout
-from aiboxctl.deploy.transaction import plan_changes
+from aiboxctl.deploy.transaction import check_not_interrupted, plan_changes
 from aiboxctl.errors import AiboxError, UsageError, VerificationFailed
 from aiboxctl.paths import InstallLayout
 from aiboxctl.system import run_command
@@ -27,6 +27,7 @@ Progress = Callable[[str], None]
 
 def _installed(root: str | Path | None) -> tuple[InstallLayout, mf.InstallManifest, InstallSpec, ServiceManager]:
     layout = install_layout(root)
+    check_not_interrupted(layout)  # an install killed half way is reported, never taken for one
     manifest = mf.require_manifest(layout)
     spec = InstallSpec.from_dict(manifest.spec)
     return layout, manifest, spec, _service_for(spec)
@@ -47,9 +48,9 @@ class StatusResult:
     plan: dict[str, Any]
     memory_rss_bytes: int | None
     log_file: str
-
     model_state: str = "unknown"  # verified | unmanaged | changed | quarantined | missing
     problems: tuple[str, ...] = ()  # why it is not healthy beyond /health (the model, mostly)
+
 
 def _rss(pid: int | None) -> int | None:
     if not pid:
@@ -68,13 +69,12 @@ def _rss(pid: int | None) -> int | None:
 
 def status(root: str | Path | None = None) -> StatusResult:
     from aiboxctl.client.api import endpoint_from_install, health
-
     from aiboxctl.deploy import modelcheck
+
     layout, manifest, spec, service = _installed(root)
     state = service.state()
     endpoint = endpoint_from_install(layout.root)
     code, body = health(endpoint) if state.active else (None, {})
-    e = spec.engine
     # /health speaks for the engine; whether what it serves is the verified model is ours to say.
     model = modelcheck.inspect_model(manifest.model_path)
     problems = [model.problem] if model.problem else []
@@ -82,6 +82,7 @@ def status(root: str | Path | None = None) -> StatusResult:
         problems.append("the engine serves an earlier copy of its model file (replaced since it started)")
     if problems:
         problems[-1] += f": {_reinstall_hint(layout, spec)}"
+    e = spec.engine
     plan = {k: e.get(k) for k in ("n_ctx", "parallel", "n_batch", "threads", "cache_type_k", "cache_type_v",
                                   "flash_attn", "n_gpu_layers", "repack")}
     plan["predicted"] = spec.predicted
@@ -94,7 +95,6 @@ def status(root: str | Path | None = None) -> StatusResult:
     )
 
 
-@dataclass(frozen=True)
 def _reinstall_hint(layout: InstallLayout, spec: InstallSpec) -> str:
     profile = (spec.inputs or {}).get("profile") or spec.profile
     return f"aiboxctl install --profile {profile}{_root_flag(layout)} --yes (pulls it again, restarts the service)"
@@ -113,6 +113,7 @@ def _require_model(layout: InstallLayout, spec: InstallSpec, service: ServiceMan
         raise
 
 
+@dataclass(frozen=True)
 class ServiceActionResult:
     root: str
     action: str
@@ -127,8 +128,8 @@ def start(root: str | Path | None = None, *, wait: bool = True,
     from aiboxctl.client.api import endpoint_from_install, wait_healthy
 
     layout, _, spec, service = _installed(root)
-    was = service.state().active
     _require_model(layout, spec, service)
+    was = service.state().active
     if not was:
         service.enable_start()
     if wait:
@@ -147,8 +148,8 @@ def restart(root: str | Path | None = None, *, wait: bool = True,
     from aiboxctl.client.api import endpoint_from_install, wait_healthy
 
     layout, _, spec, service = _installed(root)
-    was = service.state().active
     _require_model(layout, spec, service)
+    was = service.state().active
     service.restart() if was else service.enable_start()
     if wait:
         wait_healthy(endpoint_from_install(layout.root), timeout, _alive_check(service))
@@ -208,10 +209,21 @@ class UninstallResult:
 
 def uninstall(root: str | Path | None = None, *, purge: bool = False) -> UninstallResult:
     """Stop and disable the service, remove exactly the files, directories and users the manifest
-    lists (and the manifest and its generations). Logs and the model are kept unless ``purge``."""
-    layout, manifest, spec, service = _installed(root)
+    lists (and the manifest and its generations). Logs and the model are kept unless ``purge``.
+    An install, upgrade or rollback that was interrupted is undone first (what it started is
+    stopped, what it wrote removed): a first install interrupted that way leaves nothing else."""
+    layout = install_layout(root)
     with install_lock(layout):
-        return _uninstall(layout, manifest, spec, service, purge)
+        recovered = recover_interrupted(layout)
+        manifest = mf.load_manifest(layout) if recovered is not None else mf.require_manifest(layout)
+        if manifest is None:
+            kept = tuple(str(p) for p in sorted(layout.log.iterdir())) if layout.log.is_dir() else ()
+            if purge:
+                shutil.rmtree(layout.log, ignore_errors=True)
+            return UninstallResult(str(layout.root), recovered.removed_files, (), recovered.removed_users,
+                                   () if purge else kept, (), recovered.service_stopped)
+        spec = InstallSpec.from_dict(manifest.spec)
+        return _uninstall(layout, manifest, spec, _service_for(spec), purge)
 
 
 def _uninstall(layout: InstallLayout, manifest: mf.InstallManifest, spec: InstallSpec, service: ServiceManager,

@@ -1,26 +1,42 @@
 """Write an installation's files as one transaction: diff first, journal every change, undo on failure.
 
-Each write is atomic (temp file + rename in the same directory). The journal keeps the previous
-bytes, mode and owner of every path it touches and the directories it created, so that
-:meth:`Transaction.rollback` puts the tree back exactly as it was.
+Each write is atomic (temp file + rename in the same directory). The transaction keeps the
+previous bytes, mode and owner of every path it touches, the directories it created, and the users
+and services the install added, so that :meth:`Transaction.rollback` puts the tree back exactly as
+it was.
+
+With a journal file (``var/lib/aibox/install-journal.json`` of the prefix) that record is also on
+disk, written ahead of each change (fsync'd, atomic rename): an installer killed at any instant
+leaves the journal behind, ``status`` reports the install as interrupted, and
+:meth:`Transaction.load` + :meth:`rollback` undo it later (``uninstall``, or the next ``install``).
+Removing the journal is the commit point.
 """
 
 from __future__ import annotations
 
+import base64
 import difflib
 import errno
+import json
 import os
 import pwd
 import grp
+import shutil
+import signal
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from aiboxctl.deploy.manifest import FileEntry, InstallManifest, owner_names, sha256_bytes
 from aiboxctl.deploy.render import RenderedFile
 from aiboxctl.env import Env
-from aiboxctl.errors import AiboxError
+from aiboxctl.errors import AiboxError, ServiceDown
+from aiboxctl.paths import InstallLayout
+
+JOURNAL_VERSION = 1
 
 
 class InjectedFailure(AiboxError):
@@ -29,12 +45,51 @@ class InjectedFailure(AiboxError):
     code = "injected_failure"
 
 
+class InstallInterrupted(ServiceDown):
+    """An install, upgrade or rollback was killed before it committed (its journal is left)."""
+
+    code = "install_interrupted"
+
+
 def maybe_fail(point: str) -> None:
-    """The failure-injection seam: ``AIBOX_INJECT_FAILURE=<point>`` makes the install fail there.
-    Points: ``after-file:N`` (after N files written), ``before-start``, ``after-start``, ``smoke``."""
+    """The failure-injection seam: ``AIBOX_INJECT_FAILURE=<point>`` makes the install fail there;
+    ``AIBOX_TEST_KILL_AT=<point>`` kills the installer there with SIGKILL (a crash: no rollback).
+    Points: ``journal`` (journal written, nothing else yet), ``after-file:N`` (after N files
+    written), ``before-start``, ``after-start``, ``smoke``, ``commit`` (manifest written, journal
+    not yet removed)."""
+    if os.environ.get(Env.TEST_KILL_AT, "") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
     wanted = os.environ.get(Env.INJECT_FAILURE, "")
     if wanted and wanted == point:
         raise InjectedFailure(f"injected failure at {point} ({Env.INJECT_FAILURE})")
+
+
+def journal_path(layout: InstallLayout) -> Path:
+    return layout.state / "install-journal.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a live installer from a reused pid)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def check_not_interrupted(layout: InstallLayout) -> None:
+    """Raise when the prefix holds the journal of an install that has not committed: one still
+    running, or one that was killed (then ``uninstall`` or a re-run of ``install`` repairs it)."""
+    tx = Transaction.load(journal_path(layout))
+    if tx is None:
+        return
+    root = "" if str(layout.root) == "/" else f" --root {layout.root}"
+    op = tx.meta.get("operation", "install")
+    if tx.owner_alive():
+        raise ServiceDown(f"an {op} is in progress under {layout.root} (pid {tx.meta.get('pid')}, {tx.step})",
+                          code="install_in_progress", hint=f"wait for it to finish, then: aiboxctl status{root}")
+    raise InstallInterrupted(
+        f"{op} incomplete (interrupted while {tx.step}) under {layout.root}",
+        hint=f"re-run the {op} to repair it, or remove what it wrote: aiboxctl uninstall{root}")
 
 
 @dataclass(frozen=True)
@@ -117,24 +172,124 @@ class _Undo:
 
 class Transaction:
     """Journaled file writes under an install prefix. Use :meth:`write`/:meth:`remove`/
-    :meth:`ensure_dir`, then either :meth:`commit` or :meth:`rollback`."""
+    :meth:`ensure_dir`, then either :meth:`commit` or :meth:`rollback`.
 
-    def __init__(self) -> None:
+    ``journal``: where to keep the write-ahead record on disk (None: in memory only). ``meta`` is
+    kept in it for whoever finds it later (operation, profile)."""
+
+    def __init__(self, journal: Path | None = None, meta: dict[str, Any] | None = None) -> None:
         self._undo: list[_Undo] = []
         self._dirs: list[Path] = []
+        self._trees: list[Path] = []
+        self.users: list[str] = []  # created by this transaction (the caller deletes them on rollback)
+        self.services: list[dict[str, Any]] = []  # started or restarted by it (the caller undoes them)
         self.files_written = 0
+        self.journal = Path(journal) if journal is not None else None
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.step = "starting"
 
-    def ensure_dir(self, path: Path, mode: int = 0o755, owner: str | None = None, group: str | None = None) -> None:
+    # --- the journal ------------------------------------------------------------------------
+
+    def begin(self, dir_mode: int = 0o750) -> None:
+        """Create the journal's directory (recorded as created) and write the journal: call it
+        before the first side effect of the install."""
+        if self.journal is None:
+            return
+        pid = os.getpid()
+        self.meta.update(pid=pid, pid_start=_start_time(pid), started_at=time.time())
+        self.ensure_dir(self.journal.parent.parent, 0o755, _save=False)
+        self.ensure_dir(self.journal.parent, dir_mode, _save=False)
+        self._save()
+        maybe_fail("journal")
+
+    def mark(self, step: str) -> None:
+        """What the transaction is doing now (shown by ``status`` if it is interrupted here)."""
+        self.step = step
+        self._save()
+
+    def _save(self) -> None:
+        if self.journal is None:
+            return
+        doc = {
+            "journal_version": JOURNAL_VERSION, "meta": self.meta, "step": self.step,
+            "dirs": [str(d) for d in self._dirs], "trees": [str(t) for t in self._trees],
+            "undo": [{**asdict(u), "content": base64.b64encode(u.content).decode()} for u in self._undo],
+            "users": self.users, "services": self.services,
+        }
+        # 0600: it holds the previous bytes of the API key file.
+        _atomic_write(self.journal, json.dumps(doc).encode(), 0o600)
+
+    @classmethod
+    def load(cls, journal: Path) -> "Transaction | None":
+        """The transaction a journal on disk describes (None when there is none)."""
+        try:
+            doc = json.loads(Path(journal).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise AiboxError(f"install journal {journal} is unreadable: {exc}", code="journal_corrupt",
+                             hint=f"inspect it, then remove it by hand: rm {journal}") from exc
+        if doc.get("journal_version") != JOURNAL_VERSION:
+            raise AiboxError(f"install journal {journal} has version {doc.get('journal_version')}, "
+                             "not one this aiboxctl reads", code="journal_version")
+        tx = cls(journal, doc.get("meta"))
+        tx.step = doc.get("step", "?")
+        tx._dirs = [Path(d) for d in doc.get("dirs", ())]
+        tx._trees = [Path(t) for t in doc.get("trees", ())]
+        tx._undo = [_Undo(**{**u, "content": base64.b64decode(u["content"])}) for u in doc.get("undo", ())]
+        tx.users = list(doc.get("users", ()))
+        tx.services = list(doc.get("services", ()))
+        return tx
+
+    def owner_alive(self) -> bool:
+        """Is the process that wrote this journal still running (so not interrupted)?"""
+        pid = self.meta.get("pid")
+        return bool(pid) and pid != os.getpid() and _start_time(int(pid)) == self.meta.get("pid_start")
+
+    def add_user(self, user: str) -> None:
+        """Record (ahead of ``useradd``) a user this transaction creates."""
+        self.users.append(user)
+        self._save()
+
+    def add_service(self, record: dict[str, Any]) -> None:
+        """Record (ahead of starting or restarting it) a service this transaction touches."""
+        self.services.append(dict(record))
+        self._save()
+
+    def new_tree(self, path: Path) -> None:
+        """Create a directory whose whole content goes on rollback (a generation copy)."""
+        p = Path(path)
+        top = p
+        while not top.parent.exists():
+            top = top.parent
+        if p.exists():
+            shutil.rmtree(p)  # left by an earlier failed commit: nothing refers to it
+        self._trees.append(top)
+        self._save()
+        p.mkdir(parents=True)
+
+    # --- changes ------------------------------------------------------------------------------
+
+    def ensure_dir(self, path: Path, mode: int = 0o755, owner: str | None = None, group: str | None = None,
+                   *, _save: bool = True) -> None:
         missing = []
         p = Path(path)
         while not p.exists():
             missing.append(p)
             p = p.parent
+        if missing:
+            self._dirs.extend(reversed(missing))
+            if _save:
+                self._save()
         for d in reversed(missing):
             d.mkdir(mode=mode)
-            self._dirs.append(d)
             os.chmod(d, mode)
-            if owner or group:
+        if owner or group:
+            # What it creates now, or made earlier (the journal's directory, before the
+            # service user existed); never a directory that was there before.
+            made = list(reversed(missing)) or [p for p in (Path(path),) if p in self._dirs]
+            for d in made:
+                os.chmod(d, mode)
                 os.chown(d, *_ids(owner, group))
 
     @property
@@ -148,8 +303,9 @@ class Transaction:
             st = path.stat()
         except FileNotFoundError:
             self._undo.append(_Undo(str(path), False))
-            return
-        self._undo.append(_Undo(str(path), True, path.read_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid))
+        else:
+            self._undo.append(_Undo(str(path), True, path.read_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid))
+        self._save()
 
     def write(self, f: RenderedFile) -> None:
         path = Path(f.path)
@@ -165,7 +321,9 @@ class Transaction:
         p.unlink(missing_ok=True)
 
     def rollback(self) -> list[str]:
-        """Undo everything in reverse order; returns the problems met (never raises)."""
+        """Undo the file changes in reverse order (users and services are the caller's: see
+        :attr:`users`, :attr:`services`); returns the problems met (never raises). Safe to
+        repeat: the journal goes last, so a rollback cut short is finished by the next one."""
         problems = []
         for undo in reversed(self._undo):
             try:
@@ -175,20 +333,38 @@ class Transaction:
                     Path(undo.path).unlink(missing_ok=True)
             except OSError as exc:
                 problems.append(f"{undo.path}: {exc}")
+        for tree in reversed(self._trees):
+            shutil.rmtree(tree, ignore_errors=True)
+        if self.journal is not None:
+            self._remove_dirs(problems, keep=self.journal.parent)
+            self.journal.unlink(missing_ok=True)
+        self._remove_dirs(problems)
+        self._undo.clear()
+        self._dirs.clear()
+        self._trees.clear()
+        return problems
+
+    def _remove_dirs(self, problems: list[str], keep: Path | None = None) -> None:
         for d in reversed(self._dirs):
+            if keep is not None and (d == keep or d in keep.parents):
+                continue
             try:
                 d.rmdir()
+            except FileNotFoundError:
+                pass  # recorded ahead of a mkdir that never ran, or removed by an earlier try
             except OSError as exc:
                 # A directory the failed attempt wrote into (the service's log) stays, with
                 # what it says about the failure; anything else is a problem to report.
                 if exc.errno != errno.ENOTEMPTY:
                     problems.append(f"{d}: {exc}")
-        self._undo.clear()
-        self._dirs.clear()
-        return problems
 
     def commit(self) -> None:
+        """Keep the changes: forget the undo record and remove the journal (the commit point)."""
         self._undo.clear()
+        self._trees.clear()
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
+            _fsync_dir(self.journal.parent)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
@@ -206,6 +382,21 @@ def _atomic_write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (it survives a power cut, not only a kill)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def entries_for(files: Iterable[RenderedFile]) -> tuple[FileEntry, ...]:
