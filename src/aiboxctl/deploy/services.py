@@ -113,6 +113,13 @@ class SupervisorManager(ServiceManager):
         detail = "running" if s.pid else "stopped"
         if s.pid and s.engine_pid is None:
             detail = f"restarting (engine exited {s.last_exit})"
+        if s.pid is None:
+            # An engine that outlived its supervisor may still answer /health: it is not the
+            # service (nothing restarts it), so the state stays "not active" and says so.
+            strays = supervisor.unmanaged_engines(self.layout)
+            if strays:
+                detail = (f"stopped; an engine no supervisor manages is still running (pid "
+                          f"{', '.join(map(str, strays))}): `aiboxctl stop` ends it")
         return ServiceState("supervisor", s.pid is not None, s.engine_pid or s.pid, detail, s.restarts)
 
 

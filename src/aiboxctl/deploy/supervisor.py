@@ -7,6 +7,12 @@ writes ``run/aibox/supervisor.pid``, starts the engine, restarts it when it exit
 asked to (backoff 1 s, 2 s, 4 s … 60 s; reset after 5 minutes of good health), and on SIGTERM stops
 the engine (SIGTERM, then SIGKILL after a grace period) and removes its pidfile.
 
+The engine dies with its supervisor, however that one ends: the kernel sends it SIGKILL when the
+supervisor exits (``PR_SET_PDEATHSIG``). Its pid is in ``run/aibox/engine.pid``; ``stop`` and
+``spawn`` also find an engine of this installation that outlived its supervisor anyway (by that
+pidfile and by its command line, never by name alone) and stop it, so that the health a later
+``start`` sees is always its own engine's.
+
 Spawning a long-lived daemon is the one place that does not go through
 ``aiboxctl.system.run_command`` (which runs a program to completion).
 """
@@ -14,12 +20,14 @@ Spawning a long-lived daemon is the one place that does not go through
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +45,10 @@ def pidfile(layout: InstallLayout) -> Path:
 
 def statefile(layout: InstallLayout) -> Path:
     return layout.run / "supervisor.json"
+
+
+def engine_pidfile(layout: InstallLayout) -> Path:
+    return layout.run / "engine.pid"
 
 
 def logfile(layout: InstallLayout) -> Path:
@@ -77,6 +89,73 @@ def running_pid(layout: InstallLayout) -> int | None:
     return None
 
 
+def _is_engine_of(argv: list[str], layout: InstallLayout) -> bool:
+    """``aiboxctl serve --config <this prefix's engine.yaml>``, however it was started."""
+    config = str(layout.engine_config)
+    return "serve" in argv and any(
+        (a == "--config" and i + 1 < len(argv) and argv[i + 1] == config) or a == f"--config={config}"
+        for i, a in enumerate(argv))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def engine_pids(layout: InstallLayout) -> list[int]:
+    """Every live engine of this installation: the one in the engine pidfile and any process
+    whose command line serves this prefix's engine.yaml (each checked by its command line)."""
+    import psutil
+
+    found: list[int] = []
+    try:
+        pid = int(engine_pidfile(layout).read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid and _is_engine_of(_cmdline(pid), layout) and _alive(pid):
+        found.append(pid)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        argv = proc.info.get("cmdline") or []
+        if proc.info["pid"] not in found and _is_engine_of(argv, layout) and _alive(proc.info["pid"]):
+            found.append(proc.info["pid"])
+    return found
+
+
+def unmanaged_engines(layout: InstallLayout) -> list[int]:
+    """Engines of this installation that no running supervisor of it manages (they outlived it,
+    or were started by hand): they hold the port and answer /health for nobody."""
+    managed = read_state(layout).engine_pid
+    return [pid for pid in engine_pids(layout) if pid != managed]
+
+
+def stop_engines(pids: list[int], timeout: float = STOP_GRACE_S) -> None:
+    """SIGTERM (the engine's graceful stop), then SIGKILL after ``timeout``."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+
+
 @dataclass(frozen=True)
 class SupervisorState:
     pid: int | None
@@ -97,10 +176,12 @@ def read_state(layout: InstallLayout) -> SupervisorState:
 
 
 def spawn(layout: InstallLayout, env: dict[str, str] | None = None) -> int:
-    """Start the supervisor daemon for this prefix; returns its pid (the existing one if running)."""
+    """Start the supervisor daemon for this prefix; returns its pid (the existing one if running).
+    An engine of this prefix that no supervisor manages is stopped first: it holds the port."""
     existing = running_pid(layout)
     if existing:
         return existing
+    stop_engines(unmanaged_engines(layout))
     layout.run.mkdir(parents=True, exist_ok=True)
     layout.log.mkdir(parents=True, exist_ok=True)
     with open(logfile(layout), "ab") as log, open(os.devnull, "rb") as devnull:
@@ -126,25 +207,21 @@ def spawn(layout: InstallLayout, env: dict[str, str] | None = None) -> int:
 
 
 def stop(layout: InstallLayout, timeout: float = STOP_GRACE_S + 10) -> bool:
-    """Stop the supervisor (and with it the engine). Returns whether one was running."""
+    """Stop the supervisor (and with it the engine), and any engine of this prefix that outlived
+    its supervisor. Returns whether anything was running."""
     pid = running_pid(layout)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running_pid(layout) is None:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    engine = read_state(layout).engine_pid
-    if engine:
-        try:
-            os.kill(engine, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    pidfile(layout).unlink(missing_ok=True)
-    return True
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while running_pid(layout) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if running_pid(layout) is not None:
+            os.kill(pid, signal.SIGKILL)
+            pidfile(layout).unlink(missing_ok=True)
+    strays = engine_pids(layout)
+    stop_engines(strays)
+    engine_pidfile(layout).unlink(missing_ok=True)
+    return pid is not None or bool(strays)
 
 
 # --- the daemon itself -----------------------------------------------------------------------
@@ -175,6 +252,24 @@ def child_identity(layout: InstallLayout) -> tuple[dict, str]:
     if blocked:
         return {}, f"engine runs as root: user {user} cannot use {', '.join(blocked)}"
     return {"user": user, "group": group, "extra_groups": []}, f"engine runs as user {user}"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel SIGKILL the child when its parent exits (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; it fires when the parent *thread* ends, so spawn from the
+    main thread). Runs in the child after its user is set, which would clear the setting."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call: nobody would signal us
+            os._exit(1)
+
+    return preexec
 
 
 class _Daemon:
@@ -216,7 +311,9 @@ class _Daemon:
             while not self.stopping:
                 self.log(f"starting engine: {' '.join(argv)}")
                 began = time.monotonic()
-                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd="/", **identity)
+                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd="/",
+                                              preexec_fn=_die_with_parent(), **identity)
+                engine_pidfile(self.layout).write_text(f"{self.child.pid}\n")
                 self.save()
                 while True:
                     try:
@@ -226,6 +323,7 @@ class _Daemon:
                         continue
                 self.last_exit = code
                 self.child = None
+                engine_pidfile(self.layout).unlink(missing_ok=True)
                 self.save()
                 if self.stopping:
                     self.log(f"engine stopped (exit {code})")
@@ -246,6 +344,7 @@ class _Daemon:
                 except subprocess.TimeoutExpired:
                     self.child.kill()
                     self.child.wait()
+            engine_pidfile(self.layout).unlink(missing_ok=True)
             pidfile(self.layout).unlink(missing_ok=True)
             statefile(self.layout).unlink(missing_ok=True)
         return 0
