@@ -92,7 +92,7 @@ def model_files(manifest: BundleManifest, bundle_id: str) -> list[dict]:
         return []
     repo = rec.get("repo") or f"bundle:{bundle_id[:12]}"
     files = rec.get("files") or [{"path": rec["path"], "file": rec.get("file") or Path(rec["path"]).name}]
-    return [{"repo": repo, "shard": None, "shards": None, **f,
+    return [{"shard": None, "shards": None, **f, "repo": f.get("repo") or repo,
              "file": f.get("file") or Path(f["path"]).name} for f in files]
 
 
