@@ -81,7 +81,7 @@ def main() -> int:
 
     from aiboxctl.models.gguf import read_header
     from aiboxctl.sizing.dryrun import DryRunFailed, oracle_many
-    from aiboxctl.sizing.facts import ModelFacts
+    from aiboxctl.models.facts import ModelFacts
     from aiboxctl.sizing.memory import estimate_memory
 
     worst = {c: (0.0, "") for c in COMPONENTS}

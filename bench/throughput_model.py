@@ -66,7 +66,7 @@ def decode_speed(path: Path, streams: int, tokens: int, threads: int) -> float:
 
 def predicted(path: Path, streams: int, bandwidth_gbps: float, cores: int, depth: int) -> tuple[float, int]:
     from aiboxctl.models.gguf import read_header
-    from aiboxctl.sizing.facts import ModelFacts
+    from aiboxctl.models.facts import ModelFacts
     from aiboxctl.sizing.memory import EngineParams, estimate_memory
     from aiboxctl.sizing.throughput import DeviceSpeed, estimate_throughput
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from aiboxctl.models.catalog import QUANT_BPW, facts_for, load_catalog, load_catalog_file
-from aiboxctl.sizing.facts import ModelFacts
+from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.memory import EngineParams, estimate_memory
-from aiboxctl.sizing.schema import DataFileError
+from aiboxctl.datafile import DataFileError
 
 REQUIRED = [
     "deepseek-r1-distill-qwen-1.5b", "deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-14b",

@@ -12,7 +12,7 @@ from aiboxctl.errors import UsageError
 from aiboxctl.models.gguf import read_header
 from aiboxctl.sizing.cpu_buffers import this_cpu
 from aiboxctl.sizing.dryrun import OracleResult, oracle, oracle_many
-from aiboxctl.sizing.facts import ModelFacts
+from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.memory import EngineParams, estimate_memory
 from ggufgen import write_model
 

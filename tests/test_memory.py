@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiboxctl.sizing.facts import ModelFacts
+from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.memory import EngineParams, estimate_memory, layer_devices
 
 MiB = 1024 * 1024
@@ -82,7 +82,8 @@ def test_extra_buffer_types_follow_the_cpu_flags(gemma_facts, flags, mmap, weigh
 
 def test_extra_buffer_rules_from_llama_cpp_source():
     """ggml-cpu/amx/amx.cpp supports_op and mmq.cpp get_row_size; repack.cpp's x86 and Arm rules."""
-    from aiboxctl.sizing.cpu_buffers import CpuBuffers, WeightMatrix
+    from aiboxctl.models.facts import WeightMatrix
+    from aiboxctl.sizing.cpu_buffers import CpuBuffers
 
     amx, epyc = CpuBuffers.from_flags(XEON_AMX_FLAGS), CpuBuffers.from_flags(EPYC_FLAGS)
     arm = CpuBuffers.from_flags(("asimd", "asimddp"))  # e.g. Kunpeng 920

@@ -9,7 +9,7 @@ import pytest
 
 from aiboxctl.sizing.hardware_profiles import hardware_profile_names, load_hardware_profile
 from aiboxctl.sizing.profiles import load_use_case, use_case_names
-from aiboxctl.sizing.schema import DataFileError, parse_size
+from aiboxctl.datafile import DataFileError, parse_size
 
 REQUIRED_HARDWARE = {"cpu-32g", "cpu-256g", "rtx4090", "a100-80g-x2", "h800-x8", "ascend-910b-x8", "ascend-310p",
                      "hygon-k100-x8", "metax-c500-x8", "mthreads-s4000-x8"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aiboxctl.models.catalog import facts_for, load_catalog
-from aiboxctl.sizing.facts import ModelFacts
+from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.memory import EngineParams, estimate_memory
 from aiboxctl.sizing.throughput import T0_ACCEL, T0_CPU, DeviceSpeed, estimate_throughput
 

@@ -74,7 +74,7 @@ def run_estimate(model: str, *, ctx: int, parallel: int, ubatch: int, cache_type
                  accelerators: Optional[list[str]] = None) -> dict:
     from aiboxctl.models.gguf import read_header
     from aiboxctl.models.source import is_url
-    from aiboxctl.sizing.facts import ModelFacts
+    from aiboxctl.models.facts import ModelFacts
     from aiboxctl.sizing.memory import EngineParams, estimate_memory
 
     if exact and is_url(model):

@@ -15,9 +15,9 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import ConfigDict, Field, with_config
 
+from aiboxctl.datafile import FieldProblem, SizeBytes, raise_problems, read_document, validate
 from aiboxctl.errors import UsageError
 from aiboxctl.resources import data_dir
-from aiboxctl.sizing.schema import FieldProblem, SizeBytes, raise_problems, read_document, validate
 
 _STRICT = ConfigDict(extra="forbid")
 Quality = Literal["low", "medium", "high"]
@@ -277,12 +277,12 @@ def load_catalog() -> Catalog:
 
 
 def facts_for(variant: Variant, qfile: QuantFile):
-    """:class:`~aiboxctl.sizing.facts.ModelFacts` from the catalog alone (no download).
+    """:class:`~aiboxctl.models.facts.ModelFacts` from the catalog alone (no download).
 
     Weights total the file size; the split between embedding, layers and experts is estimated
     from the architecture. When the header can be read, use ``ModelFacts.from_header`` instead.
     """
-    from aiboxctl.sizing.facts import ModelFacts
+    from aiboxctl.models.facts import ModelFacts
 
     a = variant.architecture
     weight_bytes = qfile.size

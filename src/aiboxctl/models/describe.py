@@ -60,7 +60,7 @@ def _file_type_name(ft: Any) -> str | None:
 
 
 def describe(header: GGUFHeader) -> ModelDescription:
-    from aiboxctl.sizing.facts import ModelFacts
+    from aiboxctl.models.facts import ModelFacts
 
     facts = ModelFacts.from_header(header)
     arch = header.architecture

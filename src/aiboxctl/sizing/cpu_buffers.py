@@ -32,13 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# (elements per block, bytes per block) of the weight types the rules below mention.
-BLOCK: dict[str, tuple[int, int]] = {
-    "F16": (1, 2), "BF16": (1, 2), "F32": (1, 4),
-    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
-    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
-    "IQ4_NL": (32, 18), "IQ4_XS": (256, 136), "MXFP4": (32, 17), "Q1_0": (128, 18),
-}
+from aiboxctl.models.facts import BLOCK, WeightMatrix
 
 # AMX: row-length alignment per type, and extra bytes per block in the packed copy.
 _AMX_ALIGN = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "IQ4_XS": 256,
@@ -55,18 +49,6 @@ _REPACK_ARM = {"Q4_0": (("i8mm", 4), ("asimddp", 4)), "Q4_K": (("i8mm", 8), ("as
 
 AMX = "AMX"
 CPU_REPACK = "CPU_REPACK"
-
-
-@dataclass(frozen=True)
-class WeightMatrix:
-    """A weight an extra buffer type could take: where it lives and what op reads it."""
-
-    slot: int  # layer index; n_layer for the output layer
-    type_name: str
-    shape: tuple[int, ...]  # ggml order: row length first
-    n_bytes: int
-    op: str  # "mul_mat" (2-D) or "mul_mat_id" (3-D MoE experts)
-    duplicate: bool = False  # the tied output: a second tensor besides the input embedding
 
 
 @dataclass(frozen=True)

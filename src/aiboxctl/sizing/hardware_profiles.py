@@ -14,9 +14,9 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import ConfigDict, Field, with_config
 
+from aiboxctl.datafile import FieldProblem, SizeBytes, raise_problems, read_document, validate
 from aiboxctl.resources import data_dir
-from aiboxctl.sizing.schema import (FieldProblem, SizeBytes, profile_text, raise_problems, read_document,
-                                    shipped_names, validate)
+from aiboxctl.sizing.profile_files import profile_text, shipped_names
 
 _STRICT = ConfigDict(extra="forbid")
 

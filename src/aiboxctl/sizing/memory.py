@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from aiboxctl.errors import UsageError
 from aiboxctl.sizing.cpu_buffers import CpuBuffers
-from aiboxctl.sizing.facts import ModelFacts
+from aiboxctl.models.facts import ModelFacts
 
 MiB = 1024 * 1024
 HOST = "host"

@@ -30,7 +30,7 @@ from aiboxctl.errors import DoesNotFit, UsageError
 from aiboxctl.hardware.backends import ACCELERATOR_BACKENDS, backend_key, device_prefix
 from aiboxctl.models.catalog import QUANT_BPW, Architecture, Catalog, QuantFile, Variant, facts_for, load_catalog
 from aiboxctl.sizing.cpu_buffers import CpuBuffers
-from aiboxctl.sizing.facts import ModelFacts
+from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
 from aiboxctl.sizing.memory import EngineParams, MemoryEstimate, estimate_memory
 from aiboxctl.sizing.profiles import QUALITY_ORDER, UseCaseProfile
@@ -334,7 +334,7 @@ def local_variant(path: Path) -> Variant:
     """A GGUF given by path, described from its own header as a one-file variant (family
     ``local``): exact parameter count, quantization from ``general.file_type``."""
     from aiboxctl.models.gguf import gguf_constants, read_header
-    from aiboxctl.sizing.facts import EXPERT_TENSOR
+    from aiboxctl.models.facts import EXPERT_TENSOR
 
     if not path.is_file():
         raise UsageError(f"No such model file: {path}", hint="aiboxctl plan --model VARIANT, or a path to a .gguf")

@@ -13,8 +13,9 @@ from typing import Annotated, Literal, Optional
 from pydantic import ConfigDict, Field, with_config
 
 
+from aiboxctl.datafile import FieldProblem, raise_problems, read_document, validate
 from aiboxctl.resources import data_dir
-from aiboxctl.sizing.schema import FieldProblem, profile_text, raise_problems, read_document, shipped_names, validate
+from aiboxctl.sizing.profile_files import profile_text, shipped_names
 
 Quality = Literal["low", "medium", "high"]
 QUALITY_ORDER: dict[str, int] = {"low": 0, "medium": 1, "high": 2}

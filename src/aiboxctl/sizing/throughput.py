@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiboxctl.sizing.facts import ModelFacts
+from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.memory import MemoryEstimate, cache_row_bytes
 
 # Decode bandwidth efficiency by device class, memory-model.md §6.3 (uncalibrated defaults).

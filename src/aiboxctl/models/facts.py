@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from aiboxctl.errors import AiboxError
-from aiboxctl.sizing.cpu_buffers import BLOCK, WeightMatrix
 
 if TYPE_CHECKING:
     from aiboxctl.models.gguf import GGUFHeader
@@ -34,6 +33,27 @@ _PURE_RECURRENT = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
 _BLK = re.compile(r"^blk\.(\d+)\.")
 _INPUT_PREFIXES = ("token_embd", "position_embd", "token_types", "per_layer_token_embd")
 EXPERT_TENSOR = re.compile(r"\.ffn_(gate|up|down|gate_up)_(ch)?exps\.")
+
+# (elements per block, bytes per block) of the ggml weight types the extra buffer type rules
+# (sizing.cpu_buffers) and the synthetic catalog matrices below mention.
+BLOCK: dict[str, tuple[int, int]] = {
+    "F16": (1, 2), "BF16": (1, 2), "F32": (1, 4),
+    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
+    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+    "IQ4_NL": (32, 18), "IQ4_XS": (256, 136), "MXFP4": (32, 17), "Q1_0": (128, 18),
+}
+
+
+@dataclass(frozen=True)
+class WeightMatrix:
+    """A weight an extra buffer type could take: where it lives and what op reads it."""
+
+    slot: int  # layer index; n_layer for the output layer
+    type_name: str
+    shape: tuple[int, ...]  # ggml order: row length first
+    n_bytes: int
+    op: str  # "mul_mat" (2-D) or "mul_mat_id" (3-D MoE experts)
+    duplicate: bool = False  # the tied output: a second tensor besides the input embedding
 
 
 class FactsError(AiboxError):

@@ -1,5 +1,6 @@
 """Load a YAML data file (profile, hardware profile, catalog) into a frozen dataclass, and
-report every mistake as ``file:line: field: what is wrong``.
+report every mistake as ``file:line: field: what is wrong``. A foundation module: the catalog
+(models/) and the profiles (sizing/) both read their files through it.
 
 Validation is pydantic's (types, enums, unknown keys); this module only adds what pydantic
 cannot know: *where* in the YAML a field is. The YAML is composed into a node tree first, so
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator
@@ -187,46 +187,3 @@ def _line_of(node: Any, loc: tuple) -> int | None:
         else:
             return line
     return line
-
-
-def load_file(path: Path | Any, cls: type[T], *, name: str | None = None, context: dict | None = None) -> T:
-    """Read ``path`` (a Path or an importlib Traversable) and validate it as ``cls``."""
-    shown = name or _display_name(path)
-    doc = read_document(path.read_text(encoding="utf-8"), shown)
-    return validate(doc, cls, context=context)
-
-
-def _display_name(path: Any) -> str:
-    try:
-        p = Path(str(path))
-        parts = p.parts
-        if "profiles" in parts:
-            return str(Path(*parts[len(parts) - 1 - parts[::-1].index("profiles"):]))
-        return str(p)
-    except (TypeError, ValueError):
-        return str(path)
-
-
-
-def shipped_names(folder: Any, *, exclude: tuple[str, ...] = ()) -> list[str]:
-    """The profile names (file stems) of the ``*.yaml`` files in a shipped folder."""
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir()
-                  if p.name.endswith(".yaml") and p.name not in exclude)
-
-
-def profile_text(name_or_path: str | Path, folder: Any, label: str, *, kind: str, hint: str,
-                 exclude: tuple[str, ...] = ()) -> tuple[str, str]:
-    """(YAML text, name for messages) of a profile given by name (shipped in ``folder``, shown as
-    ``label/NAME.yaml``) or as a path to any YAML file of the same shape."""
-    from aiboxctl.errors import UsageError
-
-    text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise UsageError(f"No such {kind} file: {path}", hint="aiboxctl plan --help")
-        return path.read_text(encoding="utf-8"), str(path)
-    names = shipped_names(folder, exclude=exclude)
-    if text not in names:
-        raise UsageError(f"Unknown {kind} {text!r}; known: {', '.join(names)}", hint=hint)
-    return (folder / f"{text}.yaml").read_text(encoding="utf-8"), f"{label}/{text}.yaml"
