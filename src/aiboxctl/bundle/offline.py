@@ -36,7 +36,7 @@ class BundleInstallResult:
     steps: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        from aiboxctl.cli.output import to_jsonable
+        from aiboxctl.jsonable import to_jsonable
 
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "install"}
         d["install"] = to_jsonable(self.install)

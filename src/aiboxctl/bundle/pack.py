@@ -191,7 +191,7 @@ def _noop(_: str) -> None:
 
 def _plan_summary(plan: Any) -> dict[str, Any]:
     """Contract 6: the plan's variant, quant and engine parameters, whatever their nesting."""
-    from aiboxctl.cli.output import to_jsonable
+    from aiboxctl.jsonable import to_jsonable
 
     d = to_jsonable(plan)
     choice = d.get("choice") or d
@@ -298,7 +298,7 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
     import json
 
     from aiboxctl.bundle.wheels import collect_wheels
-    from aiboxctl.cli.output import to_jsonable
+    from aiboxctl.jsonable import to_jsonable
     from aiboxctl.paths import StatePaths
     from aiboxctl.sizing.hardware_profiles import load_hardware_profile
     from aiboxctl.sizing.planner import plan as make_plan

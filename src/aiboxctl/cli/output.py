@@ -6,18 +6,16 @@ always exactly one JSON document, on success and on failure.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from aiboxctl.errors import ConfirmationRequired, ErrorInfo, ExitCode
+from aiboxctl.jsonable import to_jsonable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -57,27 +55,6 @@ def configure_from_argv(argv: list[str]) -> None:
 
 def set_command(name: str) -> None:
     STATE.command = name
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, enums, paths, tuples, sets → plain JSON types (recursively)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        if hasattr(obj, "to_dict"):
-            return to_jsonable(obj.to_dict())
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.name.startswith("_")}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, PurePath):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [to_jsonable(v) for v in obj]
-        return sorted(items, key=str) if isinstance(obj, (set, frozenset)) else items
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
-        return None
-    return obj
 
 
 def envelope(*, ok: bool, exit_code: int, data: Any = None, errors: list[dict] | None = None,

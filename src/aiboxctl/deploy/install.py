@@ -94,7 +94,7 @@ def _probe():
 def _hardware_fingerprint(hardware: Any) -> dict[str, Any]:
     """What of the box the plan depends on and does not drift between two runs (total memory,
     cores, accelerators; not free memory)."""
-    from aiboxctl.cli.output import to_jsonable
+    from aiboxctl.jsonable import to_jsonable
 
     d = to_jsonable(hardware)
     cpu = d.get("cpu") or {}
@@ -151,7 +151,7 @@ def _ensure_model(facts: dict[str, Any], progress: Progress, dry_run: bool) -> t
 # --- the transaction --------------------------------------------------------------------------
 
 def inputs_fingerprint(profile: Any, model: str | None, overrides: dict[str, Any], hardware_fp: dict) -> str:
-    from aiboxctl.cli.output import to_jsonable
+    from aiboxctl.jsonable import to_jsonable
 
     doc = {"profile": to_jsonable(profile), "model": model, "overrides": overrides,
            "aiboxctl": __version__, "hardware": hardware_fp}
