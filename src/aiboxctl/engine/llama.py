@@ -12,6 +12,7 @@ import ctypes
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ _INIT_LOCK = threading.Lock()
 _INITIALISED = False
 _LOG_LINES: deque[str] = deque(maxlen=400)  # recent llama.cpp log lines (buffer sizes, errors)
 _LOG_CALLBACK: Any = None  # keep the ctypes callback alive, or the process crashes on the next log
+_LOG_LISTENERS: list[Callable[[str], None]] = []  # see capture_log_lines
 
 # ggml log levels: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 cont
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
@@ -58,6 +60,8 @@ def _install_log_callback(llama_cpp: Any) -> None:
             line = "".join(pending).rstrip("\n")
             pending.clear()
             _LOG_LINES.append(line)
+            for listener in _LOG_LISTENERS:
+                listener(line)
             log.log(_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", line)
         except Exception:  # noqa: BLE001 - never raise into C
             pass
@@ -68,6 +72,16 @@ def _install_log_callback(llama_cpp: Any) -> None:
 
 def recent_log_lines() -> list[str]:
     return list(_LOG_LINES)
+
+
+def capture_log_lines(*, skip: tuple[str, ...] = ()) -> list[str]:
+    """A list that receives every whole llama.cpp log line from now on, for the life of the
+    process (the recent tail keeps 400, and a graph dump can push the buffer lines out of it);
+    lines containing any of ``skip`` are left out. Installs the log callback if need be."""
+    lines: list[str] = []
+    _LOG_LISTENERS.append(lambda line: None if any(s in line for s in skip) else lines.append(line))
+    llama_cpp_module()
+    return lines
 
 
 def backend_variant_dirs(llama_cpp: Any) -> list[Path]:
