@@ -34,7 +34,7 @@ def bench(
     json_: JsonOpt = False,
 ) -> int:
     """TTFT, prefill and decode tok/s of one stream, aggregate tok/s at N streams; ratio to the plan's prediction."""
-    from aiboxctl.client.api import endpoint_from_install
+    from aiboxctl.deploy.endpoint import endpoint_from_install
     from aiboxctl.client.bench import run_bench
     from aiboxctl.deploy.manifest import load_manifest
     from aiboxctl.deploy.spec import install_layout

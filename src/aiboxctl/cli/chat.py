@@ -31,7 +31,7 @@ def chat(
     json_: JsonOpt = False,
 ) -> int:
     """Chat with the installed model: streaming REPL (/reset, /system, /exit), or one-shot with -p or stdin."""
-    from aiboxctl.client.api import endpoint_from_install
+    from aiboxctl.deploy.endpoint import endpoint_from_install
     from aiboxctl.client.chat import ChatSession, repl
 
     endpoint = endpoint_from_install(root, url=url, api_key=api_key)

@@ -1,5 +1,8 @@
 """A small client of the appliance's OpenAI-compatible API (httpx), shared by install's smoke
-test, ``status``, ``chat`` and ``bench``."""
+test, ``status``, ``chat`` and ``bench``.
+
+It speaks HTTP only: which endpoint and key an installation has is read by
+:mod:`aiboxctl.deploy.endpoint`, and callers hand the :class:`Endpoint` in."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiboxctl.errors import AiboxError, ServiceDown, VerificationFailed
@@ -22,49 +24,6 @@ class Endpoint:
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-
-def read_api_key(path: str | Path) -> str | None:
-    """First key of an api_keys file (lines ``key`` or ``id:key``; # comments)."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line.split(":", 1)[1] if ":" in line else line
-    return None
-
-
-def endpoint_from_install(root: str | Path | None = None, *, url: str | None = None,
-                          api_key: str | None = None) -> Endpoint:
-    """The endpoint and key of the installation under ``root`` (``--url``/``--api-key`` win)."""
-    import yaml
-
-    from aiboxctl.deploy.spec import install_layout
-
-    layout = install_layout(root)
-    cfg: dict[str, Any] = {}
-    try:
-        cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        if url is None:
-            hint = "aiboxctl install --profile demo" + ("" if root is None else f" --root {layout.root}")
-            raise ServiceDown(f"no aibox installation under {layout.root} (and no --url)", hint=hint) from None
-    if url is None:
-        host = str(cfg.get("host") or "127.0.0.1")
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        url = f"http://{host}:{int(cfg.get('port') or 8080)}"
-    key_file = cfg.get("api_keys_file")
-    if api_key is None and key_file:
-        try:
-            api_key = read_api_key(key_file)
-        except PermissionError as exc:
-            raise AiboxError(f"cannot read the API key file {key_file}", code="permission_denied",
-                             hint="run as root, or pass --api-key KEY") from exc
-        except FileNotFoundError:
-            api_key = None
-    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file)
 
 
 def _is_loopback(url: str) -> bool:
@@ -249,5 +208,5 @@ def complete_raw(endpoint: Endpoint, body: dict[str, Any], timeout: float = 300.
     return r.json()
 
 
-__all__ = ["Endpoint", "ChatOutcome", "StreamEvent", "endpoint_from_install", "health", "wait_healthy",
-           "stream_chat", "chat_once", "complete_raw", "read_api_key"]
+__all__ = ["Endpoint", "ChatOutcome", "StreamEvent", "health", "wait_healthy", "stream_chat", "chat_once",
+           "complete_raw"]

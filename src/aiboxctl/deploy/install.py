@@ -319,7 +319,8 @@ def service_state_exit(service: ServiceManager) -> Any:
 
 
 def _smoke(layout: InstallLayout) -> dict[str, Any]:
-    from aiboxctl.client.api import chat_once, endpoint_from_install
+    from aiboxctl.client.api import chat_once
+    from aiboxctl.deploy.endpoint import endpoint_from_install
 
     maybe_fail("smoke")
     endpoint = endpoint_from_install(layout.root)
@@ -504,7 +505,8 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
             service.restart()
             action = "restarted"
         maybe_fail("after-start")
-        from aiboxctl.client.api import endpoint_from_install, wait_healthy
+        from aiboxctl.client.api import wait_healthy
+        from aiboxctl.deploy.endpoint import endpoint_from_install
 
         tx.mark("waiting for the service to become healthy")
         progress("waiting for the service to load the model and pass its self-test")

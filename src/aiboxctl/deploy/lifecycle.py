@@ -68,7 +68,8 @@ def _rss(pid: int | None) -> int | None:
 
 
 def status(root: str | Path | None = None) -> StatusResult:
-    from aiboxctl.client.api import endpoint_from_install, health
+    from aiboxctl.client.api import health
+    from aiboxctl.deploy.endpoint import endpoint_from_install
     from aiboxctl.deploy import modelcheck
 
     layout, manifest, spec, service = _installed(root)
@@ -125,7 +126,8 @@ class ServiceActionResult:
 
 def start(root: str | Path | None = None, *, wait: bool = True,
           timeout: float = DEFAULT_HEALTH_TIMEOUT_S) -> ServiceActionResult:
-    from aiboxctl.client.api import endpoint_from_install, wait_healthy
+    from aiboxctl.client.api import wait_healthy
+    from aiboxctl.deploy.endpoint import endpoint_from_install
 
     layout, _, spec, service = _installed(root)
     _require_model(layout, spec, service)
@@ -145,7 +147,8 @@ def stop(root: str | Path | None = None) -> ServiceActionResult:
 
 def restart(root: str | Path | None = None, *, wait: bool = True,
             timeout: float = DEFAULT_HEALTH_TIMEOUT_S) -> ServiceActionResult:
-    from aiboxctl.client.api import endpoint_from_install, wait_healthy
+    from aiboxctl.client.api import wait_healthy
+    from aiboxctl.deploy.endpoint import endpoint_from_install
 
     layout, _, spec, service = _installed(root)
     _require_model(layout, spec, service)

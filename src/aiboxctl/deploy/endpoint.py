@@ -1,0 +1,53 @@
+"""The endpoint and API key of an installation, read from its engine config and key file:
+what ``status``, the smoke test, ``chat`` and ``bench`` talk to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiboxctl.client.api import Endpoint
+from aiboxctl.errors import AiboxError, ServiceDown
+
+
+def read_api_key(path: str | Path) -> str | None:
+    """First key of an api_keys file (lines ``key`` or ``id:key``; # comments)."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line.split(":", 1)[1] if ":" in line else line
+    return None
+
+
+def endpoint_from_install(root: str | Path | None = None, *, url: str | None = None,
+                          api_key: str | None = None) -> Endpoint:
+    """The endpoint and key of the installation under ``root`` (``--url``/``--api-key`` win)."""
+    import yaml
+
+    from aiboxctl.deploy.spec import install_layout
+
+    layout = install_layout(root)
+    cfg: dict[str, Any] = {}
+    try:
+        cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        if url is None:
+            hint = "aiboxctl install --profile demo" + ("" if root is None else f" --root {layout.root}")
+            raise ServiceDown(f"no aibox installation under {layout.root} (and no --url)", hint=hint) from None
+    if url is None:
+        host = str(cfg.get("host") or "127.0.0.1")
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        url = f"http://{host}:{int(cfg.get('port') or 8080)}"
+    key_file = cfg.get("api_keys_file")
+    if api_key is None and key_file:
+        try:
+            api_key = read_api_key(key_file)
+        except PermissionError as exc:
+            raise AiboxError(f"cannot read the API key file {key_file}", code="permission_denied",
+                             hint="run as root, or pass --api-key KEY") from exc
+        except FileNotFoundError:
+            api_key = None
+    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file)
