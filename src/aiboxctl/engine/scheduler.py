@@ -55,6 +55,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
     @property
     def uses_penalties(self) -> bool:
@@ -79,6 +80,11 @@ class Request:
         self.prompt_tokens = len(prompt)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that changes the logits: an argmax, no sampler chain."""
+        return self.temperature <= 0 and not self.uses_penalties and not self.logit_bias
 
 
 class _Slot:
@@ -287,31 +293,52 @@ class Scheduler:
         s.stops = tuple(x for x in p.stop if x)
         s.held = ""
         s.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        s.argmax = p.temperature <= 0 and not p.uses_penalties
+        s.argmax = p.plain_greedy
         s.sampler = None if s.argmax else self._make_sampler(p, prompt)
 
     def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> Any:
         L = self.L
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        add = L.llama_sampler_chain_add
+        if not chain:
+            raise RuntimeError("llama.cpp could not create a sampler chain")
+        try:
+            self._fill_chain(chain, p, prompt)
+        except BaseException:
+            L.llama_sampler_free(chain)  # frees the samplers already added too
+            raise
+        return chain
+
+    def _fill_chain(self, chain: Any, p: SamplingParams, prompt: list[int]) -> None:
+        L = self.L
+
+        def add(sampler: Any, what: str) -> None:
+            if not sampler:
+                raise RuntimeError(f"llama.cpp could not create the {what} sampler")
+            L.llama_sampler_chain_add(chain, sampler)
+
+        if p.logit_bias:
+            arr = (L.llama_logit_bias * len(p.logit_bias))()
+            for i, (tok, bias) in enumerate(p.logit_bias):
+                arr[i].token = tok
+                arr[i].bias = bias
+            add(L.llama_sampler_init_logit_bias(self._n_vocab, len(p.logit_bias), arr), "logit bias")
         if p.uses_penalties:
-            add(chain, L.llama_sampler_init_penalties(p.penalty_last_n, p.repeat_penalty,
-                                                      p.frequency_penalty, p.presence_penalty))
+            add(L.llama_sampler_init_penalties(self._n_vocab, p.penalty_last_n, p.repeat_penalty,
+                                               p.frequency_penalty, p.presence_penalty), "penalties")
             for tok in prompt[-p.penalty_last_n:] if p.penalty_last_n > 0 else prompt:
                 L.llama_sampler_accept(chain, tok)
         if p.temperature <= 0:
-            add(chain, L.llama_sampler_init_greedy())
-            return chain
+            add(L.llama_sampler_init_greedy(), "greedy")
+            return
         if p.top_k > 0:
-            add(chain, L.llama_sampler_init_top_k(p.top_k))
+            add(L.llama_sampler_init_top_k(p.top_k), "top-k")
         if p.top_p < 1.0:
-            add(chain, L.llama_sampler_init_top_p(p.top_p, 1))
+            add(L.llama_sampler_init_top_p(p.top_p, 1), "top-p")
         if p.min_p > 0.0:
-            add(chain, L.llama_sampler_init_min_p(p.min_p, 1))
-        add(chain, L.llama_sampler_init_temp(p.temperature))
+            add(L.llama_sampler_init_min_p(p.min_p, 1), "min-p")
+        add(L.llama_sampler_init_temp(p.temperature), "temperature")
         seed = L.LLAMA_DEFAULT_SEED if p.seed is None else (p.seed & 0xFFFFFFFF)
-        add(chain, L.llama_sampler_init_dist(seed))
-        return chain
+        add(L.llama_sampler_init_dist(seed), "dist")
 
     def _fill_batch(self) -> int:
         b = self.batch

@@ -20,10 +20,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from fastapi import Request as HttpRequest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aiboxctl.engine.config import EngineConfig
 from aiboxctl.engine.metrics import EngineMetrics
@@ -38,8 +38,21 @@ RETRY_AFTER_S = 1
 
 # --- request bodies ------------------------------------------------------------------------
 
-class _Body(BaseModel):
+MAX_STOPS = 16
+LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value: -100 (ban) .. 100 (force)
+
+
+class _StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class _Body(BaseModel):
+    """The fields every generation request shares. Each one is honoured or rejected (400);
+    ``model`` and ``user`` are accepted as labels (one model is served; ``user`` is the client's
+    end-user id, which changes nothing here). NaN and infinities are refused."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -48,14 +61,21 @@ class _Body(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repeat_penalty: float = Field(1.0, gt=0.0)
+    repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
     seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
+    stop: Union[str, list[str], None] = Field(None, max_length=MAX_STOPS)
+    logit_bias: Optional[dict[int, Annotated[float, Field(ge=-LOGIT_BIAS, le=LOGIT_BIAS)]]] = None
     stream: bool = False
-    stream_options: Optional[dict[str, Any]] = None
+    stream_options: Optional[_StreamOptions] = None
     n: int = Field(1, ge=1, le=1)
     ignore_eos: bool = False  # llama-server's extension: generate max_tokens whatever the model says
     user: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "_Body":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
 
 
 class _TextPart(BaseModel):
@@ -87,6 +107,13 @@ class ChatBody(_Body):
 class CompletionBody(_Body):
     prompt: Union[str, list[str], list[int]]
     echo: bool = False
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not supported by this server")
+        return v
 
 
 # --- state ---------------------------------------------------------------------------------
@@ -201,13 +228,20 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     return (f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))), (str(err["loc"][0]) if err.get("loc") else None)
 
 
-def _sampling(body: _Body, max_tokens: int) -> SamplingParams:
+def _sampling(body: _Body, max_tokens: int, n_vocab: int) -> SamplingParams:
+    """The request's sampling settings; ValueError (a 400) for a logit_bias token id outside
+    the vocabulary."""
     stop = body.stop
     stops: tuple[str, ...] = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_k=body.top_k,
+    bias = tuple(sorted((body.logit_bias or {}).items()))
+    bad = [t for t, _ in bias if not 0 <= t < n_vocab]
+    if bad:
+        raise ValueError(f"logit_bias: token id {bad[0]} is not in this model's vocabulary (0..{n_vocab - 1})")
+    return SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
+                          top_k=min(body.top_k, n_vocab),  # more than the vocabulary is all of it
                           top_p=body.top_p, min_p=body.min_p, repeat_penalty=body.repeat_penalty,
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos)
+                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos, logit_bias=bias)
 
 
 def _usage(req) -> dict:
@@ -373,8 +407,13 @@ def create_app(state: EngineState) -> Any:
         max_tokens = max(1, min(wanted, cfg.max_tokens_cap, limit - len(tokens)))
         events: asyncio.Queue = asyncio.Queue()
         # runs on the event loop: the scheduler hands events over through deliver()
-        req = Request(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", tokens,
-                      _sampling(body, max_tokens), events.put_nowait)
+        try:
+            params = _sampling(body, max_tokens, state.runtime.n_vocab)
+        except ValueError as exc:
+            audit(key_id, endpoint, 400, started, error="invalid request")
+            return _error(400, str(exc), param="logit_bias", code="invalid_value")
+        req = Request(f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", tokens, params,
+                      events.put_nowait)
         try:
             sched.submit(req)
         except QueueFull as exc:
@@ -384,7 +423,7 @@ def create_app(state: EngineState) -> Any:
         created = int(time.time())
         model_id = cfg.served_name
         if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(
                 _stream(req, events, sched, chat=chat, created=created, model_id=model_id,
                         include_usage=include_usage,
