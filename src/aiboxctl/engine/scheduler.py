@@ -388,9 +388,7 @@ class Scheduler:
         return i
 
     def _sample_all(self) -> None:
-        L, rt, ctx = self.L, self.rt, self.rt.ctx
         now = time.monotonic()
-        metrics = self.metrics
         for s in self.slots:
             if s.req is None or s.out_idx < 0:
                 continue
