@@ -388,7 +388,9 @@ class Scheduler:
         return i
 
     def _sample_all(self) -> None:
+        L, rt, ctx = self.L, self.rt, self.rt.ctx
         now = time.monotonic()
+        metrics = self.metrics
         for s in self.slots:
             if s.req is None or s.out_idx < 0:
                 continue
@@ -453,7 +455,9 @@ class Scheduler:
     def _finish(self, s: _Slot, reason: str, *, flush: bool = True) -> None:
         req = s.req
         if flush:
-            tail = s.held + s.decoder.decode(b"", final=True)
+            # bytes still in the decoder are the start of a character the cut left incomplete:
+            # dropped, never sent as U+FFFD (invalid bytes inside the text were replaced already)
+            tail = s.held
             s.held = ""
             if tail:
                 self._out.append((req.emit, ("text", tail)))
