@@ -6,8 +6,10 @@ output buffers for any size of model in well under a second, while the model and
 lines read 0.00 (their sizes come from the "llama_kv_cache: size = …" lines and
 ``llama_model_size``, which are header arithmetic). A real load logs every buffer.
 
-Both run in a child process (``python -m aiboxctl.sizing.dryrun``): llama.cpp aborts the whole
-process on configurations it rejects, and its global state should not leak into the caller.
+Both run in a child process started by module name (``python -m aiboxctl.engine.dryrun``, the
+engine layer's side, which drives llama.cpp): llama.cpp aborts the whole process on
+configurations it rejects, and its global state should not leak into the caller. This module is
+the parent's side: it sends the configurations and reads the child's log lines into figures.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def oracle_many(model: str | Path, params: list[EngineParams], *, mode: str = "d
         raise ValueError("oracle_many: all configurations must share the model parameters")
     request = {"model": str(model), "params": [asdict(p) for p in params], "mode": mode}
     started = time.monotonic()
-    res = run_command([sys.executable, "-m", "aiboxctl.sizing.dryrun"], input_text=json.dumps(request),
+    res = run_command([sys.executable, "-m", "aiboxctl.engine.dryrun"], input_text=json.dumps(request),
                       timeout=timeout)
     if res.timed_out:
         raise DryRunFailed(f"llama.cpp {mode} run timed out after {timeout:.0f} s")
@@ -169,9 +171,10 @@ def oracle_many(model: str | Path, params: list[EngineParams], *, mode: str = "d
         if "error" in item:
             out.append(DryRunFailed(f"llama.cpp {mode} run failed: {item['error']}"))
             continue
-        devices = tuple(OracleDevice(name, **vals) for name, vals in item["devices"].items())
-        out.append(OracleResult(mode, devices, seconds, item.get("flash_attn"), tuple(item.get("kv_cells", ())),
-                                tuple(item.get("lines", ())) if keep_lines else ()))
+        parsed = parse_buffer_lines(item["lines"], mode=mode, model_bytes=doc["model_bytes"])
+        devices = tuple(OracleDevice(name, **vals) for name, vals in parsed["devices"].items())
+        out.append(OracleResult(mode, devices, seconds, parsed["flash_attn"], tuple(parsed["kv_cells"]),
+                                tuple(item["lines"]) if keep_lines else ()))
     if len(params) == 1 and isinstance(out[0], DryRunFailed):
         raise out[0]
     return out
@@ -198,94 +201,3 @@ def _last_error(stderr: str) -> str:
         if "error" in ln.lower() or "assert" in ln.lower() or "failed" in ln.lower():
             return ln.strip()[:300]
     return lines[-1].strip()[:300] if lines else ""
-
-
-def _engine_config(model: str, p: dict):
-    from aiboxctl.engine.config import EngineConfig
-
-    return EngineConfig(
-        model=Path(model), n_ctx=p["n_ctx"], parallel=p["parallel"], kv_unified=p["kv_unified"],
-        n_batch=p["n_batch"], n_ubatch=p["n_ubatch"], cache_type_k=p["cache_type_k"],
-        cache_type_v=p["cache_type_v"], flash_attn=p["flash_attn"], swa_full=p["swa_full"],
-        n_gpu_layers=p["n_gpu_layers"], tensor_split=tuple(p["tensor_split"]), repack=p["repack"],
-        mmap=p["mmap"], threads=1,
-    )
-
-
-def _child(request: dict) -> dict:
-    from aiboxctl.engine.llama import context_params, llama_cpp_module, model_params
-
-    mode = request["mode"]
-    configs = [_engine_config(request["model"], p) for p in request["params"]]
-    llama = llama_cpp_module()
-    lines = _capture_log(llama)
-    mp, keep = model_params(configs[0], llama)
-    if mode == "dry":
-        mp.no_alloc = True
-        mp.load_mode = llama.LLAMA_LOAD_MODE_NONE  # without it load_tensors asserts !no_alloc
-    model = llama.llama_model_load_from_file(str(configs[0].model).encode(), mp)
-    if not model:
-        return {"error": "could not load the model: " + " | ".join(lines[-3:])}
-    model_lines = list(lines)
-    model_bytes = int(llama.llama_model_size(model))
-    results = []
-    for cfg, p in zip(configs, request["params"]):
-        mark = len(lines)
-        cp = context_params(cfg, llama)
-        cp.offload_kqv = bool(p.get("offload_kqv", True))
-        ctx = llama.llama_init_from_model(model, cp)
-        ctx_lines = lines[mark:]
-        if not ctx:
-            results.append({"error": "could not create the context: " + " | ".join(ctx_lines[-3:])})
-            continue
-        item = parse_buffer_lines(model_lines + ctx_lines, mode=mode, model_bytes=model_bytes)
-        item["lines"] = [ln for ln in model_lines + ctx_lines
-                         if "buffer size" in ln or "size =" in ln or "flash_attn" in ln]
-        results.append(item)
-        llama.llama_free(ctx)
-    llama.llama_model_free(model)
-    del keep
-    return {"results": results}
-
-
-_LOG_CALLBACK = None  # the ctypes callback must stay referenced while llama.cpp may log
-
-
-def _capture_log(llama) -> list[str]:
-    """Collect llama.cpp's whole log (the engine keeps only a short tail, and a graph dump
-    can push the buffer lines out of it). Lines are joined from llama.cpp's pieces."""
-    import ctypes
-
-    global _LOG_CALLBACK
-    lines: list[str] = []
-    pending: list[str] = []
-
-    def on_log(level: int, text: bytes, _user) -> None:
-        try:
-            pending.append(text.decode("utf-8", errors="replace") if text else "")
-            if pending[-1].endswith("\n"):
-                line = "".join(pending).rstrip("\n")
-                pending.clear()
-                if "llama_graph_n_input_tensors" not in line:
-                    lines.append(line)
-        except Exception:  # noqa: BLE001 - never raise into C
-            pass
-
-    _LOG_CALLBACK = llama.llama_log_callback(on_log)
-    llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-    return lines
-
-
-def main() -> int:
-    request = json.loads(sys.stdin.read())
-    try:
-        out = _child(request)
-    except AiboxError as exc:
-        out = {"error": exc.message}
-    sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
-    return 0 if "error" not in out else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Where llama.cpp is touched: one log capture in the tree (engine/llama.py), and sizing's dry
+run starts the engine's child by module name instead of importing the engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import aiboxctl
+
+SRC = Path(aiboxctl.__file__).parent
+
+
+def test_one_llama_cpp_log_capture():
+    setters = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "llama_log_set(" in p.read_text())
+    assert setters == ["engine/llama.py"]
+
+
+def test_dry_run_child_answers_by_module_name(tmp_path):
+    """The child the sizing side starts (``python -m aiboxctl.engine.dryrun``) answers one JSON
+    line, also when the model cannot be loaded."""
+    params = {"n_ctx": 512, "parallel": 1, "kv_unified": True, "n_batch": 512, "n_ubatch": 512,
+              "cache_type_k": "f16", "cache_type_v": "f16", "flash_attn": "auto", "swa_full": False,
+              "n_gpu_layers": 0, "tensor_split": [], "repack": False, "mmap": True}
+    request = {"model": str(tmp_path / "missing.gguf"), "mode": "dry", "params": [params]}
+    res = subprocess.run([sys.executable, "-m", "aiboxctl.engine.dryrun"], input=json.dumps(request),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["error"].startswith("could not load the model")
