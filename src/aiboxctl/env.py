@@ -25,6 +25,9 @@ class Env:
     # tests: make the engine self-test child crash (SIGSEGV) while the named risky options are
     # on, e.g. "repack" or "repack,flash_attn" — proves the fallback path on any machine
     SELFTEST_FAULT = "AIBOX_SELFTEST_FAULT"
+    # tests: make the serving decode loop fail on its first decode step, to prove the watchdog:
+    # "loop-crash" (the step raises, the loop thread dies) or "loop-stall" (the step never returns)
+    ENGINE_FAULT = "AIBOX_ENGINE_FAULT"
     # tests/bench: where the real llama-cpp-python builds are cached across runs (default
     # ~/.cache/aiboxctl-tests/engine-wheels): the portable CPU build takes minutes, so it is built once
     TEST_ENGINE_CACHE = "AIBOX_TEST_ENGINE_CACHE"

@@ -47,6 +47,10 @@ class EngineConfig:
     queue_size: int = 64
     chat_template: str | None = None
     selftest: bool = True
+    # seconds the decode loop may go without finishing a step before the engine counts as hung:
+    # /health turns 503 and the process exits (5) so systemd or the supervisor restarts it. Far
+    # above one step of a big model's prefill chunk on a slow CPU (tens of seconds).
+    watchdog_s: int = 300
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -113,6 +117,8 @@ def validate(cfg: EngineConfig) -> list[str]:
     for name in ("n_ctx", "parallel", "n_batch", "n_ubatch", "max_tokens_cap", "queue_size"):
         if int(getattr(cfg, name)) < 1:
             p.append(f"{name} must be ≥ 1")
+    if int(cfg.watchdog_s) < 2:
+        p.append("watchdog_s must be ≥ 2 (the idle loop beats every second)")
     if not 0 < cfg.port < 65536:
         p.append("port must be 1..65535")
     for name in ("threads", "threads_batch"):

@@ -37,8 +37,20 @@ log = logging.getLogger("aiboxctl.engine")
 Event = tuple
 
 
+IDLE_BEAT_S = 1.0  # an idle loop wakes this often to show the watchdog it is alive
+
+# test hook (AIBOX_ENGINE_FAULT): what the loop does on its first decode step
+FAULTS = ("loop-crash", "loop-stall")
+
+
 class QueueFull(AiboxError):
     code = "queue_full"
+
+
+def _check_fault(fault: str | None) -> str | None:
+    if fault and fault not in FAULTS:
+        raise ValueError(f"unknown engine fault {fault!r} (one of {', '.join(FAULTS)})")
+    return fault or None
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,11 @@ class SamplingParams:
     def uses_penalties(self) -> bool:
         return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that changes the logits: an argmax, no sampler chain."""
+        return self.temperature <= 0 and not self.uses_penalties and not self.logit_bias
+
 
 class Request:
     """One generation request, owned by the loop once submitted."""
@@ -80,11 +97,6 @@ class Request:
         self.prompt_tokens = len(prompt)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
-
-    @property
-    def plain_greedy(self) -> bool:
-        """Greedy with nothing that changes the logits: an argmax, no sampler chain."""
-        return self.temperature <= 0 and not self.uses_penalties and not self.logit_bias
 
 
 class _Slot:
@@ -120,7 +132,8 @@ class Scheduler:
 
     def __init__(self, rt: "LlamaRuntime", *, parallel: int, n_batch: int, slot_ctx: int,
                  queue_size: int, metrics: Any = None,
-                 deliver: Callable[[list[tuple[Callable[[Event], Any], Event]]], None] | None = None) -> None:
+                 deliver: Callable[[list[tuple[Callable[[Event], Any], Event]]], None] | None = None,
+                 fault: str | None = None) -> None:
         self.rt = rt
         self.L = rt.lib
         self.parallel = parallel
@@ -144,6 +157,10 @@ class Scheduler:
             b.n_seq_id[i] = 1
         self.steps = 0
         self.fatal: str | None = None
+        # the watchdog's view: when the loop last finished a step or looked for work (it looks at
+        # least every IDLE_BEAT_S while idle), so a heartbeat older than a step can take means stuck
+        self.beat = time.monotonic()
+        self._fault = _check_fault(fault)
         import numpy
 
         self._as_array = numpy.ctypeslib.as_array
@@ -181,15 +198,22 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="aibox-decode", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the loop: requests still running or waiting are cancelled with an error event."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the loop: requests still running or waiting are cancelled with an error event.
+        False when the loop thread is still running after ``timeout`` (stuck in a step)."""
         with self._lock:
             self._stop = True
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
     def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            # a stuck step may still use the batch and the samplers: leave them to the process exit
+            log.warning("decode loop still running; not freeing its batch and samplers")
+            return
         for s in self.slots:
             if s.sampler:
                 self.L.llama_sampler_free(s.sampler)
@@ -197,6 +221,42 @@ class Scheduler:
         if self.batch is not None:
             self.L.llama_batch_free(self.batch)
             self.batch = None
+
+    # --- the watchdog's questions (any thread) -------------------------------------------
+    def problem(self, stall_s: float) -> str | None:
+        """Why the loop can no longer serve, or None: it died, or its heartbeat is older than
+        ``stall_s`` (a step that never returns; the idle loop beats every IDLE_BEAT_S)."""
+        if self._thread is None:
+            return None
+        if not self._thread.is_alive():
+            if self._stop:
+                return None
+            return f"the decode loop died ({self.fatal or 'no error recorded'})"
+        age = time.monotonic() - self.beat
+        if age > stall_s and not self._stop:
+            return f"the decode loop made no progress for {age:.0f} s (watchdog_s {stall_s:g})"
+        return None
+
+    def abandon(self, message: str) -> None:
+        """The loop is stuck for good: tell every request it holds or has queued (an error event),
+        from the caller's thread. Only for the fatal path; the process exits next."""
+        with self._lock:
+            self._stop = True
+        reqs = [s.req for s in self.slots if s.req is not None] + list(self._waiting)
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                reqs.append(item)
+        out = [(r.emit, ("error", message)) for r in reqs]
+        if out:
+            if self.deliver is None:
+                for emit, event in out:
+                    emit(event)
+            else:
+                self.deliver(out)
 
     # --- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -209,14 +269,20 @@ class Scheduler:
                 self._admit()
                 n = self._fill_batch()
                 if n == 0:
+                    self._flush()  # requests refused while being admitted
+                    self.beat = time.monotonic()
                     continue
+                if self._fault is not None:
+                    self._inject_fault()
                 rc = self.L.llama_decode(self.rt.ctx, self.batch)
                 self.steps += 1
                 if rc != 0:
                     self._decode_failed(rc)
+                    self.beat = time.monotonic()
                     continue
                 self._sample_all()
                 self._flush()
+                self.beat = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - a dead loop must not leave clients hanging
             log.exception("decode loop failed")
             self.fatal = f"{type(exc).__name__}: {exc}"
@@ -224,15 +290,29 @@ class Scheduler:
             self._fail_everything("the server is shutting down" if self.fatal is None else
                                   f"engine failure: {self.fatal}")
 
+    def _inject_fault(self) -> None:
+        fault, self._fault = self._fault, None
+        log.warning("injecting engine fault %s (test hook)", fault)
+        if fault == "loop-crash":
+            raise RuntimeError("injected fault: loop-crash")
+        threading.Event().wait()  # loop-stall: a step that never returns
+
     def _has_work(self) -> bool:
         return bool(self._waiting) or any(s.req is not None for s in self.slots)
 
     def _take_inbox(self, *, block: bool) -> None:
         inbox = self._inbox
-        if block:
-            item = inbox.get()
+        while block:
+            try:
+                item = inbox.get(timeout=IDLE_BEAT_S)
+            except queue.Empty:
+                self.beat = time.monotonic()  # idle, not stuck
+                if self._stop:
+                    return
+                continue
             if item is not None:
                 self._waiting.append(item)
+            break
         while True:
             try:
                 item = inbox.get_nowait()

@@ -136,6 +136,7 @@ class EngineState:
     started: float = field(default_factory=time.time)
     loop: Any = None  # the asyncio loop of the HTTP side (set at start-up)
     on_fatal: Callable[[str], None] | None = None
+    fault: str | None = None  # test hook for the decode loop (Env.ENGINE_FAULT)
 
     @property
     def served_config(self) -> EngineConfig:
@@ -179,7 +180,7 @@ def boot(state: EngineState) -> None:
                 pass
 
         sched = Scheduler(rt, parallel=cfg.parallel, n_batch=cfg.n_batch, slot_ctx=cfg.slot_ctx,
-                          queue_size=cfg.queue_size, metrics=state.metrics, deliver=deliver)
+                          queue_size=cfg.queue_size, metrics=state.metrics, deliver=deliver, fault=state.fault)
         state.metrics.bind(sched, rt.n_ctx)
         sched.start()
         state.scheduler = sched
@@ -203,12 +204,41 @@ def _deliver(batch: list) -> None:
         emit(event)
 
 
+def engine_problem(state: EngineState) -> str | None:
+    """Why a started engine can no longer serve (its decode loop died or hangs), else None.
+    The first caller to see it marks the engine failed, logs one line, answers the requests the
+    loop holds with an error and calls ``on_fatal`` (serve: stop, exit 5, get restarted)."""
+    if state.status == "failed" and state.scheduler is not None:
+        return state.reason
+    sched = state.scheduler
+    if state.status != "ok" or sched is None:
+        return None
+    reason = sched.problem(state.served_config.watchdog_s)
+    if reason is None:
+        return None
+    with _FATAL_LOCK:
+        if state.status == "failed":
+            return state.reason
+        state.status, state.reason = "failed", reason
+    log.error("engine unhealthy, stopping so that it is restarted: %s", reason)
+    sched.abandon(f"engine failure: {reason}")
+    if state.on_fatal is not None:
+        state.on_fatal(reason)
+    return reason
+
+
+_FATAL_LOCK = threading.Lock()
+
+
 def shutdown(state: EngineState) -> None:
-    state.status = "stopping"
+    if state.status != "failed":  # serve's exit code and /health still report a failure
+        state.status = "stopping"
+    stopped = True
     if state.scheduler is not None:
-        state.scheduler.stop()
+        # a loop that already failed gets no grace: a hung step may never return
+        stopped = state.scheduler.stop(timeout=1.0 if state.status == "failed" else 10.0)
         state.scheduler.close()
-    if state.runtime is not None:
+    if state.runtime is not None and stopped:  # a hung step may still be using the context
         state.runtime.close()
 
 
@@ -305,6 +335,7 @@ def create_app(state: EngineState) -> Any:
 
     @app.get("/health")
     async def health() -> Any:
+        engine_problem(state)  # a dead or hung decode loop turns this 503 (and stops the process)
         st = state.selftest
         info: dict[str, Any] = {
             "status": state.status,
