@@ -343,7 +343,10 @@ class Scheduler:
                 self._n_waiting -= 1
             # the free slot whose cached tokens share the longest prefix with this prompt
             slot = max(free, key=lambda s: common_prefix(s.cached, req.prompt))
-            self._bind(slot, req)
+            try:
+                self._bind(slot, req)
+            except Exception as exc:  # noqa: BLE001 - one request's failure is that request's alone
+                self._fail_one(slot, exc, "starting", req)
 
     def _bind(self, s: _Slot, req: Request) -> None:
         L, mem = self.L, self.rt.mem
@@ -468,41 +471,60 @@ class Scheduler:
         return i
 
     def _sample_all(self) -> None:
-        L, rt, ctx = self.L, self.rt, self.rt.ctx
         now = time.monotonic()
-        metrics = self.metrics
         for s in self.slots:
             if s.req is None or s.out_idx < 0:
                 continue
-            req = s.req
-            if s.argmax:
-                # greedy through llama_sampler_sample builds a candidate array over the whole
-                # vocabulary (262k entries for gemma) for every token; numpy's argmax reads the
-                # logits in place at a tenth of the cost and picks the same (first) maximum
-                t = int(self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,)).argmax())
-            else:
-                t = L.llama_sampler_sample(s.sampler, ctx, s.out_idx)
-            s.out_idx = -1
-            req.completion_tokens += 1
-            if req.t_first is None:
-                req.t_first = now
-                if metrics is not None:
-                    metrics.first_token(now - req.t_submit)
-            elif metrics is not None:
-                metrics.token_latency(now - req.t_last)
-            req.t_last = now
-            if not req.params.ignore_eos and rt.is_eog(t):
-                self._finish(s, "stop")
-                continue
-            text = s.decoder.decode(rt.piece(t))
-            if text and self._push_text(s, text):
-                self._finish(s, "stop", flush=False)
-                continue
-            if req.completion_tokens >= s.max_tokens or len(s.cached) + 1 >= self.slot_ctx:
-                self._finish(s, "length")
-                continue
-            s.last = t
-            s.generating = True
+            try:
+                self._sample_one(s, now)
+            except Exception as exc:  # noqa: BLE001 - one request's failure is that request's alone
+                self._fail_one(s, exc, "sampling")
+
+    def _fail_one(self, s: _Slot, exc: Exception, stage: str, req: Request | None = None) -> None:
+        """A per-request step raised: end that request with an error event, free its slot and
+        forget its cache (its state is unknown); the loop goes on with the others."""
+        req = req or s.req
+        message = f"engine error while {stage} this request: {type(exc).__name__}: {exc}"
+        log.error("request %s: %s", req.id if req is not None else "?", message)
+        if req is not None:
+            self._out.append((req.emit, ("error", message)))
+        self._release(s)
+        self.L.llama_memory_seq_rm(self.rt.mem, s.seq, -1, -1)
+        s.cached.clear()
+        s.n_fed = 0
+
+    def _sample_one(self, s: _Slot, now: float) -> None:
+        L, rt, ctx = self.L, self.rt, self.rt.ctx
+        metrics = self.metrics
+        req = s.req
+        if s.argmax:
+            # greedy through llama_sampler_sample builds a candidate array over the whole
+            # vocabulary (262k entries for gemma) for every token; numpy's argmax reads the
+            # logits in place at a tenth of the cost and picks the same (first) maximum
+            t = int(self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,)).argmax())
+        else:
+            t = L.llama_sampler_sample(s.sampler, ctx, s.out_idx)
+        s.out_idx = -1
+        req.completion_tokens += 1
+        if req.t_first is None:
+            req.t_first = now
+            if metrics is not None:
+                metrics.first_token(now - req.t_submit)
+        elif metrics is not None:
+            metrics.token_latency(now - req.t_last)
+        req.t_last = now
+        if not req.params.ignore_eos and rt.is_eog(t):
+            self._finish(s, "stop")
+            return
+        text = s.decoder.decode(rt.piece(t))
+        if text and self._push_text(s, text):
+            self._finish(s, "stop", flush=False)
+            return
+        if req.completion_tokens >= s.max_tokens or len(s.cached) + 1 >= self.slot_ctx:
+            self._finish(s, "length")
+            return
+        s.last = t
+        s.generating = True
 
     def _push_text(self, s: _Slot, text: str) -> bool:
         """Send text, holding back a possible stop-string prefix. True when a stop matched."""
