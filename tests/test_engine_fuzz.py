@@ -13,10 +13,14 @@ import math
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from test_engine_support import running_server, smollm2_path
 
 CLIENT_TIMEOUT_S = 60  # a hang guard: the longest legitimate request here takes well under a second
+FUZZ = settings(max_examples=40, deadline=None, database=None, derandomize=False, print_blob=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +109,91 @@ def test_nan_and_infinity_are_400(http):
     for value in (math.nan, math.inf, -math.inf):
         r = post(http, "/v1/completions", {"prompt": "Hi", "max_tokens": 2, "repeat_penalty": value})
         assert r.status_code == 400, r.text
+
+
+# --- the fuzzer ------------------------------------------------------------------------------
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+                 st.floats(), st.text(max_size=12), st.lists(st.integers(), max_size=3),
+                 st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def field(valid, *boundary):
+    return st.one_of(valid, st.sampled_from(boundary), JUNK) if boundary else st.one_of(valid, JUNK)
+
+
+STOP_TEXT = st.text(st.characters(codec="utf-8"), max_size=6)
+BIAS = st.dictionaries(st.integers(0, 49151).map(str), st.floats(-100, 100), max_size=5)
+# field: (valid values, boundary values); every field also gets JUNK (wrong types, huge numbers…)
+FIELDS = {
+    "model": (st.text(max_size=10),),
+    "max_tokens": (st.integers(1, 8), 0, -1, 2 ** 31, 10 ** 20),
+    "temperature": (st.floats(0, 2), -0.1, 2.0001, 0.0, 1e308, math.nan, math.inf),
+    "top_p": (st.floats(0, 1, exclude_min=True), 0.0, 1.0, 1.5, 1e-45),
+    "top_k": (st.integers(0, 100), -1, 0, 2 ** 31, 10 ** 30),
+    "min_p": (st.floats(0, 1), -1.0, 1.0, 1.1),
+    "presence_penalty": (st.floats(-2, 2), -2.0, 2.0, -2.5, 2.5),
+    "frequency_penalty": (st.floats(-2, 2), -2.0, 2.0, -2.5, 2.5),
+    "repeat_penalty": (st.floats(0.01, 10), 0.0, -1.0, 1.0, 10.0, 11.0, 1e-30),
+    "seed": (st.integers(-(2 ** 70), 2 ** 70),),
+    "stop": (st.one_of(STOP_TEXT, st.lists(STOP_TEXT, max_size=16)), [], [""], "\x00", "\ud7ff", ["x"] * 17),
+    "logit_bias": (BIAS, {}, {"-1": 1}, {"49152": 1}, {"x": 1}, {"0": 101}, {"2": 100}),
+    "stream": (st.booleans(),),
+    "stream_options": (st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),),
+    "n": (st.just(1), 0, 2),
+    "ignore_eos": (st.booleans(),),
+    "user": (st.text(max_size=10),),
+}
+COMMON = {name: field(*spec) for name, spec in FIELDS.items()}
+VALID_COMMON = {name: spec[0] for name, spec in FIELDS.items()}
+ROLES = st.sampled_from(["system", "developer", "user", "assistant", "tool", "bogus"])
+CONTENT = st.one_of(st.text(max_size=40), st.none(),
+                    st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
+                                                    "text": st.text(max_size=20)}), max_size=2), JUNK)
+MESSAGES = field(st.lists(st.fixed_dictionaries({"role": ROLES, "content": CONTENT}), min_size=1, max_size=3),
+                 [], [{"role": "user"}], [{"content": "hi"}])
+PROMPT = field(st.one_of(st.text(max_size=40), st.lists(st.integers(-1, 50000), max_size=8),
+                         st.lists(st.text(max_size=20), min_size=1, max_size=2)), "", [], [49151], [49152])
+
+# half the bodies hold only valid values, so that many requests really reach the decode loop
+CHAT_BODY = st.one_of(
+    st.fixed_dictionaries({"messages": MESSAGES},
+                          optional={**COMMON, "max_completion_tokens": field(st.integers(1, 8), 0, 10 ** 9)}),
+    st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries({"role": st.just("user"),
+                                                                       "content": st.text(max_size=40)}),
+                                                min_size=1, max_size=2)},
+                          optional={**VALID_COMMON, "max_completion_tokens": st.integers(1, 8)}))
+COMPLETION_BODY = st.one_of(
+    st.fixed_dictionaries({"prompt": PROMPT}, optional={**COMMON, "echo": field(st.booleans())}),
+    st.fixed_dictionaries({"prompt": st.one_of(st.text(min_size=1, max_size=40),
+                                               st.lists(st.integers(0, 49151), min_size=1, max_size=8))},
+                          optional=VALID_COMMON))
+
+
+def check(http: httpx.Client, path: str, body: dict) -> None:
+    payload = json.dumps(body)
+    with http.stream("POST", path, content=payload, headers={"Content-Type": "application/json"}) as r:
+        raw = r.read()
+    event(f"HTTP {r.status_code}")  # pytest --hypothesis-show-statistics shows how many reached the engine
+    assert r.status_code < 500, (r.status_code, raw[:300], payload[:500])
+    if r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"):
+        events = [line[6:] for line in raw.decode("utf-8").split("\n\n") if line.startswith("data: ")]
+        assert events and events[-1] == "[DONE]", raw[-300:]
+        assert not any('"error"' in e[:10] for e in events), (raw[-300:], payload[:500])
+    elif r.status_code == 200:
+        assert json.loads(raw)["choices"][0]["finish_reason"] in ("stop", "length")
+    else:
+        assert 400 <= r.status_code < 500 and json.loads(raw)["error"]["message"]
+    plain_request_works(http)
+
+
+@FUZZ
+@given(body=CHAT_BODY)
+def test_fuzz_chat_completions(http, body):
+    check(http, "/v1/chat/completions", body)
+
+
+@FUZZ
+@given(body=COMPLETION_BODY)
+def test_fuzz_completions(http, body):
+    check(http, "/v1/completions", body)
