@@ -1,5 +1,6 @@
-"""Where llama.cpp is touched: one log capture in the tree (engine/llama.py), and sizing's dry
-run starts the engine's child by module name instead of importing the engine."""
+"""Issue 12, the models/sizing part: one llama.cpp log capture in the tree (engine/llama.py);
+sizing's dry run starts the engine's child by module name instead of importing the engine; the
+planner learns which files are local from its caller; a broken module of our own fails loudly."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import aiboxctl
 
@@ -30,3 +33,12 @@ def test_dry_run_child_answers_by_module_name(tmp_path):
     assert res.returncode == 1
     doc = json.loads(res.stdout.strip().splitlines()[-1])
     assert doc["error"].startswith("could not load the model")
+
+
+def test_pull_with_a_broken_catalog_module_fails_loudly(monkeypatch):
+    """A catalog module that cannot be imported is an error, not "no such variant"."""
+    from aiboxctl.hub.pull import resolve_request
+
+    monkeypatch.setitem(sys.modules, "aiboxctl.models.catalog", None)  # import raises ImportError
+    with pytest.raises(ImportError):
+        resolve_request("smollm2-135m-instruct")

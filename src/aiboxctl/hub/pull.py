@@ -138,14 +138,6 @@ def _wanted_for_names(repo: str, names: tuple[str, ...], *, sha=None, size=None)
                  for i, name in enumerate(names))
 
 
-def _catalog():
-    try:
-        from aiboxctl.models.catalog import load_catalog
-    except ImportError:
-        return None
-    return load_catalog()
-
-
 def _from_plan(path: Path) -> tuple[str, str | None]:
     """(variant, quant) from ``aiboxctl plan --json`` output (the envelope or its data)."""
     try:
@@ -183,16 +175,17 @@ def resolve_request(model: str | None, *, quant: str | None = None, plan: Path |
         if rest.endswith(".gguf"):
             return PullRequest(model, _wanted_for_names(repo, shard_names(rest)), quant=quant)
         return PullRequest(model, (), quant=quant or rest, repo_quant=rest or quant)
-    cat = _catalog()
-    variant = cat.variant(model.lower()) if cat is not None else None
+    from aiboxctl.models.catalog import load_catalog
+
+    cat = load_catalog()
+    variant = cat.variant(model.lower())
     if variant is None:
         if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and quant:
             return PullRequest(model, (), quant=quant, repo_quant=quant)
         hint = "aiboxctl pull OWNER/REPO:FILE.gguf, or a variant from the catalog"
-        if cat is not None:
-            close = [v.name for v in cat.variants if model.lower() in v.name][:5]
-            if close:
-                hint = "did you mean: " + ", ".join(close)
+        close = [v.name for v in cat.variants if model.lower() in v.name][:5]
+        if close:
+            hint = "did you mean: " + ", ".join(close)
         raise UsageError(f"{model!r} is neither a catalog variant nor repo:file.gguf", hint=hint)
     if quant:
         qf = variant.file_for(quant)
