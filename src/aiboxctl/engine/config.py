@@ -15,6 +15,8 @@ from aiboxctl.errors import UsageError
 
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("auto", "on", "off")
+BODY_BYTES_PER_CELL = 64  # default request body limit per KV cell (EngineConfig.body_limit)
+BODY_FLOOR_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class EngineConfig:
     # /health turns 503 and the process exits (5) so systemd or the supervisor restarts it. Far
     # above one step of a big model's prefill chunk on a slow CPU (tens of seconds).
     watchdog_s: int = 300
+    max_body_bytes: int | None = None  # request body limit (413 above it); None = sized from n_ctx
 
     def __post_init__(self) -> None:
         problems = validate(self)
@@ -80,6 +83,17 @@ class EngineConfig:
         With a unified KV cache any one sequence may use all cells, but then the others
         would starve; we give each slot an even share, as llama-server does."""
         return max(1, self.n_ctx // max(1, self.parallel))
+
+    @property
+    def body_limit(self) -> int:
+        """Largest request body accepted, in bytes: ``max_body_bytes``, else
+        ``BODY_BYTES_PER_CELL`` per KV cell with a floor of ``BODY_FLOOR_BYTES``. A prompt
+        that fits the context is far smaller (a token is ~4 bytes of text, ~12 as escaped JSON
+        CJK, ~7 as a token id), so nothing a slot could hold is refused, while a body the server
+        would only parse to reject cannot cost seconds of CPU and gigabytes of memory."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return max(BODY_FLOOR_BYTES, BODY_BYTES_PER_CELL * self.n_ctx)
 
     def replace(self, **changes: Any) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
@@ -121,6 +135,8 @@ def validate(cfg: EngineConfig) -> list[str]:
         p.append("watchdog_s must be ≥ 2 (the idle loop beats every second)")
     if not 0 < cfg.port < 65536:
         p.append("port must be 1..65535")
+    if cfg.max_body_bytes is not None and int(cfg.max_body_bytes) < 1024:
+        p.append("max_body_bytes must be ≥ 1024 or null (sized from n_ctx)")
     for name in ("threads", "threads_batch"):
         v = getattr(cfg, name)
         if v is not None and int(v) < 1:

@@ -2,11 +2,12 @@
 
 Keys file: one key per line, optionally ``id:key``; blank lines and ``#`` comments ignored.
 Keys are never logged or written to the audit log; the audit log names the key's id
-(the ``id:`` prefix, else ``key<line number>``).
+(the ``id:`` prefix, else ``key<line number>``), and a rejected key by its fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import threading
@@ -67,6 +68,19 @@ class KeyRing:
             if hmac.compare_digest(given, key.secret) and found is None:
                 found = key.id
         return found
+
+
+def key_fingerprint(authorization: str | None) -> str | None:
+    """A short, stable name for a presented credential that the audit log may hold: the first
+    12 hex digits of the sha256 of the Bearer token (of the whole header when it is not Bearer).
+    The same wrong key always maps to the same fingerprint, so repeated attempts can be told
+    apart and an operator can check a suspected key (``sha256sum``), while the secret itself
+    is never written. None when nothing was presented."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    material = token.strip() if scheme.lower() == "bearer" else authorization
+    return "sha256:" + hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 class AuditLog:

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aiboxctl.engine.config import EngineConfig
 from aiboxctl.engine.metrics import EngineMetrics
-from aiboxctl.engine.scheduler import QueueFull, Request, SamplingParams, Scheduler
-from aiboxctl.engine.security import AuditLog, KeyRing
+from aiboxctl.engine.scheduler import Event, QueueFull, Request, SamplingParams, Scheduler
+from aiboxctl.engine.security import AuditLog, KeyRing, key_fingerprint
 from aiboxctl.engine.template import TemplateError
 
 log = logging.getLogger("aiboxctl.engine")
@@ -199,6 +199,14 @@ class _BootFailed(Exception):
     pass
 
 
+class _Rejected(Exception):
+    """A request refused before it reaches the scheduler: its HTTP status and OpenAI error."""
+
+    def __init__(self, status: int, message: str, *, code: str, audit_error: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.audit_error = status, message, code, param, audit_error
+
+
 def _deliver(batch: list) -> None:
     for emit, event in batch:
         emit(event)
@@ -285,6 +293,10 @@ def _sse(obj: Any) -> bytes:
 
 # --- the app -------------------------------------------------------------------------------
 
+_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/models": "models",
+              "/metrics": "metrics", "/health": "health"}
+
+
 def create_app(state: EngineState) -> Any:
     from contextlib import asynccontextmanager
 
@@ -301,14 +313,31 @@ def create_app(state: EngineState) -> Any:
     app = FastAPI(title="aiboxctl engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = state.metrics
 
-    def authorise(request: HttpRequest) -> tuple[str | None, Any]:
-        """(key id, None) when allowed, else (None, the 401 response)."""
+    def unexpected(request: HttpRequest, exc: Exception) -> Any:
+        """Any exception no route handled: OpenAI's JSON 500 (not Starlette's plain text),
+        counted and audited like every other answer, the traceback in the log."""
+        endpoint = _ENDPOINTS.get(request.url.path, "other")
+        log.error("unhandled error answering %s %s", request.method, request.url.path, exc_info=exc)
+        started = getattr(request.state, "started", time.monotonic())
+        audit(getattr(request.state, "key_id", None), endpoint, 500, started, error=f"internal: {type(exc).__name__}")
+        return _error(500, f"internal server error ({type(exc).__name__})", type_="server_error", code="internal_error")
+
+    app.add_middleware(_CatchAll, on_error=unexpected)
+
+    def authorise(request: HttpRequest, endpoint: str) -> tuple[str | None, Any]:
+        """(key id, None) when allowed, else (None, the 401 response), counted and audited with
+        the presented key's fingerprint (never the key itself) and the client's address."""
         if state.keys is None:
             return "anonymous", None
-        key_id = state.keys.check(request.headers.get("authorization"))
+        presented = request.headers.get("authorization")
+        key_id = state.keys.check(presented)
         if key_id is None:
+            client = request.client.host if request.client else None
+            audit(None, endpoint, 401, time.monotonic(), error="missing API key" if not presented else "invalid API key",
+                  extra={"key_fingerprint": key_fingerprint(presented), "client": client})
             return None, _error(401, "Invalid or missing API key (send 'Authorization: Bearer <key>').",
                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        request.state.key_id = key_id
         return key_id, None
 
     def not_ready() -> Any:
@@ -317,12 +346,13 @@ def create_app(state: EngineState) -> Any:
                       headers={"Retry-After": str(RETRY_AFTER_S * 5)})
 
     def audit(key_id: str | None, endpoint: str, status: int, started: float, req: Request | None = None,
-              prompt: Any = None, completion: str | None = None, error: str | None = None) -> None:
+              prompt: Any = None, completion: str | None = None, error: str | None = None,
+              extra: dict[str, Any] | None = None) -> None:
         metrics.count(endpoint, status)
         if state.audit is None:
             return
         record: dict[str, Any] = {"key_id": key_id, "endpoint": endpoint, "status": status,
-                                  "duration_s": round(time.monotonic() - started, 3)}
+                                  "duration_s": round(time.monotonic() - started, 3), **(extra or {})}
         if req is not None:
             record.update(request_id=req.id, prompt_tokens=req.prompt_tokens,
                           completion_tokens=req.completion_tokens, finish_reason=req.finish_reason)
@@ -359,7 +389,7 @@ def create_app(state: EngineState) -> Any:
 
     @app.get("/metrics")
     async def metrics_endpoint(request: HttpRequest) -> Any:
-        _, denied = authorise(request)
+        _, denied = authorise(request, "metrics")
         if denied is not None:
             return denied
         body, ctype = metrics.render()
@@ -367,40 +397,57 @@ def create_app(state: EngineState) -> Any:
 
     @app.get("/v1/models")
     async def models(request: HttpRequest) -> Any:
-        _, denied = authorise(request)
+        _, denied = authorise(request, "models")
         if denied is not None:
             return denied
         return {"object": "list", "data": [{"id": state.config.served_name, "object": "model",
                                             "created": int(state.started), "owned_by": "aiboxctl"}]}
 
-    async def parse(request: HttpRequest, model: type[BaseModel]) -> tuple[Any, Any]:
+    async def read_body(request: HttpRequest) -> bytes:
+        """The body, refused with 413 once it is larger than the configured limit: a declared
+        Content-Length is checked before reading anything, a chunked body as it arrives, so an
+        oversized body is never held in memory."""
+        limit = state.config.body_limit
+        too_large = _Rejected(413, f"the request body is larger than this server's limit of {limit} bytes "
+                                   "(max_body_bytes in the engine config)", code="request_too_large",
+                              audit_error="body too large")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise _Rejected(400, "invalid Content-Length header", code="invalid_request",
+                                audit_error="bad content-length")
+            if int(declared) > limit:
+                raise too_large
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise too_large
+        return bytes(buf)
+
+    def prepare(raw: bytes, chat: bool) -> tuple[Any, list[int], Any]:
+        """JSON → validated body → prompt tokens. CPU-bound (a large body, a long template, a
+        long prompt), so it runs on a worker thread and the event loop keeps answering."""
         try:
-            raw = await request.json()
+            data = json.loads(raw)
+        except RecursionError:
+            raise _Rejected(400, "the request body is nested too deeply", code="invalid_json",
+                            audit_error="invalid JSON") from None
         except (ValueError, UnicodeDecodeError):
-            return None, _error(400, "the request body is not valid JSON", code="invalid_json")
-        if not isinstance(raw, dict):
-            return None, _error(400, "the request body must be a JSON object", code="invalid_json")
+            raise _Rejected(400, "the request body is not valid JSON", code="invalid_json",
+                            audit_error="invalid JSON") from None
+        if not isinstance(data, dict):
+            raise _Rejected(400, "the request body must be a JSON object", code="invalid_json",
+                            audit_error="invalid JSON")
         try:
-            return model.model_validate(raw), None
+            body = (ChatBody if chat else CompletionBody).model_validate(data)
         except ValidationError as exc:
             message, param = _validation_message(exc)
-            return None, _error(400, message, param=param, code="invalid_value")
-
-    async def run(request: HttpRequest, endpoint: str, chat: bool) -> Any:
-        started = time.monotonic()
-        key_id, denied = authorise(request)
-        if denied is not None:
-            metrics.count(endpoint, 401)
-            return denied
-        if state.status != "ok" or state.scheduler is None:
-            audit(key_id, endpoint, 503, started, error="not ready")
-            return not_ready()
-        body, bad = await parse(request, ChatBody if chat else CompletionBody)
-        if bad is not None:
-            audit(key_id, endpoint, 400, started, error="invalid request")
-            return bad
-        rt, sched, cfg = state.runtime, state.scheduler, state.served_config
-        # prompt → tokens
+            raise _Rejected(400, message, param=param, code="invalid_value", audit_error="invalid request") from None
+        except RecursionError:
+            raise _Rejected(400, "the request body is nested too deeply", code="invalid_json",
+                            audit_error="invalid request") from None
+        rt = state.runtime
         try:
             if chat:
                 messages = [m.flat() for m in body.messages]
@@ -422,9 +469,27 @@ def create_app(state: EngineState) -> Any:
                 else:
                     tokens = rt.tokenize(prompt, add_special=True, parse_special=False)
                 audit_prompt = body.prompt
-        except (TemplateError, ValueError) as exc:
-            audit(key_id, endpoint, 400, started, error="bad prompt")
-            return _error(400, str(exc), code="invalid_prompt")
+        except (TemplateError, ValueError, RecursionError) as exc:
+            message = "the messages are nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise _Rejected(400, message, code="invalid_prompt", audit_error="bad prompt") from None
+        return body, tokens, audit_prompt
+
+    async def run(request: HttpRequest, endpoint: str, chat: bool) -> Any:
+        started = time.monotonic()
+        request.state.started = started
+        key_id, denied = authorise(request, endpoint)
+        if denied is not None:
+            return denied
+        if state.status != "ok" or state.scheduler is None:
+            audit(key_id, endpoint, 503, started, error="not ready")
+            return not_ready()
+        try:
+            raw = await read_body(request)
+            body, tokens, audit_prompt = await asyncio.to_thread(prepare, raw, chat)
+        except _Rejected as exc:
+            audit(key_id, endpoint, exc.status, started, error=exc.audit_error)
+            return _error(exc.status, exc.message, code=exc.code, param=exc.param)
+        sched, cfg = state.scheduler, state.served_config
         if not tokens:
             audit(key_id, endpoint, 400, started, error="empty prompt")
             return _error(400, "the prompt is empty", param="prompt", code="invalid_prompt")
@@ -462,23 +527,30 @@ def create_app(state: EngineState) -> Any:
                                                                 audit_prompt, text, err)),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         parts: list[str] = []
-        while True:
-            try:
-                ev = await asyncio.wait_for(events.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    sched.cancel(req)
+        # Tokens keep arriving while the client is gone, so the disconnect is watched for on
+        # its own: the watcher puts ("gone",) among the events and the slot is freed at once.
+        watcher = asyncio.create_task(_watch_disconnect(request.receive, events.put_nowait))
+        finished = False
+        try:
+            while True:
+                ev = await events.get()
+                kind = ev[0]
+                if kind == "text":
+                    parts.append(ev[1])
+                elif kind == "done":
+                    break
+                elif kind == "gone":
                     audit(key_id, endpoint, 499, started, req, audit_prompt, "".join(parts), "client gone")
                     return Response(status_code=499)
-                continue
-            kind = ev[0]
-            if kind == "text":
-                parts.append(ev[1])
-            elif kind == "done":
-                break
-            else:
-                audit(key_id, endpoint, 500, started, req, audit_prompt, "".join(parts), ev[1])
-                return _error(500, ev[1], type_="server_error", code="engine_error")
+                else:
+                    finished = True
+                    audit(key_id, endpoint, 500, started, req, audit_prompt, "".join(parts), ev[1])
+                    return _error(500, ev[1], type_="server_error", code="engine_error")
+            finished = True
+        finally:
+            watcher.cancel()
+            if not finished:  # the client went away, or this handler was cancelled (shutdown)
+                sched.cancel(req)
         text = "".join(parts)
         usage = _usage(req)
         audit(key_id, endpoint, 200, started, req, audit_prompt, text)
@@ -501,6 +573,43 @@ def create_app(state: EngineState) -> Any:
         return await run(request, "completions", chat=False)
 
     return app
+
+
+class _CatchAll:
+    """ASGI middleware: an exception that escapes a route before the response has started is
+    answered by ``on_error`` and goes no further. (Starlette's own handler for ``Exception``
+    re-raises after answering, so uvicorn drops the client's keep-alive connection.)"""
+
+    def __init__(self, app: Any, on_error: Callable[[HttpRequest, Exception], Any]) -> None:
+        self.app, self.on_error = app, on_error
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last stop before a plain-text 500
+            if started:
+                raise
+            await self.on_error(HttpRequest(scope, receive), exc)(scope, receive, send)
+
+
+async def _watch_disconnect(receive: Callable[[], Any], put: Callable[[Event], None]) -> None:
+    """Wait for ``http.disconnect``. The body has been read, so the server's next ASGI
+    message for this request is the disconnect (uvicorn sends nothing else)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            put(("gone",))
+            return
 
 
 async def _stream(req: Request, events: asyncio.Queue, sched: Scheduler, *, chat: bool, created: int,
