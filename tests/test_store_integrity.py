@@ -93,6 +93,9 @@ def test_store_containing_finds_the_store_from_a_model_path(tmp_path):
     rec = _put(store)
     assert ModelStore.containing(rec.path).root == store.root
     assert ModelStore.containing(tmp_path / "elsewhere.gguf") is None
+    foreign = tmp_path / "models" / "org" / "index.json"  # a folder index of another shape
+    foreign.write_text('{"files": [{"name": "x"}], "version": 1}')
+    assert ModelStore.containing(rec.path).root == store.root
     _flip_byte_keep_mtime(rec.path)
     store.verify()
     assert ModelStore.containing(rec.path).root == store.root  # via the quarantine log

@@ -207,8 +207,8 @@ class ModelStore:
                 try:
                     if store.by_path(path) is not None or store.quarantined(path) is not None:
                         return store
-                except AiboxError:
-                    return None
+                except (AiboxError, KeyError, TypeError, ValueError, AttributeError):
+                    continue  # an index.json that is not a store's (a dir: source's, say)
         return None
 
     def checked(self, r: StoredFile, *, progress=None) -> StoredFile | None:
