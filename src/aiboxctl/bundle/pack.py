@@ -298,6 +298,7 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
     import json
 
     from aiboxctl.bundle.wheels import collect_wheels
+    from aiboxctl.hub.local import local_model_file
     from aiboxctl.jsonable import to_jsonable
     from aiboxctl.paths import StatePaths
     from aiboxctl.sizing.hardware_profiles import load_hardware_profile
@@ -317,7 +318,7 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
     steps: dict[str, float] = {}
     t = time.perf_counter()
     progress(f"planning {profile.name} for {hardware_name}")
-    plan = make_plan(profile, hardware, model=model)
+    plan = make_plan(profile, hardware, model=model, local_file=local_model_file)
     summary = _plan_summary(plan)
     from aiboxctl.bundle.wheels import find_engine_wheel, target_engine_key
 

@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
         """Choose the model, quantization and engine settings that fit this box (or a hardware profile) and
         meet the profile's per-user speed; print the memory breakdown, predicted tok/s and every rejected
         alternative. Exit 3 when nothing fits, with the closest option and what would make it fit."""
+        from aiboxctl.hub.local import local_model_file
         from aiboxctl.sizing.planner import plan
         from aiboxctl.sizing.profiles import load_use_case
 
@@ -101,5 +102,5 @@ def register(app: typer.Typer) -> None:
 
             output.note("probing this box …")
             box = probe_box(measure_bandwidth=measure)
-        result = plan(use_case, box, model)
+        result = plan(use_case, box, model, local_file=local_model_file)
         output.emit(result, _human)

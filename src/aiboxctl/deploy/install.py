@@ -107,9 +107,10 @@ def _hardware_fingerprint(hardware: Any) -> dict[str, Any]:
 
 
 def _plan(profile: Any, hardware: Any, model: str | None):
+    from aiboxctl.hub.local import local_model_file
     from aiboxctl.sizing.planner import plan
 
-    return plan(profile, hardware, model=model)
+    return plan(profile, hardware, model=model, local_file=local_model_file)
 
 
 _INSTALL_OWNED = ("model", "model_name", "host", "port", "api_keys_file", "audit_log", "audit_content")

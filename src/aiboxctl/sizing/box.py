@@ -1,0 +1,162 @@
+"""The machine a plan is for: RAM, CPU and the accelerators llama.cpp can use, from a hardware
+profile (a box you do not have) or a probe of this box, with the memory each may give the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiboxctl.hardware.backends import ACCELERATOR_BACKENDS, backend_key, device_prefix
+from aiboxctl.sizing.cpu_buffers import CpuBuffers
+from aiboxctl.sizing.hardware_profiles import HardwareProfile
+from aiboxctl.sizing.throughput import DeviceSpeed
+
+GiB = 1024**3
+
+# Accelerator backends the engine can drive; "none" and unknown ones are left idle.
+USABLE_BACKENDS = ACCELERATOR_BACKENDS
+
+
+@dataclass(frozen=True)
+class BoxDevice:
+    name: str  # "CUDA0", "CANN3", ...
+    model: str
+    backend: str
+    memory: int
+    bandwidth_gbps: float
+    tflops: float
+    eta: float | None = None
+    soc: str | None = None
+
+    @property
+    def margin(self) -> int:
+        return max(GiB, int(self.memory * 0.04))
+
+    @property
+    def budget(self) -> int:
+        return self.memory - self.margin
+
+
+@dataclass(frozen=True)
+class Box:
+    """What the planner needs to know about a machine."""
+
+    name: str
+    source: str  # "hardware profile <name>" or "probe of this box"
+    ram: int
+    ram_bandwidth_gbps: float
+    cpu_cores: int
+    cpu_tflops: float
+    accelerators: tuple[BoxDevice, ...] = ()
+    idle_accelerators: tuple[str, ...] = ()  # present but not usable by llama.cpp, and why
+    is_this_box: bool = False
+    notes: tuple[str, ...] = ()
+    repack_ok: bool = True  # False: the probe's self-test saw AMX/repacked kernels fault here
+    cpu_buffers: CpuBuffers = CpuBuffers.from_flags(("avx2",))  # llama.cpp's extra buffer types here
+
+    @property
+    def os_reserve(self) -> int:
+        """RAM left to the OS, the service's Python, page cache for logs: 10 %, 2–32 GiB."""
+        return min(max(2 * GiB, int(self.ram * 0.10)), 32 * GiB)
+
+    @property
+    def ram_budget(self) -> int:
+        return self.ram - self.os_reserve
+
+    @property
+    def host_speed(self) -> DeviceSpeed:
+        return DeviceSpeed("host", "cpu", self.ram_bandwidth_gbps, self.cpu_tflops)
+
+    def speeds(self) -> list[DeviceSpeed]:
+        return [self.host_speed, *(DeviceSpeed(a.name, a.backend, a.bandwidth_gbps, a.tflops, a.eta)
+                                   for a in self.accelerators)]
+
+
+def box_from_profile(hw: HardwareProfile) -> Box:
+    devices: list[BoxDevice] = []
+    idle: list[str] = []
+    counters: dict[str, int] = {}
+    for acc in hw.accelerators:
+        if acc.backend not in USABLE_BACKENDS:
+            idle.append(f"{acc.count} x {acc.model}: no llama.cpp backend ({acc.sources.get('backend', acc.backend)})")
+            continue
+        prefix = device_prefix(acc.backend)
+        for _ in range(acc.count):
+            i = counters.get(prefix, 0)
+            counters[prefix] = i + 1
+            devices.append(BoxDevice(f"{prefix}{i}", acc.model, acc.backend, acc.memory, acc.bandwidth_gbps,
+                                     acc.fp16_tflops, acc.decode_efficiency, acc.soc))
+    cpu_tflops = (hw.cpu.fp32_gflops or hw.cpu.cores * 2.5 * 32) / 1000
+    return Box(hw.name, f"hardware profile {hw.name}", hw.memory.total, hw.memory.bandwidth_gbps, hw.cpu.cores,
+               cpu_tflops, tuple(devices), tuple(idle), False, hw.notes,
+               cpu_buffers=CpuBuffers.from_flags(hw.cpu.flags))
+
+
+# Bandwidth and compute of accelerators a probe can name but not measure (per device).
+_KNOWN_ACCELERATORS: tuple[tuple[str, float, float, float | None], ...] = (
+    # (substring of the model name, GB/s, FP16 TFLOPS dense, η)
+    ("4090", 1008, 165.2, 0.70), ("A100", 2039, 312, 0.38), ("H800", 3350, 989.5, 0.45),
+    ("H100", 3350, 989.5, 0.45), ("H200", 4800, 989.5, 0.45), ("L40", 864, 181, 0.65),
+    ("910B", 1600, 376, 0.30), ("310P", 204, 70, 0.30), ("K100", 896, 192, 0.40), ("S4000", 768, 100, 0.40),
+)
+
+
+def box_from_report(report: Any) -> Box:
+    """A :class:`~aiboxctl.hardware.model.HardwareReport` as the planner's box."""
+    notes: list[str] = []
+    cpu = report.cpu
+    cores = cpu.cores or cpu.threads
+    flags = set(cpu.flags)
+    per_cycle = 64 if "avx512f" in flags else 32 if "avx2" in flags else 16
+    cpu_tflops = cores * 2.5 * per_cycle / 1000
+    notes.append(f"CPU peak taken as {cores} cores x 2.5 GHz x {per_cycle} FLOP/cycle (assumed clock)")
+    bw = report.memory.bandwidth.gbps
+    if not bw:
+        # Two DDR channels' worth per socket, but no more than the cores can pull: one core
+        # streams ~10 GB/s (this 2-core VM: 16-18 GB/s single-thread copy, so 2 cores ≈ 20 GB/s
+        # usable by decode; bench/throughput_model.py). Small VMs were over-predicted 2x before.
+        bw = min(20.0 * max(1, (cpu.sockets or 1)) * 2, 10.0 * max(1, cores or 1))
+        notes.append(f"memory bandwidth unknown ({report.memory.bandwidth.detail}); assumed {bw:.0f} GB/s: "
+                     "run `aiboxctl probe --measure` for a measured figure")
+    else:
+        notes.append(f"memory bandwidth {bw:.1f} GB/s ({report.memory.bandwidth.source})")
+    ram = report.memory.total_bytes or 0
+    available = report.memory.available_bytes
+    if available is not None and ram and available < ram - max(2 * GiB, ram // 10):
+        notes.append(f"only {available / GiB:.1f} GiB of {ram / GiB:.1f} GiB RAM is free now: the plan assumes "
+                     "the box is dedicated to the service")
+    devices: list[BoxDevice] = []
+    idle: list[str] = []
+    counters: dict[str, int] = {}
+    for acc in report.accelerators:
+        label = acc.model or acc.vendor
+        backend = backend_key(acc.ggml_backend) or (acc.ggml_backend or "none").lower()
+        if backend not in USABLE_BACKENDS or not acc.backend_in_build:
+            why = "no llama.cpp backend" if backend not in USABLE_BACKENDS else \
+                f"the installed engine lacks the {acc.ggml_backend} backend (aiboxctl engine install builds it)"
+            idle.append(f"{label}: {why}")
+            continue
+        if not acc.memory_total_bytes:
+            idle.append(f"{label}: memory size unknown")
+            continue
+        known = next((k for k in _KNOWN_ACCELERATORS if k[0].lower() in label.lower()), None)
+        bw_dev, tf, eta = (known[1], known[2], known[3]) if known else (500.0, 50.0, None)
+        if not known:
+            notes.append(f"{label}: bandwidth/compute unknown, assumed 500 GB/s and 50 TFLOPS")
+        prefix = device_prefix(backend)
+        i = counters.get(prefix, 0)
+        counters[prefix] = i + 1
+        devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta))
+    amx_failed = any(p.name == "amx" and p.verified == "failed" for p in cpu.isa_paths)
+    if amx_failed:
+        notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")
+    return Box("this box", "probe of this box", ram, float(bw), cores, cpu_tflops, tuple(devices), tuple(idle),
+               True, tuple(notes), repack_ok=not amx_failed,
+               cpu_buffers=CpuBuffers.from_flags(cpu.flags, cpu.arch).in_build(report.engine.system_info or ""))
+
+
+def as_box(hardware: Box | HardwareProfile | Any) -> Box:
+    """A Box, a HardwareProfile or a probe's HardwareReport as the planner's box."""
+    if isinstance(hardware, Box):
+        return hardware
+    return box_from_profile(hardware) if isinstance(hardware, HardwareProfile) else box_from_report(hardware)

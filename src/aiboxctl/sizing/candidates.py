@@ -1,0 +1,87 @@
+"""Which models the planner tries, in order: the catalog's variants for the profile (or the one
+named with --model, or a .gguf given by path), bigger model first, then better quantization,
+then the profile's family order. What the profile rules out says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiboxctl.errors import UsageError
+from aiboxctl.models.catalog import QUANT_BPW, Architecture, Catalog, QuantFile, Variant
+from aiboxctl.models.facts import EXPERT_TENSOR, ModelFacts
+from aiboxctl.sizing.plan_result import Rejected
+from aiboxctl.sizing.profiles import QUALITY_ORDER, UseCaseProfile
+
+
+def candidates(profile: UseCaseProfile, catalog: Catalog, model: str | None) -> tuple[list[Variant], list[Rejected]]:
+    rejected: list[Rejected] = []
+    pinned = model or profile.model
+    if pinned and pinned.endswith(".gguf"):
+        return [local_variant(Path(pinned).expanduser())], rejected
+    if pinned:
+        return catalog.resolve(pinned), rejected
+    families = list(profile.families) or list(catalog.families)
+    for fam in families:
+        if fam not in catalog.families:
+            raise UsageError(f"profile {profile.name}: unknown model family {fam!r}",
+                             hint="see the families in profiles/catalog.yaml")
+    out = []
+    floor = QUALITY_ORDER[profile.min_quality]
+    for fam in families:
+        for v in catalog.family_variants(fam):
+            if not v.instruct:
+                rejected.append(Rejected(v.name, "*", "a base model (not instruction-tuned): planned only when "
+                                         "named with --model", "quality"))
+                continue
+            if QUALITY_ORDER[v.quality] < floor:
+                rejected.append(Rejected(v.name, "*", f"quality tier {v.quality} is below the profile's "
+                                         f"min_quality {profile.min_quality}", "quality"))
+                continue
+            out.append(v)
+    return out, rejected
+
+
+def preference_order(variants: list[Variant], families: list[str]) -> list[tuple[Variant, QuantFile]]:
+    """Bigger model first, then better quantization, then the profile's family order."""
+    fam_rank = {f: i for i, f in enumerate(families)}
+    pairs = [(v, f) for v in variants for f in v.files]
+
+    def bpw(v: Variant, f: QuantFile) -> float:
+        return QUANT_BPW.get(f.base_quant, f.size * 8 / (v.params * 1e9))
+
+    pairs.sort(key=lambda vf: (-vf[0].params, -bpw(*vf), fam_rank.get(vf[0].family, 99), vf[0].name))
+    return pairs
+
+
+def local_variant(path: Path) -> Variant:
+    """A GGUF given by path, described from its own header as a one-file variant (family
+    ``local``): exact parameter count, quantization from ``general.file_type``."""
+    from aiboxctl.models.gguf import gguf_constants, read_header
+
+    if not path.is_file():
+        raise UsageError(f"No such model file: {path}", hint="aiboxctl plan --model VARIANT, or a path to a .gguf")
+    header = read_header(path)
+    facts = ModelFacts.from_header(header)
+    n_params = sum(t.n_elements for t in header.tensors)
+    expert = sum(t.n_elements for t in header.tensors if EXPERT_TENSOR.search(t.name))
+    active = n_params - expert * (1 - facts.n_expert_used / facts.n_expert) if facts.n_expert else n_params
+    try:
+        quant = gguf_constants().LlamaFileType(int(header.get("general.file_type", -1))).name.removeprefix("MOSTLY_")
+    except ValueError:
+        quant = "F16" if n_params and header.tensor_bytes / n_params > 1.5 else "Q4_K_M"
+    billions = n_params / 1e9
+    quality = "low" if billions < 3 else "medium" if billions < 20 else "high"
+    heads_kv = max(facts.n_head_kv) or 1
+    arch = Architecture(
+        arch=facts.architecture, block_count=facts.n_layer, embedding_length=facts.n_embd,
+        feed_forward_length=max(facts.n_ff) or 1, head_count=max(facts.n_head) or 1, head_count_kv=heads_kv,
+        context_length=facts.n_ctx_train or 4096, vocab_size=facts.n_vocab, tied_embeddings=facts.tied_embeddings,
+        key_length=max(facts.head_dim_k), value_length=max(facts.head_dim_v), sliding_window=facts.n_swa or None,
+        expert_count=facts.n_expert or None, expert_used_count=facts.n_expert_used or None,
+        expert_feed_forward_length=facts.n_ff_exp or None, kv_lora_rank=facts.kv_lora_rank or None)
+    qfile = QuantFile(quant=quant, file=str(path.resolve()), size=path.stat().st_size, source="local", verified=True)
+    licence = str(header.get("general.license", "") or "unknown (not in the GGUF)")
+    return Variant(name=path.stem, family="local", params=round(billions, 3), quality=quality, architecture=arch,
+                   files=(qfile,), sources=("local-header",), active_params=round(active / 1e9, 3),
+                   licence=licence, has_chat_template=header.get("tokenizer.chat_template") is not None,
+                   notes=(f"planned from the file {path}",))

@@ -1,0 +1,74 @@
+"""Does one engine configuration fit the box (memory per device within its budget) and give
+each of the profile's users the speed it asks for? An :class:`Outcome` says, with the figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiboxctl.models.facts import ModelFacts
+from aiboxctl.sizing.box import Box, BoxDevice
+from aiboxctl.sizing.configs import Config
+from aiboxctl.sizing.memory import MemoryEstimate, estimate_memory
+from aiboxctl.sizing.profiles import UseCaseProfile
+from aiboxctl.sizing.throughput import DeviceSpeed, Throughput, estimate_throughput
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    reason: str = ""
+    kind: str = ""
+    estimate: MemoryEstimate | None = None
+    throughput: Throughput | None = None
+    config: Config | None = None
+    overshoot: float = 0.0  # worst device: needed / budget
+    needed: dict = field(default_factory=dict)
+    devices: tuple = ()  # the accelerators this outcome used
+
+
+def cannot_fit(facts: ModelFacts, cfg: Config, box: Box, devices: tuple[BoxDevice, ...]) -> bool:
+    """A quick lower bound: the weights alone exceed the memory the placement may use."""
+    layers_and_output = facts.weight_bytes - facts.input_bytes
+    if cfg.placement == "full":
+        return layers_and_output > sum(d.budget for d in devices[:cfg.k])
+    if cfg.placement == "cpu":
+        return facts.weight_bytes > box.ram_budget
+    return False
+
+
+def check(facts: ModelFacts, cfg: Config, box: Box, profile: UseCaseProfile, active_params: float,
+           devices: tuple[BoxDevice, ...]) -> Outcome:
+    est = estimate_memory(facts, cfg.params, accelerators=cfg.accelerators, cpu=box.cpu_buffers)
+    return judge(est, facts, cfg, box, profile, active_params, devices)
+
+
+def judge(est: MemoryEstimate, facts: ModelFacts, cfg: Config, box: Box, profile: UseCaseProfile,
+           active_params: float, devices: tuple[BoxDevice, ...]) -> Outcome:
+    budgets = [box.ram_budget, *(d.budget for d in devices)]
+    needed = {}
+    worst = 0.0
+    over = []
+    for dm, budget in zip(est.devices, budgets):
+        needed[dm.device] = {"needed": dm.total, "budget": budget}
+        ratio = dm.total / max(budget, 1)
+        worst = max(worst, ratio)
+        if dm.total > budget:
+            over.append(f"{dm.device} needs {gib(dm.total)} of {gib(budget)}")
+    speeds = [box.host_speed, *(DeviceSpeed(d.name, d.backend, d.bandwidth_gbps, d.tflops, d.eta) for d in devices)]
+    # Speed too when memory fails: "more RAM would fit" must also say whether it would be fast enough.
+    tp = estimate_throughput(facts, est, speeds, active_params=active_params, streams=profile.users,
+                             depth=profile.context_per_request // 2)
+    if over:
+        return Outcome(False, "does not fit: " + "; ".join(over), "memory", est, tp, cfg, worst, needed)
+    if tp.per_user_tok_s < profile.target_tokens_per_s:
+        return Outcome(False, f"too slow: {tp.per_user_tok_s:.1f} tok/s per user with {profile.users} users "
+                               f"({cfg.label}); the profile needs {profile.target_tokens_per_s:g}",
+                        "speed", est, tp, cfg, worst, needed)
+    return Outcome(True, "", "", est, tp, cfg, worst, needed)
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"

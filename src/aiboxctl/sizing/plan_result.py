@@ -1,0 +1,83 @@
+"""What the planner returns: the plan, the memory it takes per device, and every candidate that
+lost with the reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiboxctl.jsonable import to_jsonable
+from aiboxctl.models.catalog import QuantFile
+from aiboxctl.sizing.memory import MemoryEstimate
+from aiboxctl.sizing.throughput import Throughput
+
+
+@dataclass(frozen=True)
+class Rejected:
+    variant: str
+    quant: str
+    reason: str  # one line a person can act on
+    kind: str  # "quality" | "backend" | "context" | "memory" | "speed" | "preference"
+    needed: dict = field(default_factory=dict)  # per device bytes needed vs budget, or speeds
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    device: str
+    budget: int  # bytes the plan may use on it
+    planned: int  # bytes the memory model predicts
+    capacity: int
+
+    @property
+    def headroom(self) -> int:
+        return self.budget - self.planned
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "capacity": self.capacity, "budget": self.budget,
+                "planned": self.planned, "headroom": self.headroom}
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    hardware: str
+    variant: str
+    family: str
+    quant: str
+    quality: str
+    params_b: float
+    licence: str
+    file: QuantFile
+    local_path: str | None  # the GGUF when it is already on this box
+    facts_source: str  # "header" or "catalog"
+    compute_source: str  # "dry run" (llama.cpp's own figure) or "model"
+    engine: dict  # EngineConfig keys (model path filled by install)
+    security: dict
+    chat_template: str  # catalog template used when the GGUF has none
+    memory: MemoryEstimate
+    devices: tuple[DeviceUse, ...]
+    throughput: Throughput
+    target_tokens_per_s: float
+    rejected: tuple[Rejected, ...]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.profile, "hardware": self.hardware,
+            # Top level too, for scripts and `aiboxctl pull --plan plan.json`.
+            "variant": self.variant, "quant": self.quant,
+            "choice": {"variant": self.variant, "family": self.family, "quant": self.quant,
+                       "quality": self.quality, "params_b": self.params_b, "licence": self.licence,
+                       "file": to_jsonable(self.file), "file_names": list(self.file.file_names),
+                       "local_path": self.local_path, "chat_template": self.chat_template},
+            "engine": self.engine, "security": self.security,
+            "memory": self.memory.to_dict(), "budget": [d.to_dict() for d in self.devices],
+            "facts_source": self.facts_source, "compute_source": self.compute_source,
+            "throughput": {"per_user_tok_s": round(self.throughput.per_user_tok_s, 2),
+                           "aggregate_tok_s": round(self.throughput.aggregate_tok_s, 2),
+                           "single_stream_tok_s": round(self.throughput.single_stream_tok_s, 2),
+                           "prefill_tok_s": round(self.throughput.prefill_tok_s, 1),
+                           "streams": self.throughput.streams, "depth": self.throughput.depth,
+                           "bound": self.throughput.bound, "target_per_user_tok_s": self.target_tokens_per_s},
+            "rejected": [to_jsonable(r) for r in self.rejected],
+            "notes": list(self.notes),
+        }
