@@ -1,1 +1,1 @@
-"""GGUF header reader (file, HTTP range) and the model catalog."""
+"""GGUF header reader (file, HTTP range), model facts from a header or the catalog, and the catalog."""

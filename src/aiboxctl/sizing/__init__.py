@@ -1,1 +1,1 @@
-"""Sizing: model facts, memory and throughput models, planner."""
+"""Sizing: memory and throughput models, profiles, planner (model facts live in models/)."""
