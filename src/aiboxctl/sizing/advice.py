@@ -29,8 +29,8 @@ def does_not_fit(profile: UseCaseProfile, box: Box, outcomes, rejected: list[Rej
                          data={"rejected": [to_jsonable(r) for r in rejected]})
     v, f, out, facts = min(outcomes, key=lambda t: _distance(t[2]))
     suggestions = _suggestions(profile, box, v, f, out, facts)
-    closest = {"variant": v.name, "quant": f.quant, "reason": out.reason, "config": out.config.label if out.config else None,
-               "needed": out.needed,
+    closest = {"variant": v.name, "quant": f.quant, "reason": out.reason,
+               "config": out.config.label if out.config else None, "needed": out.needed,
                "per_user_tok_s": round(out.throughput.per_user_tok_s, 2) if out.throughput else None}
     message = (f"nothing fits profile {profile.name} on {box.name}: closest is {v.name} {f.quant}, "
                f"which {out.reason.replace('does not fit: ', 'does not fit (').rstrip()}"

@@ -24,7 +24,8 @@ class Config:
     k: int = 0  # accelerators holding layers
 
 
-def engine_configs(facts: ModelFacts, box: Box, profile: UseCaseProfile, devices: tuple[BoxDevice, ...]) -> Iterator[Config]:
+def engine_configs(facts: ModelFacts, box: Box, profile: UseCaseProfile,
+                   devices: tuple[BoxDevice, ...]) -> Iterator[Config]:
     """Engine configurations for one model, best first (placement × KV cache type × repack).
 
     ``devices`` empty: the model runs on the CPU (no usable accelerator, or its backend cannot
