@@ -75,6 +75,6 @@ def test_supervisor_drops_to_the_service_user_only_when_it_can_run(tmp_path, mon
     kwargs, note = child_identity(layout)
     # pytest's tmp dirs sit under a 0700 parent: "nobody" cannot read the model there, so the engine stays root
     assert kwargs == {} and "cannot use" in note and "private-model.gguf" in note
-    monkeypatch.setattr("aiboxctl.deploy.install._user_can", lambda user, path, bit: True)
+    monkeypatch.setattr("aiboxctl.deploy.users.user_can", lambda user, path, bit: True)
     kwargs, note = child_identity(layout)
     assert kwargs == {"user": "nobody", "group": "nobody", "extra_groups": []} and "nobody" in note

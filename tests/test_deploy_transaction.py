@@ -132,7 +132,7 @@ def test_service_user_access_check_reads_mode_bits(tmp_path):
     import shutil
     import tempfile
 
-    from aiboxctl.deploy.install import _user_can
+    from aiboxctl.deploy.users import user_can as _user_can
 
     base = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
@@ -157,7 +157,7 @@ def test_service_user_access_check_reads_mode_bits(tmp_path):
 
 
 def test_one_install_at_a_time_per_prefix(tmp_path):
-    from aiboxctl.deploy.install import install_lock
+    from aiboxctl.deploy.recovery import install_lock
     from aiboxctl.errors import AiboxError
 
     layout = InstallLayout.for_root(tmp_path)

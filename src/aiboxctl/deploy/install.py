@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,14 @@ from aiboxctl import __version__
 from aiboxctl.deploy import manifest as mf
 from aiboxctl.deploy.manifest import InstallManifest
 from aiboxctl.deploy.render import RenderedFile, safe_path
-from aiboxctl.deploy.services import ServiceManager, choose_manager, manager_for, service_env, systemd_version
+from aiboxctl.deploy.recovery import install_lock, recover_interrupted, undo
+from aiboxctl.deploy.services import ServiceManager, choose_manager, service_for, systemd_version
 from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, install_layout, render_appliance, service_command
 from aiboxctl.deploy.transaction import (FileChange, Transaction, entries_for, journal_path, maybe_fail, plan_changes,
                                          write_plain)
-from aiboxctl.errors import AiboxError, UsageError
+from aiboxctl.deploy.users import check_service_user_access, ensure_user, service_user, user_exists
+from aiboxctl.errors import AiboxError
 from aiboxctl.paths import InstallLayout, StatePaths
-from aiboxctl.system import run_command
 
 Progress = Callable[[str], None]
 KEEP_GENERATIONS = 5
@@ -171,48 +172,11 @@ def _new_keys() -> str:
     return f"# aibox API keys: one per line, id:key. Clients send 'Authorization: Bearer <key>'.\nadmin:sk-aibox-{secrets.token_urlsafe(32)}\n"
 
 
-def _service_user(profile: Any, system: bool) -> tuple[str, str]:
-    if system:
-        user = str(profile.service.user)
-        return user, user
-    import grp
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-
-
-def _user_exists(user: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(user)
-        return True
-    except KeyError:
-        return False
-
-
-def _ensure_user(user: str, home: Path) -> bool:
-    """Create the dedicated system user if missing; True when created."""
-    import pwd
-
-    try:
-        pwd.getpwnam(user)
-        return False
-    except KeyError:
-        pass
-    nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false") if os.path.exists(p)), "/bin/false")
-    r = run_command(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(home),
-                     "--shell", nologin, "--comment", "aibox LLM service", user], timeout=30)
-    if not r.ok:
-        raise AiboxError(f"could not create the service user {user}: {r.failure_reason()}", code="useradd_failed")
-    return True
-
-
 def build_spec(*, layout: InstallLayout, profile: Any, facts: dict[str, Any], model_path: str,
                engine_params: dict[str, Any], port: int | None, bind: str | None, system: bool) -> InstallSpec:
     sec = profile.security
     host = bind or str(sec.bind)
-    user, group = _service_user(profile, system)
+    user, group = service_user(profile, system)
     state_home = str(StatePaths.from_env().home) if not system else str(layout.state)
     engine = {
         **engine_params,
@@ -244,42 +208,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _user_can(user: str, path: Path, bit: str) -> bool:
-    """Can ``user`` traverse to ``path`` and read (``r``) or execute (``x``) it, by the mode bits?"""
-    import grp
-    import pwd
-    import stat
-
-    pw = pwd.getpwnam(user)
-    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-
-    def allowed(st: os.stat_result, want: str) -> bool:
-        shift = 6 if st.st_uid == pw.pw_uid else (3 if st.st_gid in gids else 0)
-        mask = (stat.S_IROTH if want == "r" else stat.S_IXOTH) << shift
-        return bool(st.st_mode & mask)
-
-    target = path.resolve()
-    for parent in reversed(target.parents):
-        if not allowed(parent.stat(), "x"):
-            return False
-    return allowed(target.stat(), bit)
-
-
-def _check_service_user_access(spec: InstallSpec) -> None:
-    """The hardened unit runs as the service user: it must be able to run this aiboxctl and read
-    the model. A venv under /root is the usual trap; say so before writing anything."""
-    import sys
-
-    user = spec.service_user
-    needs = [(Path(spec.exec_argv[0]), "x"), (Path(sys.prefix), "x"), (Path(str(spec.engine["model"])), "r")]
-    for path, bit in needs:
-        if path.exists() and not _user_can(user, path, bit):
-            raise UsageError(
-                f"the service user {user} cannot {'read' if bit == 'r' else 'run'} {path}",
-                hint="install aiboxctl where every user can read it (e.g. python3 -m venv /opt/aibox), "
-                     "or keep the model store under /var/lib/aibox")
-
-
 def _check_port_free(host: str, port: int) -> None:
     """Fail before writing anything when another program listens on the service's port."""
     import socket
@@ -292,10 +220,6 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             raise AiboxError(f"cannot listen on {host}:{port}: {exc.strerror}", code="port_in_use",
                              hint="pick another port: aiboxctl install --port N") from exc
-
-
-def _service_for(spec: InstallSpec) -> ServiceManager:
-    return manager_for(spec.manager, spec.layout, service_env(spec.to_dict()))
 
 
 def _alive_check(service: ServiceManager) -> Callable[[], str | None]:
@@ -347,98 +271,6 @@ def _prune_generations(layout: InstallLayout) -> None:
         shutil.rmtree(mf.generation_path(layout, old), ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class Recovery:
-    """What undoing an interrupted install did."""
-
-    step: str  # where it was interrupted
-    removed_files: tuple[str, ...]
-    restored_files: tuple[str, ...]
-    removed_users: tuple[str, ...]
-    service_stopped: bool
-    problems: tuple[str, ...]
-
-
-def _undo(layout: InstallLayout, tx: Transaction) -> tuple[list[str], bool]:
-    """Undo a transaction's services, files and users, in that order; returns (problems, whether
-    a service was stopped). The services it started or restarted are stopped first (the engine
-    of the new files must not keep serving); the previous one runs again when it ran before."""
-    problems: list[str] = []
-    stopped = False
-    for record in reversed(tx.services):
-        try:
-            svc = manager_for(record["manager"], layout)
-            stopped = svc.stop() or stopped
-            if not record.get("previous_installed"):
-                svc.disable()
-        except Exception as exc:  # noqa: BLE001 - report, keep undoing
-            problems.append(f"service: {exc}")
-    problems += tx.rollback()
-    for user in reversed(tx.users):
-        r = run_command(["userdel", user], timeout=30)
-        if not r.ok and _user_exists(user):
-            problems.append(f"user {user}: {r.failure_reason()}")
-    previous = mf.load_manifest(layout) if any(r.get("was_active") for r in tx.services) else None
-    if previous is not None and previous.spec:
-        # The previous generation's files are back: run them again, as they ran before.
-        try:
-            prev = _service_for(InstallSpec.from_dict(previous.spec))
-            if prev.name == "systemd":
-                prev.reload()
-            prev.enable_start() if prev.name == "supervisor" else prev.restart()
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"service: {exc}")
-    return problems, stopped
-
-
-def recover_interrupted(layout: InstallLayout, progress: Progress = _noop) -> Recovery | None:
-    """Undo an install, upgrade or rollback that was killed before it committed (its journal is
-    still there): stop what it started, put back the files and the manifest as they were, remove
-    the directories and users it created. None when there was nothing to undo. Call it under
-    :func:`install_lock`."""
-    tx = Transaction.load(journal_path(layout))
-    if tx is None:
-        return None
-    if tx.owner_alive():
-        raise AiboxError(f"another install is running on {layout.root} (pid {tx.meta.get('pid')})", code="locked",
-                         hint="wait for it to finish, then re-run")
-    step = tx.step
-    progress(f"rolling back an install that was interrupted while {step}")
-    created = tuple(u.path for u in tx._undo if not u.existed)
-    restored = tuple(u.path for u in tx._undo if u.existed)
-    users = tuple(tx.users)
-    problems, stopped = _undo(layout, tx)
-    if mf.load_manifest(layout) is None:
-        # Nothing installed remains: neither does the supervisor's runtime state.
-        for runtime in ("supervisor.pid", "supervisor.json", "engine.pid"):
-            (layout.run / runtime).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            layout.run.rmdir()
-    return Recovery(step, tuple(p for p in created if not Path(p).exists()), restored, users, stopped,
-                    tuple(problems))
-
-
-@contextlib.contextmanager
-def install_lock(layout: InstallLayout) -> Iterator[None]:
-    """One install, upgrade, rollback or uninstall at a time per prefix (the second one fails at
-    once rather than interleave writes)."""
-    import filelock
-
-    key = hashlib.sha256(str(layout.root).encode()).hexdigest()[:16]
-    path = StatePaths.from_env().home / "locks" / f"install-{key}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path), timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise AiboxError(f"another install, upgrade, rollback or uninstall is running on {layout.root}",
-                         code="locked", hint="wait for it to finish, then re-run") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFile, ...],
                previous: InstallManifest | None, **kwargs: Any) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:
     with install_lock(layout):
@@ -458,7 +290,7 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
     ``install`` undoes (:func:`recover_interrupted`)."""
     changes = plan_changes(files, previous)
     changed = sum(c.changed for c in changes)
-    service = _service_for(spec)
+    service = service_for(spec)
     was_active = service.state().active
     if not was_active:
         _check_port_free(str(spec.engine["host"]), int(spec.engine["port"]))
@@ -469,12 +301,12 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
     try:
         tx.begin()  # the first side effect: from here on a crash leaves the journal behind
         if spec.system_install:
-            if not _user_exists(spec.service_user):
+            if not user_exists(spec.service_user):
                 tx.add_user(spec.service_user)
-                _ensure_user(spec.service_user, layout.state)
+                ensure_user(spec.service_user, layout.state)
                 created_users.append(spec.service_user)
             if spec.manager == "systemd":  # before any file: a unit that cannot start is no install
-                _check_service_user_access(spec)
+                check_service_user_access(spec)
         owner = spec.service_user if spec.system_install else None
         group = spec.service_group if spec.system_install else None
         tx.mark("writing files")
@@ -535,7 +367,7 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
     except BaseException as exc:
         # Undo first: telling about it goes through the caller's output, which may be what
         # failed (a closed pipe), and must never keep the rollback from running.
-        problems, _ = _undo(layout, tx)
+        problems, _ = undo(layout, tx)
         with contextlib.suppress(Exception):
             progress(f"install failed ({exc}); rolled back")
         if problems and isinstance(exc, AiboxError):
@@ -628,12 +460,12 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
                   predicted=dict(spec.predicted), reused_plan=bool(reuse), next_commands=next_commands)
     # An engine that maps an earlier file than the one at its model path now (quarantined and
     # pulled again since it started) is restarted even when no rendered file changed.
-    stale_engine = modelcheck.engine_has_other_model(_service_for(spec).state().pid, spec.engine["model"])
+    stale_engine = modelcheck.engine_has_other_model(service_for(spec).state().pid, spec.engine["model"])
     if stale_engine:
         notes.append("the running engine serves an earlier copy of its model file: restarting it on the verified one")
     if dry_run:
         changes = plan_changes(files, previous)
-        running = _service_for(spec).state().active
+        running = service_for(spec).state().active
         changed = sum(c.changed for c in changes)
         action = "would-start" if not running else ("would-restart" if changed or stale_engine else "unchanged")
         return InstallResult(dry_run=True, changed=changed, changes=changes,

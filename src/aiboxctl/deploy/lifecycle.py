@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.deploy import manifest as mf
-from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _root_flag,
-                                     _service_for, _noop, apply_spec, install, install_lock, recover_interrupted)
+from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _noop, _root_flag,
+                                     apply_spec, install)
+from aiboxctl.deploy.recovery import install_lock, recover_interrupted
 from aiboxctl.deploy.render import RenderedFile
-from aiboxctl.deploy.services import ServiceManager
+from aiboxctl.deploy.services import ServiceManager, service_for
 from aiboxctl.deploy.spec import InstallSpec, install_layout
 from aiboxctl.deploy.transaction import check_not_interrupted, plan_changes
 from aiboxctl.errors import AiboxError, UsageError, VerificationFailed
@@ -30,7 +31,7 @@ def _installed(root: str | Path | None) -> tuple[InstallLayout, mf.InstallManife
     check_not_interrupted(layout)  # an install killed half way is reported, never taken for one
     manifest = mf.require_manifest(layout)
     spec = InstallSpec.from_dict(manifest.spec)
-    return layout, manifest, spec, _service_for(spec)
+    return layout, manifest, spec, service_for(spec)
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def uninstall(root: str | Path | None = None, *, purge: bool = False) -> Uninsta
             return UninstallResult(str(layout.root), recovered.removed_files, (), recovered.removed_users,
                                    () if purge else kept, (), recovered.service_stopped)
         spec = InstallSpec.from_dict(manifest.spec)
-        return _uninstall(layout, manifest, spec, _service_for(spec), purge)
+        return _uninstall(layout, manifest, spec, service_for(spec), purge)
 
 
 def _uninstall(layout: InstallLayout, manifest: mf.InstallManifest, spec: InstallSpec, service: ServiceManager,

@@ -123,7 +123,7 @@ def stop_service_serving(paths: list[Path], root: str | Path | None = None) -> s
     """Stop the installation under ``root`` when its model is one of ``paths`` (just
     quarantined): its engine maps those bytes. Returns the root it stopped, else None."""
     from aiboxctl.deploy import manifest as mf
-    from aiboxctl.deploy.install import _service_for
+    from aiboxctl.deploy.services import service_for
     from aiboxctl.deploy.spec import InstallSpec, install_layout
 
     layout = install_layout(root)
@@ -133,4 +133,4 @@ def stop_service_serving(paths: list[Path], root: str | Path | None = None) -> s
     wanted = {os.path.realpath(p) for p in paths}
     if os.path.realpath(installed.model_path) not in wanted:
         return None
-    return str(layout.root) if _service_for(InstallSpec.from_dict(installed.spec)).stop() else None
+    return str(layout.root) if service_for(InstallSpec.from_dict(installed.spec)).stop() else None

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiboxctl.deploy import supervisor
 from aiboxctl.deploy.spec import UNIT_NAME
@@ -135,3 +136,8 @@ def service_env(spec_dict: dict) -> dict[str, str]:
     return {"AIBOX_HOME": spec_dict["state_home"], "AIBOX_CONFIG": str(layout.engine_config),
             "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
             "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def service_for(spec: Any) -> ServiceManager:
+    """The service manager of an install spec, with the engine's environment."""
+    return manager_for(spec.manager, spec.layout, service_env(spec.to_dict()))

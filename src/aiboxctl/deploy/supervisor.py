@@ -242,11 +242,11 @@ def child_identity(layout: InstallLayout) -> tuple[dict, str]:
     user, group = spec.get("service_user"), spec.get("service_group")
     if not spec.get("system_install") or not user or user == "root":
         return {}, ""
-    from aiboxctl.deploy.install import _user_can
+    from aiboxctl.deploy.users import user_can
 
     needs = [(Path(sys.executable), "x"), (Path(sys.prefix), "x"), (Path(str(spec["engine"]["model"])), "r")]
     try:
-        blocked = [str(p) for p, bit in needs if not _user_can(user, p, bit)]
+        blocked = [str(p) for p, bit in needs if not user_can(user, p, bit)]
     except (KeyError, OSError) as exc:
         return {}, f"engine runs as root: cannot check user {user} ({exc})"
     if blocked:
