@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_exit_codes_are_the_documented_ones():
     assert {c.name: int(c) for c in ExitCode} == {
         "OK": 0, "ERROR": 1, "USAGE": 2, "DOES_NOT_FIT": 3, "VERIFICATION_FAILED": 4, "SERVICE_DOWN": 5,
+        "INTERRUPTED": 130,
     }
     readme = (ROOT / "README.md").read_text()
     for code in ExitCode:

@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = _app_for()(args=args, prog_name="aiboxctl", standalone_mode=False)
         code = int(rv) if isinstance(rv, int) else 0
+        if code == ExitCode.INTERRUPTED:
+            # Typer turns Ctrl-C into a silent Exit(130), which Click returns as the value in
+            # non-standalone mode (no command returns 130 itself): say it, in the one wording.
+            code = output.emit_error(from_exception(KeyboardInterrupt()))
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.exceptions.Abort:

@@ -369,7 +369,8 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
         # failed (a closed pipe), and must never keep the rollback from running.
         problems, _ = undo(layout, tx)
         with contextlib.suppress(Exception):
-            progress(f"install failed ({exc}); rolled back")
+            progress("install interrupted; rolled back" if isinstance(exc, KeyboardInterrupt)
+                     else f"install failed ({exc or type(exc).__name__}); rolled back")
         if problems and isinstance(exc, AiboxError):
             exc.message += f" (rollback incomplete: {'; '.join(problems)})"
         raise

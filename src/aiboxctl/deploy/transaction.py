@@ -53,12 +53,14 @@ class InstallInterrupted(ServiceDown):
 
 def maybe_fail(point: str) -> None:
     """The failure-injection seam: ``AIBOX_INJECT_FAILURE=<point>`` makes the install fail there;
-    ``AIBOX_TEST_KILL_AT=<point>`` kills the installer there with SIGKILL (a crash: no rollback).
+    ``AIBOX_TEST_KILL_AT=<point>`` kills the installer there with SIGKILL (a crash: no rollback),
+    ``<point>@SIGINT`` sends it that signal instead (Ctrl-C).
     Points: ``journal`` (journal written, nothing else yet), ``after-file:N`` (after N files
     written), ``before-start``, ``after-start``, ``smoke``, ``commit`` (manifest written, journal
     not yet removed)."""
-    if os.environ.get(Env.TEST_KILL_AT, "") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+    kill_at, _, signame = os.environ.get(Env.TEST_KILL_AT, "").partition("@")  # "point@SIGINT": Ctrl-C there
+    if kill_at == point:
+        os.kill(os.getpid(), getattr(signal, signame or "SIGKILL"))
     wanted = os.environ.get(Env.INJECT_FAILURE, "")
     if wanted and wanted == point:
         raise InjectedFailure(f"injected failure at {point} ({Env.INJECT_FAILURE})")

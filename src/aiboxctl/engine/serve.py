@@ -49,8 +49,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
+        import errno
+
+        if exc.errno == errno.EADDRINUSE:  # the same code (and exit code) as install's check
+            raise AiboxError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}", code="port_in_use",
+                             hint="choose another --port, or stop what is listening there") from None
         raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="choose another --port, or stop what is listening there") from None
+                         hint="choose another --port or --host") from None
     sock.set_inheritable(True)
     return sock
 
