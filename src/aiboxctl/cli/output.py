@@ -89,12 +89,31 @@ def _console(**kwargs: Any) -> "Console":
     return _Console(**kwargs)
 
 
+# A pipe or a log file has no width: a line is as long as what it says (one event per line).
+_UNWRAPPED_WIDTH = 10_000
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _width_args(stream: Any) -> dict[str, Any]:
+    """Wrap to the terminal on a terminal; never when the stream is a pipe or a file (a stale
+    COLUMNS included): Rich would otherwise cut lines at 80 columns (``n_ctx \\n8192``)."""
+    if _is_terminal(stream):
+        return {}
+    return {"width": _UNWRAPPED_WIDTH, "soft_wrap": True}
+
+
 def stdout_console() -> "Console":
-    return _console(highlight=False, soft_wrap=False)
+    return _console(highlight=False, **{"soft_wrap": False, **_width_args(sys.stdout)})
 
 
 def stderr_console() -> "Console":
-    return _console(stderr=True, highlight=False)
+    return _console(stderr=True, highlight=False, **_width_args(sys.stderr))
 
 
 @contextmanager
