@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (  # the pipeline order, as `aiboxctl --help`
     "chat",
     "bench",
     "serve",
+    "gateway",
     "engine",
     "pack",
     "paths",

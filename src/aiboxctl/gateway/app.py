@@ -1,0 +1,324 @@
+"""The front door's ASGI app: routes by ``model``, relays answers as they arrive.
+
+The body a client sends reaches the engine unchanged (the front door reads only ``model``,
+``user`` and the messages' head from it), and the engine's answer reaches the client unchanged,
+chunk by chunk (``aiter_raw``: no decoding, no buffering). While a request waits for a slot or
+for the engine, the client's ``http.disconnect`` is watched for: a client that leaves cancels
+the relay, which closes the engine connection, and the engine frees the slot at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from aiboxctl.gateway.balance import affinity_key
+from aiboxctl.gateway.config import GatewayConfig
+from aiboxctl.gateway.metrics import GatewayMetrics
+from aiboxctl.gateway.pool import Gateway, ModelPool, Refusal, Replica
+
+log = logging.getLogger("aiboxctl.gateway")
+
+# path → (endpoint label, role of the engines that serve it)
+ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/chat/completions": ("chat", "chat"),
+    "/v1/completions": ("completions", "chat"),
+    "/v1/embeddings": ("embeddings", "embedding"),
+    "/v1/rerank": ("rerank", "rerank"),
+    "/rerank": ("rerank", "rerank"),
+}
+# Hop-by-hop and per-connection headers are not relayed (RFC 9110 §7.6.1).
+_DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate",
+         "proxy-authorization", "date", "server"}
+
+# The seam for client-facing keys, quotas and audit (a later issue): called with the request
+# before anything else; a Refusal it returns is the answer. None admits everyone.
+ClientGate = Callable[[Any], Awaitable["Refusal | None"]]
+
+
+def _error_response(refusal: Refusal) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(refusal.body(), status_code=refusal.status, headers=refusal.headers())
+
+
+def make_clients(config: GatewayConfig) -> dict[str, Any]:
+    """One httpx.AsyncClient per engine (a unix socket is its own transport). No proxies from
+    the environment: an HTTP_PROXY must never see loopback traffic to the engines."""
+    import httpx
+
+    token = config.internal_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = httpx.Timeout(connect=config.connect_timeout_s, read=None, write=60.0, pool=60.0)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    clients = {}
+    for e in config.engines:
+        transport = httpx.AsyncHTTPTransport(uds=e.socket, limits=limits) if e.socket else None
+        clients[e.name] = httpx.AsyncClient(base_url=e.base_url, headers=headers, timeout=timeout, limits=limits,
+                                            transport=transport, trust_env=False)
+    return clients
+
+
+def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+
+    metrics = GatewayMetrics()
+    holder: dict[str, Gateway] = {}
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        gw = holder["gw"] = Gateway(config, make_clients(config))
+        for pool in gw.pools.values():
+            metrics.bind_queue(pool.name, lambda p=pool: len(p.waiters))
+            for r in pool.replicas:
+                metrics.bind_replica(pool.name, r.name, lambda r=r: float(r.healthy), lambda r=r: float(r.slots))
+        await gw.check_all()  # know the engines before the first request
+        poller = asyncio.create_task(gw.poll_forever(), name="aibox-gateway-health")
+        try:
+            yield
+        finally:
+            poller.cancel()
+            await asyncio.gather(*(r.client.aclose() for r in gw.replicas.values()), return_exceptions=True)
+
+    app = FastAPI(title="aiboxctl gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.metrics = metrics
+    app.state.gateway = holder
+
+    async def admitted(request: Request) -> Any:
+        if gate is None:
+            return None
+        refusal = await gate(request)
+        return _error_response(refusal) if refusal is not None else None
+
+    @app.get("/health")
+    async def health() -> Any:
+        gw = holder["gw"]
+        models, down = {}, []
+        for pool in gw.pools.values():
+            healthy = [r.name for r in pool.replicas if r.healthy]
+            models[pool.name] = {"role": pool.role, "replicas": len(pool.replicas), "healthy": len(healthy),
+                                 "down": {r.name: r.reason for r in pool.replicas if not r.healthy}}
+            if not healthy:
+                down.append(pool.name)
+        body = {"status": "ok" if not down else "degraded", "models": models, "models_down": down}
+        return JSONResponse(body, status_code=200 if not down else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint(request: Request) -> Any:
+        denied = await admitted(request)
+        if denied is not None:
+            return denied
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Any:
+        denied = await admitted(request)
+        if denied is not None:
+            return denied
+        data = []
+        for pool in holder["gw"].pools.values():
+            ctxs = [r.slot_ctx for r in pool.replicas if r.slot_ctx]
+            data.append({"id": pool.name, "object": "model", "created": started, "owned_by": "aiboxctl",
+                         "role": pool.role, "context_length": min(ctxs) if ctxs else None,
+                         "replicas": len(pool.replicas), "replicas_healthy": sum(r.healthy for r in pool.replicas)})
+        return {"object": "list", "data": data}
+
+    async def proxied(request: Request) -> Any:
+        arrived = time.monotonic()
+        denied = await admitted(request)
+        if denied is not None:
+            return denied
+        endpoint, role = ROUTES[request.url.path]
+        try:
+            body = await _read_body(request, config.max_body_bytes)
+            data = _parse(body)
+            pool = _resolve(holder["gw"], data, role, request.url.path)
+        except Refusal as refusal:
+            return _error_response(refusal)
+        return _Relay(holder["gw"], metrics, pool, endpoint, request.url.path, body,
+                      affinity_key(data) if role == "chat" else None, arrived,
+                      accept=request.headers.get("accept"))
+
+    for path in ROUTES:
+        app.add_api_route(path, proxied, methods=["POST"])
+    return app
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    too_large = Refusal(413, f"the request body is larger than the front door's limit of {limit} bytes "
+                             "(max_body_bytes in gateway.yaml)", code="request_too_large")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise too_large
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Refusal(400, "the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise Refusal(400, "the request body must be a JSON object", code="invalid_request")
+    return data
+
+
+def _resolve(gw: Gateway, data: dict[str, Any], role: str, path: str) -> ModelPool:
+    """The pool of the request's model: 404 for a model this box does not serve (OpenAI's
+    shape), 400 for a model of another role; no ``model`` means the one model of this role."""
+    model = data.get("model")
+    if model is None:
+        of_role = [p for p in gw.pools.values() if p.role == role]
+        if len(of_role) == 1:
+            return of_role[0]
+        served = ", ".join(p.name for p in of_role) or "none"
+        raise Refusal(400, f"'model' is required: this box serves several {role} models ({served})"
+                      if of_role else f"this box serves no {role} model", code="model_required", param="model")
+    if not isinstance(model, str):
+        raise Refusal(400, "'model' must be a string", code="invalid_request", param="model")
+    pool = gw.pools.get(model)
+    if pool is None:
+        raise Refusal(404, f"The model '{model}' does not exist", code="model_not_found", param="model")
+    if pool.role != role:
+        raise Refusal(400, f"model '{model}' is a {pool.role} model; {path} needs a {role} model",
+                      code="wrong_model_role", param="model")
+    return pool
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _Relay:
+    """An ASGI response that takes a slot, sends the body to the engine and relays the answer,
+    while a second task waits for the client's ``http.disconnect`` and cancels it all."""
+
+    def __init__(self, gw: Gateway, metrics: GatewayMetrics, pool: ModelPool, endpoint: str, path: str,
+                 body: bytes, key: str | None, arrived: float, accept: str | None) -> None:
+        self.gw, self.metrics, self.pool, self.endpoint, self.path = gw, metrics, pool, endpoint, path
+        self.body, self.key, self.arrived = body, key, arrived
+        self.headers = {"content-type": "application/json"}
+        if accept:
+            self.headers["accept"] = accept
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+            async def watch() -> None:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            try:
+                await self.relay(send)
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def relay(self, send: Callable) -> None:
+        import anyio
+        import httpx
+
+        m, pool = self.metrics, self.pool
+        excluded: frozenset[str] = frozenset()
+        while True:
+            waited = time.monotonic()
+            try:
+                replica = await self.gw.acquire(pool, self.key, excluded)
+            except Refusal as refusal:
+                m.rejected.labels(pool.name, refusal.reason or "other").inc()
+                m.requests.labels(pool.name, "", self.endpoint, str(refusal.status)).inc()
+                await _send_json(send, refusal.status, refusal.body(), refusal.headers())
+                return
+            except BaseException:  # the client left while queued
+                m.requests.labels(pool.name, "", self.endpoint, "499").inc()
+                raise
+            m.queue_wait.labels(pool.name).observe(time.monotonic() - waited)
+            try:
+                request = replica.client.build_request("POST", self.path, content=self.body, headers=self.headers)
+                response = await replica.client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                # Nothing reached the client yet: take the replica out and try another one.
+                self.gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
+                m.errors.labels(pool.name, replica.name, "connect").inc()
+                self.gw.release(replica)
+                excluded = excluded | {replica.name}
+                continue
+            except BaseException:
+                self.gw.release(replica)
+                m.requests.labels(pool.name, replica.name, self.endpoint, "499").inc()
+                raise
+            try:
+                await self._pass_through(replica, response, send)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                self.gw.release(replica)
+            return
+
+    async def _pass_through(self, replica: Replica, response: Any, send: Callable) -> None:
+        import httpx
+
+        m, model, name = self.metrics, self.pool.name, replica.name
+        status = "499"
+        in_flight = m.in_flight.labels(model, name)
+        in_flight.inc()
+        try:
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
+                       if k.lower() not in _DROP]
+            headers.append((b"x-aibox-replica", name.encode()))
+            await _send(send, {"type": "http.response.start", "status": response.status_code, "headers": headers})
+            first = True
+            try:
+                async for chunk in response.aiter_raw():
+                    if first:
+                        m.ttft.labels(model, name).observe(time.monotonic() - self.arrived)
+                        first = False
+                    await _send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
+            except httpx.HTTPError as exc:  # the engine died mid-answer: cut the client's connection too
+                self.gw.mark_down(replica, f"answer cut: {type(exc).__name__}")
+                m.errors.labels(model, name, "stream").inc()
+                status = "502"
+                raise
+            await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            status = str(response.status_code)
+        except _ClientGone:
+            pass
+        finally:
+            in_flight.dec()
+            m.requests.labels(model, name, self.endpoint, status).inc()
+            m.latency.labels(model, name).observe(time.monotonic() - self.arrived)
+
+
+async def _send(send: Callable, message: dict) -> None:
+    try:
+        await send(message)
+    except OSError as exc:  # ASGI 2.4: sending to a client that left
+        raise _ClientGone() from exc
+
+
+async def _send_json(send: Callable, status: int, body: dict, headers: dict[str, str]) -> None:
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    try:
+        await _send(send, {"type": "http.response.start", "status": status, "headers": hdrs})
+        await _send(send, {"type": "http.response.body", "body": raw})
+    except _ClientGone:
+        pass

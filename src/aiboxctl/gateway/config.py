@@ -1,0 +1,177 @@
+"""``GatewayConfig``: what ``aiboxctl gateway`` needs, read from gateway.yaml.
+
+Validation is pydantic's through :mod:`aiboxctl.datafile` (unknown keys are errors, every
+problem names file, line and field); the cross-field rules (unique names, one role per model,
+loopback-only engines) are checked here and reported the same way. The install side renders
+this file; its keys are the field names below.
+
+```yaml
+host: 0.0.0.0            # the only process bound beyond loopback
+port: 8080
+internal_token_file: /etc/aibox/engine-keys   # the key the engines trust (engine api_keys_file format)
+queue_depth: 32          # requests waiting per model when every replica's slots are busy
+queue_timeout_s: 30      # then 429 with Retry-After
+engines:
+  - name: chat-0
+    role: chat           # chat | embedding | rerank
+    models: [qwen2.5-7b-instruct]
+    url: http://127.0.0.1:8101      # or socket: /run/aibox/chat-0.sock
+    group: chat          # replica group (default: the first model's name)
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+from urllib.parse import urlsplit
+
+from pydantic import ConfigDict, Field, with_config
+
+from aiboxctl.datafile import Document, FieldProblem, raise_problems, read_document, validate
+from aiboxctl.errors import UsageError
+
+Role = Literal["chat", "embedding", "rerank"]
+ROLES: tuple[str, ...] = ("chat", "embedding", "rerank")
+
+_STRICT = ConfigDict(extra="forbid")
+_Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")]
+_Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+@with_config(_STRICT)
+@dataclass(frozen=True)
+class EngineEntry:
+    """One engine instance behind the front door."""
+
+    name: _Name
+    models: Annotated[tuple[_Name, ...], Field(min_length=1)]
+    role: Role = "chat"
+    url: Optional[str] = None  # http://127.0.0.1:PORT (loopback only)
+    socket: Optional[str] = None  # a unix socket path instead of url
+    group: Optional[_Name] = None  # replica group; default the first model's name
+
+    @property
+    def replica_group(self) -> str:
+        return self.group or self.models[0]
+
+    @property
+    def base_url(self) -> str:
+        """The URL httpx is given (a unix socket is reached through its transport)."""
+        return "http://localhost" if self.socket else str(self.url).rstrip("/")
+
+
+@with_config(_STRICT)
+@dataclass(frozen=True)
+class GatewayConfig:
+    engines: Annotated[tuple[EngineEntry, ...], Field(min_length=1)]
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    # The token sent as Bearer to every engine: a file in the engine's api_keys_file format
+    # (the first key; ``id:key`` or a bare key). None: the engines run without keys.
+    internal_token_file: Optional[Path] = None
+    queue_depth: Annotated[int, Field(ge=0, le=100_000)] = 32  # per model
+    queue_timeout_s: _Seconds = 30.0
+    retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 2  # 429/503 Retry-After
+    health_interval_s: _Seconds = 2.0  # how often each engine's /health is polled
+    health_timeout_s: _Seconds = 2.0
+    connect_timeout_s: _Seconds = 5.0
+    # How many more requests in flight the replica holding a conversation's prefix may have
+    # than the least busy one before the conversation moves (its prefix is recomputed there).
+    affinity_slack: Annotated[int, Field(ge=0, le=1024)] = 1
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 << 20
+
+    def internal_token(self) -> str | None:
+        return read_token(self.internal_token_file) if self.internal_token_file else None
+
+    def models(self) -> dict[str, list[EngineEntry]]:
+        """Every model served, with the engines (replicas) that serve it, in file order."""
+        out: dict[str, list[EngineEntry]] = {}
+        for e in self.engines:
+            for m in e.models:
+                out.setdefault(m, []).append(e)
+        return out
+
+
+def read_token(path: Path) -> str:
+    """The first key of an engine keys file (``id:key`` or a bare key per line, ``#`` comments):
+    the gateway can read the very file the engines trust."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"internal token file not found: {path}",
+                         hint="create it (the engines' api_keys_file) or set internal_token_file: null") from None
+    for raw in lines:
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            _, sep, secret = line.partition(":")
+            token = (secret if sep else line).strip()
+            if token:
+                return token
+    raise UsageError(f"internal token file {path} holds no key", hint="write one key per line (id:key)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _cross_checks(cfg: GatewayConfig, doc: Document) -> list[FieldProblem]:
+    problems: list[FieldProblem] = []
+    seen: dict[str, int] = {}
+    role_of: dict[str, str] = {}
+    group_of: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for i, e in enumerate(cfg.engines):
+        at = ("engines", i)
+        if e.name in seen:
+            problems.append(doc.problem((*at, "name"), f"duplicate engine name (also engines[{seen[e.name]}])"))
+        seen.setdefault(e.name, i)
+        if (e.url is None) == (e.socket is None):
+            problems.append(doc.problem(at, "give exactly one of url or socket"))
+        elif e.url is not None:
+            parts = urlsplit(e.url)
+            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+                problems.append(doc.problem((*at, "url"), "must be http://HOST:PORT (no path)"))
+            elif not _is_loopback(parts.hostname):
+                problems.append(doc.problem((*at, "url"), "engines listen on loopback only "
+                                            "(127.0.0.1, ::1, localhost) and trust only the front door"))
+        elif not Path(str(e.socket)).is_absolute():
+            problems.append(doc.problem((*at, "socket"), "must be an absolute path"))
+        if len(set(e.models)) != len(e.models):
+            problems.append(doc.problem((*at, "models"), "a model is listed twice"))
+        for m in e.models:
+            if role_of.setdefault(m, e.role) != e.role:
+                problems.append(doc.problem((*at, "role"), f"model {m!r} is served as {role_of[m]} elsewhere"))
+        g = group_of.setdefault(e.replica_group, (e.role, tuple(sorted(e.models))))
+        if g != (e.role, tuple(sorted(e.models))):
+            problems.append(doc.problem((*at, "group"), f"replicas of group {e.replica_group!r} must serve "
+                                        "the same models with the same role"))
+    return problems
+
+
+def gateway_config_from_text(text: str, name: str = "gateway config", *, base_dir: Path | None = None) -> GatewayConfig:
+    doc = read_document(text, name)
+    cfg = validate(doc, GatewayConfig)
+    raise_problems(_cross_checks(cfg, doc))
+    token = cfg.internal_token_file
+    if token is not None and base_dir is not None and not token.expanduser().is_absolute():
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, internal_token_file=base_dir / token)
+    return cfg
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """Read gateway.yaml; a relative internal_token_file is relative to the file's folder."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"Gateway config not found: {path}", hint="aiboxctl gateway --help") from None
+    return gateway_config_from_text(text, str(path), base_dir=path.parent)
