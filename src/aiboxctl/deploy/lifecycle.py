@@ -292,9 +292,20 @@ def upgrade(root: str | Path | None = None, *, model: str | None = None, dry_run
     manifest = mf.require_manifest(layout)
     spec = InstallSpec.from_dict(manifest.spec)
     asked = spec.inputs or {"profile": spec.profile, "port": int(spec.engine["port"]), "bind": str(spec.engine["host"])}
+    if not dry_run and confirm is not None:
+        # Ask (or, with no person and no --yes, refuse) before planning, pulling or building:
+        # asking after a download wastes it. The answer covers the whole upgrade.
+        target = f"model {model}" if model else f"a fresh plan for profile {spec.profile} (now {spec.model_variant})"
+        confirm(f"Upgrade aibox under {layout.root} to {target}: pull or build what it needs, rewrite the "
+                "configuration and restart the service (generation kept for rollback)?")
+        confirm = _already_confirmed
     return install(asked["profile"], model=model or asked.get("model"), root=layout.root, port=asked.get("port"),
                    bind=asked.get("bind"), dry_run=dry_run, replan=True, health_timeout=health_timeout,
                    progress=progress, confirm=confirm)
+
+
+def _already_confirmed(_question: str) -> None:
+    """The upgrade was agreed to up front: the install steps inside it do not ask again."""
 
 
 def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: bool = False,
