@@ -33,6 +33,8 @@ class CpuSpec:
     sockets: Annotated[int, Field(ge=1)] = 1
     flags: tuple[str, ...] = ()
     fp32_gflops: Optional[Annotated[float, Field(gt=0)]] = None  # peak, all cores
+    # The CPU's instruction set architecture: what a bundle's wheels are built for (Kunpeng: aarch64).
+    arch: Literal["x86_64", "aarch64"] = "x86_64"
     sources: dict[str, str] = field(default_factory=dict)
 
 
