@@ -40,7 +40,10 @@ def test_every_plan_fits_meets_speed_and_respects_the_backend(hardware):
             continue
         for use in p.devices:
             assert use.planned <= use.budget < use.capacity, (name, hardware, use)
-        assert p.throughput.per_user_tok_s >= profile.target_tokens_per_s
+        # The target, or a near miss within the profile's tolerance that the plan names.
+        assert p.throughput.per_user_tok_s >= profile.target_tokens_per_s * (1 - profile.speed_tolerance)
+        if p.throughput.per_user_tok_s < profile.target_tokens_per_s:
+            assert p.near_miss and f"of {profile.target_tokens_per_s:g} tok/s per user" in p.near_miss
         assert p.engine["parallel"] == profile.users
         assert p.engine["n_ctx"] == profile.users * profile.context_per_request
         if p.engine["cache_type_v"] != "f16":
@@ -92,7 +95,9 @@ def test_h800_x8_serves_full_deepseek_r1_for_finance():
 
 
 def test_two_a100s_take_a_dynamic_low_bit_r1_with_partial_offload():
-    p = _plan("finance", "a100-80g-x2")
+    # Asked for by name: unprompted, finance takes QwQ-32B at Q8_0 (a quantization that keeps the
+    # quality) over R1 at 1-2 bits (test_a_degraded_quant_loses_to_a_full_quality_model).
+    p = _plan("finance", "a100-80g-x2", model="deepseek-r1")
     assert p.variant == "deepseek-r1-671b" and p.file.dynamic
     assert 0 < p.engine["n_gpu_layers"] < 62  # the rest of the layers stay in host RAM
     host = p.memory.host
@@ -126,8 +131,9 @@ def test_model_override_picks_the_best_quant_of_that_variant():
 
 
 def test_cpu_plan_turns_mmap_off_when_the_repack_copy_would_not_fit():
-    profile, hw = load_use_case("edge"), load_hardware_profile("cpu-256g")
-    p = plan(profile, hw)
+    # Chat only (no document to read first): the 235B MoE is fast enough to decode on 256 GiB.
+    profile, hw = replace(load_use_case("edge"), document_tokens=None), load_hardware_profile("cpu-256g")
+    p = plan(profile, hw, "qwen3-235b-a22b")
     assert p.engine["n_gpu_layers"] == 0 and p.engine["repack"] is True and p.engine["mmap"] is False
     from aiboxctl.models.catalog import facts_for
 

@@ -14,6 +14,22 @@ if TYPE_CHECKING:
 
 GiB = 1024**3
 
+# The profile's sizing inputs, overridden on the command line (plan, install, pack; recorded in an
+# install so `upgrade` plans with them again).
+UsersOpt = Annotated[Optional[int], typer.Option(
+    "--users", help="Concurrent users (parallel slots) instead of the profile's users.", show_default=False)]
+TargetOpt = Annotated[Optional[float], typer.Option(
+    "--target-tok-s", help="Decode speed each user should see (tok/s) instead of the profile's "
+                           "target_tokens_per_s.", show_default=False)]
+CtxOpt = Annotated[Optional[int], typer.Option(
+    "--ctx", help="Context per request (tokens) instead of the profile's context_per_request.", show_default=False)]
+
+
+def overrides(users: int | None, target_tok_s: float | None, ctx: int | None) -> dict[str, Any]:
+    """The given sizing overrides as profile field names (nothing for the ones not given)."""
+    given = {"users": users, "target_tokens_per_s": target_tok_s, "context_per_request": ctx}
+    return {k: v for k, v in given.items() if v is not None}
+
 
 def _size(n: int) -> str:
     return f"{n / GiB:.2f} GiB" if abs(n) >= GiB / 10 else f"{n / 2**20:.0f} MiB"
@@ -38,9 +54,24 @@ def _human(console: "Console", plan: Any) -> None:
                   f"GPU layers {e['n_gpu_layers']}" + (f", tensor split {e['tensor_split']}" if e['tensor_split'] else "")
                   + f", threads {e['threads']}, repack {'on' if e['repack'] else 'off'}, "
                   f"mmap {'on' if e['mmap'] else 'off'}, batch {e['n_batch']}/{e['n_ubatch']}")
-    console.print(f"  speed: {tp.per_user_tok_s:.1f} tok/s per user with {tp.streams} users at depth {tp.depth} "
-                  f"(target {plan.target_tokens_per_s:g}), {tp.aggregate_tok_s:.0f} tok/s aggregate, "
-                  f"{tp.single_stream_tok_s:.1f} tok/s alone, prefill ~{tp.prefill_tok_s:.0f} tok/s ({tp.bound}-bound)")
+    def fig(x: float, digits: int = 1) -> str:
+        if not plan.estimated:
+            return f"{x:.{digits}f}"
+        lo, hi = plan.span(x)
+        return f"~{x:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+    console.print(f"  speed{' (ESTIMATED)' if plan.estimated else ''}: {fig(tp.per_user_tok_s)} of "
+                  f"{plan.target_tokens_per_s:g} tok/s per user at {tp.streams} users, depth {tp.depth}; "
+                  f"{fig(tp.aggregate_tok_s, 0)} tok/s aggregate, {fig(tp.single_stream_tok_s)} tok/s alone, "
+                  f"prefill {fig(tp.prefill_tok_s, 0)} tok/s ({tp.bound}-bound)", markup=False)
+    if plan.first_token_s is not None:
+        console.print(f"  first token: {fig(plan.first_token_s)} s for a {plan.document_tokens}-token document "
+                      f"(limit {plan.max_first_token_s:g} s)", markup=False)
+    if plan.near_miss:
+        console.print(f"  [yellow]near miss[/yellow]: {plan.near_miss} (within the profile's tolerance; "
+                      "the next choice costs more quality)")
+    if plan.estimated:
+        console.print(f"  estimated: {plan.estimated}", markup=False)
     table = Table(title=f"memory (weights/KV from the {plan.facts_source}, compute buffer from the "
                         f"{plan.compute_source})", title_justify="left")
     for col in ("device", "weights", "KV cache", "compute", "output", "repack", "overhead", "total", "budget",
@@ -79,6 +110,9 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Option(
             "--model", "-m", help="A catalog variant (qwen3-8b), VARIANT:QUANT (qwen3-8b:Q4_K_M), family (qwen3) "
                              "or a .gguf file instead of the profile's choice.")] = None,
+        users: UsersOpt = None,
+        target_tok_s: TargetOpt = None,
+        ctx: CtxOpt = None,
         measure: Annotated[bool, typer.Option(
             "--measure", help="Measure this box's memory bandwidth first (≈2 s) when it is not known.")] = False,
         json_: JsonOpt = False,
@@ -92,7 +126,7 @@ def register(app: typer.Typer) -> None:
 
         if json_:
             output.STATE.json = True
-        use_case = load_use_case(profile)
+        use_case = load_use_case(profile).with_overrides(**overrides(users, target_tok_s, ctx))
         if hardware:
             from aiboxctl.sizing.hardware_profiles import load_hardware_profile
 

@@ -8,7 +8,7 @@ into variants. Numbers here are for planning before download; a readable GGUF he
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -187,6 +187,9 @@ class Catalog:
     chat_templates: dict[str, ChatTemplate]
     families: dict[str, Family]
     variants: tuple[Variant, ...]
+    # Names people type for a model ("deepseek", "qwen", "r1") → catalog families or variants,
+    # in the order the planner should prefer them.
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def variant(self, name: str) -> Variant | None:
         for v in self.variants:
@@ -198,15 +201,38 @@ class Catalog:
         return [v for v in self.variants if v.family == family]
 
     def resolve(self, name: str) -> list[Variant]:
-        """A variant name → [it]; a family name → its variants; else a UsageError."""
+        """A variant name → [it]; a family name → its variants; an alias → the variants of every
+        family or variant it names, in its order; else a UsageError naming the closest names."""
         key = name.strip().lower()
         v = self.variant(key)
         if v is not None:
             return [v]
         if key in self.families:
             return self.family_variants(key)
-        raise UsageError(f"No catalog variant or family named {name!r}",
-                         hint="aiboxctl plan --help (families: " + ", ".join(sorted(self.families)) + ")")
+        if key in self.aliases:
+            out: list[Variant] = []
+            for target in self.aliases[key]:
+                out += [x for x in self.resolve(target) if x not in out]
+            return out
+        import difflib
+
+        names = sorted({*self.families, *self.aliases, *(x.name for x in self.variants)})
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+        hint = (f"did you mean {' or '.join(close)}? " if close else "") + \
+            "families: " + ", ".join(sorted(self.families)) + "; aliases: " + ", ".join(sorted(self.aliases))
+        raise UsageError(f"No catalog variant, family or alias named {name!r}", hint=hint)
+
+    def family_order(self, name: str) -> list[str]:
+        """The families ``name`` (a family or an alias) stands for, in its order of preference."""
+        key = name.strip().lower()
+        if key in self.families:
+            return [key]
+        out: list[str] = []
+        for target in self.aliases.get(key, ()):
+            fam = target if target in self.families else (self.variant(target).family if self.variant(target) else None)
+            if fam and fam not in out:
+                out.append(fam)
+        return out
 
     def licence_of(self, v: Variant) -> str:
         return v.licence or self.families[v.family].licence
@@ -221,6 +247,14 @@ def _check(doc, cat: Catalog) -> None:
         if fam.chat_template not in cat.chat_templates:
             problems.append(doc.problem(("families", name, "chat_template"),
                                         f"unknown chat template {fam.chat_template!r}"))
+    variant_names = {v.name for v in cat.variants}
+    for alias, targets in cat.aliases.items():
+        if alias != alias.lower() or alias in cat.families or alias in variant_names:
+            problems.append(doc.problem(("aliases", alias), "an alias must be lower case and not a family or "
+                                        "variant name"))
+        for t in targets:
+            if t not in cat.families and t not in variant_names:
+                problems.append(doc.problem(("aliases", alias), f"{t!r} is not a catalog family or variant"))
     seen: set[str] = set()
     for i, v in enumerate(cat.variants):
         loc = ("variants", i)

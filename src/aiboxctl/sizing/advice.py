@@ -29,12 +29,15 @@ def does_not_fit(profile: UseCaseProfile, box: Box, outcomes, rejected: list[Rej
                          data={"rejected": [to_jsonable(r) for r in rejected]})
     v, f, out, facts = min(outcomes, key=lambda t: _distance(t[2]))
     suggestions = _suggestions(profile, box, v, f, out, facts)
+    late = [r for r in rejected if r.kind == "ttft"]
+    if late and out.kind != "ttft":
+        suggestions.append(f"{len(late)} candidate(s) fit but read a {profile.document_tokens}-token document too "
+                           f"slowly (first token after more than {profile.max_first_token_s:g} s): a smaller "
+                           "document_tokens or a larger max_first_token_s in the profile would accept them")
     closest = {"variant": v.name, "quant": f.quant, "reason": out.reason,
                "config": out.config.label if out.config else None, "needed": out.needed,
                "per_user_tok_s": round(out.throughput.per_user_tok_s, 2) if out.throughput else None}
-    message = (f"nothing fits profile {profile.name} on {box.name}: closest is {v.name} {f.quant}, "
-               f"which {out.reason.replace('does not fit: ', 'does not fit (').rstrip()}"
-               + (")" if out.kind == "memory" else ""))
+    message = f"nothing fits profile {profile.name} on {box.name}: closest is {v.name} {f.quant}: {out.reason}"
     raise DoesNotFit(message, hint="; ".join(suggestions[:3]) if suggestions else "aiboxctl plan --help",
                      data={"closest": closest, "suggestions": suggestions,
                            "rejected": [to_jsonable(r) for r in rejected], "notes": notes})
@@ -43,6 +46,8 @@ def does_not_fit(profile: UseCaseProfile, box: Box, outcomes, rejected: list[Rej
 def _distance(o: Outcome) -> tuple:
     if o.kind == "speed" and o.throughput:
         return (0, -o.throughput.per_user_tok_s)
+    if o.kind == "ttft" and o.first_token_s is not None:
+        return (0, o.first_token_s)
     return (1, o.overshoot)
 
 
@@ -76,20 +81,23 @@ def _suggestions(profile: UseCaseProfile, box: Box, v: Variant, f: QuantFile, ou
     while users > 1:
         users = users // 2 if users > 3 else users - 1
         if works(replace(profile, users=users)):
-            out_list.append(f"{users} concurrent user{'s' if users > 1 else ''} instead of {profile.users} would fit")
+            out_list.append(f"--users {users} instead of {profile.users} would fit")
             break
     ctx = profile.context_per_request
-    while ctx > 1024:
+    while ctx // 2 >= max(1024, profile.document_tokens or 0):  # the profile's document must still fit
         ctx //= 2
         if works(replace(profile, context_per_request=ctx)):
-            out_list.append(f"context per request {ctx} instead of {profile.context_per_request} would fit")
+            out_list.append(f"--ctx {ctx} (tokens per request) instead of {profile.context_per_request} would fit")
             break
+    if out.kind == "ttft" and profile.document_tokens:
+        out_list.append(f"a first-token limit of {out.first_token_s:.0f} s instead of {profile.max_first_token_s:g} "
+                        "(max_first_token_s in the profile) would accept it")
     if profile.target_tokens_per_s > 1 and out.kind == "speed":
         target = profile.target_tokens_per_s
         while target > 1:
             target = max(1.0, target / 2)
             if works(replace(profile, target_tokens_per_s=target)):
-                out_list.append(f"a target of {target:g} tok/s per user instead of {profile.target_tokens_per_s:g} "
+                out_list.append(f"--target-tok-s {target:g} instead of {profile.target_tokens_per_s:g} "
                                 "would fit")
                 break
     return out_list

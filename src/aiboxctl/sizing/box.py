@@ -15,6 +15,14 @@ GiB = 1024**3
 
 # Accelerator backends the engine can drive; "none" and unknown ones are left idle.
 USABLE_BACKENDS = ACCELERATOR_BACKENDS
+# Device classes whose default η comes from published llama.cpp scoreboards (throughput.py).
+MEASURED_ETA_BACKENDS = frozenset({"cuda", "metal"})
+
+
+def _eta_assumed(backend: str, eta: float | None, source: str) -> bool:
+    if eta is None:
+        return backend not in MEASURED_ETA_BACKENDS
+    return source.strip().lower().startswith("assum") or not source.strip()
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,9 @@ class BoxDevice:
     tflops: float
     eta: float | None = None
     soc: str | None = None
+    # The decode efficiency η is an assumption (no published llama.cpp figures for this class):
+    # speed predictions on this device are estimates with a wide range.
+    eta_assumed: bool = False
 
     @property
     def margin(self) -> int:
@@ -84,8 +95,9 @@ def box_from_profile(hw: HardwareProfile) -> Box:
         for _ in range(acc.count):
             i = counters.get(prefix, 0)
             counters[prefix] = i + 1
+            assumed = _eta_assumed(acc.backend, acc.decode_efficiency, acc.sources.get("decode_efficiency", ""))
             devices.append(BoxDevice(f"{prefix}{i}", acc.model, acc.backend, acc.memory, acc.bandwidth_gbps,
-                                     acc.fp16_tflops, acc.decode_efficiency, acc.soc))
+                                     acc.fp16_tflops, acc.decode_efficiency, acc.soc, assumed))
     cpu_tflops = (hw.cpu.fp32_gflops or hw.cpu.cores * 2.5 * 32) / 1000
     return Box(hw.name, f"hardware profile {hw.name}", hw.memory.total, hw.memory.bandwidth_gbps, hw.cpu.cores,
                cpu_tflops, tuple(devices), tuple(idle), False, hw.notes,
@@ -146,7 +158,9 @@ def box_from_report(report: Any) -> Box:
         prefix = device_prefix(backend)
         i = counters.get(prefix, 0)
         counters[prefix] = i + 1
-        devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta))
+        assumed = not known or backend not in MEASURED_ETA_BACKENDS
+        devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta, None,
+                                 assumed))
     amx_failed = any(p.name == "amx" and p.verified == "failed" for p in cpu.isa_paths)
     if amx_failed:
         notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")

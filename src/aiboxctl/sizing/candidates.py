@@ -1,6 +1,9 @@
-"""Which models the planner tries, in order: the catalog's variants for the profile (or the one
-named with --model, or a .gguf given by path), bigger model first, then better quantization,
-then the profile's family order. What the profile rules out says why."""
+"""Which models the planner tries, in order: the catalog's variants for the profile (or the ones
+named with --model: a variant, a family, an alias, or a .gguf given by path), in the order of the
+objective (docs/planning.md): quality tier of the variant, then a quantization that keeps the
+model's quality (3.5 bits per weight or more) before one that degrades it, then the profile's
+family order, then the bigger model, then the better quantization. What the profile rules out
+says why."""
 
 from __future__ import annotations
 
@@ -11,6 +14,18 @@ from aiboxctl.models.catalog import QUANT_BPW, Architecture, Catalog, QuantFile,
 from aiboxctl.models.facts import EXPERT_TENSOR, ModelFacts
 from aiboxctl.sizing.plan_result import Rejected
 from aiboxctl.sizing.profiles import QUALITY_ORDER, UseCaseProfile
+
+
+# Below this many bits per weight (2- and 1-bit quants, IQ3_XXS) a quantization loses quality a
+# user notices; from Q3_K_S up the loss is small (llama.cpp tools/quantize/README.md perplexities).
+DEGRADED_BPW = 3.5
+
+
+def family_order(profile: UseCaseProfile, catalog: Catalog, model: str | None) -> list[str]:
+    """The families in order of preference: the named alias's order, else the profile's."""
+    named = catalog.family_order(model) if model and not model.endswith(".gguf") else []
+    rest = [f for f in (list(profile.families) or sorted(catalog.families)) if f not in named]
+    return named + rest
 
 
 def candidates(profile: UseCaseProfile, catalog: Catalog, model: str | None) -> tuple[list[Variant], list[Rejected]]:
@@ -41,15 +56,27 @@ def candidates(profile: UseCaseProfile, catalog: Catalog, model: str | None) -> 
     return out, rejected
 
 
+def bits_per_weight(v: Variant, f: QuantFile) -> float:
+    return QUANT_BPW.get(f.base_quant, f.size * 8 / (v.params * 1e9))
+
+
+def degraded(v: Variant, f: QuantFile) -> bool:
+    """A quantization that costs the model noticeable quality (under 3.5 bits per weight)."""
+    return bits_per_weight(v, f) < DEGRADED_BPW
+
+
+def preference_key(v: Variant, f: QuantFile, fam_rank: dict[str, int]) -> tuple:
+    """The static part of the objective, best first: quality tier, a quantization that keeps
+    it, the profile's family order, size, bits per weight."""
+    return (-QUALITY_ORDER[v.quality], degraded(v, f), fam_rank.get(v.family, len(fam_rank)), -v.params,
+            -bits_per_weight(v, f), v.name)
+
+
 def preference_order(variants: list[Variant], families: list[str]) -> list[tuple[Variant, QuantFile]]:
-    """Bigger model first, then better quantization, then the profile's family order."""
+    """Every (variant, file) in the objective's order (:func:`preference_key`)."""
     fam_rank = {f: i for i, f in enumerate(families)}
     pairs = [(v, f) for v in variants for f in v.files]
-
-    def bpw(v: Variant, f: QuantFile) -> float:
-        return QUANT_BPW.get(f.base_quant, f.size * 8 / (v.params * 1e9))
-
-    pairs.sort(key=lambda vf: (-vf[0].params, -bpw(*vf), fam_rank.get(vf[0].family, 99), vf[0].name))
+    pairs.sort(key=lambda vf: preference_key(*vf, fam_rank))
     return pairs
 
 

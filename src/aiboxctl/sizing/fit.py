@@ -27,6 +27,13 @@ class Outcome:
     overshoot: float = 0.0  # worst device: needed / budget
     needed: dict = field(default_factory=dict)
     devices: tuple = ()  # the accelerators this outcome used
+    near_miss: str = ""  # ok, but short of a target within the profile's tolerance: by how much
+    first_token_s: float | None = None  # prefill time of the profile's typical document, alone
+
+    @property
+    def meets(self) -> bool:
+        """Fits and reaches every target in full (not only within the tolerance)."""
+        return self.ok and not self.near_miss
 
 
 def cannot_fit(facts: ModelFacts, cfg: Config, box: Box, devices: tuple[BoxDevice, ...]) -> bool:
@@ -63,11 +70,24 @@ def judge(est: MemoryEstimate, facts: ModelFacts, cfg: Config, box: Box, profile
                              depth=profile.context_per_request // 2)
     if over:
         return Outcome(False, "does not fit: " + "; ".join(over), "memory", est, tp, cfg, worst, needed)
-    if tp.per_user_tok_s < profile.target_tokens_per_s:
-        return Outcome(False, f"too slow: {tp.per_user_tok_s:.1f} tok/s per user with {profile.users} users "
-                               f"({cfg.label}); the profile needs {profile.target_tokens_per_s:g}",
-                        "speed", est, tp, cfg, worst, needed)
-    return Outcome(True, "", "", est, tp, cfg, worst, needed)
+    tol = profile.speed_tolerance
+    target = profile.target_tokens_per_s
+    ttft = profile.document_tokens / tp.prefill_tok_s if profile.document_tokens and tp.prefill_tok_s > 0 else None
+    if tp.per_user_tok_s < target * (1 - tol):
+        return Outcome(False, f"too slow: {tp.per_user_tok_s:.1f} of {target:g} tok/s per user at {profile.users} "
+                              f"users ({cfg.label})", "speed", est, tp, cfg, worst, needed, first_token_s=ttft)
+    if ttft is not None and ttft > profile.max_first_token_s * (1 + tol):
+        return Outcome(False, f"first token too late: {ttft:.0f} s to read a {profile.document_tokens}-token document "
+                              f"(prefill ~{tp.prefill_tok_s:.0f} tok/s; the profile allows "
+                              f"{profile.max_first_token_s:g} s) ({cfg.label})", "ttft", est, tp, cfg, worst, needed,
+                       first_token_s=ttft)
+    short = []
+    if tp.per_user_tok_s < target:
+        short.append(f"{tp.per_user_tok_s:.1f} of {target:g} tok/s per user at {profile.users} users")
+    if ttft is not None and ttft > profile.max_first_token_s:
+        short.append(f"first token after {ttft:.0f} s of {profile.max_first_token_s:g} s for a "
+                     f"{profile.document_tokens}-token document")
+    return Outcome(True, "", "", est, tp, cfg, worst, needed, near_miss="; ".join(short), first_token_s=ttft)
 
 
 def gib(n: int) -> str:

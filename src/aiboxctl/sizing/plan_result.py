@@ -59,6 +59,17 @@ class Plan:
     target_tokens_per_s: float
     rejected: tuple[Rejected, ...]
     notes: tuple[str, ...] = ()
+    near_miss: str = ""  # the targets reached only within the profile's tolerance, by how much
+    first_token_s: float | None = None  # prefill of the profile's typical document, one request alone
+    document_tokens: int | None = None
+    max_first_token_s: float | None = None
+    # Non-empty when a device's decode efficiency is assumed, not measured: the speed figures
+    # are estimates, shown as a range (speed_range: low, high factor on every figure).
+    estimated: str = ""
+    speed_range: tuple[float, float] = (1.0, 1.0)
+
+    def span(self, value: float) -> tuple[float, float]:
+        return value * self.speed_range[0], value * self.speed_range[1]
 
     def to_dict(self) -> dict:
         return {
@@ -77,7 +88,13 @@ class Plan:
                            "single_stream_tok_s": round(self.throughput.single_stream_tok_s, 2),
                            "prefill_tok_s": round(self.throughput.prefill_tok_s, 1),
                            "streams": self.throughput.streams, "depth": self.throughput.depth,
-                           "bound": self.throughput.bound, "target_per_user_tok_s": self.target_tokens_per_s},
+                           "bound": self.throughput.bound, "target_per_user_tok_s": self.target_tokens_per_s,
+                           "near_miss": self.near_miss or None,
+                           "first_token_s": round(self.first_token_s, 1) if self.first_token_s is not None else None,
+                           "document_tokens": self.document_tokens, "max_first_token_s": self.max_first_token_s,
+                           "estimated": bool(self.estimated), "estimated_because": self.estimated or None,
+                           "per_user_tok_s_range": [round(x, 2) for x in self.span(self.throughput.per_user_tok_s)],
+                           "prefill_tok_s_range": [round(x, 1) for x in self.span(self.throughput.prefill_tok_s)]},
             "rejected": [to_jsonable(r) for r in self.rejected],
             "notes": list(self.notes),
         }

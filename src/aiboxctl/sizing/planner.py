@@ -36,7 +36,7 @@ from aiboxctl.models.catalog import Catalog, QuantFile, Variant, facts_for, load
 from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.advice import does_not_fit
 from aiboxctl.sizing.box import Box, BoxDevice, as_box
-from aiboxctl.sizing.candidates import candidates, preference_order
+from aiboxctl.sizing.candidates import candidates, degraded, family_order, preference_order
 from aiboxctl.sizing.configs import Config, engine_configs
 from aiboxctl.sizing.fit import Outcome, cannot_fit, check, judge
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
@@ -47,6 +47,10 @@ from aiboxctl.sizing.profiles import UseCaseProfile
 # llama.cpp's CANN backend (docs/backend/CANN.md) runs these weight types; K-quants and
 # i-quants would fall back to the CPU op by op.
 CANN_TYPES = frozenset({"F16", "F32", "Q8_0", "Q4_0"})
+
+# How far an assumed decode efficiency may be off either way: measured η for one device class
+# spans 0.31–0.53 (H100, memory-model.md §6.3), ±40 % around an assumed midpoint.
+ASSUMED_ETA_SPREAD = 0.4
 
 # Finds a catalog file on this box already (the model store, an installed PyPI model): the GGUF
 # (the first shard of a split file), or None.
@@ -88,21 +92,23 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
     if exact is None:
         exact = box.is_this_box
     variants, rejected = candidates(profile, catalog, model)
-    families = list(profile.families) or sorted(catalog.families)
+    families = family_order(profile, catalog, model)
     devices = box.accelerators
     notes = list(box.notes) + [f"accelerator left idle: {s}" for s in box.idle_accelerators]
     outcomes: list[tuple[Variant, QuantFile, Outcome, ModelFacts]] = []
     chosen: tuple[Variant, QuantFile, Outcome, ModelFacts, Path | None, str] | None = None
+    chosen_why: str | None = None
     for v, f in preference_order(variants, families):
         if quant and f.quant.upper() != quant.upper():
-            continue
-        if chosen is not None:
-            rejected.append(Rejected(v.name, f.quant, f"fits or may fit, but {chosen[0].name} {chosen[1].quant} "
-                                     "is preferred (bigger model or better quantization)", "preference"))
             continue
         why = _backend_ok(f, devices)
         if why and any(_backend_ok(g, devices) is None for g in v.files):
             rejected.append(Rejected(v.name, f.quant, why, "backend"))
+            continue
+        if chosen is not None and (chosen[2].meets or (chosen[0].name, degraded(chosen[0], chosen[1]))
+                                   != (v.name, degraded(v, f))):
+            rejected.append(Rejected(v.name, f.quant, f"not tried: {chosen[0].name} {chosen[1].quant} comes first "
+                                     "(quality tier, quantization, family order, size)", "preference"))
             continue
         # A variant with no file the accelerators can run (the PyPI demo models) runs on the CPU.
         use = () if why else devices
@@ -122,12 +128,18 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
             if cfg.placement == "partial" and slow_full or cfg.params.cache_type_k in slow_full:
                 continue
             out = check(facts, cfg, box, profile, v.active * 1e9, use)
-            if out.ok:
+            if out.meets:
                 best = out
                 break
+            if out.ok:
+                # A near miss is kept while a later configuration (a q8_0 KV cache reads less)
+                # might reach the targets in full.
+                if best is None or not best.ok:
+                    best = out
+                continue
             if out.kind == "speed" and cfg.placement == "full":
                 slow_full.add(cfg.params.cache_type_k)
-            if best is None or _closer(out, best):
+            if best is None or (not best.ok and _closer(out, best)):
                 best = out
         if best is None:  # every configuration was ruled out by the weights alone
             cfg = next(iter(engine_configs(facts, box, profile, use)))
@@ -149,22 +161,37 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
                 rejudged.reason = f"by llama.cpp's dry run: {rejudged.reason}"
             best = rejudged
         outcomes.append((v, f, best, facts))
-        if best.ok:
+        if best.ok and chosen is not None:
+            # Same variant and quality of quantization: a full meet replaces a near miss.
+            if best.meets:
+                rejected.append(Rejected(chosen[0].name, chosen[1].quant, f"only nearly reaches the targets "
+                                         f"({chosen[2].near_miss}); {v.name} {f.quant} reaches them with a "
+                                         "quantization of the same quality class", "speed"))
+                chosen = (v, f, best, facts, local, compute_source)
+                chosen_why = why
+            else:
+                rejected.append(Rejected(v.name, f.quant, f"also only nearly reaches the targets ({best.near_miss}); "
+                                         f"{chosen[0].name} {chosen[1].quant} keeps more bits", "preference"))
+        elif best.ok:
             chosen = (v, f, best, facts, local, compute_source)
-            if why:
-                notes.append(f"runs on the CPU: {why}")
+            chosen_why = why
         else:
             rejected.append(Rejected(v.name, f.quant, best.reason, best.kind, best.needed))
     if chosen is None:
         does_not_fit(profile, box, outcomes, rejected, catalog, notes)
     v, f, out, facts, local, compute_source = chosen
+    if chosen_why:
+        notes.append(f"runs on the CPU: {chosen_why}")
+    if out.near_miss:
+        notes.insert(0, f"near miss: {out.near_miss} — within the profile's tolerance of "
+                        f"{profile.speed_tolerance:.0%}, kept over a lower-quality choice (docs/planning.md)")
     assert out.estimate is not None and out.throughput is not None and out.config is not None
     return _make_plan(profile, box, v, f, out, facts, local, out.estimate, compute_source, rejected, notes, catalog)
 
 
 def _closer(a: Outcome, b: Outcome) -> bool:
     """Is outcome a closer to working than b? Memory-fitting beats not; then less overshoot/faster."""
-    rank = {"speed": 0, "memory": 1}
+    rank = {"speed": 0, "ttft": 0, "memory": 1}
     if rank.get(a.kind, 2) != rank.get(b.kind, 2):
         return rank.get(a.kind, 2) < rank.get(b.kind, 2)
     if a.kind == "speed":
@@ -213,6 +240,10 @@ def _make_plan(profile, box, v, f, out, facts, local, estimate, compute_source, 
     if facts.source != "header":
         notes.append("weights and KV from the catalog's architecture facts; the header (after pull) is exact")
     notes.extend(v.notes)
+    used = set(out.throughput.per_device)
+    assumed = sorted({f"{d.model} ({d.backend})" for d in out.devices if d.name in used and d.eta_assumed})
+    estimated = (f"the decode efficiency of {', '.join(assumed)} is an assumption, not a measurement "
+                 "(aiboxctl bench measures it)") if assumed else ""
     return Plan(
         profile=profile.name, hardware=box.name, variant=v.name, family=v.family, quant=f.quant,
         quality=v.quality, params_b=v.params, licence=catalog.licence_of(v), file=f,
@@ -223,4 +254,7 @@ def _make_plan(profile, box, v, f, out, facts, local, estimate, compute_source, 
                   "service_user": profile.service.user},
         chat_template=tmpl_name, memory=estimate, devices=uses, throughput=out.throughput,
         target_tokens_per_s=profile.target_tokens_per_s, rejected=tuple(rejected), notes=tuple(notes),
+        near_miss=out.near_miss, first_token_s=out.first_token_s, document_tokens=profile.document_tokens,
+        max_first_token_s=profile.max_first_token_s if profile.document_tokens else None,
+        estimated=estimated, speed_range=(1 - ASSUMED_ETA_SPREAD, 1 + ASSUMED_ETA_SPREAD) if estimated else (1.0, 1.0),
     )

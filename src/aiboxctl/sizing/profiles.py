@@ -6,7 +6,7 @@ of the same shape works too. Every field error names the file, the line and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -47,6 +47,13 @@ class UseCaseProfile:
     users: Annotated[int, Field(ge=1, le=4096)]  # concurrent users → parallel slots
     context_per_request: Annotated[int, Field(ge=256, le=1_048_576)]  # tokens per slot
     target_tokens_per_s: Annotated[float, Field(gt=0)]  # decode speed each user should see
+    # How far below the targets (speed, time to first token) a plan may land and still count,
+    # reported as a near miss, before a lower-quality model or quantization is taken instead.
+    speed_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.10
+    # A typical document a request brings (tokens), for profiles that read documents: its
+    # prefill must finish within max_first_token_s. None: chat only, time to first token unchecked.
+    document_tokens: Optional[Annotated[int, Field(ge=1, le=1_048_576)]] = None
+    max_first_token_s: Annotated[float, Field(gt=0)] = 30.0
     language: str = "en"
     families: tuple[str, ...] = ()  # model families in order of preference
     min_quality: Quality = "medium"
@@ -57,6 +64,25 @@ class UseCaseProfile:
     @property
     def total_context(self) -> int:
         return self.users * self.context_per_request
+
+    def with_overrides(self, *, users: int | None = None, target_tokens_per_s: float | None = None,
+                       context_per_request: int | None = None) -> "UseCaseProfile":
+        """This profile with the command line's ``--users``, ``--target-tok-s`` and ``--ctx``,
+        checked against the same bounds as the YAML fields (a bad value is a usage error)."""
+        from aiboxctl.errors import UsageError
+
+        checks = (("--users", users, 1, 4096), ("--ctx", context_per_request, 256, 1_048_576))
+        for flag, value, lo, hi in checks:
+            if value is not None and not lo <= value <= hi:
+                raise UsageError(f"{flag} {value} is out of range ({lo}..{hi})", hint="aiboxctl plan --help")
+        if target_tokens_per_s is not None and not target_tokens_per_s > 0:
+            raise UsageError(f"--target-tok-s {target_tokens_per_s:g} must be above 0", hint="aiboxctl plan --help")
+        if self.document_tokens and context_per_request is not None and context_per_request < self.document_tokens:
+            raise UsageError(f"--ctx {context_per_request} is shorter than the profile's document_tokens "
+                             f"{self.document_tokens}", hint="a --ctx of at least the document size")
+        changes = {k: v for k, v in (("users", users), ("target_tokens_per_s", target_tokens_per_s),
+                                     ("context_per_request", context_per_request)) if v is not None}
+        return replace(self, **changes) if changes else self
 
 
 def use_case_names() -> list[str]:
@@ -83,7 +109,10 @@ def _load(text: str, shown: str) -> UseCaseProfile:
                                         + ", ".join(sorted(catalog.families)) + ")"))
     pinned = profile.model
     if pinned and not pinned.endswith(".gguf") and catalog.variant(pinned.split(":", 1)[0]) is None \
-            and pinned not in catalog.families:
+            and pinned not in catalog.families and pinned.lower() not in catalog.aliases:
         problems.append(doc.problem(("model",), f"{pinned!r} is not a catalog variant or family"))
+    if profile.document_tokens and profile.document_tokens > profile.context_per_request:
+        problems.append(doc.problem(("document_tokens",), f"{profile.document_tokens} tokens do not fit in "
+                                    f"context_per_request {profile.context_per_request}"))
     raise_problems(problems)
     return profile
