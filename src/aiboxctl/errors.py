@@ -36,6 +36,8 @@ EXIT_CODES: dict[str, ExitCode] = {
     "confirmation_required": ExitCode.USAGE,
     # A profile, hardware profile or catalog file that is not valid YAML or not valid data: bad input.
     "invalid_data_file": ExitCode.USAGE,
+    # --engine-wheel of another architecture or backend than the bundle's box: a wrong argument.
+    "engine_wheel_mismatch": ExitCode.USAGE,
     "does_not_fit": ExitCode.DOES_NOT_FIT,
     "verification_failed": ExitCode.VERIFICATION_FAILED,
     "checksum_mismatch": ExitCode.VERIFICATION_FAILED,

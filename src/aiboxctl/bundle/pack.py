@@ -171,18 +171,27 @@ _PY_RE = re.compile(r"^3\.\d{1,2}$")
 _PLATFORM_RE = re.compile(r"^(manylinux_\d+_\d+|manylinux1|manylinux2010|manylinux2014)_(x86_64|aarch64|ppc64le|s390x|i686)$")
 
 
-def target_for(python: str | None, platform_tag: str | None) -> TargetPlatform:
+def target_for(python: str | None, platform_tag: str | None, *, arch: str | None = None,
+               box: str | None = None) -> TargetPlatform:
+    """The target's Python and wheel platform. ``arch`` is the target box's CPU architecture
+    (the hardware profile's ``cpu.arch``): the default platform is built on it, and a
+    ``--platform`` of another architecture is refused (its wheels would not run there)."""
     import platform as _platform
 
     here = TargetPlatform.here()
     py = python or here.python
-    plat = platform_tag or DEFAULT_PLATFORM.format(arch=_platform.machine())
+    plat = platform_tag or DEFAULT_PLATFORM.format(arch=arch or _platform.machine())
     if not _PY_RE.match(py):
         raise UsageError(f"--python {py!r} is not a Python version like 3.11", hint="aiboxctl pack --help")
     if not _PLATFORM_RE.match(plat):
         raise UsageError(f"--platform {plat!r} is not a manylinux wheel platform tag",
                          hint="e.g. --platform manylinux_2_28_x86_64 (glibc 2.28+) or manylinux_2_28_aarch64")
-    return TargetPlatform(python=py, platform=plat)
+    target = TargetPlatform(python=py, platform=plat)
+    if arch and target.arch != arch:
+        raise UsageError(f"--platform {plat} is for {target.arch}, but {box or 'the target box'} has an {arch} CPU",
+                         hint=f"drop --platform (the default is {DEFAULT_PLATFORM.format(arch=arch)}), "
+                              f"or give an {arch} platform tag")
+    return target
 
 
 def _noop(_: str) -> None:
@@ -289,7 +298,6 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
 
     t0 = time.perf_counter()
     output = Path(output).absolute()
-    target = target_for(python, platform_tag)
     if compress == "zstd" and not zstd_available():
         raise BundleError("--compress zstd needs the zstandard package", code="zstd_unavailable",
                           hint="pip install 'aiboxctl[zstd]', or pack with --compress none")
@@ -297,6 +305,8 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
         raise UsageError(f"output folder {output.parent} does not exist")
     profile = load_use_case(profile_name)
     hardware = load_hardware_profile(hardware_name)
+    # The wheels are for the box's CPU (a Kunpeng 920 is aarch64), whatever this machine is.
+    target = target_for(python, platform_tag, arch=hardware.cpu.arch, box=hardware.name)
     steps: dict[str, float] = {}
     t = time.perf_counter()
     progress(f"planning {profile.name} for {hardware_name}")
@@ -306,7 +316,7 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
 
     # The engine build the target needs must exist before any weights are pulled.
     engine_key, engine_why = target_engine_key(getattr(hardware, "accelerators", ()))
-    engine = find_engine_wheel(target, explicit=engine_wheel, key=engine_key)
+    engine = find_engine_wheel(target, explicit=engine_wheel, key=engine_key, why=engine_why, box=hardware.name)
     if not summary["variant"]:
         raise BundleError("the plan names no model variant", code="plan_without_model")
     steps["plan_s"] = round(time.perf_counter() - t, 3)

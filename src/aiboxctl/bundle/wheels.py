@@ -101,20 +101,60 @@ def target_engine_key(accelerators) -> tuple[str, str]:
     return spec.key, spec.reason
 
 
+def _key_backend(key: str) -> str:
+    """The ggml backend of a wheel-cache key ("cann-ascend910b" → "cann", "cpu-portable" → "cpu")."""
+    return key.split("-", 1)[0]
+
+
+def _backend_words(backend: str) -> str:
+    return "a CPU-only build" if backend == "cpu" else f"a {backend.upper()} build"
+
+
+def make_engine_hint(target: TargetPlatform, key: str) -> str:
+    """Exactly how to make the missing wheel: where, and with which command."""
+    backend = _key_backend(key)
+    where = ("here" if target.arch == platform.machine() and backend == "cpu"
+             else f"on an {target.arch} machine" + ("" if backend == "cpu" else f" with the {backend.upper()} toolkit "
+                                                    "(the box itself, or one like it)"))
+    return (f"build it {where}: aiboxctl engine install --backend {backend} --build-only "
+            "(the wheel lands in the engine wheel cache), then pack there or pass the wheel with --engine-wheel PATH")
+
+
+def engine_wheel_mismatch(wheel: Path, target: TargetPlatform, *, key: str, why: str = "",
+                          box: str = "the target") -> list[str]:
+    """Why ``wheel`` cannot run the target's engine: its architecture, its backend (empty: it fits)."""
+    from aiboxctl.engine.build.cache import wheel_backend
+
+    problems = []
+    if not _arch_ok(wheel, target):
+        built = _wheel_tags(wheel)[2].replace(".", ", ")
+        problems.append(f"it is built for {built} and {box} is {target.arch} ({target.platform})")
+    have, need = wheel_backend(wheel), _key_backend(key)
+    if have != need:
+        problems.append(f"it is {_backend_words(have)} and {box} needs {_backend_words(need)}"
+                        + (f" ({why})" if why else ""))
+    return problems
+
+
 def find_engine_wheel(target: TargetPlatform, *, explicit: Path | None = None, key: str = "cpu-portable",
-                      cache_root: Path | None = None) -> EngineWheel:
-    """The llama-cpp-python wheel to bundle: ``explicit``; else the build for the target's
-    backend (``key``) from the engine wheel cache (where ``aiboxctl engine install`` keeps its
-    builds); else, for a CPU target, pip's own wheel cache (a native build: warned about)."""
+                      cache_root: Path | None = None, why: str = "", box: str = "the target") -> EngineWheel:
+    """The llama-cpp-python wheel to bundle: ``explicit`` (refused when its architecture or its
+    backend does not fit the target); else the build for the target's backend (``key``) from the
+    engine wheel cache (where ``aiboxctl engine install`` keeps its builds); else, for a CPU
+    target, pip's own wheel cache (a native build: warned about)."""
     from aiboxctl.engine.build.cache import WheelCache
 
     version = required_engine_version()
+    lacks = ("a bundle without it would lack the llama.cpp engine the box runs"
+             + (f" ({why})" if why else "") + ", so the box could not serve")
     if explicit is not None:
         explicit = Path(explicit)
         if not explicit.is_file() or not explicit.name.startswith(ENGINE_DIST + "-"):
             raise WheelError(f"--engine-wheel {explicit} is not a llama_cpp_python wheel", code="usage")
-        if not _arch_ok(explicit, target):
-            raise WheelError(f"--engine-wheel {explicit.name} is not for {target.platform}", code="usage")
+        problems = engine_wheel_mismatch(explicit, target, key=key, why=why, box=box)
+        if problems:
+            raise WheelError(f"--engine-wheel {explicit.name} does not fit {box}: {'; '.join(problems)}",
+                             code="engine_wheel_mismatch", hint=make_engine_hint(target, key))
         return describe_engine_wheel(explicit, "given")
     cache = WheelCache(cache_root)
     for entry in cache.entries():
@@ -122,23 +162,20 @@ def find_engine_wheel(target: TargetPlatform, *, explicit: Path | None = None, k
             return describe_engine_wheel(entry.path, f"engine wheel cache ({key})")
     if key != "cpu-portable":
         raise WheelError(
-            f"the target needs a {key} build of llama-cpp-python {version or ''} and the engine wheel cache "
-            f"({cache.root}) has none", code="engine_wheel_missing",
-            hint=f"build it on a machine with that toolkit: aiboxctl engine install --backend {key.split('-')[0]}, "
-                 "then pack there, or pass --engine-wheel")
+            f"{box} needs {_backend_words(_key_backend(key))} of llama-cpp-python {version or ''} for "
+            f"{target.arch} ({key}) and the engine wheel cache ({cache.root}) has none: {lacks}",
+            code="engine_wheel_missing", hint=make_engine_hint(target, key))
     res = _pip("cache", "list", "--format=abspath", ENGINE_DIST, timeout=60)
     candidates = [describe_engine_wheel(Path(line.strip()), "pip wheel cache")
                   for line in (res.stdout.splitlines() if res.ok else [])
                   if line.strip().endswith(".whl") and Path(line.strip()).is_file()]
-    usable = [c for c in candidates if (version is None or _wheel_version(c.path) == version) and _arch_ok(c.path, target)]
+    usable = [c for c in candidates if (version is None or _wheel_version(c.path) == version) and _arch_ok(c.path, target)
+              and not engine_wheel_mismatch(c.path, target, key=key)]
     if not usable:
         raise WheelError(
-            f"no llama-cpp-python {version or ''} wheel for {target.platform} was found "
-            "(PyPI ships only its source; it must be built once)", code="engine_wheel_missing",
-            hint=("aiboxctl engine install --backend cpu (builds the portable wheel into the cache), "
-                  "or pass --engine-wheel") if target.arch == platform.machine() else
-                 (f"build it on an {target.arch} machine (aiboxctl engine install --backend cpu there) "
-                  "and pass its wheel with --engine-wheel"))
+            f"no llama-cpp-python {version or ''} CPU wheel for {target.platform} was found "
+            f"(PyPI ships only its source; it must be built once): {lacks}", code="engine_wheel_missing",
+            hint=make_engine_hint(target, key))
     usable.sort(key=lambda c: (c.build != "portable", -c.path.stat().st_mtime))
     return usable[0]
 
