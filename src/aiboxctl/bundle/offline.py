@@ -34,6 +34,7 @@ class BundleInstallResult:
     pip: str
     install: Any  # deploy.install.InstallResult
     steps: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what differs from the hardware the bundle was made for
 
     def to_dict(self) -> dict[str, Any]:
         from aiboxctl.jsonable import to_jsonable
@@ -88,8 +89,10 @@ def _continue_with_bundled_aiboxctl(version: str) -> None:
 
 def install_from_bundle(bundle: Path, *, root: str | Path | None = None, port: int | None = None,
                         bind: str | None = None, health_timeout: float = 300.0, progress: Progress = _noop,
-                        confirm: Callable[[str], None] | None = None) -> BundleInstallResult:
+                        confirm: Callable[[str], None] | None = None, warn: Progress = _noop) -> BundleInstallResult:
     from aiboxctl.bundle.archive import read_manifest
+    from aiboxctl.bundle.hostcheck import bundle_hardware_warnings
+    from aiboxctl.hardware.probe import probe_box
     from aiboxctl.deploy.install import install as run_install
     from aiboxctl.paths import StatePaths
 
@@ -109,6 +112,10 @@ def install_from_bundle(bundle: Path, *, root: str | Path | None = None, port: i
     steps["verify_s"] = round(time.perf_counter() - t, 3)
     if not manifest.model.get("variant"):
         raise BundleError(f"{bundle.name} carries no model", code="bundle_without_model")
+    # Said before asking: the person decides knowing the box is not the one the bundle is for.
+    warnings = tuple(bundle_hardware_warnings(manifest.hardware, probe_box()))
+    for w in warnings:
+        warn(w)
     if confirm is not None:
         confirm(f"Install {manifest.profile} ({manifest.model['variant']}) from {bundle.name} "
                 f"under {root or '/'}?")
@@ -130,4 +137,4 @@ def install_from_bundle(bundle: Path, *, root: str | Path | None = None, port: i
     return BundleInstallResult(
         bundle=str(bundle), bundle_id=checked.bundle_id, target=manifest.target.describe(),
         created=manifest.created, members_verified=checked.members, bytes_verified=checked.bytes,
-        model_path=str(unpacked.model_path), pip=unpacked.pip, install=result, steps=steps)
+        model_path=str(unpacked.model_path), pip=unpacked.pip, install=result, steps=steps, warnings=warnings)

@@ -9,6 +9,7 @@ import typer
 
 from aiboxctl.cli import output
 from aiboxctl.cli.options import JsonOpt
+from aiboxctl.cli.plan import CtxOpt, TargetOpt, UsersOpt, overrides
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +40,9 @@ def pack(
     python: Annotated[Optional[str], typer.Option("--python", help="Target Python version (default: this one), e.g. 3.11.")] = None,
     platform: Annotated[Optional[str], typer.Option("--platform", help="Target wheel platform (default manylinux_2_28_<this arch>).")] = None,
     compress: Annotated[str, typer.Option("--compress", help="none (weights do not compress) or zstd.")] = "none",
+    users: UsersOpt = None,
+    target_tok_s: TargetOpt = None,
+    ctx: CtxOpt = None,
     engine_wheel: Annotated[Optional[Path], typer.Option("--engine-wheel", help="llama-cpp-python wheel to bundle (default: a portable build from the wheel cache, else pip's cache).")] = None,
     json_: JsonOpt = False,
 ) -> int:
@@ -46,7 +50,8 @@ def pack(
     from aiboxctl.bundle.pack import pack as run_pack
 
     result = run_pack(profile, hardware, output=out, model=model, python=python, platform_tag=platform,
-                      compress=compress, engine_wheel=engine_wheel, progress=output.note)
+                      compress=compress, engine_wheel=engine_wheel, progress=output.note,
+                      sizing=overrides(users, target_tok_s, ctx))
     for w in result.warnings:
         output.warn(w)
     return output.emit(result, _human)
@@ -66,7 +71,8 @@ def install_bundle(bundle: Path, *, profile: Optional[str], model: Optional[str]
         raise UsageError("--dry-run is not supported with --bundle",
                          hint="check the bundle with: tar -tvf BUNDLE (install --bundle verifies it first anyway)")
     result = install_from_bundle(bundle, root=root, port=port, bind=bind, health_timeout=health_timeout,
-                                 progress=output.note, confirm=lambda q: output.confirm(q, yes=yes))
+                                 progress=output.note, confirm=lambda q: output.confirm(q, yes=yes),
+                                 warn=output.warn)
 
     def human(console: Any, r: Any) -> None:
         console.print(f"bundle {Path(r.bundle).name}  id {r.bundle_id[:16]}…  {r.members_verified} members "
