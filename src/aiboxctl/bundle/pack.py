@@ -281,9 +281,22 @@ def _profile_source(name_or_path: str) -> bytes:
     return (data_dir("profiles") / f"{text}.yaml").read_bytes()
 
 
+def _profile_with_sizing(name_or_path: str, profile: Any, sizing: dict[str, Any]) -> bytes:
+    """The profile as planned: with --users/--target-tok-s/--ctx, the overridden profile written
+    out whole, so the box's install (and its upgrades) plan with the same inputs."""
+    if not sizing:
+        return _profile_source(name_or_path)
+    import yaml
+
+    from aiboxctl.jsonable import to_jsonable
+
+    head = f"# {name_or_path} with {', '.join(f'{k}: {v}' for k, v in sizing.items())} (aiboxctl pack overrides)\n"
+    return (head + yaml.safe_dump(to_jsonable(profile), allow_unicode=True, sort_keys=False)).encode()
+
+
 def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | None = None,
          python: str | None = None, platform_tag: str | None = None, compress: str = "none",
-         engine_wheel: Path | None = None, progress=_noop) -> PackResult:
+         engine_wheel: Path | None = None, progress=_noop, sizing: dict[str, Any] | None = None) -> PackResult:
     """Plan for the target hardware profile, get and verify the weights, collect the wheels,
     render the configs and install.sh, and stream it all into one archive."""
     import json
@@ -303,7 +316,8 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
                           hint="pip install 'aiboxctl[zstd]', or pack with --compress none")
     if not output.parent.is_dir():
         raise UsageError(f"output folder {output.parent} does not exist")
-    profile = load_use_case(profile_name)
+    sizing = {k: v for k, v in (sizing or {}).items() if v is not None}
+    profile = load_use_case(profile_name).with_overrides(**sizing)
     hardware = load_hardware_profile(hardware_name)
     # The wheels are for the box's CPU (a Kunpeng 920 is aarch64), whatever this machine is.
     target = target_for(python, platform_tag, arch=hardware.cpu.arch, box=hardware.name)
@@ -341,7 +355,7 @@ def pack(profile_name: str, hardware_name: str, *, output: Path, model: str | No
             Entry("install.sh", data=render_install_sh(target=target, profile=profile.name,
                                                        model=summary["variant"], compress=compress,
                                                        created=created), mode=0o755),
-            Entry("profile.yaml", data=_profile_source(profile_name)),
+            Entry("profile.yaml", data=_profile_with_sizing(profile_name, profile, sizing)),
             Entry("plan.json", data=(json.dumps(to_jsonable(plan), indent=2, ensure_ascii=False) + "\n").encode()),
             *_rendered_configs(profile, summary, record),
             *(Entry(f"wheels/{w.name}", source=w) for w in wheels.wheels),

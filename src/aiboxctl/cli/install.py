@@ -9,6 +9,7 @@ import typer
 
 from aiboxctl.cli import output
 from aiboxctl.cli.options import JsonOpt, RootOpt, YesOpt, port_option
+from aiboxctl.cli.plan import CtxOpt, TargetOpt, UsersOpt, overrides
 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the diff of what would change; touch nothing.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Catalog variant to serve instead of the plan's choice.")]
@@ -53,6 +54,9 @@ def install(
     root: RootOpt = None,
     port: Annotated[Optional[int], port_option("--port", help="Listen port, 1..65535 (default: the profile's).")] = None,
     bind: Annotated[Optional[str], typer.Option("--bind", help="Listen address (default: the profile's; beyond loopback needs an API key).")] = None,
+    users: UsersOpt = None,
+    target_tok_s: TargetOpt = None,
+    ctx: CtxOpt = None,
     dry_run: DryRunOpt = False,
     replan: Annotated[bool, typer.Option("--replan", help="Plan again even when the inputs match the installed generation.")] = False,
     health_timeout: HealthTimeoutOpt = 300.0,
@@ -60,9 +64,17 @@ def install(
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> int:
-    """Install the appliance: probe, plan, pull, fit, render, write, start, verify (one transaction)."""
+    """Install the appliance: probe, plan, pull, fit, render, write, start, verify (one transaction).
+    --users/--target-tok-s/--ctx override the profile and are kept for `upgrade`."""
+    sizing = overrides(users, target_tok_s, ctx)
     if bundle is not None:  # offline, from `aiboxctl pack` (the bundle's own module)
         from aiboxctl.cli.pack import install_bundle
+
+        if sizing:
+            from aiboxctl.errors import UsageError
+
+            raise UsageError("--bundle installs the plan the bundle was packed with; drop --users/--target-tok-s/--ctx",
+                             hint="aiboxctl pack --users N --target-tok-s S --ctx C packs a bundle planned with them")
 
         return install_bundle(bundle, profile=profile, model=model, root=root, port=port, bind=bind,
                               dry_run=dry_run, health_timeout=health_timeout, yes=yes, render=_render_install)
@@ -74,7 +86,7 @@ def install(
 
     result = run_install(profile, model=model, root=root, port=port, bind=bind, dry_run=dry_run, replan=replan,
                          health_timeout=health_timeout, progress=output.note,
-                         confirm=lambda q: output.confirm(q, yes=yes))
+                         confirm=lambda q: output.confirm(q, yes=yes), sizing=sizing)
     return output.emit(result, _render_install)
 
 

@@ -381,7 +381,10 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
 def install(profile_name: str, *, model: str | None = None, root: str | Path | None = None,
             port: int | None = None, bind: str | None = None, dry_run: bool = False,
             replan: bool = False, health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S,
-            progress: Progress = _noop, confirm: Callable[[str], None] | None = None) -> InstallResult:
+            progress: Progress = _noop, confirm: Callable[[str], None] | None = None,
+            sizing: dict[str, Any] | None = None) -> InstallResult:
+    """``sizing``: the profile's users / target_tokens_per_s / context_per_request overridden
+    (``--users``, ``--target-tok-s``, ``--ctx``); recorded in the install's inputs for upgrade."""
     from aiboxctl.deploy import modelcheck
     from aiboxctl.sizing.profiles import load_use_case
 
@@ -403,7 +406,8 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     previous = mf.load_manifest(layout)
     system = is_system_install(layout)
     t = time.perf_counter()
-    profile = load_use_case(profile_name)
+    sizing = {k: v for k, v in (sizing or {}).items() if v is not None}
+    profile = load_use_case(profile_name).with_overrides(**sizing)
     progress("probing the box")
     hardware = _probe()
     steps["probe_s"] = time.perf_counter() - t
@@ -448,7 +452,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
         spec = build_spec(layout=layout, profile=profile, facts=facts, model_path=model_path,
                           engine_params=engine_params, port=port, bind=bind, system=system)
         spec = dataclasses.replace(spec, inputs={"profile": str(profile_name), "model": model, "port": port,
-                                                 "bind": bind})
+                                                 "bind": bind, **({"sizing": sizing} if sizing else {})})
     key_path = spec.engine.get("api_keys_file")
     keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
     files = render_appliance(spec, keys)

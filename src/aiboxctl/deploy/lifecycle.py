@@ -301,7 +301,7 @@ def upgrade(root: str | Path | None = None, *, model: str | None = None, dry_run
         confirm = _already_confirmed
     return install(asked["profile"], model=model or asked.get("model"), root=layout.root, port=asked.get("port"),
                    bind=asked.get("bind"), dry_run=dry_run, replan=True, health_timeout=health_timeout,
-                   progress=progress, confirm=confirm)
+                   progress=progress, confirm=confirm, sizing=asked.get("sizing"))
 
 
 def _already_confirmed(_question: str) -> None:
