@@ -141,7 +141,7 @@ def test_cli_reports_a_broken_profile_with_its_line(cli, tmp_path):
         target_tokens_per_s: 5
         """)
     r = cli("plan", "--profile", str(path), "--hardware", "cpu-32g", "--json")
-    assert r.code == 1
+    assert r.code == 2  # bad input, like an unknown profile (issue 19: one exit-code table)
     err = r.json()["errors"][0]
     assert err["code"] == "invalid_data_file" and err["message"].startswith(f"{path}:3: users:")
     r = cli("plan", "--profile", "no-such-profile", "--json")
