@@ -192,7 +192,7 @@ def test_serve_reports_a_port_in_use_at_once(cli):
         busy.listen()
         port = busy.getsockname()[1]
         r = cli("serve", "--model", str(smollm2_path()), "--port", str(port), "--no-selftest")
-    assert r.code == 2 and f"Cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert r.code == 1 and f"Cannot listen on 127.0.0.1:{port}" in r.stderr
 
 
 def test_audit_log_writes_content_only_when_asked(tmp_path):
