@@ -55,3 +55,11 @@ def test_pack_writes_the_overridden_profile(tmp_path):
     path = tmp_path / "profile.yaml"
     path.write_bytes(_profile_with_sizing("gov-office", profile, {"users": 4, "context_per_request": 4096}))
     assert load_use_case(path) == profile
+
+
+def test_a_bad_bind_flag_is_named_in_the_hint(cli, tmp_path):
+    r = cli("install", "--profile", "demo", "--root", str(tmp_path / "root"), "--bind", "not-an-ip", "--dry-run",
+            "--json")
+    err = r.json()["errors"][0]
+    assert r.code == 2 and "not an IP address" in err["message"]
+    assert err["hint"].startswith("--bind 127.0.0.1") and "security.bind" not in err["hint"]

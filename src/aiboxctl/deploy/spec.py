@@ -116,13 +116,15 @@ def service_command() -> tuple[str, ...]:
     return (str(Path(sys.executable)), "-m", "aiboxctl.cli.app")
 
 
-def check_bind(host: str, api_key_required: bool) -> None:
-    """Security default: an API key is required whenever the service listens beyond loopback."""
+def check_bind(host: str, api_key_required: bool, *, from_flag: bool = False) -> None:
+    """Security default: an API key is required whenever the service listens beyond loopback.
+    ``from_flag``: the address came from ``--bind`` (the hint names what the user typed)."""
     try:
         addr = ipaddress.ip_address(host)
     except ValueError as exc:
+        where = "--bind" if from_flag else "set security.bind in the profile to"
         raise UsageError(f"bind address {host!r} is not an IP address",
-                         hint="set security.bind in the profile to 127.0.0.1, 0.0.0.0 or an address of this box") from exc
+                         hint=f"{where} 127.0.0.1, 0.0.0.0 or an address of this box") from exc
     if not addr.is_loopback and not api_key_required:
         raise UsageError(f"refusing to listen on {host} without an API key",
                          hint="set security.api_key: true in the profile (required beyond loopback)")
@@ -143,7 +145,7 @@ def render_appliance(spec: InstallSpec, api_keys: str | None) -> tuple[RenderedF
     unknown = set(engine) - set(ENGINE_DEFAULTS)
     if unknown:
         raise UsageError(f"unknown engine settings: {', '.join(sorted(unknown))}")
-    check_bind(str(engine["host"]), bool(engine["api_keys_file"]))
+    check_bind(str(engine["host"]), bool(engine["api_keys_file"]), from_flag=bool((spec.inputs or {}).get("bind")))
     owner, group = (("root", spec.service_group) if spec.system_install else (None, None))
     svc_owner = (spec.service_user, spec.service_group) if spec.system_install else (None, None)
     common = {"version": __version__, "profile": spec.profile, "model_name": engine["model_name"]}
