@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from aiboxctl.engine.config import EngineConfig
+from aiboxctl.engine_settings import FIELD_NAMES
 from aiboxctl.errors import AiboxError
 
 # The lines the sizing side reads: "<what>: <buft> <kind> buffer size = …", "llama_kv_cache:
@@ -30,13 +30,9 @@ _NOISE = ("llama_graph_n_input_tensors",)  # one line per graph built; buries th
 
 
 def _engine_config(model: str, p: dict) -> EngineConfig:
-    return EngineConfig(
-        model=Path(model), n_ctx=p["n_ctx"], parallel=p["parallel"], kv_unified=p["kv_unified"],
-        n_batch=p["n_batch"], n_ubatch=p["n_ubatch"], cache_type_k=p["cache_type_k"],
-        cache_type_v=p["cache_type_v"], flash_attn=p["flash_attn"], swa_full=p["swa_full"],
-        n_gpu_layers=p["n_gpu_layers"], tensor_split=tuple(p["tensor_split"]), repack=p["repack"],
-        mmap=p["mmap"], threads=1,
-    )
+    # ``p`` is sizing's EngineParams: engine settings by name, plus offload_kqv (set below).
+    settings = {k: v for k, v in p.items() if k in FIELD_NAMES}
+    return EngineConfig.from_mapping({**settings, "model": model, "threads": 1}, source="dry run request")
 
 
 def run(request: dict) -> dict:

@@ -10,8 +10,9 @@ shared/reference/memory-model.md §3 for the sources of every formula.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from aiboxctl.engine_settings import FIELD_NAMES, EngineSettings
 from aiboxctl.errors import UsageError
 from aiboxctl.sizing.cpu_buffers import CpuBuffers
 from aiboxctl.models.facts import ModelFacts
@@ -33,24 +34,40 @@ HOST_OVERHEAD_PER_TOKEN = 160
 ACCEL_OVERHEAD = 384 * MiB
 
 
+_DEFAULT = EngineSettings()  # the engine's defaults, defined once (aiboxctl.engine_settings)
+
+
 @dataclass(frozen=True)
 class EngineParams:
-    """The llama.cpp parameters memory depends on (names as in EngineConfig)."""
+    """The llama.cpp parameters memory depends on: a view of :class:`EngineSettings` (same names,
+    the engine's defaults), plus ``offload_kqv``, which the dry run varies and no setting pins."""
 
-    n_ctx: int = 4096  # total KV cells over all slots; 0 = the model's training context
-    parallel: int = 1  # slots (n_seq_max)
-    kv_unified: bool = True  # False: n_ctx is divided across slots (llama.cpp's default without -kvu)
-    n_batch: int = 512
-    n_ubatch: int = 512
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
-    flash_attn: str = "auto"  # auto | on | off
-    swa_full: bool = False
-    n_gpu_layers: int = 0
-    tensor_split: tuple[float, ...] = ()
-    repack: bool = True  # use_extra_bufts: llama.cpp's CPU extra buffer types (AMX, CPU_REPACK)
-    mmap: bool = True
+    n_ctx: int = _DEFAULT.n_ctx  # total KV cells over all slots; 0 = the model's training context
+    parallel: int = 1  # slots (n_seq_max); an estimate assumes one sequence unless told (serve: 4)
+    kv_unified: bool = _DEFAULT.kv_unified  # False: n_ctx is divided across slots
+    n_batch: int = _DEFAULT.n_batch
+    n_ubatch: int = _DEFAULT.n_ubatch
+    cache_type_k: str = _DEFAULT.cache_type_k
+    cache_type_v: str = _DEFAULT.cache_type_v
+    flash_attn: str = _DEFAULT.flash_attn  # auto | on | off
+    swa_full: bool = _DEFAULT.swa_full
+    n_gpu_layers: int = _DEFAULT.n_gpu_layers
+    tensor_split: tuple[float, ...] = _DEFAULT.tensor_split
+    repack: bool = _DEFAULT.repack  # use_extra_bufts: llama.cpp's CPU extra buffer types (AMX, CPU_REPACK)
+    mmap: bool = _DEFAULT.mmap
     offload_kqv: bool = True
+
+    @classmethod
+    def of(cls, settings: EngineSettings) -> "EngineParams":
+        """What memory depends on in ``settings``."""
+        return cls(**{name: getattr(settings, name) for name in _SETTING_NAMES})
+
+    def settings(self, **serving) -> EngineSettings:
+        """These parameters as engine settings; ``serving`` sets the rest (model name, host, …)."""
+        return EngineSettings(**{name: getattr(self, name) for name in _SETTING_NAMES}, **serving)
+
+
+_SETTING_NAMES = tuple(f.name for f in fields(EngineParams) if f.name in FIELD_NAMES)
 
 
 @dataclass(frozen=True)
