@@ -365,6 +365,26 @@ class ModelStore:
         return VerifyReport(tuple(entries))
 
 
+def check_space(store: ModelStore, items: list[tuple[Path | None, int | None]]) -> None:
+    """Refuse (disk_too_small) before writing when the store's disk cannot take everything still
+    to be written; ``items``: (partial file or None, size) of each."""
+    need = 0
+    for partial, size in items:
+        if size:
+            have = partial.stat().st_size if partial is not None and partial.is_file() else 0
+            need += max(size - have, 0)
+    free = store.free_bytes()
+    if need > free:
+        raise AiboxError(
+            f"not enough disk space in {store.root}: need {gib(need)}, free {gib(free)} "
+            f"(short by {gib(need - free)})",
+            code="disk_too_small", hint=f"free {gib(need - free)} or point AIBOX_MODELS at a larger disk")
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _prune_empty(folder: Path, root: Path) -> None:
     while folder != root and root in folder.parents:
         try:
