@@ -159,20 +159,14 @@ def test_keyring_ids_and_rejections(tmp_path):
 def test_stop_holdback_and_utf8_across_tokens():
     """The scheduler's text path, driven directly: a stop string split over pieces and a
     Chinese character split over byte-level tokens."""
-    import codecs
-    import types
+    from aiboxctl.engine.slot import SlotText
 
-    from aiboxctl.engine.scheduler import Request, SamplingParams, Scheduler, _Slot
-
-    loop = types.SimpleNamespace(_out=[])  # the scheduler's outbox, without a model
-    slot = _Slot(0)
-    slot.req = Request("r", [1], SamplingParams(stop=("END",)), print)
-    slot.stops = ("END",)
-    slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    slot_text = SlotText(("END",))  # the slot's text path, without a model
     pieces = ["中".encode()[:2], "中".encode()[2:] + b" E", b"N", b"D tail"]
-    stopped = [Scheduler._push_text(loop, slot, slot.decoder.decode(p)) for p in pieces]
+    pushed = [slot_text.push(p) for p in pieces]
+    stopped = [stop for _, stop in pushed]
     assert stopped == [False, False, False, True]
-    text = "".join(event[1] for _, event in loop._out)
+    text = "".join(sent for sent, _ in pushed)
     assert text == "中 " and "\ufffd" not in text
 
 

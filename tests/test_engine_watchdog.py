@@ -7,7 +7,6 @@ exit-code tests run real `aiboxctl serve` children with the AIBOX_ENGINE_FAULT t
 
 from __future__ import annotations
 
-import codecs
 import queue
 import threading
 import time
@@ -16,7 +15,9 @@ import types
 import httpx
 import pytest
 
-from aiboxctl.engine.scheduler import Request, SamplingParams, Scheduler, _Slot
+from aiboxctl.engine.request import Request, SamplingParams
+from aiboxctl.engine.scheduler import Scheduler
+from aiboxctl.engine.slot import Slot, SlotText
 from test_engine_support import running_server, smollm2_path, wait_until
 
 CHINESE = "中文：你好，世界！中文：你好，世界！中文：你好，"
@@ -152,10 +153,10 @@ def test_an_idle_loop_is_not_a_stuck_one(make_scheduler, runtime):
 def test_cut_inside_a_character_drops_the_partial_bytes():
     """The scheduler's finish path, driven directly: the cut left 2 of 3 bytes of a character."""
     loop = types.SimpleNamespace(_out=[], metrics=None, _release=lambda s: None)
-    slot = _Slot(0)
+    slot = Slot(0)
     slot.req = Request("r", [1], SamplingParams(), print)
-    slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    sent = slot.decoder.decode("好中".encode()[:5])
+    slot.text = SlotText()
+    sent, _ = slot.text.push("好中".encode()[:5])
     Scheduler._finish(loop, slot, "length")
     texts = [event[1] for _, event in loop._out if event[0] == "text"]
     assert sent + "".join(texts) == "好"

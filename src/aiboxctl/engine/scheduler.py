@@ -13,29 +13,22 @@ call, a cached piece lookup and an incremental UTF-8 decode.
 
 from __future__ import annotations
 
-import codecs
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiboxctl.errors import AiboxError
+from aiboxctl.engine.request import Event, QueueFull, Request, SamplingParams
+from aiboxctl.engine.sampler import make_sampler
+from aiboxctl.engine.slot import Slot, SlotText, common_prefix
 
 if TYPE_CHECKING:
     from aiboxctl.engine.llama import LlamaRuntime
 
 log = logging.getLogger("aiboxctl.engine")
-
-# Events sent to a request's emit callback (tuples: cheap to build, cheap to pass across):
-#   ("text", str)                                   a piece of completion text (valid UTF-8)
-#   ("done", finish_reason, prompt_tokens, completion_tokens)
-#   ("error", message)
-Event = tuple
-
 
 IDLE_BEAT_S = 1.0  # an idle loop wakes this often to show the watchdog it is alive
 
@@ -43,88 +36,10 @@ IDLE_BEAT_S = 1.0  # an idle loop wakes this often to show the watchdog it is al
 FAULTS = ("loop-crash", "loop-stall")
 
 
-class QueueFull(AiboxError):
-    code = "queue_full"
-
-
 def _check_fault(fault: str | None) -> str | None:
     if fault and fault not in FAULTS:
         raise ValueError(f"unknown engine fault {fault!r} (one of {', '.join(FAULTS)})")
     return fault or None
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int = 40
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    penalty_last_n: int = 64
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
-
-    @property
-    def uses_penalties(self) -> bool:
-        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
-
-    @property
-    def plain_greedy(self) -> bool:
-        """Greedy with nothing that changes the logits: an argmax, no sampler chain."""
-        return self.temperature <= 0 and not self.uses_penalties and not self.logit_bias
-
-
-class Request:
-    """One generation request, owned by the loop once submitted."""
-
-    __slots__ = ("id", "prompt", "params", "emit", "cancelled", "t_submit", "t_first", "t_last",
-                 "prompt_tokens", "completion_tokens", "finish_reason")
-
-    def __init__(self, id: str, prompt: list[int], params: SamplingParams, emit: Callable[[Event], Any]) -> None:
-        self.id = id
-        self.prompt = prompt
-        self.params = params
-        self.emit = emit
-        self.cancelled = False
-        self.t_submit = time.monotonic()
-        self.t_first: float | None = None
-        self.t_last = 0.0
-        self.prompt_tokens = len(prompt)
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-
-
-class _Slot:
-    __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "decoder", "held", "last", "out_idx",
-                 "generating", "max_tokens", "stops", "argmax")
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-        self.cached: list[int] = []  # tokens whose KV cells hold positions 0..len-1 of this sequence
-        self.req: Request | None = None
-        self.n_fed = 0  # prompt tokens already in the cache
-        self.sampler: Any = None
-        self.decoder: Any = None
-        self.held = ""  # text held back because it may be the start of a stop string
-        self.last = -1  # sampled token still to be fed
-        self.out_idx = -1  # batch row whose logits belong to this slot in the current step
-        self.generating = False
-        self.max_tokens = 0
-        self.stops: tuple[str, ...] = ()
-        self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class Scheduler:
@@ -143,7 +58,7 @@ class Scheduler:
         self.metrics = metrics
         self.deliver = deliver
         self._out: list[tuple[Callable[[Event], Any], Event]] = []  # this step's events
-        self.slots = [_Slot(i) for i in range(parallel)]
+        self.slots = [Slot(i) for i in range(parallel)]
         self._inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._n_waiting = 0  # submitted, not yet in a slot (guarded by _lock)
@@ -155,7 +70,6 @@ class Scheduler:
         self._seq_rows = [b.seq_id[i] for i in range(n_batch)]
         for i in range(n_batch):
             b.n_seq_id[i] = 1
-        self.steps = 0
         self.fatal: str | None = None
         # the watchdog's view: when the loop last finished a step or looked for work (it looks at
         # least every IDLE_BEAT_S while idle), so a heartbeat older than a step can take means stuck
@@ -275,7 +189,6 @@ class Scheduler:
                 if self._fault is not None:
                     self._inject_fault()
                 rc = self.L.llama_decode(self.rt.ctx, self.batch)
-                self.steps += 1
                 if rc != 0:
                     self._decode_failed(rc)
                     self.beat = time.monotonic()
@@ -348,7 +261,7 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - one request's failure is that request's alone
                 self._fail_one(slot, exc, "starting", req)
 
-    def _bind(self, s: _Slot, req: Request) -> None:
+    def _bind(self, s: Slot, req: Request) -> None:
         L, mem = self.L, self.rt.mem
         prompt = req.prompt
         n = common_prefix(s.cached, prompt)
@@ -373,55 +286,12 @@ class Scheduler:
         s.out_idx = -1
         p = req.params
         s.max_tokens = max(1, min(p.max_tokens, self.slot_ctx - len(prompt)))
-        s.stops = tuple(x for x in p.stop if x)
-        s.held = ""
-        s.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        s.text = SlotText(p.stop)
         s.argmax = p.plain_greedy
         s.sampler = None if s.argmax else self._make_sampler(p, prompt)
 
     def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> Any:
-        L = self.L
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        if not chain:
-            raise RuntimeError("llama.cpp could not create a sampler chain")
-        try:
-            self._fill_chain(chain, p, prompt)
-        except BaseException:
-            L.llama_sampler_free(chain)  # frees the samplers already added too
-            raise
-        return chain
-
-    def _fill_chain(self, chain: Any, p: SamplingParams, prompt: list[int]) -> None:
-        L = self.L
-
-        def add(sampler: Any, what: str) -> None:
-            if not sampler:
-                raise RuntimeError(f"llama.cpp could not create the {what} sampler")
-            L.llama_sampler_chain_add(chain, sampler)
-
-        if p.logit_bias:
-            arr = (L.llama_logit_bias * len(p.logit_bias))()
-            for i, (tok, bias) in enumerate(p.logit_bias):
-                arr[i].token = tok
-                arr[i].bias = bias
-            add(L.llama_sampler_init_logit_bias(self._n_vocab, len(p.logit_bias), arr), "logit bias")
-        if p.uses_penalties:
-            add(L.llama_sampler_init_penalties(self._n_vocab, p.penalty_last_n, p.repeat_penalty,
-                                               p.frequency_penalty, p.presence_penalty), "penalties")
-            for tok in prompt[-p.penalty_last_n:] if p.penalty_last_n > 0 else prompt:
-                L.llama_sampler_accept(chain, tok)
-        if p.temperature <= 0:
-            add(L.llama_sampler_init_greedy(), "greedy")
-            return
-        if p.top_k > 0:
-            add(L.llama_sampler_init_top_k(p.top_k), "top-k")
-        if p.top_p < 1.0:
-            add(L.llama_sampler_init_top_p(p.top_p, 1), "top-p")
-        if p.min_p > 0.0:
-            add(L.llama_sampler_init_min_p(p.min_p, 1), "min-p")
-        add(L.llama_sampler_init_temp(p.temperature), "temperature")
-        seed = L.LLAMA_DEFAULT_SEED if p.seed is None else (p.seed & 0xFFFFFFFF)
-        add(L.llama_sampler_init_dist(seed), "dist")
+        return make_sampler(self.L, self._n_vocab, p, prompt)
 
     def _fill_batch(self) -> int:
         b = self.batch
@@ -480,7 +350,7 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - one request's failure is that request's alone
                 self._fail_one(s, exc, "sampling")
 
-    def _fail_one(self, s: _Slot, exc: Exception, stage: str, req: Request | None = None) -> None:
+    def _fail_one(self, s: Slot, exc: Exception, stage: str, req: Request | None = None) -> None:
         """A per-request step raised: end that request with an error event, free its slot and
         forget its cache (its state is unknown); the loop goes on with the others."""
         req = req or s.req
@@ -493,7 +363,7 @@ class Scheduler:
         s.cached.clear()
         s.n_fed = 0
 
-    def _sample_one(self, s: _Slot, now: float) -> None:
+    def _sample_one(self, s: Slot, now: float) -> None:
         L, rt, ctx = self.L, self.rt, self.rt.ctx
         metrics = self.metrics
         req = s.req
@@ -516,8 +386,10 @@ class Scheduler:
         if not req.params.ignore_eos and rt.is_eog(t):
             self._finish(s, "stop")
             return
-        text = s.decoder.decode(rt.piece(t))
-        if text and self._push_text(s, text):
+        text, stopped = s.text.push(rt.piece(t))
+        if text:
+            self._out.append((req.emit, ("text", text)))
+        if stopped:
             self._finish(s, "stop", flush=False)
             return
         if req.completion_tokens >= s.max_tokens or len(s.cached) + 1 >= self.slot_ctx:
@@ -526,41 +398,10 @@ class Scheduler:
         s.last = t
         s.generating = True
 
-    def _push_text(self, s: _Slot, text: str) -> bool:
-        """Send text, holding back a possible stop-string prefix. True when a stop matched."""
-        if not s.stops:
-            self._out.append((s.req.emit, ("text", text)))
-            return False
-        held = s.held + text
-        cut = -1
-        for stop in s.stops:
-            k = held.find(stop)
-            if k >= 0 and (cut < 0 or k < cut):
-                cut = k
-        if cut >= 0:
-            s.held = ""
-            if cut:
-                self._out.append((s.req.emit, ("text", held[:cut])))
-            return True
-        keep = 0
-        for stop in s.stops:
-            for n in range(min(len(stop) - 1, len(held)), keep, -1):
-                if held.endswith(stop[:n]):
-                    keep = n
-                    break
-        out = held[: len(held) - keep]
-        s.held = held[len(held) - keep:]
-        if out:
-            self._out.append((s.req.emit, ("text", out)))
-        return False
-
-    def _finish(self, s: _Slot, reason: str, *, flush: bool = True) -> None:
+    def _finish(self, s: Slot, reason: str, *, flush: bool = True) -> None:
         req = s.req
         if flush:
-            # bytes still in the decoder are the start of a character the cut left incomplete:
-            # dropped, never sent as U+FFFD (invalid bytes inside the text were replaced already)
-            tail = s.held
-            s.held = ""
+            tail = s.text.tail()
             if tail:
                 self._out.append((req.emit, ("text", tail)))
         req.finish_reason = reason
@@ -569,7 +410,7 @@ class Scheduler:
         self._out.append((req.emit, ("done", reason, req.prompt_tokens, req.completion_tokens)))
         self._release(s)
 
-    def _release(self, s: _Slot) -> None:
+    def _release(self, s: Slot) -> None:
         # the sequence's KV cells stay: the next request may reuse the common prefix
         # if still generating, s.last was sampled but never fed; s.cached is exactly what the KV holds
         s.req = None

@@ -1,0 +1,85 @@
+"""One slot of the decode loop (llama.cpp server's ``server_slot``): a KV-cache sequence, the
+tokens it holds, the request bound to it and where that request is — prefill or generation —
+and :class:`SlotText`, the one place a slot's completion text passes on its way out.
+
+The loop (``scheduler``) moves slots through their states; nothing here touches llama.cpp.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Any
+
+from aiboxctl.engine.request import Request
+
+
+class SlotText:
+    """A reply's text between the sampled tokens and the client: token bytes become UTF-8 (a
+    character split over tokens waits for its last byte) and stop strings are cut (text that
+    may be the start of one is held back; the stop string and what follows are never sent).
+    Whatever later reads the reply as it is written — reasoning or tool-call parsers — sits here."""
+
+    __slots__ = ("decoder", "held", "stops")
+
+    def __init__(self, stops: tuple[str, ...] = ()) -> None:
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.stops = tuple(x for x in stops if x)
+        self.held = ""  # text held back because it may be the start of a stop string
+
+    def push(self, piece: bytes) -> tuple[str, bool]:
+        """(text to send now, possibly empty; whether a stop string matched: the reply ends)."""
+        text = self.decoder.decode(piece)
+        if not text:
+            return "", False
+        if not self.stops:
+            return text, False
+        held = self.held + text
+        cut = -1
+        for stop in self.stops:
+            k = held.find(stop)
+            if k >= 0 and (cut < 0 or k < cut):
+                cut = k
+        if cut >= 0:
+            self.held = ""
+            return held[:cut], True
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(held)), keep, -1):
+                if held.endswith(stop[:n]):
+                    keep = n
+                    break
+        self.held = held[len(held) - keep:]
+        return held[: len(held) - keep], False
+
+    def tail(self) -> str:
+        """The held-back text, at the end of a reply that no stop string ended. Bytes still in
+        the decoder are the start of a character the cut left incomplete: dropped, never sent as
+        U+FFFD (invalid bytes inside the text were replaced already)."""
+        tail, self.held = self.held, ""
+        return tail
+
+
+class Slot:
+    __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "text", "last", "out_idx", "generating",
+                 "max_tokens", "argmax")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.cached: list[int] = []  # tokens whose KV cells hold positions 0..len-1 of this sequence
+        self.req: Request | None = None
+        self.n_fed = 0  # prompt tokens already in the cache
+        self.sampler: Any = None
+        self.text = SlotText()
+        self.last = -1  # sampled token still to be fed
+        self.out_idx = -1  # batch row whose logits belong to this slot in the current step
+        self.generating = False
+        self.max_tokens = 0
+        self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
