@@ -54,7 +54,8 @@ def edge(tmp_path_factory):
 
     from aiboxctl.engine.config import EngineConfig
     from aiboxctl.engine.security import AuditLog, KeyRing
-    from aiboxctl.engine.server import EngineState, create_app
+    from aiboxctl.engine.api.app import create_app
+    from aiboxctl.engine.state import EngineState
 
     tmp = tmp_path_factory.mktemp("edge")
     (tmp / "keys").write_text(f"tester:{KEY}\n")

@@ -64,7 +64,8 @@ def serve(config: EngineConfig, *, log_level: str = "info") -> ServeResult:
     import uvicorn
 
     from aiboxctl.engine.security import AuditLog, KeyRing
-    from aiboxctl.engine.server import EngineState, create_app, engine_problem
+    from aiboxctl.engine.api.app import create_app
+    from aiboxctl.engine.state import EngineState, engine_problem
 
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,141 @@
+"""What every request passes at the door, whichever route answers it: the API key (401), the
+body limit (413, before the body is held in memory), the readiness check (503), one audit
+record and one metrics count per answer, and OpenAI's JSON 500 for anything no route handled."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request as HttpRequest
+
+from aiboxctl.engine.api.protocol import RETRY_AFTER_S, error_response
+from aiboxctl.engine.scheduler import Request
+from aiboxctl.engine.security import key_fingerprint
+from aiboxctl.engine.state import EngineState
+
+log = logging.getLogger("aiboxctl.engine")
+
+# path → the endpoint label in metrics and the audit log
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/models": "models",
+             "/metrics": "metrics", "/health": "health"}
+
+
+class Rejected(Exception):
+    """A request refused before it reaches the scheduler: its HTTP status and OpenAI error."""
+
+    def __init__(self, status: int, message: str, *, code: str, audit_error: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.audit_error = status, message, code, param, audit_error
+
+
+class Edge:
+    """The door's checks and records over one engine's state."""
+
+    def __init__(self, state: EngineState) -> None:
+        self.state = state
+
+    def authorise(self, request: HttpRequest, endpoint: str) -> tuple[str | None, Any]:
+        """(key id, None) when allowed, else (None, the 401 response), counted and audited with
+        the presented key's fingerprint (never the key itself) and the client's address."""
+        state = self.state
+        if state.keys is None:
+            return "anonymous", None
+        presented = request.headers.get("authorization")
+        key_id = state.keys.check(presented)
+        if key_id is None:
+            client = request.client.host if request.client else None
+            self.audit(None, endpoint, 401, time.monotonic(),
+                       error="missing API key" if not presented else "invalid API key",
+                       extra={"key_fingerprint": key_fingerprint(presented), "client": client})
+            return None, error_response(401, "Invalid or missing API key (send 'Authorization: Bearer <key>').",
+                                        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        request.state.key_id = key_id
+        return key_id, None
+
+    def not_ready(self) -> Any:
+        state = self.state
+        msg = f"the engine is not ready ({state.status}" + (f": {state.reason})" if state.reason else ")")
+        return error_response(503, msg, type_="server_error", code="not_ready",
+                              headers={"Retry-After": str(RETRY_AFTER_S * 5)})
+
+    def audit(self, key_id: str | None, endpoint: str, status: int, started: float, req: Request | None = None,
+              prompt: Any = None, completion: str | None = None, error: str | None = None,
+              extra: dict[str, Any] | None = None) -> None:
+        state = self.state
+        state.metrics.count(endpoint, status)
+        if state.audit is None:
+            return
+        record: dict[str, Any] = {"key_id": key_id, "endpoint": endpoint, "status": status,
+                                  "duration_s": round(time.monotonic() - started, 3), **(extra or {})}
+        if req is not None:
+            record.update(request_id=req.id, prompt_tokens=req.prompt_tokens,
+                          completion_tokens=req.completion_tokens, finish_reason=req.finish_reason)
+        if error:
+            record["error"] = error
+        try:
+            state.audit.write(record, prompt=prompt, completion=completion)
+        except OSError as exc:
+            log.error("audit log write failed: %s", exc)
+
+    async def read_body(self, request: HttpRequest) -> bytes:
+        """The body, refused with 413 once it is larger than the configured limit: a declared
+        Content-Length is checked before reading anything, a chunked body as it arrives, so an
+        oversized body is never held in memory."""
+        limit = self.state.config.body_limit
+        too_large = Rejected(413, f"the request body is larger than this server's limit of {limit} bytes "
+                                  "(max_body_bytes in the engine config)", code="request_too_large",
+                             audit_error="body too large")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise Rejected(400, "invalid Content-Length header", code="invalid_request",
+                               audit_error="bad content-length")
+            if int(declared) > limit:
+                raise too_large
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise too_large
+        return bytes(buf)
+
+    def unexpected(self, request: HttpRequest, exc: Exception) -> Any:
+        """Any exception no route handled: OpenAI's JSON 500 (not Starlette's plain text),
+        counted and audited like every other answer, the traceback in the log."""
+        endpoint = ENDPOINTS.get(request.url.path, "other")
+        log.error("unhandled error answering %s %s", request.method, request.url.path, exc_info=exc)
+        started = getattr(request.state, "started", time.monotonic())
+        self.audit(getattr(request.state, "key_id", None), endpoint, 500, started,
+                   error=f"internal: {type(exc).__name__}")
+        return error_response(500, f"internal server error ({type(exc).__name__})", type_="server_error",
+                              code="internal_error")
+
+
+class CatchAll:
+    """ASGI middleware: an exception that escapes a route before the response has started is
+    answered by ``on_error`` and goes no further. (Starlette's own handler for ``Exception``
+    re-raises after answering, so uvicorn drops the client's keep-alive connection.)"""
+
+    def __init__(self, app: Any, on_error: Callable[[HttpRequest, Exception], Any]) -> None:
+        self.app, self.on_error = app, on_error
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last stop before a plain-text 500
+            if started:
+                raise
+            await self.on_error(HttpRequest(scope, receive), exc)(scope, receive, send)

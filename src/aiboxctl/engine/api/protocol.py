@@ -1,0 +1,120 @@
+"""The OpenAI wire format: request bodies (validated with pydantic) and the shapes of what goes
+back — errors, usage, SSE framing. Endpoint-specific answer shapes live in the serving module
+of their family."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_STOPS = 16
+LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value: -100 (ban) .. 100 (force)
+RETRY_AFTER_S = 1
+
+
+# --- request bodies ------------------------------------------------------------------------
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class GenerationBody(BaseModel):
+    """The fields every generation request shares. Each one is honoured or rejected (400);
+    ``model`` and ``user`` are accepted as labels (one model is served; ``user`` is the client's
+    end-user id, which changes nothing here). NaN and infinities are refused."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = Field(None, max_length=MAX_STOPS)
+    logit_bias: Optional[dict[int, Annotated[float, Field(ge=-LOGIT_BIAS, le=LOGIT_BIAS)]]] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    n: int = Field(1, ge=1, le=1)
+    ignore_eos: bool = False  # llama-server's extension: generate max_tokens whatever the model says
+    user: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "GenerationBody":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: Optional[str] = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+
+    def flat(self) -> dict[str, Any]:
+        content = self.content
+        if isinstance(content, list):
+            if any(p.type != "text" for p in content):
+                raise ValueError("only text content parts are supported")
+            content = "".join(p.text or "" for p in content)
+        role = "system" if self.role == "developer" else self.role
+        return {**(self.model_extra or {}), "role": role, "content": content or ""}
+
+
+class ChatBody(GenerationBody):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+
+class CompletionBody(GenerationBody):
+    prompt: Union[str, list[str], list[int]]
+    echo: bool = False
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not supported by this server")
+        return v
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """The first validation error as one line, and the top-level field it concerns."""
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err.get("loc", ()))
+    return (f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))), (str(err["loc"][0]) if err.get("loc") else None)
+
+
+# --- what goes back ------------------------------------------------------------------------
+
+def error_response(status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
+                   param: str | None = None, headers: dict[str, str] | None = None) -> Any:
+    """OpenAI's error object as a JSON response."""
+    from fastapi.responses import JSONResponse
+
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def usage(req: Any) -> dict:
+    return {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.completion_tokens,
+            "total_tokens": req.prompt_tokens + req.completion_tokens}
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"

@@ -1,0 +1,252 @@
+"""One generation request, from raw body to answer, shared by every endpoint family (vLLM's
+``serving_engine``): parse and validate off the event loop, check the prompt against the slot,
+build the sampling settings, submit to the decode loop, then collect the answer or stream it as
+SSE. Each family (``serving_chat``, ``serving_completions``) says only how its body becomes
+prompt tokens and how its answers are shaped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import Request as HttpRequest
+from pydantic import ValidationError
+
+from aiboxctl.engine.api.edge import Edge, Rejected
+from aiboxctl.engine.api.protocol import (
+    RETRY_AFTER_S, SSE_DONE, GenerationBody, error_response, sse, usage, validation_message,
+)
+from aiboxctl.engine.request import Event, QueueFull, Request, SamplingParams
+from aiboxctl.engine.scheduler import Scheduler
+from aiboxctl.engine.state import EngineState
+from aiboxctl.engine.template import TemplateError
+
+
+def sampling_params(body: GenerationBody, max_tokens: int, n_vocab: int) -> SamplingParams:
+    """The request's sampling settings; ValueError (a 400) for a logit_bias token id outside
+    the vocabulary."""
+    stop = body.stop
+    stops: tuple[str, ...] = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    bias = tuple(sorted((body.logit_bias or {}).items()))
+    bad = [t for t, _ in bias if not 0 <= t < n_vocab]
+    if bad:
+        raise ValueError(f"logit_bias: token id {bad[0]} is not in this model's vocabulary (0..{n_vocab - 1})")
+    return SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
+                          top_k=min(body.top_k, n_vocab),  # more than the vocabulary is all of it
+                          top_p=body.top_p, min_p=body.min_p, repeat_penalty=body.repeat_penalty,
+                          presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos, logit_bias=bias)
+
+
+class OpenAIServing:
+    """The generation path; a subclass per endpoint family fills in the class attributes and
+    the four methods below the line."""
+
+    endpoint: str  # the label in metrics and the audit log
+    body_type: type[GenerationBody]
+    id_prefix: str  # of the request id: chatcmpl-…, cmpl-…
+    prompt_param: str  # the body field a too-long prompt is blamed on
+    object_name: str  # "object" of a whole answer
+    chunk_object_name: str  # "object" of a streamed chunk
+
+    def __init__(self, state: EngineState, edge: Edge) -> None:
+        self.state, self.edge = state, edge
+
+    # --- what each family says ---------------------------------------------------------------
+    def prompt_tokens(self, body: Any) -> tuple[list[int], Any]:
+        """(prompt tokens, the prompt as the audit log records it). ValueError, TemplateError
+        or RecursionError: the prompt is refused (400)."""
+        raise NotImplementedError
+
+    def max_tokens_wanted(self, body: Any) -> int | None:
+        return body.max_tokens
+
+    def choice(self, text: str, finish_reason: str | None) -> dict:
+        """The one choice of a whole answer."""
+        raise NotImplementedError
+
+    def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
+        """The one choice of a streamed chunk (``text`` None: the closing chunk)."""
+        raise NotImplementedError
+
+    def opening_choice(self) -> dict | None:
+        """A chunk's choice sent before any token, or None."""
+        return None
+
+    # --- the path ------------------------------------------------------------------------------
+    def parse(self, raw: bytes) -> tuple[Any, list[int], Any]:
+        """JSON → validated body → prompt tokens. CPU-bound (a large body, a long template, a
+        long prompt), so it runs on a worker thread and the event loop keeps answering."""
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
+                           audit_error="invalid JSON") from None
+        except (ValueError, UnicodeDecodeError):
+            raise Rejected(400, "the request body is not valid JSON", code="invalid_json",
+                           audit_error="invalid JSON") from None
+        if not isinstance(data, dict):
+            raise Rejected(400, "the request body must be a JSON object", code="invalid_json",
+                           audit_error="invalid JSON")
+        try:
+            body = self.body_type.model_validate(data)
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            raise Rejected(400, message, param=param, code="invalid_value", audit_error="invalid request") from None
+        except RecursionError:
+            raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
+                           audit_error="invalid request") from None
+        try:
+            tokens, audit_prompt = self.prompt_tokens(body)
+        except (TemplateError, ValueError, RecursionError) as exc:
+            message = "the messages are nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise Rejected(400, message, code="invalid_prompt", audit_error="bad prompt") from None
+        return body, tokens, audit_prompt
+
+    async def handle(self, request: HttpRequest) -> Any:
+        from fastapi.responses import Response, StreamingResponse
+
+        state, edge, endpoint = self.state, self.edge, self.endpoint
+        audit = edge.audit
+        started = time.monotonic()
+        request.state.started = started
+        key_id, denied = edge.authorise(request, endpoint)
+        if denied is not None:
+            return denied
+        if state.status != "ok" or state.scheduler is None:
+            audit(key_id, endpoint, 503, started, error="not ready")
+            return edge.not_ready()
+        try:
+            raw = await edge.read_body(request)
+            body, tokens, audit_prompt = await asyncio.to_thread(self.parse, raw)
+        except Rejected as exc:
+            audit(key_id, endpoint, exc.status, started, error=exc.audit_error)
+            return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+        sched, cfg = state.scheduler, state.served_config
+        if not tokens:
+            audit(key_id, endpoint, 400, started, error="empty prompt")
+            return error_response(400, "the prompt is empty", param="prompt", code="invalid_prompt")
+        limit = cfg.slot_ctx
+        if len(tokens) >= limit:
+            audit(key_id, endpoint, 400, started, error="prompt too long")
+            return error_response(400, f"the prompt has {len(tokens)} tokens; this server's limit per request is "
+                                       f"{limit} tokens (prompt + completion, n_ctx {cfg.n_ctx} / {cfg.parallel} "
+                                       "slots)", param=self.prompt_param, code="context_length_exceeded")
+        wanted = self.max_tokens_wanted(body) or cfg.max_tokens_cap
+        max_tokens = max(1, min(wanted, cfg.max_tokens_cap, limit - len(tokens)))
+        events: asyncio.Queue = asyncio.Queue()
+        # runs on the event loop: the scheduler hands events over through deliver()
+        try:
+            params = sampling_params(body, max_tokens, state.runtime.n_vocab)
+        except ValueError as exc:
+            audit(key_id, endpoint, 400, started, error="invalid request")
+            return error_response(400, str(exc), param="logit_bias", code="invalid_value")
+        req = Request(f"{self.id_prefix}-{uuid.uuid4().hex[:24]}", tokens, params, events.put_nowait)
+        try:
+            sched.submit(req)
+        except QueueFull as exc:
+            audit(key_id, endpoint, 429, started, error="queue full")
+            return error_response(429, f"server busy: {exc.message}; retry shortly", type_="rate_limit_error",
+                                  code=exc.code, headers={"Retry-After": str(RETRY_AFTER_S)})
+        created = int(time.time())
+        model_id = cfg.served_name
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(
+                self._stream(req, events, sched, created=created, model_id=model_id, include_usage=include_usage,
+                             on_end=lambda status, text, err: audit(key_id, endpoint, status, started, req,
+                                                                     audit_prompt, text, err)),
+                media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        parts: list[str] = []
+        # Tokens keep arriving while the client is gone, so the disconnect is watched for on
+        # its own: the watcher puts ("gone",) among the events and the slot is freed at once.
+        watcher = asyncio.create_task(_watch_disconnect(request.receive, events.put_nowait))
+        finished = False
+        try:
+            while True:
+                ev = await events.get()
+                kind = ev[0]
+                if kind == "text":
+                    parts.append(ev[1])
+                elif kind == "done":
+                    break
+                elif kind == "gone":
+                    audit(key_id, endpoint, 499, started, req, audit_prompt, "".join(parts), "client gone")
+                    return Response(status_code=499)
+                else:
+                    finished = True
+                    audit(key_id, endpoint, 500, started, req, audit_prompt, "".join(parts), ev[1])
+                    return error_response(500, ev[1], type_="server_error", code="engine_error")
+            finished = True
+        finally:
+            watcher.cancel()
+            if not finished:  # the client went away, or this handler was cancelled (shutdown)
+                sched.cancel(req)
+        text = "".join(parts)
+        audit(key_id, endpoint, 200, started, req, audit_prompt, text)
+        return {"id": req.id, "object": self.object_name, "created": created, "model": model_id,
+                "choices": [self.choice(text, req.finish_reason)], "usage": usage(req)}
+
+    async def _stream(self, req: Request, events: asyncio.Queue, sched: Scheduler, *, created: int,
+                      model_id: str, include_usage: bool,
+                      on_end: Callable[[int, str, str | None], None]) -> AsyncIterator[bytes]:
+        """SSE chunks. Tokens that arrived together are sent as one chunk; a client that goes
+        away cancels this generator, and ``finally`` tells the loop to free the slot."""
+        base = {"id": req.id, "object": self.chunk_object_name, "created": created, "model": model_id}
+        parts: list[str] = []
+        finished = False
+        status, error = 200, None
+        try:
+            opening = self.opening_choice()
+            if opening is not None:
+                yield sse({**base, "choices": [opening]})
+            while True:
+                ev = await events.get()
+                texts: list[str] = []
+                done = None
+                while True:
+                    kind = ev[0]
+                    if kind == "text":
+                        texts.append(ev[1])
+                    else:
+                        done = ev
+                        break
+                    try:
+                        ev = events.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                if texts:
+                    text = "".join(texts)
+                    parts.append(text)
+                    yield sse({**base, "choices": [self.chunk_choice(text, None)]})
+                if done is None:
+                    continue
+                finished = True
+                if done[0] == "error":
+                    status, error = 500, done[1]
+                    yield sse({"error": {"message": done[1], "type": "server_error", "code": "engine_error"}})
+                else:
+                    yield sse({**base, "choices": [self.chunk_choice(None, done[1])]})
+                    if include_usage:
+                        yield sse({**base, "choices": [], "usage": usage(req)})
+                yield SSE_DONE
+                return
+        finally:
+            if not finished:
+                sched.cancel(req)
+                status, error = 499, "client gone"
+            on_end(status, "".join(parts), error)
+
+
+async def _watch_disconnect(receive: Callable[[], Any], put: Callable[[Event], None]) -> None:
+    """Wait for ``http.disconnect``. The body has been read, so the server's next ASGI
+    message for this request is the disconnect (uvicorn sends nothing else)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            put(("gone",))
+            return
