@@ -70,10 +70,6 @@ def _install_log_callback(llama_cpp: Any) -> None:
     llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
-def recent_log_lines() -> list[str]:
-    return list(_LOG_LINES)
-
-
 def capture_log_lines(*, skip: tuple[str, ...] = ()) -> list[str]:
     """A list that receives every whole llama.cpp log line from now on, for the life of the
     process (the recent tail keeps 400, and a graph dump can push the buffer lines out of it);

@@ -25,7 +25,6 @@ import shutil
 import sys
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import BinaryIO
@@ -35,15 +34,6 @@ from aiboxctl.errors import AiboxError, VerificationFailed
 _PART_RE = re.compile(r"^(?P<name>.+\.gguf)\.part(?P<index>\d+)$")
 _CHUNK = 4 * 1024 * 1024
 _PIP_TIMEOUT_S = 1800.0
-
-
-@dataclass(frozen=True)
-class EmbeddedFile:
-    """One GGUF (or one chunk of one) found in a distribution."""
-
-    name: str  # the file name of the assembled .gguf
-    sha256: str | None  # expected sha256 of the assembled file, when the package says it
-    size: int | None
 
 
 def normalize(package: str) -> str:
