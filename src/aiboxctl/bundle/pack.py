@@ -249,7 +249,8 @@ def _rendered_configs(profile: Any, summary: dict[str, Any], model_record: dict[
     import dataclasses
 
     from aiboxctl.deploy.install import build_spec
-    from aiboxctl.deploy.spec import ENGINE_DEFAULTS, render_appliance
+    from aiboxctl.deploy.spec import render_appliance
+    from aiboxctl.engine_settings import EngineSettings
     from aiboxctl.paths import InstallLayout
 
     from aiboxctl.hub.store import ModelStore
@@ -257,16 +258,15 @@ def _rendered_configs(profile: Any, summary: dict[str, Any], model_record: dict[
     layout = InstallLayout.for_root("/")
     # Where the box's store (AIBOX_HOME=/var/lib/aibox as root) will file the weights.
     model_on_box = ModelStore(layout.state / "models").path_for(model_record["repo"], model_record["file"])
-    engine = {k: v for k, v in summary["engine"].items()
-              if k in ENGINE_DEFAULTS and k not in ("model", "model_name", "host", "port")}
+    engine = EngineSettings.from_mapping(summary["engine"], source="the plan's engine settings")
     facts = {"variant": summary["variant"], "quant": summary["quant"], "predicted": {}}
     spec = build_spec(layout=layout, profile=profile, facts=facts,
-                      model_path=str(model_on_box), engine_params=engine,
+                      model_path=str(model_on_box), engine=engine,
                       port=None, bind=None, system=False)
     spec = dataclasses.replace(spec, manager="systemd", system_install=True, state_home=str(layout.state),
                                service_user=str(profile.service.user), service_group=str(profile.service.user),
                                exec_argv=("/opt/aibox/venv/bin/aiboxctl",))
-    keys = "# generated on the box at install\n" if spec.engine.get("api_keys_file") else None
+    keys = "# generated on the box at install\n" if spec.engine.api_keys_file else None
     return [Entry("config" + f.path, data=f.content, mode=f.mode & 0o755)
             for f in render_appliance(spec, keys) if not f.secret]
 

@@ -38,7 +38,7 @@ def _size(n: int) -> str:
 def _human(console: "Console", plan: Any) -> None:
     from rich.table import Table
 
-    e = plan.engine
+    e = plan.engine.to_dict()
     tp = plan.throughput
     f = plan.file
     where = {"pypi": f"pypi:{f.package}", "local": "local file"}.get(f.source, f"{f.repo}")

@@ -31,6 +31,7 @@ from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, install_layout, render_
 from aiboxctl.deploy.transaction import (FileChange, Transaction, entries_for, journal_path, maybe_fail, plan_changes,
                                          write_plain)
 from aiboxctl.deploy.users import check_service_user_access, ensure_user, service_user, user_exists
+from aiboxctl.engine_settings import EngineSettings
 from aiboxctl.errors import AiboxError
 from aiboxctl.paths import InstallLayout, StatePaths
 
@@ -114,20 +115,14 @@ def _plan(profile: Any, hardware: Any, model: str | None):
     return plan(profile, hardware, model=model, local_file=local_model_file)
 
 
-_INSTALL_OWNED = ("model", "model_name", "host", "port", "api_keys_file", "audit_log", "audit_content")
-
-
 def _plan_facts(plan: Any) -> dict[str, Any]:
-    """Plan → what install pins: variant, quant, engine parameters, predicted figures (contract 6)."""
-    from aiboxctl.deploy.spec import ENGINE_DEFAULTS
-
+    """Plan → what install pins: variant, quant, engine settings, predicted figures (contract 6)."""
     d = plan.to_dict()
     choice, tp = d["choice"], d["throughput"]
-    engine = {k: v for k, v in d["engine"].items() if k in ENGINE_DEFAULTS and k not in _INSTALL_OWNED}
     predicted = {"decode_tok_s": tp.get("single_stream_tok_s"), "prefill_tok_s": tp.get("prefill_tok_s"),
                  "aggregate_tok_s": tp.get("aggregate_tok_s"), "per_user_tok_s": tp.get("per_user_tok_s"),
                  "streams": tp.get("streams"), "memory_total_bytes": (d.get("memory") or {}).get("total")}
-    return {"variant": choice["variant"], "quant": choice["quant"], "engine": engine, "predicted": predicted,
+    return {"variant": choice["variant"], "quant": choice["quant"], "engine": plan.engine, "predicted": predicted,
             "exact": d.get("compute_source") == "dry run", "notes": list(d.get("notes") or [])}
 
 
@@ -173,22 +168,23 @@ def _new_keys() -> str:
 
 
 def build_spec(*, layout: InstallLayout, profile: Any, facts: dict[str, Any], model_path: str,
-               engine_params: dict[str, Any], port: int | None, bind: str | None, system: bool) -> InstallSpec:
+               engine: EngineSettings, port: int | None, bind: str | None, system: bool) -> InstallSpec:
+    """The plan's engine settings with what install owns filled in: the model file and its name,
+    where the service listens, its key file and audit log."""
     sec = profile.security
     host = bind or str(sec.bind)
     user, group = service_user(profile, system)
     state_home = str(StatePaths.from_env().home) if not system else str(layout.state)
-    engine = {
-        **engine_params,
-        "model": model_path,
-        "model_name": facts["variant"],
-        "host": host,
-        "port": int(port or profile.service.port),
+    engine = engine.replace(
+        model=Path(model_path),
+        model_name=str(facts["variant"]),
+        host=host,
+        port=int(port or profile.service.port),
         # An API key whenever the profile asks or the service listens beyond loopback.
-        "api_keys_file": str(layout.etc / "api_keys") if (sec.api_key or not _is_loopback(host)) else None,
-        "audit_log": str(layout.log / "audit.jsonl") if sec.audit_log else None,
-        "audit_content": bool(sec.audit_content) if sec.audit_log else False,
-    }
+        api_keys_file=layout.etc / "api_keys" if (sec.api_key or not _is_loopback(host)) else None,
+        audit_log=layout.log / "audit.jsonl" if sec.audit_log else None,
+        audit_content=bool(sec.audit_content) if sec.audit_log else False,
+    )
     version = systemd_version() if system else None
     return InstallSpec(
         root=str(layout.root), profile=profile.name, description=profile.description,
@@ -293,7 +289,7 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
     service = service_for(spec)
     was_active = service.state().active
     if not was_active:
-        _check_port_free(str(spec.engine["host"]), int(spec.engine["port"]))
+        _check_port_free(spec.engine.host, spec.engine.port)
     tx = Transaction(journal_path(layout), {"operation": "install", "profile": spec.profile, "root": str(layout.root)})
     created_users: list[str] = list(users_created)
     action = "unchanged"
@@ -359,7 +355,7 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
                 directories=tuple(dict.fromkeys([*(previous.directories if previous else ()), *tx.created_dirs])),
                 users_created=tuple(dict.fromkeys([*(previous.users_created if previous else ()), *created_users])),
                 services_enabled=({"manager": spec.manager, "name": UNIT_NAME},),
-                spec=spec.to_dict(), inputs_fingerprint=fingerprint, model_path=str(spec.engine["model"]),
+                spec=spec.to_dict(), inputs_fingerprint=fingerprint, model_path=str(spec.engine.model),
                 created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
             _commit(layout, tx, files, new)
@@ -448,24 +444,24 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
             steps["fit_s"] = time.perf_counter() - t
         if not facts["exact"]:
             notes.append("memory figures are the model's, not llama.cpp's dry run (model not local yet)")
-        engine_params = dict(facts["engine"])
         spec = build_spec(layout=layout, profile=profile, facts=facts, model_path=model_path,
-                          engine_params=engine_params, port=port, bind=bind, system=system)
+                          engine=facts["engine"], port=port, bind=bind, system=system)
         spec = dataclasses.replace(spec, inputs={"profile": str(profile_name), "model": model, "port": port,
                                                  "bind": bind, **({"sizing": sizing} if sizing else {})})
-    key_path = spec.engine.get("api_keys_file")
+    pinned = spec.engine.to_dict()  # the settings as plain values (paths as strings), for the result
+    key_path = pinned["api_keys_file"]
     keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
     files = render_appliance(spec, keys)
-    endpoint = f"http://{spec.engine['host']}:{spec.engine['port']}/v1"
+    endpoint = f"http://{spec.engine.host}:{spec.engine.port}/v1"
     rflag = _root_flag(layout)
     next_commands = (f"aiboxctl chat{rflag}", f"aiboxctl status{rflag}", f"aiboxctl bench{rflag}")
     common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
-                  model_path=str(spec.engine["model"]), manager=spec.manager, endpoint=endpoint,
-                  api_key_file=key_path, audit_log=spec.engine.get("audit_log"), engine=dict(spec.engine),
+                  model_path=str(spec.engine.model), manager=spec.manager, endpoint=endpoint,
+                  api_key_file=key_path, audit_log=pinned["audit_log"], engine=pinned,
                   predicted=dict(spec.predicted), reused_plan=bool(reuse), next_commands=next_commands)
     # An engine that maps an earlier file than the one at its model path now (quarantined and
     # pulled again since it started) is restarted even when no rendered file changed.
-    stale_engine = modelcheck.engine_has_other_model(service_for(spec).state().pid, spec.engine["model"])
+    stale_engine = modelcheck.engine_has_other_model(service_for(spec).state().pid, str(spec.engine.model))
     if stale_engine:
         notes.append("the running engine serves an earlier copy of its model file: restarting it on the verified one")
     if dry_run:

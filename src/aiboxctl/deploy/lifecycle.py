@@ -84,7 +84,7 @@ def status(root: str | Path | None = None) -> StatusResult:
         problems.append("the engine serves an earlier copy of its model file (replaced since it started)")
     if problems:
         problems[-1] += f": {_reinstall_hint(layout, spec)}"
-    e = spec.engine
+    e = spec.engine.to_dict()
     plan = {k: e.get(k) for k in ("n_ctx", "parallel", "n_batch", "threads", "cache_type_k", "cache_type_v",
                                   "flash_attn", "n_gpu_layers", "repack")}
     plan["predicted"] = spec.predicted
@@ -108,7 +108,7 @@ def _require_model(layout: InstallLayout, spec: InstallSpec, service: ServiceMan
     from aiboxctl.deploy import modelcheck
 
     try:
-        modelcheck.require_model(spec.engine["model"], hint=_reinstall_hint(layout, spec))
+        modelcheck.require_model(str(spec.engine.model), hint=_reinstall_hint(layout, spec))
     except VerificationFailed as exc:
         if service.stop():
             exc.message += "; the service is stopped"
@@ -291,7 +291,7 @@ def upgrade(root: str | Path | None = None, *, model: str | None = None, dry_run
     layout = install_layout(root)
     manifest = mf.require_manifest(layout)
     spec = InstallSpec.from_dict(manifest.spec)
-    asked = spec.inputs or {"profile": spec.profile, "port": int(spec.engine["port"]), "bind": str(spec.engine["host"])}
+    asked = spec.inputs or {"profile": spec.profile, "port": spec.engine.port, "bind": spec.engine.host}
     if not dry_run and confirm is not None:
         # Ask (or, with no person and no --yes, refuse) before planning, pulling or building:
         # asking after a download wastes it. The answer covers the whole upgrade.
@@ -326,11 +326,12 @@ def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: 
                                e.owner if spec.system_install else None,
                                e.group if spec.system_install else None, e.secret) for e in old.files)
     steps: dict[str, float] = {}
+    pinned = spec.engine.to_dict()
     common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
-                  model_path=str(spec.engine["model"]), manager=spec.manager,
-                  endpoint=f"http://{spec.engine['host']}:{spec.engine['port']}/v1",
-                  api_key_file=spec.engine.get("api_keys_file"), audit_log=spec.engine.get("audit_log"),
-                  engine=dict(spec.engine), predicted=dict(spec.predicted), reused_plan=True,
+                  model_path=str(spec.engine.model), manager=spec.manager,
+                  endpoint=f"http://{spec.engine.host}:{spec.engine.port}/v1",
+                  api_key_file=pinned["api_keys_file"], audit_log=pinned["audit_log"],
+                  engine=pinned, predicted=dict(spec.predicted), reused_plan=True,
                   next_commands=(f"aiboxctl status{_root_flag(layout)}",))
     if dry_run:
         changes = plan_changes(files, manifest)

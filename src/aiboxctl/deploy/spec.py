@@ -11,44 +11,11 @@ from typing import Any
 
 from aiboxctl import __version__
 from aiboxctl.deploy.render import RenderedFile, render_template
+from aiboxctl.engine_settings import EngineSettings, sections
 from aiboxctl.errors import UsageError
 from aiboxctl.paths import InstallLayout
 
 UNIT_NAME = "aibox.service"
-
-# Every key of the engine's EngineConfig (contract 4), in the order engine.yaml lists them,
-# with the engine's documented defaults. The plan and the dry run override them.
-ENGINE_DEFAULTS: dict[str, Any] = {
-    "model": None,
-    "model_name": None,
-    "host": "127.0.0.1",
-    "port": 8080,
-    "n_ctx": 4096,
-    "parallel": 4,
-    "kv_unified": True,
-    "n_batch": 512,
-    "n_ubatch": 512,
-    "threads": None,
-    "threads_batch": None,
-    "cache_type_k": "f16",
-    "cache_type_v": "f16",
-    "flash_attn": "auto",
-    "swa_full": False,
-    "n_gpu_layers": 0,
-    "tensor_split": [],
-    "main_gpu": 0,
-    "repack": True,
-    "mmap": True,
-    "mlock": False,
-    "api_keys_file": None,
-    "audit_log": None,
-    "audit_content": False,
-    "max_tokens_cap": 4096,
-    "queue_size": 64,
-    "chat_template": None,
-    "selftest": True,
-}
-
 
 @dataclass(frozen=True)
 class InstallSpec:
@@ -59,7 +26,7 @@ class InstallSpec:
     description: str
     model_variant: str
     quant: str | None
-    engine: dict[str, Any]
+    engine: EngineSettings  # with the model file: what engine.yaml says
     manager: str  # "systemd" | "supervisor"
     service_user: str
     service_group: str
@@ -77,12 +44,12 @@ class InstallSpec:
 
     @property
     def api_key_required(self) -> bool:
-        return bool(self.engine.get("api_keys_file"))
+        return bool(self.engine.api_keys_file)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "root": self.root, "profile": self.profile, "description": self.description,
-            "model_variant": self.model_variant, "quant": self.quant, "engine": dict(self.engine),
+            "model_variant": self.model_variant, "quant": self.quant, "engine": self.engine.to_dict(),
             "manager": self.manager, "service_user": self.service_user, "service_group": self.service_group,
             "exec_argv": list(self.exec_argv), "state_home": self.state_home,
             "system_install": self.system_install, "restart_steps": self.restart_steps,
@@ -91,7 +58,8 @@ class InstallSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InstallSpec":
-        return cls(**{**d, "exec_argv": tuple(d["exec_argv"]), "engine": dict(d["engine"]),
+        engine = EngineSettings.from_mapping(d["engine"], source="the install manifest's engine settings")
+        return cls(**{**d, "exec_argv": tuple(d["exec_argv"]), "engine": engine,
                       "predicted": dict(d.get("predicted") or {}), "inputs": dict(d.get("inputs") or {})})
 
 
@@ -141,40 +109,37 @@ def render_appliance(spec: InstallSpec, api_keys: str | None) -> tuple[RenderedF
     """The files of one installation, in the order they are written. ``api_keys`` is the key
     file's content (kept across re-installs), None when the profile needs no key."""
     layout = spec.layout
-    engine = {**ENGINE_DEFAULTS, **spec.engine}
-    unknown = set(engine) - set(ENGINE_DEFAULTS)
-    if unknown:
-        raise UsageError(f"unknown engine settings: {', '.join(sorted(unknown))}")
-    check_bind(str(engine["host"]), bool(engine["api_keys_file"]), from_flag=bool((spec.inputs or {}).get("bind")))
+    engine = spec.engine
+    check_bind(engine.host, bool(engine.api_keys_file), from_flag=bool((spec.inputs or {}).get("bind")))
     owner, group = (("root", spec.service_group) if spec.system_install else (None, None))
     svc_owner = (spec.service_user, spec.service_group) if spec.system_install else (None, None)
-    common = {"version": __version__, "profile": spec.profile, "model_name": engine["model_name"]}
+    common = {"version": __version__, "profile": spec.profile, "model_name": engine.model_name}
     env_file = layout.etc / "aibox.env"
     engine_log = layout.log / "engine.log"
     files = [
         RenderedFile(str(layout.engine_config),
-                     render_template("engine.yaml.j2", {**common, "engine": engine}).encode(),
+                     render_template("engine.yaml.j2", {**common, "engine_sections": sections(engine)}).encode(),
                      0o640, owner, group),
         RenderedFile(str(env_file), render_template("aibox.env.j2", {
             **common, "state_home": spec.state_home, "engine_config": str(layout.engine_config),
         }).encode(), 0o644, "root" if spec.system_install else None, "root" if spec.system_install else None),
     ]
     if api_keys is not None:
-        if not engine["api_keys_file"]:
+        if not engine.api_keys_file:
             raise UsageError("an API key was generated but the engine config names no api_keys_file")
-        files.append(RenderedFile(str(engine["api_keys_file"]), api_keys.encode(), 0o600, *svc_owner,
+        files.append(RenderedFile(str(engine.api_keys_file), api_keys.encode(), 0o600, *svc_owner,
                                   secret=True))
     unit_context = {
         **common,
-        "description": f"aiboxctl LLM service ({spec.profile}: {engine['model_name']})",
+        "description": f"aiboxctl LLM service ({spec.profile}: {engine.model_name})",
         "user": spec.service_user, "group": spec.service_group,
         "state_home": spec.state_home, "engine_config": str(layout.engine_config),
         "env_file": str(env_file), "engine_log": str(engine_log),
         "exec_argv": [*spec.exec_argv, "serve", "--config", str(layout.engine_config)],
-        "restart_steps": spec.restart_steps, "mlock": bool(engine["mlock"]),
-        "protect_home": _protect_home([*spec.exec_argv, str(engine["model"]), spec.state_home]),
+        "restart_steps": spec.restart_steps, "mlock": engine.mlock,
+        "protect_home": _protect_home([*spec.exec_argv, str(engine.model), spec.state_home]),
         "read_write_paths": [str(layout.state), str(layout.log)],
-        "private_devices": int(engine["n_gpu_layers"] or 0) == 0,
+        "private_devices": engine.n_gpu_layers == 0,
     }
     files.append(RenderedFile(str(layout.unit_dir / UNIT_NAME),
                               render_template("aiboxctl.service.j2", unit_context).encode(), 0o644,

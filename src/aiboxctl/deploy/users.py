@@ -76,7 +76,7 @@ def check_service_user_access(spec: InstallSpec) -> None:
     import sys
 
     user = spec.service_user
-    needs = [(Path(spec.exec_argv[0]), "x"), (Path(sys.prefix), "x"), (Path(str(spec.engine["model"])), "r")]
+    needs = [(Path(spec.exec_argv[0]), "x"), (Path(sys.prefix), "x"), (Path(str(spec.engine.model)), "r")]
     for path, bit in needs:
         if path.exists() and not user_can(user, path, bit):
             raise UsageError(

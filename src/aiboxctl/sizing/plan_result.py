@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aiboxctl.engine_settings import EngineSettings
 from aiboxctl.jsonable import to_jsonable
 from aiboxctl.models.catalog import QuantFile
 from aiboxctl.sizing.memory import MemoryEstimate
@@ -50,7 +51,7 @@ class Plan:
     local_path: str | None  # the GGUF when it is already on this box
     facts_source: str  # "header" or "catalog"
     compute_source: str  # "dry run" (llama.cpp's own figure) or "model"
-    engine: dict  # EngineConfig keys (model path filled by install)
+    engine: EngineSettings  # model left empty: install fills it
     security: dict
     chat_template: str  # catalog template used when the GGUF has none
     memory: MemoryEstimate
@@ -80,7 +81,7 @@ class Plan:
                        "quality": self.quality, "params_b": self.params_b, "licence": self.licence,
                        "file": to_jsonable(self.file), "file_names": list(self.file.file_names),
                        "local_path": self.local_path, "chat_template": self.chat_template},
-            "engine": self.engine, "security": self.security,
+            "engine": self.engine.to_dict(), "security": self.security,
             "memory": self.memory.to_dict(), "budget": [d.to_dict() for d in self.devices],
             "facts_source": self.facts_source, "compute_source": self.compute_source,
             "throughput": {"per_user_tok_s": round(self.throughput.per_user_tok_s, 2),

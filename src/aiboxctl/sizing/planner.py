@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aiboxctl.engine_settings import EngineSettings
 from aiboxctl.models.catalog import Catalog, QuantFile, Variant, facts_for, load_catalog
 from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.advice import does_not_fit
@@ -212,18 +213,11 @@ def _with_dry_run(path: Path, cfg: Config, est: MemoryEstimate) -> tuple[MemoryE
     return replace(est, devices=tuple(devices)), "dry run", None
 
 
-def _engine_keys(profile: UseCaseProfile, box: Box, v: Variant, cfg: Config) -> dict:
-    p = cfg.params
+def _engine_settings(profile: UseCaseProfile, box: Box, v: Variant, cfg: Config) -> EngineSettings:
     threads = box.cpu_cores if box.cpu_cores else None
-    return {
-        "model_name": v.name, "host": profile.security.bind, "port": profile.service.port,
-        "n_ctx": p.n_ctx, "parallel": p.parallel, "kv_unified": p.kv_unified, "n_batch": p.n_batch,
-        "n_ubatch": p.n_ubatch, "threads": threads, "threads_batch": threads,
-        "cache_type_k": p.cache_type_k, "cache_type_v": p.cache_type_v, "flash_attn": p.flash_attn,
-        "swa_full": p.swa_full, "n_gpu_layers": p.n_gpu_layers, "tensor_split": list(p.tensor_split),
-        "main_gpu": 0, "repack": p.repack, "mmap": p.mmap, "mlock": False,
-        "audit_content": profile.security.audit_content,
-    }
+    return cfg.params.settings(model_name=v.name, host=profile.security.bind, port=profile.service.port,
+                               threads=threads, threads_batch=threads,
+                               audit_content=profile.security.audit_content)
 
 
 def _make_plan(profile, box, v, f, out, facts, local, estimate, compute_source, rejected, notes, catalog) -> Plan:
@@ -248,7 +242,7 @@ def _make_plan(profile, box, v, f, out, facts, local, estimate, compute_source, 
         profile=profile.name, hardware=box.name, variant=v.name, family=v.family, quant=f.quant,
         quality=v.quality, params_b=v.params, licence=catalog.licence_of(v), file=f,
         local_path=str(local) if local else None, facts_source="header" if facts.source == "header" else "catalog",
-        compute_source=compute_source, engine=_engine_keys(profile, box, v, cfg),
+        compute_source=compute_source, engine=_engine_settings(profile, box, v, cfg),
         security={"bind": profile.security.bind, "api_key": profile.security.api_key,
                   "audit_log": profile.security.audit_log, "audit_content": profile.security.audit_content,
                   "service_user": profile.service.user},
