@@ -1,0 +1,122 @@
+"""What the front door calls for each request: ``admit`` before it reaches an engine, ``finish``
+after the answer (or the refusal). Plain Python over the key ring, the limiter, the ledger and
+the audit chain; the gateway adapts it to HTTP (the gateway's ``access`` module).
+
+admit:  authenticate (401) → model allowed (403) → limits (429) → a reservation held
+finish: settle the reservation with the engine's usage → ledger row (acknowledged: fsynced) →
+        audit record
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from aiboxctl.access.audit import AuditChain, box_secret
+from aiboxctl.access.keys import KeyRecord, KeyRing
+from aiboxctl.access.ledger import Ledger, UsageRecord
+from aiboxctl.access.limits import Limiter, Ticket
+from aiboxctl.access.refusal import AccessDenied
+
+DEFAULT_RESERVE_TOKENS = 1024  # when a request names no max_tokens
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    keys_file: Path
+    ledger_file: Optional[Path] = None
+    audit_file: Optional[Path] = None
+    secret_file: Optional[Path] = None
+    audit_content: bool = False
+    audit_max_bytes: int = 64 << 20
+    syslog: Optional[str] = None  # udp://host:514, tcp://host:port, /dev/log
+    default_reserve_tokens: int = DEFAULT_RESERVE_TOKENS
+
+
+@dataclass(frozen=True)
+class Admission:
+    key: KeyRecord
+    ticket: Ticket
+    model: str
+    endpoint: str
+    arrived: float
+
+
+def reservation(body: dict[str, Any], body_bytes: int, default: int = DEFAULT_RESERVE_TOKENS) -> int:
+    """Tokens to hold for a request until its usage is known: what it may generate plus an upper
+    estimate of its prompt (about one token per 2 bytes of JSON; settlement corrects it)."""
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    out = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else default
+    return int(out) + body_bytes // 2
+
+
+def fingerprint(authorization: str | None) -> str | None:
+    """A presented but unknown credential, named without the secret (first 12 hex of sha256)."""
+    if not authorization:
+        return None
+    token = authorization.partition(" ")[2].strip() or authorization
+    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+class AccessControl:
+    def __init__(self, settings: AccessSettings, *, now: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.now = now
+        self.keys = KeyRing(settings.keys_file, now=now)
+        self.ledger = Ledger(settings.ledger_file) if settings.ledger_file else None
+        self.limiter = Limiter(now=now, used_today=self.ledger.tokens_since if self.ledger else None)
+        self.audit = None
+        if settings.audit_file:
+            secret = box_secret(settings.secret_file or Path(settings.audit_file).with_name("box-secret"))
+            self.audit = AuditChain(settings.audit_file, secret, content=settings.audit_content,
+                                    max_bytes=settings.audit_max_bytes, syslog=settings.syslog, now=now)
+
+    def admit(self, authorization: str | None, model: str, endpoint: str, reserve_tokens: int = 0) -> Admission:
+        arrived = self.now()
+        key: KeyRecord | None = None
+        try:
+            key = self.keys.authenticate(authorization)
+            self.keys.authorize(key, model)
+            ticket = self.limiter.admit(key, reserve_tokens)
+        except AccessDenied as denied:
+            self._denied(denied, key, authorization, model, endpoint, arrived)
+            raise
+        return Admission(key, ticket, model, endpoint, arrived)
+
+    def require_admin(self, authorization: str | None, endpoint: str) -> KeyRecord:
+        key = self.keys.authenticate(authorization)
+        self.keys.require_admin(key)
+        return key
+
+    def _denied(self, denied: AccessDenied, key: KeyRecord | None, authorization: str | None, model: str,
+                endpoint: str, arrived: float) -> None:
+        if key is not None and self.ledger is not None:
+            self.ledger.record(UsageRecord(arrived, key.name, key.department, model, endpoint, denied.status))
+        if self.audit is not None:
+            who = {"key": key.name, "department": key.department} if key else {"key_fingerprint": fingerprint(authorization)}
+            self.audit.append({"event": "denied", **who, "model": model, "endpoint": endpoint,
+                               "status": denied.status, "code": denied.code, "limit": denied.limit})
+
+    def finish(self, admission: Admission, status: int, *, prompt_tokens: int = 0, completion_tokens: int = 0,
+               content: dict[str, Any] | None = None) -> None:
+        """Settle, record (returns once the ledger row is fsynced) and audit one request."""
+        used = max(0, int(prompt_tokens)) + max(0, int(completion_tokens))
+        self.limiter.settle(admission.ticket, used)
+        duration_ms = round((self.now() - admission.arrived) * 1000.0, 3)
+        k = admission.key
+        if self.ledger is not None:
+            self.ledger.record(UsageRecord(admission.arrived, k.name, k.department, admission.model,
+                                           admission.endpoint, int(status), int(prompt_tokens),
+                                           int(completion_tokens), duration_ms))
+        if self.audit is not None:
+            self.audit.append({"event": "request", "key": k.name, "department": k.department,
+                               "model": admission.model, "endpoint": admission.endpoint, "status": int(status),
+                               "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
+                               "duration_ms": duration_ms}, content=content)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
