@@ -1,0 +1,80 @@
+"""``aiboxctl tls init|renew|show``: the front door's certificate — a local CA and a server
+certificate for the box's names and addresses, or the organisation's pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from aiboxctl.cli import output
+from aiboxctl.cli.options import JsonOpt, RootOpt
+
+tls_app = typer.Typer(help="HTTPS for the front door: local CA, server certificate, renewal (docs/access.md).",
+                      no_args_is_help=True)
+
+NamesOpt = Annotated[Optional[list[str]], typer.Option(
+    "--name", help="A host name or address the certificate covers (repeat; default: this box's names and addresses).")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(tls_app, name="tls")
+
+
+def _files(root):
+    from aiboxctl.access.paths import AccessPaths
+    from aiboxctl.access.tls import TlsFiles
+    from aiboxctl.deploy.spec import install_layout
+
+    return TlsFiles(AccessPaths.for_layout(install_layout(root)).tls_dir)
+
+
+def _human(verb: str):
+    def draw(console: Any, info: Any) -> None:
+        import time
+
+        console.print(f"{verb} {info.path} for {', '.join(info.names)}; valid until "
+                      f"{time.strftime('%Y-%m-%d', time.localtime(info.not_after))}")
+        if info.ca_fingerprint_sha256:
+            console.print(f"CA file for clients: {info.ca_file}")
+            console.print(f"CA fingerprint (SHA-256): {info.ca_fingerprint_sha256}")
+    return draw
+
+
+@tls_app.command("init")
+def init(
+    names: NamesOpt = None,
+    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert", help="The organisation's certificate (PEM, chain after).")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key", help="Its private key (PEM, unencrypted).")] = None,
+    root: RootOpt = None,
+    json_: JsonOpt = False,
+) -> int:
+    """Create the local CA (kept if present) and a server certificate, or install the
+    organisation's certificate and key after checking that they match and are valid now."""
+    from aiboxctl.access import tls
+    from aiboxctl.errors import UsageError
+
+    files = _files(root)
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together", hint="aiboxctl tls init --tls-cert C --tls-key K")
+    if tls_cert is not None:
+        return output.emit(tls.install_pair(files, tls_cert, tls_key), _human("installed"))
+    return output.emit(tls.init_local(files, names or tls.box_names()), _human("issued"))
+
+
+@tls_app.command("renew")
+def renew(names: NamesOpt = None, root: RootOpt = None, json_: JsonOpt = False) -> int:
+    """Reissue the server certificate from the same local CA (clients keep trusting it)."""
+    from aiboxctl.access import tls
+
+    return output.emit(tls.renew(_files(root), names or None), _human("renewed"))
+
+
+@tls_app.command("show")
+def show(root: RootOpt = None, json_: JsonOpt = False) -> int:
+    """The server certificate's names and validity, and the CA's fingerprint."""
+    from aiboxctl.access import tls
+
+    files = _files(root)
+    return output.emit(tls.describe(files.cert, files.ca_cert), _human("certificate"))
