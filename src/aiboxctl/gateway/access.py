@@ -1,0 +1,107 @@
+"""The front door's side of governed access (issue 16): :class:`aiboxctl.access.gate.AccessControl`
+adapted to HTTP. ``AccessGate`` is a ``ClientGate`` (app.py's seam): it reads the body (within the
+size limit), authenticates, checks the model's scope and the key's limits, and leaves the
+admission on ``request.state.aibox_admission``; a refusal comes back as the gateway's ``Refusal``
+(OpenAI's error shape, Retry-After). ``UsageMeter`` reads the engine's ``usage`` from the bytes
+relayed (a JSON body, or the SSE chunk that carries it) without changing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiboxctl.access.gate import AccessControl, Admission, reservation
+from aiboxctl.access.refusal import AccessDenied
+from aiboxctl.gateway.pool import Refusal
+
+_METER_LIMIT = 1 << 20  # a JSON answer larger than this is not parsed for usage (counted as 0)
+
+
+def as_refusal(denied: AccessDenied) -> Refusal:
+    return Refusal(denied.status, denied.message, code=denied.code, type_=denied.type, param=denied.param,
+                   retry_after=denied.retry_after, reason=denied.limit or f"auth_{denied.status}")
+
+
+class AccessGate:
+    def __init__(self, access: AccessControl, *, max_body_bytes: int, routes: dict[str, tuple[str, str]]) -> None:
+        self.access, self.max_body_bytes, self.routes = access, max_body_bytes, routes
+
+    async def __call__(self, request: Any) -> Refusal | None:
+        auth = request.headers.get("authorization")
+        path = request.url.path
+        try:
+            if path not in self.routes:  # /metrics, /v1/models: any valid key (metrics: admin)
+                key = self.access.keys.authenticate(auth)
+                if path == "/metrics":
+                    self.access.keys.require_admin(key)
+                return None
+            body = await request.body()
+            if len(body) > self.max_body_bytes:
+                return None  # the route answers 413 itself
+            try:
+                data = json.loads(body)
+            except (ValueError, RecursionError):
+                return None  # the route answers 400
+            model = data.get("model") if isinstance(data, dict) else None
+            endpoint = self.routes[path][0]
+            reserve = reservation(data if isinstance(data, dict) else {}, len(body),
+                                  self.access.settings.default_reserve_tokens)
+            admission = await asyncio.to_thread(self.access.admit, auth, str(model or ""), endpoint, reserve)
+        except AccessDenied as denied:
+            return as_refusal(denied)
+        request.state.aibox_admission = admission
+        return None
+
+    async def finish(self, admission: Admission | None, status: int, meter: "UsageMeter") -> None:
+        """After the last byte: settle, and the ledger row fsynced (off the event loop)."""
+        if admission is not None:
+            await asyncio.to_thread(self.access.finish, admission, status, **meter.usage())
+
+
+class UsageMeter:
+    """Finds ``usage`` in an answer as it is relayed: the whole JSON body, or the SSE event that
+    carries it (the last one, with ``stream_options.include_usage``)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._usage: dict[str, Any] | None = None
+        self._sse = False
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._buf and chunk.lstrip().startswith(b"data:"):
+            self._sse = True
+        self._buf += chunk
+        if self._sse:
+            *events, rest = bytes(self._buf).split(b"\n\n")
+            self._buf = bytearray(rest)
+            for ev in events:
+                for line in ev.splitlines():
+                    if line.startswith(b"data:") and b'"usage"' in line:
+                        try:
+                            self._usage = json.loads(line[5:]).get("usage") or self._usage
+                        except ValueError:
+                            pass
+        elif len(self._buf) > _METER_LIMIT:
+            self._buf = bytearray()
+            self._sse = True  # give up on this body
+
+    def usage(self) -> dict[str, int]:
+        usage = self._usage
+        if usage is None and self._buf and not self._sse:
+            try:
+                usage = json.loads(bytes(self._buf)).get("usage")
+            except (ValueError, AttributeError):
+                usage = None
+        usage = usage if isinstance(usage, dict) else {}
+        return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or 0)}
+
+
+def with_usage_in_stream(data: dict[str, Any]) -> dict[str, Any] | None:
+    """A streaming request's body asking the engine for the usage chunk, or None when it already
+    does (or does not stream): without it a stream's tokens cannot be counted."""
+    if data.get("stream") is True and not (data.get("stream_options") or {}).get("include_usage"):
+        return {**data, "stream_options": {**(data.get("stream_options") or {}), "include_usage": True}}
+    return None

@@ -1,0 +1,87 @@
+"""The gateway's adapter for governed access: 401/403/429 in OpenAI's shape with Retry-After
+through a real FastAPI app, and usage read from relayed JSON and SSE bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import Request  # module level: FastAPI reads the routes' annotations here
+
+from aiboxctl.access.gate import AccessControl, AccessSettings
+from aiboxctl.access.keys import KeyLimits, KeyStore
+from aiboxctl.access.ledger import iter_records
+from aiboxctl.gateway.access import AccessGate, UsageMeter, with_usage_in_stream
+
+ROUTES = {"/v1/chat/completions": ("chat", "chat")}
+
+
+@pytest.fixture
+def setup(tmp_path):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    store = KeyStore(tmp_path / "keys.json")
+    alice = store.add("alice", KeyLimits(models=("qwen",), rpm=2, department="legal"), now=0).secret
+    admin = store.add("ops", KeyLimits(admin=True), now=0).secret
+    access = AccessControl(AccessSettings(keys_file=tmp_path / "keys.json", ledger_file=tmp_path / "usage.db",
+                                          audit_file=tmp_path / "audit.jsonl"))
+    gate = AccessGate(access, max_body_bytes=1 << 20, routes=ROUTES)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        refusal = await gate(request)
+        if refusal is not None:
+            return JSONResponse(refusal.body(), status_code=refusal.status, headers=refusal.headers())
+        answer = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7}}
+        meter = UsageMeter()
+        meter.feed(json.dumps(answer).encode())
+        await gate.finish(request.state.aibox_admission, 200, meter)
+        return answer
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        refusal = await gate(request)
+        return JSONResponse(refusal.body(), status_code=refusal.status) if refusal else {"ok": True}
+
+    with TestClient(app) as client:
+        yield client, alice, admin, tmp_path
+    access.close()
+
+
+def test_gate_statuses_and_ledger(setup):
+    client, alice, admin, tmp_path = setup
+    body = {"model": "qwen", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+    r = client.post("/v1/chat/completions", json={**body, "model": "deepseek"}, headers={"Authorization": f"Bearer {alice}"})
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    for _ in range(2):
+        assert client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {alice}"}).status_code == 200
+    r = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {alice}"})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "requests per minute" in r.json()["error"]["message"]
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {alice}"}).status_code == 403
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    rows = list(iter_records(tmp_path / "usage.db"))
+    ok = [r for r in rows if r.status == 200]
+    assert len(ok) == 2 and all(r.prompt_tokens == 11 and r.completion_tokens == 7 and r.department == "legal" for r in ok)
+    assert sorted(r.status for r in rows) == [200, 200, 403, 429]
+
+
+def test_usage_meter_reads_sse_split_across_chunks():
+    stream = (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}\n\n'
+              b"data: [DONE]\n\n")
+    meter = UsageMeter()
+    for i in range(0, len(stream), 7):
+        meter.feed(stream[i:i + 7])
+    assert meter.usage() == {"prompt_tokens": 5, "completion_tokens": 3}
+    assert UsageMeter().usage() == {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+def test_streams_ask_for_the_usage_chunk():
+    assert with_usage_in_stream({"stream": True})["stream_options"] == {"include_usage": True}
+    assert with_usage_in_stream({"stream": False}) is None
+    assert with_usage_in_stream({"stream": True, "stream_options": {"include_usage": True}}) is None
