@@ -16,6 +16,9 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+from fastapi import Request  # a module global: FastAPI reads the routes' annotations from here
+from starlette.responses import Response as _AsgiResponse
+
 from aiboxctl.gateway.balance import affinity_key
 from aiboxctl.gateway.config import GatewayConfig
 from aiboxctl.gateway.metrics import GatewayMetrics
@@ -64,7 +67,7 @@ def make_clients(config: GatewayConfig) -> dict[str, Any]:
 
 
 def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
 
     metrics = GatewayMetrics()
@@ -148,6 +151,9 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
 
     for path in ROUTES:
         app.add_api_route(path, proxied, methods=["POST"])
+    from aiboxctl.webui import mount as mount_page  # the chat page at / (issue 17)
+
+    mount_page(app, guard=admitted)
     return app
 
 
@@ -202,7 +208,7 @@ class _ClientGone(Exception):
     pass
 
 
-class _Relay:
+class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server instead of serialising it
     """An ASGI response that takes a slot, sends the body to the engine and relays the answer,
     while a second task waits for the client's ``http.disconnect`` and cancels it all."""
 
@@ -210,9 +216,10 @@ class _Relay:
                  body: bytes, key: str | None, arrived: float, accept: str | None) -> None:
         self.gw, self.metrics, self.pool, self.endpoint, self.path = gw, metrics, pool, endpoint, path
         self.body, self.key, self.arrived = body, key, arrived
-        self.headers = {"content-type": "application/json"}
+        self.background = None  # read by FastAPI; Response.__init__ is not called (nothing to render)
+        self.engine_headers = {"content-type": "application/json"}
         if accept:
-            self.headers["accept"] = accept
+            self.engine_headers["accept"] = accept
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         import anyio
@@ -251,7 +258,7 @@ class _Relay:
                 raise
             m.queue_wait.labels(pool.name).observe(time.monotonic() - waited)
             try:
-                request = replica.client.build_request("POST", self.path, content=self.body, headers=self.headers)
+                request = replica.client.build_request("POST", self.path, content=self.body, headers=self.engine_headers)
                 response = await replica.client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 # Nothing reached the client yet: take the replica out and try another one.
