@@ -1,6 +1,6 @@
-"""The OpenAI wire format: request bodies (validated with pydantic) and the shapes of what goes
-back — errors, usage, SSE framing. Endpoint-specific answer shapes live in the serving module
-of their family."""
+"""The OpenAI wire format, both ways: request bodies (validated with pydantic) and the shapes of
+what goes back — answers and their choices (whole and streamed), usage, errors, SSE framing.
+The serving module of each endpoint family decides which shape carries what."""
 
 from __future__ import annotations
 
@@ -106,6 +106,33 @@ def error_response(status: int, message: str, *, type_: str = "invalid_request_e
 
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def answer(req: Any, *, object_name: str, created: int, model_id: str, choice: dict) -> dict:
+    """A whole (non-streamed) answer with its one choice."""
+    return {"id": req.id, "object": object_name, "created": created, "model": model_id,
+            "choices": [choice], "usage": usage(req)}
+
+
+def chat_choice(text: str, finish_reason: str | None) -> dict:
+    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "finish_reason": finish_reason}
+
+
+def chat_delta_choice(text: str | None, finish_reason: str | None) -> dict:
+    """A streamed chat chunk's choice: new text, or (``text`` None) the closing chunk."""
+    delta = {"content": text} if text is not None else {}
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_role_choice() -> dict:
+    """The first streamed chat chunk's choice, before any token: the role."""
+    return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+
+def text_choice(text: str | None, finish_reason: str | None) -> dict:
+    """A completion's choice, whole or streamed (``text`` None: the closing chunk)."""
+    return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
 
 def usage(req: Any) -> dict:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from aiboxctl.engine.api.edge import Edge, Rejected
 from aiboxctl.engine.api.protocol import (
-    RETRY_AFTER_S, SSE_DONE, GenerationBody, error_response, sse, usage, validation_message,
+    RETRY_AFTER_S, SSE_DONE, GenerationBody, answer, error_response, sse, usage, validation_message,
 )
 from aiboxctl.engine.request import Event, QueueFull, Request, SamplingParams
 from aiboxctl.engine.scheduler import Scheduler
@@ -188,8 +188,8 @@ class OpenAIServing:
                 sched.cancel(req)
         text = "".join(parts)
         audit(key_id, endpoint, 200, started, req, audit_prompt, text)
-        return {"id": req.id, "object": self.object_name, "created": created, "model": model_id,
-                "choices": [self.choice(text, req.finish_reason)], "usage": usage(req)}
+        return answer(req, object_name=self.object_name, created=created, model_id=model_id,
+                      choice=self.choice(text, req.finish_reason))
 
     async def _stream(self, req: Request, events: asyncio.Queue, sched: Scheduler, *, created: int,
                       model_id: str, include_usage: bool,

@@ -1,13 +1,13 @@
 """``/v1/chat/completions``: messages through the model's chat template into prompt tokens, and
-the answer as an assistant message (whole) or as deltas (streamed). The shapes of what the
-model wrote — today its text as ``content`` — are decided here, in ``choice`` and
-``chunk_choice``."""
+the answer as an assistant message (whole) or as deltas (streamed). Which part of what the
+model wrote goes where — today all of its text as ``content`` — is decided here, in ``choice``
+and ``chunk_choice``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiboxctl.engine.api.protocol import ChatBody
+from aiboxctl.engine.api.protocol import ChatBody, chat_choice, chat_delta_choice, chat_role_choice
 from aiboxctl.engine.api.serving import OpenAIServing
 
 
@@ -31,12 +31,10 @@ class ChatServing(OpenAIServing):
         return body.max_completion_tokens or body.max_tokens
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": finish_reason}
+        return chat_choice(text, finish_reason)
 
     def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
-        delta = {"content": text} if text is not None else {}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return chat_delta_choice(text, finish_reason)
 
     def opening_choice(self) -> dict | None:
-        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return chat_role_choice()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiboxctl.engine.api.protocol import CompletionBody
+from aiboxctl.engine.api.protocol import CompletionBody, text_choice
 from aiboxctl.engine.api.serving import OpenAIServing
 
 
@@ -33,7 +33,7 @@ class CompletionServing(OpenAIServing):
         return tokens, body.prompt
 
     def choice(self, text: str, finish_reason: str | None) -> dict:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return text_choice(text, finish_reason)
 
     def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return text_choice(text, finish_reason)
