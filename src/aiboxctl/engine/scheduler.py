@@ -166,11 +166,7 @@ class Scheduler:
                 reqs.append(item)
         out = [(r.emit, ("error", message)) for r in reqs]
         if out:
-            if self.deliver is None:
-                for emit, event in out:
-                    emit(event)
-            else:
-                self.deliver(out)
+            self._hand_over(out)
 
     # --- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -453,6 +449,10 @@ class Scheduler:
         if not out:
             return
         self._out = []
+        self._hand_over(out)
+
+    def _hand_over(self, out: list[tuple[Callable[[Event], Any], Event]]) -> None:
+        """Events to their requests: all of them in one ``deliver`` call when there is one."""
         if self.deliver is None:
             for emit, event in out:
                 emit(event)
