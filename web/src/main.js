@@ -113,7 +113,7 @@ function renderSignIn() {
 
 function langButton() {
   const other = LANGS.find((l) => l !== getLang());
-  return h("button", { type: "button", class: "link lang", lang: other, "aria-label": t("languageLabel"),
+  return h("button", { type: "button", class: "link lang", lang: other, title: t("languageLabel"),
     onclick: () => { localStorage.setItem(LANG, setLang(other)); render(); } }, t("language"));
 }
 
@@ -456,6 +456,29 @@ async function attachDocument(file) {
 }
 
 // --- start -------------------------------------------------------------------------------------
+function takeKeyFromLink() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (!fragment.get("key")) return false;
+  state.key = fragment.get("key");
+  history.replaceState(null, "", location.pathname + location.search);
+  return true;
+}
+
+// A key link opened in a tab that already shows the page changes only the fragment: no reload.
+window.addEventListener("hashchange", async () => {
+  if (!takeKeyFromLink()) return;
+  try {
+    await signIn(state.key);
+    state.signInError = "";
+    await openChat();
+  } catch (err) {
+    state.key = null;
+    localStorage.removeItem(KEY);
+    state.signInError = sentenceFor(err);
+    render();
+  }
+});
+
 async function boot() {
   try {
     const r = await fetch("/v1/aibox/web");
@@ -466,11 +489,7 @@ async function boot() {
   setLang(localStorage.getItem(LANG) || state.settings.default_lang || "zh-CN");
   // A key link from IT: /#key=… (the fragment never reaches the server). Taken out of the
   // address bar at once, so it does not stay in the history or get shared by accident.
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  if (fragment.get("key")) {
-    state.key = fragment.get("key");
-    history.replaceState(null, "", location.pathname + location.search);
-  }
+  takeKeyFromLink();
   if (state.key) {
     try {
       await signIn(state.key);
