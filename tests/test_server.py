@@ -190,8 +190,26 @@ def test_auth_rejects_missing_and_wrong_keys(server):
     r = httpx.post(server.url + "/completions", json=body, headers={"Authorization": "Bearer sk-wrong"})
     assert r.status_code == 401
     assert httpx.get(server.url + "/models").status_code == 401
-    assert httpx.get(server.base + "/metrics").status_code == 401
     assert KEY not in server.log()  # keys are never logged
+
+
+def test_metrics_from_this_box_need_no_key(server):
+    """A Prometheus on the box scrapes without the admin key (loopback only: see the remote
+    refusal in test_metrics_from_elsewhere_need_the_key)."""
+    r = httpx.get(server.base + "/metrics")
+    assert r.status_code == 200 and "aibox_requests" in r.text
+
+
+def test_access_log_line_per_request_without_content(server, http):
+    http.post("/v1/completions", json={"prompt": "Access log probe: the sky is", "max_tokens": 3, "temperature": 0})
+    httpx.post(server.url + "/completions", json={"prompt": "x", "max_tokens": 1})  # no key: 401
+    assert wait_until(lambda: "access: completions key=tester" in server.log(), timeout=30)
+    lines = [x for x in server.log().splitlines() if "aiboxctl.engine.access:" in x]
+    ok = [x for x in lines if "key=tester" in x and "status=200" in x]
+    assert ok and "model=smollm2" in ok[-1] and "completion_tokens=3" in ok[-1] and "duration_s=" in ok[-1]
+    assert ok[-1][:4].isdigit()  # the time leads the line
+    assert any("key=- " in x and "status=401" in x for x in lines)
+    assert not any("sky is" in x or KEY in x for x in lines)
 
 
 @pytest.mark.parametrize("body, needle", [

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import Request as HttpRequest
 
-from aiboxctl.engine.api.edge import CatchAll, Edge
+from aiboxctl.engine.api.edge import CatchAll, Edge, from_loopback
 from aiboxctl.engine.api.protocol import RETRY_AFTER_S
 from aiboxctl.engine.api.serving_chat import ChatServing
 from aiboxctl.engine.api.serving_completions import CompletionServing
@@ -69,9 +69,10 @@ def create_app(state: EngineState) -> Any:
 
     @app.get("/metrics")
     async def metrics(request: HttpRequest) -> Any:
-        _, denied = edge.authorise(request, "metrics")
-        if denied is not None:
-            return denied
+        if not from_loopback(request):  # from this box (a local Prometheus): no key needed
+            _, denied = edge.authorise(request, "metrics")
+            if denied is not None:
+                return denied
         body, ctype = state.metrics.render()
         return Response(body, media_type=ctype)
 

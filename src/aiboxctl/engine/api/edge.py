@@ -23,6 +23,32 @@ ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "
              "/metrics": "metrics", "/health": "health"}
 
 
+access = logging.getLogger("aiboxctl.engine.access")
+
+
+def access_log(model: str, key_id: str | None, endpoint: str, status: int, started: float,
+               req: Request | None) -> None:
+    """One line per answered request in the engine's log (`aiboxctl logs -f` shows them): who
+    (the key's name, never the key), which model and endpoint, the status, tokens and duration.
+    Never content. The log handler puts the time in front."""
+    tokens = (f" prompt_tokens={req.prompt_tokens} completion_tokens={req.completion_tokens}"
+              if req is not None else "")
+    access.info("%s key=%s model=%s status=%d%s duration_s=%.3f", endpoint, key_id or "-", model, status, tokens,
+                time.monotonic() - started)
+
+
+def from_loopback(request: HttpRequest) -> bool:
+    """Whether the request came from this box (127.0.0.0/8 or ::1): a Prometheus on the box may
+    scrape /metrics without a key. Metrics hold counts and timings, never content or keys."""
+    import ipaddress
+
+    host = request.client.host if request.client else None
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Rejected(Exception):
     """A request refused before it reaches the scheduler: its HTTP status and OpenAI error."""
 
@@ -66,6 +92,7 @@ class Edge:
               extra: dict[str, Any] | None = None) -> None:
         state = self.state
         state.metrics.count(endpoint, status)
+        access_log(state.config.served_name, key_id, endpoint, status, started, req)
         if state.audit is None:
             return
         record: dict[str, Any] = {"key_id": key_id, "endpoint": endpoint, "status": status,
