@@ -21,6 +21,8 @@ from aiboxctl.errors import UsageError
 
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("auto", "on", "off")
+ROLES = ("chat", "embedding", "rerank")  # what the engine serves (the front door routes by it)
+POOLINGS = ("auto", "mean", "cls", "last", "rank")  # auto: the GGUF's pooling_type
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class EngineSettings:
 
     model: Path | None = None
     model_name: str | None = None  # id in /v1/models; default: the file name without .gguf
+    # chat: /v1/chat/completions; embedding: /v1/embeddings; rerank: /v1/rerank (engine/embedding.py)
+    role: str = "chat"
+    pooling: str = "auto"  # embedding/rerank: how token states become one vector (auto: the GGUF's)
+    matryoshka: bool = False  # embedding: trained for truncated vectors, so `dimensions` may cut them
     host: str = "127.0.0.1"
     port: int = 8080
     # llama.cpp parameters
@@ -132,6 +138,14 @@ def validate(s: EngineSettings) -> list[str]:
     for name in ("cache_type_k", "cache_type_v"):
         if getattr(s, name) not in CACHE_TYPES:
             p.append(f"{name} must be one of {', '.join(CACHE_TYPES)}")
+    if s.role not in ROLES:
+        p.append(f"role must be one of {', '.join(ROLES)}")
+    if s.pooling not in POOLINGS:
+        p.append(f"pooling must be one of {', '.join(POOLINGS)}")
+    elif s.role == "rerank" and s.pooling not in ("auto", "rank"):
+        p.append("a rerank engine pools with 'rank' (or 'auto')")
+    elif s.role == "chat" and s.pooling != "auto":
+        p.append("pooling applies to embedding and rerank engines only")
     if s.flash_attn not in FLASH_ATTN:
         p.append("flash_attn must be auto, on or off")
     if s.n_ubatch > s.n_batch:
