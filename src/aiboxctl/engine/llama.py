@@ -174,7 +174,7 @@ class LlamaRuntime:
         if not self.model:
             raise AiboxError(f"llama.cpp could not load {path}: {_last_error()}", code="model_load_failed",
                              hint="check that the file is a complete GGUF (aiboxctl pull --verify)")
-        self.ctx = L.llama_init_from_model(self.model, context_params(config, L))
+        self.ctx = L.llama_init_from_model(self.model, self._context_params(config, L))
         if not self.ctx:
             L.llama_model_free(self.model)
             raise AiboxError(f"llama.cpp could not create a context for {path}: {_last_error()}",
@@ -187,6 +187,10 @@ class LlamaRuntime:
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self._piece_cache: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+
+    def _context_params(self, config: "EngineConfig", L: Any) -> Any:
+        """The context's parameters (engine/embedding.py's pooled runtime changes them)."""
+        return context_params(config, L)
 
     # --- metadata -----------------------------------------------------------------------
     def meta(self, key: str) -> str | None:

@@ -145,3 +145,72 @@ def sse(obj: Any) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+# --- pooled outputs: embeddings and rerank (engine/api/serving_embeddings.py, serving_rerank.py)
+
+MAX_POOLED_INPUTS = 2048  # inputs per embeddings request, documents per rerank request (OpenAI's limit)
+
+
+class EmbeddingBody(BaseModel):
+    """OpenAI's embeddings request. ``input``: a string, a list of strings, a token array or a
+    list of token arrays. ``truncate`` (TEI's and llama-server's extension): an input longer than
+    the model's context is cut to it instead of refused (400)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: Optional[str] = None
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(None, ge=1)
+    truncate: bool = False
+    user: Optional[str] = None
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, v: Any) -> Any:
+        items = [v] if isinstance(v, str) else v
+        if not items:
+            raise ValueError("input must not be empty")
+        if len(items) > MAX_POOLED_INPUTS and not all(isinstance(x, int) for x in items):
+            raise ValueError(f"at most {MAX_POOLED_INPUTS} inputs per request")
+        if any((isinstance(x, (str, list)) and not x) for x in items):
+            raise ValueError("an input must not be empty")
+        return v
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: str
+
+
+class RerankBody(BaseModel):
+    """The Jina/Cohere rerank request (also at /rerank and /v1/reranking): documents as strings
+    or ``{"text": ...}``; ``top_n`` results, best first; ``return_documents`` (Jina's default:
+    true) echoes each document's text."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: Optional[str] = None
+    query: str = Field(min_length=1)
+    documents: list[Union[str, RerankDocument]] = Field(min_length=1, max_length=MAX_POOLED_INPUTS)
+    top_n: Optional[int] = Field(None, ge=1)
+    return_documents: bool = True
+    truncate: bool = False
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+def embedding_data(index: int, vector: list[float], encoding_format: str) -> dict:
+    """One item of an embeddings answer; base64 is the float32 little-endian bytes (OpenAI's)."""
+    if encoding_format == "base64":
+        import base64
+        import struct
+
+        value: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    else:
+        value = vector
+    return {"object": "embedding", "index": index, "embedding": value}
+
+
+def pooled_usage(prompt_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
