@@ -224,7 +224,7 @@ def test_stopped_service_is_exit_5(box):
     code, doc = box.json("status", "--root", str(box.root))
     assert code == 5 and doc["data"]["healthy"] is False
     proc = box.run("chat", "--root", str(box.root), "-p", "hi")
-    assert proc.returncode == 5 and "aiboxctl status" in proc.stderr
+    assert proc.returncode == 5 and f"aiboxctl status --root {box.root}" in proc.stderr  # its --root kept
 
 
 def test_uninstall_leaves_nothing_the_manifest_listed(box):

@@ -219,18 +219,29 @@ def build_self_wheel(dest: Path, *, cache_dir: Path | None = None) -> Path:
              "or install aiboxctl from its source folder")
 
 
+def native_engine_warning(engine: EngineWheel) -> str | None:
+    """What a bundle with a native engine build risks, and the next step that helps (never
+    --engine-wheel to someone who gave one)."""
+    if engine.build == "portable":
+        return None
+    given = engine.origin == "given"
+    return (f"the bundled llama-cpp-python wheel ({engine.path.name}, "
+            f"{'given with --engine-wheel' if given else 'from the ' + engine.origin}) is a native "
+            "build of the machine that built it: it may stop with SIGILL on an older CPU; build the portable "
+            "one (GGML_NATIVE=OFF, GGML_BACKEND_DL, GGML_CPU_ALL_VARIANTS) with `aiboxctl engine install "
+            "--backend cpu --build-only`, then "
+            + ("pass that wheel to --engine-wheel instead" if given else "pack again (or pass it with --engine-wheel)"))
+
+
 def collect_wheels(target: TargetPlatform, dest: Path, *, engine: EngineWheel,
                    extra_requirements: tuple[str, ...] = (), cache_dir: Path | None = None) -> WheelSet:
     """Fill ``dest`` with every wheel ``pip install --no-index aiboxctl`` needs on the target,
     ``engine`` (from :func:`find_engine_wheel`) as its llama-cpp-python."""
     dest.mkdir(parents=True, exist_ok=True)
     warnings = []
-    if engine.build != "portable":
-        warnings.append(
-            f"the bundled llama-cpp-python wheel ({engine.path.name}, from the {engine.origin}) is a native "
-            "build of the machine that built it: it may stop with SIGILL on an older CPU; build the portable "
-            "one (GGML_NATIVE=OFF, GGML_BACKEND_DL, GGML_CPU_ALL_VARIANTS) with `aiboxctl engine install "
-            "--backend cpu`, or pass --engine-wheel")
+    warning = native_engine_warning(engine)
+    if warning:
+        warnings.append(warning)
     local_engine = dest / engine.path.name
     if engine.path.resolve() != local_engine.resolve():
         shutil.copyfile(engine.path, local_engine)

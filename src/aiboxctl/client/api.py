@@ -21,9 +21,14 @@ class Endpoint:
     api_key: str | None = None
     model: str | None = None
     key_file: str | None = None
+    root_flag: str = ""  # " --root PREFIX" for an installation not at the default place
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def command(self, name: str) -> str:
+        """A follow-up command for this installation (its --root kept), for hints."""
+        return f"aiboxctl {name}{self.root_flag}"
 
 
 def _is_loopback(url: str) -> bool:
@@ -77,10 +82,10 @@ def wait_healthy(endpoint: Endpoint, timeout: float, alive: Callable[[], str | N
         if alive is not None:
             reason = alive()
             if reason:
-                raise ServiceDown(f"the service is not running: {reason}", hint="aiboxctl logs")
+                raise ServiceDown(f"the service is not running: {reason}", hint=endpoint.command("logs"))
         if time.monotonic() >= deadline:
             raise ServiceDown(f"the service did not become healthy within {timeout:.0f} s ({last})",
-                              hint="aiboxctl logs")
+                              hint=endpoint.command("logs"))
         time.sleep(interval)
 
 
@@ -112,7 +117,7 @@ def _raise_for(r, endpoint: Endpoint) -> None:
         except Exception:  # noqa: BLE001 - best effort detail for the message
             detail = ""
         raise VerificationFailed(f"chat request failed: HTTP {r.status_code} {detail}".strip(),
-                                 code="request_failed", hint="aiboxctl status")
+                                 code="request_failed", hint=endpoint.command("status"))
 
 
 def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_tokens: int | None = None,
@@ -165,10 +170,10 @@ def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_token
                         parts.append(delta)
                         yield StreamEvent(text=delta)
     except httpx.ConnectError as exc:
-        raise ServiceDown(f"the service at {endpoint.url} is not answering", hint="aiboxctl status") from exc
+        raise ServiceDown(f"the service at {endpoint.url} is not answering", hint=endpoint.command("status")) from exc
     except httpx.HTTPError as exc:
         raise VerificationFailed(f"chat request failed: {type(exc).__name__}: {exc}", code="request_failed",
-                                 hint="aiboxctl status") from exc
+                                 hint=endpoint.command("status")) from exc
     t_end = time.perf_counter()
     completion = int(usage.get("completion_tokens") or chunks)
     timings = {"total_s": t_end - t0}
@@ -191,7 +196,7 @@ def chat_once(endpoint: Endpoint, messages: list[dict[str, str]], *,
             outcome = event.outcome
     if outcome is None or not outcome.answer.strip():
         raise VerificationFailed("the service returned an empty answer", code="empty_reply",
-                                 hint="aiboxctl logs")
+                                 hint=endpoint.command("logs"))
     return outcome
 
 
@@ -203,7 +208,7 @@ def complete_raw(endpoint: Endpoint, body: dict[str, Any], timeout: float = 300.
         with _client(timeout, endpoint.url) as c:
             r = c.post(f"{endpoint.url}/v1/chat/completions", json=body, headers=endpoint.headers())
     except httpx.ConnectError as exc:
-        raise ServiceDown(f"the service at {endpoint.url} is not answering", hint="aiboxctl status") from exc
+        raise ServiceDown(f"the service at {endpoint.url} is not answering", hint=endpoint.command("status")) from exc
     _raise_for(r, endpoint)
     return r.json()
 

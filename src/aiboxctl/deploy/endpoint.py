@@ -50,4 +50,5 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
                              hint="run as root, or pass --api-key KEY") from exc
         except FileNotFoundError:
             api_key = None
-    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file)
+    root_flag = "" if layout.root == install_layout(None).root else f" --root {layout.root}"
+    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file, root_flag)

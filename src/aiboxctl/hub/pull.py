@@ -92,7 +92,7 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
     if offline():
         missing = [w.file for w, p in zip(req.files, present) if not p] or [req.model]
         raise AiboxError(f"HF_HUB_OFFLINE=1 and {', '.join(missing)} is not in the store {store.root}",
-                         code="offline", hint="unset HF_HUB_OFFLINE, or import it: aiboxctl pull MODEL --source dir:PATH")
+                         code="offline", hint=f"unset HF_HUB_OFFLINE, or {_import_hint(req)}")
 
     # 2. find a source that has every missing file (its first request is the reachability probe)
     attempts: list[SourceAttempt] = []
@@ -165,9 +165,17 @@ def _no_source_error(req: PullRequest, attempts: list[SourceAttempt]) -> AiboxEr
         return AiboxError(detail, code="not_found", hint="check the name: aiboxctl pull --help")
     if kinds <= {"unreachable", "timeout"}:
         return AiboxError(f"no source reachable for {req.model}: {detail}", code="unreachable",
-                          hint="set HF_ENDPOINT=https://hf-mirror.com, or import from disk: --source dir:PATH")
+                          hint=f"set HF_ENDPOINT=https://hf-mirror.com, or {_import_hint(req)}")
     return AiboxError(f"could not pull {req.model}: {detail}", code="pull_failed",
                       hint="re-run to resume; AIBOX_DEBUG=1 for details")
+
+
+def _import_hint(req: PullRequest) -> str:
+    """A whole command, never a bare flag: install and pack reach these errors too and have no
+    --source; the model pulled from disk into the store is what they use when re-run."""
+    quant = f" --quant {req.quant}" if req.variant and req.quant else ""
+    return (f"import it from a disk or folder: aiboxctl pull {req.variant or req.model}{quant} --source dir:PATH "
+            "(then re-run the command)")
 
 
 def _expected(w: WantedFile, remote: RemoteFile | None, source_kind: str) -> tuple[str | None, str]:
