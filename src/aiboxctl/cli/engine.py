@@ -71,7 +71,8 @@ def status(hardware: HardwareOpt = None, json_: JsonOpt = False) -> int:
         t.add_row("cached wheels", ", ".join(f"{w['version']}/{w['key']}" for w in r.cached_wheels) or "none")
         console.print(t)
         if r.next_command:
-            console.print(f"The engine does not match this box. Next: {r.next_command}")
+            console.print(f"The engine does not match this box: {'; '.join(r.differences)}. Next: {r.next_command}",
+                          markup=False)
         else:
             console.print("The engine matches this box.")
 

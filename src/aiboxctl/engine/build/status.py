@@ -32,6 +32,7 @@ class EngineStatus:
     record: dict[str, Any] | None  # the last engine install
     cached_wheels: tuple[dict[str, Any], ...]
     error: str | None = None
+    differences: tuple[str, ...] = ()  # what differs from what the box needs, one line each
 
 
 def engine_status(*, accelerators: Sequence[Any], python: str = sys.executable,
@@ -44,14 +45,25 @@ def engine_status(*, accelerators: Sequence[Any], python: str = sys.executable,
     names = registry_names(spec.backend)
     has_backend = any(b in names for b in backends)
     sees_device = spec.backend == "cpu" or any(d.get("backend") in names for d in engine.get("devices", ()))
-    matches = bool(engine.get("available")) and has_backend and sees_device
+    differences: list[str] = []
     next_command = None
     if not engine.get("available"):
+        differences.append("llama-cpp-python is not installed (or does not load)")
         next_command = f"aiboxctl engine install --backend {spec.backend}"
     elif not has_backend:
+        differences.append(f"the installed build has no {spec.backend.upper()} backend "
+                           f"(it has {', '.join(backends) or 'none'})")
         next_command = f"aiboxctl engine install --backend {spec.backend}"
     elif not sees_device:
+        differences.append(f"the {spec.backend.upper()} backend sees none of the box's accelerators")
         next_command = "aiboxctl probe"
+    elif not engine.get("cpu_variants"):
+        # Every build spec keeps a portable CPU part; a native build is tuned to the machine that
+        # compiled it (it may use instructions another CPU lacks, or that fault here).
+        differences.append("the installed build is native (one CPU build for the machine that compiled it); "
+                           f"the box needs a {spec.reason}")
+        next_command = f"aiboxctl engine install --backend {spec.backend}"
+    matches = not differences
     return EngineStatus(
         version=engine.get("version"), available=bool(engine.get("available")), backends=backends,
         devices=tuple(engine.get("devices") or ()), cpu_variants=tuple(engine.get("cpu_variants") or ()),
@@ -59,5 +71,5 @@ def engine_status(*, accelerators: Sequence[Any], python: str = sys.executable,
         system_info=engine.get("system_info") or "", needed_backend=spec.backend, needed_reason=spec.reason,
         matches=matches, next_command=next_command, record=read_record(),
         cached_wheels=tuple(e.meta() | {"path": str(e.path)} for e in cache.entries()),
-        error=engine.get("error"))
+        error=engine.get("error"), differences=tuple(differences))
 
