@@ -165,6 +165,8 @@ def child_main() -> int:
         config = engine_config_from_mapping(json.loads(sys.stdin.read()), source="self-test config")
         from aiboxctl.engine.llama import LlamaRuntime, system_info
 
+        if config.role != "chat":
+            return _pooled_child(config)
         rt = LlamaRuntime(config)
         L = rt.lib
         prompt = rt.tokenize(SELFTEST_PROMPT, add_special=True)
@@ -203,6 +205,28 @@ def child_main() -> int:
         message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         print(json.dumps({"ok": False, "error": message}), flush=True)
         return 1
+
+
+def _pooled_child(config: EngineConfig) -> int:
+    """An embedding or rerank engine's proof: one pooled decode of two inputs."""
+    from aiboxctl.engine.embedding import PooledRuntime
+    from aiboxctl.engine.llama import system_info
+
+    rt = PooledRuntime(config)
+    if config.role == "rerank":
+        inputs = [rt.rerank_tokens(SELFTEST_PROMPT, d) for d in ("Paris", "Berlin")]
+    else:
+        inputs = [rt.tokenize(t, add_special=True) for t in (SELFTEST_PROMPT, "Paris")]
+    inputs = [rt.fit(t, truncate=True) or t for t in inputs][: rt.n_seq_max]
+    if _injected_fault(config):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    outs = rt.pooled(inputs)
+    if not all(len(v) == rt.n_out and all(x == x for x in v) for v in outs):
+        raise RuntimeError("the pooled outputs are not numbers")
+    info = system_info()
+    rt.close()
+    print(json.dumps({"ok": True, "tokens": [], "system_info": info}), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

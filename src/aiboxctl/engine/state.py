@@ -33,8 +33,10 @@ class EngineState:
     selftest: Any = None  # SelfTestResult
     runtime: Any = None
     scheduler: Scheduler | None = None
+    embedder: Any = None  # PooledWorker of an embedding or rerank engine (engine/embedding.py)
     template: Any = None  # CompiledTemplate
     template_source: str | None = None
+    reasoning: Any = None  # the served model's reasoning parser class (engine.reasoning), or None
     metrics: EngineMetrics = field(default_factory=EngineMetrics)
     keys: KeyRing | None = None
     audit: AuditLog | None = None
@@ -74,11 +76,17 @@ def boot(state: EngineState) -> None:
                 log.info("self-test passed with the configured settings")
             cfg = result.config
         state.status = "loading"
+        if cfg.role != "chat":
+            _boot_pooled(state, cfg)
+            return
         rt = LlamaRuntime(cfg)
         state.runtime = rt
         spec = resolve_chat_template(cfg, rt)
         state.template = spec.compile()
         state.template_source = spec.source
+        from aiboxctl.engine.reasoning import for_model
+
+        state.reasoning = for_model(cfg.reasoning_format, spec.text, cfg.model, cfg.model_name)
         loop = state.loop
 
         def deliver(batch: list) -> None:
@@ -104,6 +112,22 @@ def boot(state: EngineState) -> None:
             state.on_fatal(reason)
 
 
+def _boot_pooled(state: EngineState, cfg: EngineConfig) -> None:
+    """An embedding or rerank engine: the pooled runtime and its worker, no decode loop."""
+    from aiboxctl.engine.embedding import PooledRuntime, PooledWorker
+
+    rt = PooledRuntime(cfg)
+    state.runtime = rt
+    worker = PooledWorker(rt, queue_size=cfg.queue_size)
+    worker.start()
+    state.embedder = worker
+    state.metrics.queue_depth.set_function(lambda: worker.queue_depth)
+    state.metrics.ready.set(1)
+    state.status = "ok"
+    log.info("ready: %s (%s, %s pooling, %d dimensions), %d inputs × %d tokens per decode", cfg.served_name,
+             cfg.role, rt.pooling, rt.n_out, rt.n_seq_max, rt.n_ctx)
+
+
 def _deliver(batch: list) -> None:
     for emit, event in batch:
         emit(event)
@@ -116,9 +140,9 @@ def engine_problem(state: EngineState) -> str | None:
     """Why a started engine can no longer serve (its decode loop died or hangs), else None.
     The first caller to see it marks the engine failed, logs one line, answers the requests the
     loop holds with an error and calls ``on_fatal`` (serve: stop, exit 5, get restarted)."""
-    if state.status == "failed" and state.scheduler is not None:
+    if state.status == "failed" and (state.scheduler or state.embedder) is not None:
         return state.reason
-    sched = state.scheduler
+    sched = state.scheduler or state.embedder
     if state.status != "ok" or sched is None:
         return None
     reason = sched.problem(state.served_config.watchdog_s)
@@ -129,7 +153,8 @@ def engine_problem(state: EngineState) -> str | None:
             return state.reason
         state.status, state.reason = "failed", reason
     log.error("engine unhealthy, stopping so that it is restarted: %s", reason)
-    sched.abandon(f"engine failure: {reason}")
+    if state.scheduler is not None:
+        state.scheduler.abandon(f"engine failure: {reason}")
     if state.on_fatal is not None:
         state.on_fatal(reason)
     return reason
@@ -143,5 +168,7 @@ def shutdown(state: EngineState) -> None:
         # a loop that already failed gets no grace: a hung step may never return
         stopped = state.scheduler.stop(timeout=1.0 if state.status == "failed" else 10.0)
         state.scheduler.close()
+    if state.embedder is not None:
+        stopped = state.embedder.stop(timeout=1.0 if state.status == "failed" else 10.0)
     if state.runtime is not None and stopped:  # a hung step may still be using the context
         state.runtime.close()

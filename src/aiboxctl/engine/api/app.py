@@ -22,6 +22,8 @@ from aiboxctl.engine.api.edge import CatchAll, Edge, from_loopback
 from aiboxctl.engine.api.protocol import RETRY_AFTER_S
 from aiboxctl.engine.api.serving_chat import ChatServing
 from aiboxctl.engine.api.serving_completions import CompletionServing
+from aiboxctl.engine.api.serving_embeddings import EmbeddingServing
+from aiboxctl.engine.api.serving_rerank import RerankServing
 from aiboxctl.engine.state import EngineState, boot, engine_problem, shutdown
 
 
@@ -42,6 +44,7 @@ def create_app(state: EngineState) -> Any:
     edge = Edge(state)
     app.add_middleware(CatchAll, on_error=edge.unexpected)
     chat, completions = ChatServing(state, edge), CompletionServing(state, edge)
+    embeddings, rerank = EmbeddingServing(state, edge), RerankServing(state, edge)
 
     @app.get("/health")
     async def health() -> Any:
@@ -56,6 +59,11 @@ def create_app(state: EngineState) -> Any:
             [{"name": a.name, "ok": a.ok, "reason": a.reason, "changes": a.changes} for a in st.attempts],
         }
         sched = state.scheduler
+        if state.status == "ok" and state.embedder is not None:  # an embedding or rerank engine
+            rt, cfg = state.runtime, state.served_config
+            info.update(role=cfg.role, pooling=rt.pooling, dimensions=rt.n_out, max_input_tokens=rt.max_input,
+                        queue_depth=state.embedder.queue_depth, n_ctx=rt.n_ctx, repack=cfg.repack)
+            return info
         if state.status != "ok" or sched is None:
             if state.reason:
                 info["reason"] = state.reason
@@ -86,10 +94,20 @@ def create_app(state: EngineState) -> Any:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HttpRequest) -> Any:
-        return await chat.handle(request)
+        return await (chat.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
 
     @app.post("/v1/completions")
     async def text_completions(request: HttpRequest) -> Any:
-        return await completions.handle(request)
+        return await (completions.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
+
+    @app.post("/v1/embeddings")
+    async def create_embeddings(request: HttpRequest) -> Any:
+        return await embeddings.handle(request)
+
+    @app.post("/v1/rerank")
+    @app.post("/rerank")
+    @app.post("/v1/reranking")
+    async def rerank_documents(request: HttpRequest) -> Any:
+        return await rerank.handle(request)
 
     return app

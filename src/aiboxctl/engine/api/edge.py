@@ -20,7 +20,8 @@ log = logging.getLogger("aiboxctl.engine")
 
 # path → the endpoint label in metrics and the audit log
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/models": "models",
-             "/metrics": "metrics", "/health": "health"}
+             "/metrics": "metrics", "/health": "health", "/v1/embeddings": "embeddings",
+             "/v1/rerank": "rerank", "/rerank": "rerank", "/v1/reranking": "rerank"}
 
 
 access = logging.getLogger("aiboxctl.engine.access")
