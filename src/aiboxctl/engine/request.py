@@ -41,6 +41,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    grammar: str | None = None  # GBNF the reply must match (structured output, forced tool calls)
 
     @property
     def uses_penalties(self) -> bool:

@@ -52,3 +52,80 @@ def _fill_chain(L: Any, n_vocab: int, chain: Any, p: SamplingParams, prompt: lis
     add(L.llama_sampler_init_temp(p.temperature), "temperature")
     seed = L.LLAMA_DEFAULT_SEED if p.seed is None else (p.seed & 0xFFFFFFFF)
     add(L.llama_sampler_init_dist(seed), "dist")
+
+
+class GrammarSampling:
+    """A grammar-constrained draw, as llama.cpp's common sampler does it: the request's own
+    chain (or argmax) picks a token; when the grammar accepts it, that is the token (one cheap
+    check of one candidate). Only when the grammar rejects it is the grammar applied to the whole
+    vocabulary and the chain run again over what is left. The grammar and the chain then both
+    accept the token. One per constrained slot; ``free`` releases the grammar sampler."""
+
+    def __init__(self, L: Any, vocab: Any, n_vocab: int, gbnf: str) -> None:
+        import numpy
+
+        self.L = L
+        self.grammar = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        if not self.grammar:
+            raise RuntimeError("llama.cpp refused the request's grammar (see the engine log)")
+        self.n_vocab = n_vocab
+        self._cur = (L.llama_token_data * n_vocab)()
+        self._view = numpy.frombuffer(self._cur, dtype=numpy.dtype(
+            [("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True))
+        self._ids = numpy.arange(n_vocab, dtype=numpy.int32)
+        self._arr = L.llama_token_data_array(self._cur, n_vocab, -1, False)
+        self._one = (L.llama_token_data * 1)()
+        self._one_arr = L.llama_token_data_array(self._one, 1, -1, False)
+
+    def _fill(self, logits: Any) -> None:
+        v = self._view
+        v["id"] = self._ids
+        v["logit"] = logits
+        v["p"] = 0.0
+        a = self._arr
+        a.size, a.selected, a.sorted = self.n_vocab, -1, False
+
+    def _pick(self, chain: Any, logits: Any) -> int:
+        import ctypes
+
+        self._fill(logits)
+        if chain is None:
+            return int(self._view["logit"].argmax())
+        self.L.llama_sampler_apply(chain, ctypes.byref(self._arr))
+        return int(self._cur[self._arr.selected].id)
+
+    def allows(self, token: int) -> bool:
+        import ctypes
+
+        one = self._one[0]
+        one.id, one.logit, one.p = token, 1.0, 0.0
+        a = self._one_arr
+        a.size, a.selected, a.sorted = 1, -1, False
+        self.L.llama_sampler_apply(self.grammar, ctypes.byref(a))
+        return self._one[0].logit != float("-inf")
+
+    def sample(self, chain: Any, logits: Any) -> int:
+        """The next token from ``logits`` (a float32 numpy view of the row); ``chain`` None: greedy."""
+        import ctypes
+
+        t = int(logits.argmax()) if chain is None else self._pick(chain, logits)
+        if not self.allows(t):
+            self._fill(logits)
+            self.L.llama_sampler_apply(self.grammar, ctypes.byref(self._arr))
+            if self._view["logit"].max() == float("-inf"):
+                # accepting a token now would throw inside llama.cpp (and abort the process)
+                raise RuntimeError("the grammar allows no next token")
+            if chain is None:
+                t = int(self._view["logit"].argmax())
+            else:
+                self.L.llama_sampler_apply(chain, ctypes.byref(self._arr))
+                t = int(self._cur[self._arr.selected].id)
+        self.L.llama_sampler_accept(self.grammar, t)
+        if chain is not None:
+            self.L.llama_sampler_accept(chain, t)
+        return t
+
+    def free(self) -> None:
+        if self.grammar:
+            self.L.llama_sampler_free(self.grammar)
+            self.grammar = None

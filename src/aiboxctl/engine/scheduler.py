@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiboxctl.engine.request import Event, QueueFull, Request, SamplingParams
-from aiboxctl.engine.sampler import make_sampler
+from aiboxctl.engine.sampler import GrammarSampling, make_sampler
 from aiboxctl.engine.slot import Slot, SlotText, common_prefix
 
 if TYPE_CHECKING:
@@ -132,6 +132,9 @@ class Scheduler:
             if s.sampler:
                 self.L.llama_sampler_free(s.sampler)
                 s.sampler = None
+            if s.grammar is not None:
+                s.grammar.free()
+                s.grammar = None
         if self.batch is not None:
             self.L.llama_batch_free(self.batch)
             self.batch = None
@@ -285,6 +288,7 @@ class Scheduler:
         s.text = SlotText(p.stop)
         s.argmax = p.plain_greedy
         s.sampler = None if s.argmax else self._make_sampler(p, prompt)
+        s.grammar = GrammarSampling(L, self.rt.vocab, self._n_vocab, p.grammar) if p.grammar else None
 
     def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> Any:
         return make_sampler(self.L, self._n_vocab, p, prompt)
@@ -363,7 +367,10 @@ class Scheduler:
         L, rt, ctx = self.L, self.rt, self.rt.ctx
         metrics = self.metrics
         req = s.req
-        if s.argmax:
+        if s.grammar is not None:
+            logits = self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,))
+            t = s.grammar.sample(s.sampler, logits)
+        elif s.argmax:
             # greedy through llama_sampler_sample builds a candidate array over the whole
             # vocabulary (262k entries for gemma) for every token; numpy's argmax reads the
             # logits in place at a tenth of the cost and picks the same (first) maximum
@@ -415,6 +422,9 @@ class Scheduler:
         if s.sampler:
             self.L.llama_sampler_free(s.sampler)
             s.sampler = None
+        if s.grammar is not None:
+            s.grammar.free()
+            s.grammar = None
 
     def _decode_failed(self, rc: int) -> None:
         """llama_decode refused the batch (1: no KV room; <0: error). Fail the requests in it

@@ -61,7 +61,7 @@ class SlotText:
 
 class Slot:
     __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "text", "last", "out_idx", "generating",
-                 "max_tokens", "argmax")
+                 "max_tokens", "argmax", "grammar")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -75,6 +75,7 @@ class Slot:
         self.generating = False
         self.max_tokens = 0
         self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
+        self.grammar: Any = None  # sampler.GrammarSampling when the reply must match a grammar
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -26,7 +26,7 @@ from aiboxctl.engine.state import EngineState
 from aiboxctl.engine.template import TemplateError
 
 
-def sampling_params(body: GenerationBody, max_tokens: int, n_vocab: int) -> SamplingParams:
+def sampling_params(body: GenerationBody, max_tokens: int, n_vocab: int, grammar: str | None = None) -> SamplingParams:
     """The request's sampling settings; ValueError (a 400) for a logit_bias token id outside
     the vocabulary."""
     stop = body.stop
@@ -39,7 +39,7 @@ def sampling_params(body: GenerationBody, max_tokens: int, n_vocab: int) -> Samp
                           top_k=min(body.top_k, n_vocab),  # more than the vocabulary is all of it
                           top_p=body.top_p, min_p=body.min_p, repeat_penalty=body.repeat_penalty,
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos, logit_bias=bias)
+                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos, logit_bias=bias, grammar=grammar)
 
 
 class OpenAIServing:
@@ -65,12 +65,23 @@ class OpenAIServing:
     def max_tokens_wanted(self, body: Any) -> int | None:
         return body.max_tokens
 
-    def choice(self, text: str, finish_reason: str | None) -> dict:
+    def grammar(self, body: Any) -> str | None:
+        """GBNF the reply must match (structured output, a forced tool call), or None. Raises
+        Rejected (a 400) for what cannot be enforced."""
+        return None
+
+    def reader(self, body: Any) -> Any:
+        """A per-request object that reads the reply as it is written (tool calls), handed to
+        ``choice``/``chunk_choice``; None when the text goes out as it is."""
+        return None
+
+    def choice(self, text: str, finish_reason: str | None, reader: Any = None) -> dict:
         """The one choice of a whole answer."""
         raise NotImplementedError
 
-    def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
-        """The one choice of a streamed chunk (``text`` None: the closing chunk)."""
+    def chunk_choice(self, text: str | None, finish_reason: str | None, reader: Any = None) -> dict | None:
+        """The one choice of a streamed chunk (``text`` None: the closing chunk); None: nothing
+        to send yet (the reader holds the text back)."""
         raise NotImplementedError
 
     def opening_choice(self) -> dict | None:
@@ -78,7 +89,7 @@ class OpenAIServing:
         return None
 
     # --- the path ------------------------------------------------------------------------------
-    def parse(self, raw: bytes) -> tuple[Any, list[int], Any]:
+    def parse(self, raw: bytes) -> tuple[Any, list[int], Any, str | None]:
         """JSON → validated body → prompt tokens. CPU-bound (a large body, a long template, a
         long prompt), so it runs on a worker thread and the event loop keeps answering."""
         try:
@@ -105,7 +116,7 @@ class OpenAIServing:
         except (TemplateError, ValueError, RecursionError) as exc:
             message = "the messages are nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise Rejected(400, message, code="invalid_prompt", audit_error="bad prompt") from None
-        return body, tokens, audit_prompt
+        return body, tokens, audit_prompt, self.grammar(body)
 
     async def handle(self, request: HttpRequest) -> Any:
         from fastapi.responses import Response, StreamingResponse
@@ -122,7 +133,7 @@ class OpenAIServing:
             return edge.not_ready()
         try:
             raw = await edge.read_body(request)
-            body, tokens, audit_prompt = await asyncio.to_thread(self.parse, raw)
+            body, tokens, audit_prompt, grammar = await asyncio.to_thread(self.parse, raw)
         except Rejected as exc:
             audit(key_id, endpoint, exc.status, started, error=exc.audit_error)
             return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
@@ -141,7 +152,7 @@ class OpenAIServing:
         events: asyncio.Queue = asyncio.Queue()
         # runs on the event loop: the scheduler hands events over through deliver()
         try:
-            params = sampling_params(body, max_tokens, state.runtime.n_vocab)
+            params = sampling_params(body, max_tokens, state.runtime.n_vocab, grammar)
         except ValueError as exc:
             audit(key_id, endpoint, 400, started, error="invalid request")
             return error_response(400, str(exc), param="logit_bias", code="invalid_value")
@@ -154,10 +165,12 @@ class OpenAIServing:
                                   code=exc.code, headers={"Retry-After": str(RETRY_AFTER_S)})
         created = int(time.time())
         model_id = cfg.served_name
+        reader = self.reader(body)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(
                 self._stream(req, events, sched, created=created, model_id=model_id, include_usage=include_usage,
+                             reader=reader,
                              on_end=lambda status, text, err: audit(key_id, endpoint, status, started, req,
                                                                      audit_prompt, text, err)),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -189,10 +202,10 @@ class OpenAIServing:
         text = "".join(parts)
         audit(key_id, endpoint, 200, started, req, audit_prompt, text)
         return answer(req, object_name=self.object_name, created=created, model_id=model_id,
-                      choice=self.choice(text, req.finish_reason))
+                      choice=self.choice(text, req.finish_reason, reader))
 
     async def _stream(self, req: Request, events: asyncio.Queue, sched: Scheduler, *, created: int,
-                      model_id: str, include_usage: bool,
+                      model_id: str, include_usage: bool, reader: Any,
                       on_end: Callable[[int, str, str | None], None]) -> AsyncIterator[bytes]:
         """SSE chunks. Tokens that arrived together are sent as one chunk; a client that goes
         away cancels this generator, and ``finally`` tells the loop to free the slot."""
@@ -222,7 +235,9 @@ class OpenAIServing:
                 if texts:
                     text = "".join(texts)
                     parts.append(text)
-                    yield sse({**base, "choices": [self.chunk_choice(text, None)]})
+                    choice = self.chunk_choice(text, None, reader)
+                    if choice is not None:
+                        yield sse({**base, "choices": [choice]})
                 if done is None:
                     continue
                 finished = True
@@ -230,7 +245,7 @@ class OpenAIServing:
                     status, error = 500, done[1]
                     yield sse({"error": {"message": done[1], "type": "server_error", "code": "engine_error"}})
                 else:
-                    yield sse({**base, "choices": [self.chunk_choice(None, done[1])]})
+                    yield sse({**base, "choices": [self.chunk_choice(None, done[1], reader)]})
                     if include_usage:
                         yield sse({**base, "choices": [], "usage": usage(req)})
                 yield SSE_DONE

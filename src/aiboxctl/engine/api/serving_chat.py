@@ -1,13 +1,17 @@
-"""``/v1/chat/completions``: messages through the model's chat template into prompt tokens, and
-the answer as an assistant message (whole) or as deltas (streamed). Which part of what the
-model wrote goes where — today all of its text as ``content`` — is decided here, in ``choice``
-and ``chunk_choice``."""
+"""``/v1/chat/completions``: messages (and tools) through the model's chat template into prompt
+tokens, and the answer as an assistant message (whole) or as deltas (streamed). Which part of what
+the model wrote goes where — content, or ``tool_calls`` read by the model family's tool parser
+(engine/tools) — is decided here, in ``choice`` and ``chunk_choice``. ``response_format`` and a
+required/named ``tool_choice`` become a grammar (engine/structured) the sampler enforces."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiboxctl.engine.api.protocol import ChatBody, chat_choice, chat_delta_choice, chat_role_choice
+from aiboxctl.engine.api.edge import Rejected
+from aiboxctl.engine.api.protocol import (
+    ChatBody, NamedToolChoice, chat_choice, chat_delta_choice, chat_role_choice,
+)
 from aiboxctl.engine.api.serving import OpenAIServing
 
 
@@ -19,22 +23,116 @@ class ChatServing(OpenAIServing):
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
 
+    def _tool_format(self) -> Any:
+        from aiboxctl.engine.tools import format_for, template_renders_tools
+
+        spec = self.state.template.spec
+        cached = getattr(self, "_fmt", None)
+        if cached is None or cached[0] is not spec:
+            cached = (spec, format_for(spec.text), template_renders_tools(spec.text))
+            self._fmt = cached
+        return cached[1], cached[2]
+
+    @staticmethod
+    def _tools_on(body: ChatBody) -> bool:
+        return bool(body.tools) and body.tool_choice != "none"
+
     def prompt_tokens(self, body: ChatBody) -> tuple[list[int], Any]:
+        from aiboxctl.engine.tools import prepare
+
         state = self.state
         rt, template = state.runtime, state.template
         messages = [m.flat() for m in body.messages]
-        text = template.render(messages, add_generation_prompt=True)
+        fmt, renders = self._tool_format()
+        tools = [t.model_dump(exclude_none=True) for t in body.tools] if self._tools_on(body) else None
+        rendered, extra = prepare(messages, tools, fmt, renders)
+        text = template.render(rendered, add_generation_prompt=True, **extra)
         add_bos = rt.add_bos and not (template.spec.bos_token and text.startswith(template.spec.bos_token))
         return rt.tokenize(text, add_special=add_bos, parse_special=True), messages
 
     def max_tokens_wanted(self, body: ChatBody) -> int | None:
         return body.max_completion_tokens or body.max_tokens
 
-    def choice(self, text: str, finish_reason: str | None) -> dict:
-        return chat_choice(text, finish_reason)
+    def grammar(self, body: ChatBody) -> str | None:
+        from aiboxctl.engine.structured import SchemaError, response_format_grammar
+        from aiboxctl.engine.tools import forced_grammar
 
-    def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
-        return chat_delta_choice(text, finish_reason)
+        choice = body.tool_choice
+        forced = self._tools_on(body) and (choice == "required" or isinstance(choice, NamedToolChoice))
+        try:
+            if forced:
+                fmt, _ = self._tool_format()
+                only = choice.function.name if isinstance(choice, NamedToolChoice) else None
+                return forced_grammar(fmt, [t.model_dump(exclude_none=True) for t in body.tools],
+                                      only=only, parallel=body.parallel_tool_calls)
+            if body.response_format is not None:
+                return response_format_grammar(body.response_format.model_dump(exclude_none=True))
+        except SchemaError as exc:
+            raise Rejected(400, str(exc), param="tools" if forced else "response_format",
+                           code="unsupported_schema", audit_error="invalid request") from None
+        except ValueError as exc:
+            raise Rejected(400, str(exc), param="response_format", code="invalid_value",
+                           audit_error="invalid request") from None
+        return None
+
+    def reader(self, body: ChatBody) -> Any:
+        from aiboxctl.engine.tools import ToolReader
+
+        if not self._tools_on(body):
+            return None
+        fmt, _ = self._tool_format()
+        return _CallStream(ToolReader(fmt, frozenset(t.function.name for t in body.tools)))
+
+    def choice(self, text: str, finish_reason: str | None, reader: Any = None) -> dict:
+        if reader is None:
+            return chat_choice(text, finish_reason)
+        content, calls = reader.whole(text)
+        out = chat_choice(content, reader.finish_reason(finish_reason))
+        if calls:
+            out["message"]["content"] = content or None
+            out["message"]["tool_calls"] = calls
+        return out
+
+    def chunk_choice(self, text: str | None, finish_reason: str | None, reader: Any = None) -> dict | None:
+        if reader is None:
+            return chat_delta_choice(text, finish_reason)
+        delta = reader.delta(text) if text is not None else reader.closing()
+        if text is not None and not delta:
+            return None
+        reason = None if text is not None else reader.finish_reason(finish_reason)
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
 
     def opening_choice(self) -> dict | None:
         return chat_role_choice()
+
+
+class _CallStream:
+    """A ToolReader's results as OpenAI shapes: whole (content, tool_calls) or deltas, with the
+    calls numbered in order as the SDK reassembles them."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.n = 0
+
+    def _shape(self, content: str, calls: list) -> dict:
+        delta: dict[str, Any] = {}
+        if content:
+            delta["content"] = content
+        if calls:
+            delta["tool_calls"] = [c.wire(self.n + i) for i, c in enumerate(calls)]
+            self.n += len(calls)
+        return delta
+
+    def whole(self, text: str) -> tuple[str, list[dict]]:
+        c1, k1 = self.reader.feed(text)
+        c2, k2 = self.reader.finish()
+        return c1 + c2, [c.wire() for c in k1 + k2]
+
+    def delta(self, text: str) -> dict:
+        return self._shape(*self.reader.feed(text))
+
+    def closing(self) -> dict:
+        return self._shape(*self.reader.finish())
+
+    def finish_reason(self, reason: str | None) -> str | None:
+        return "tool_calls" if self.reader.calls and reason == "stop" else reason

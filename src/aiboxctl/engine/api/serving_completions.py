@@ -32,8 +32,8 @@ class CompletionServing(OpenAIServing):
             tokens = rt.tokenize(prompt, add_special=True, parse_special=False)
         return tokens, body.prompt
 
-    def choice(self, text: str, finish_reason: str | None) -> dict:
+    def choice(self, text: str, finish_reason: str | None, reader: Any = None) -> dict:
         return text_choice(text, finish_reason)
 
-    def chunk_choice(self, text: str | None, finish_reason: str | None) -> dict:
+    def chunk_choice(self, text: str | None, finish_reason: str | None, reader: Any = None) -> dict:
         return text_choice(text, finish_reason)
