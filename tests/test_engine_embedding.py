@@ -8,6 +8,7 @@ token arrays, truncation, dimensions, the openai client, rerank order and aliase
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -252,3 +253,23 @@ def test_a_model_served_in_the_wrong_role_is_refused_in_one_line():
         PooledRuntime(EngineConfig(model=bertgguf.embedding_gguf(), role="rerank", repack=False, n_ctx=256))
     with pytest.raises(UsageError, match="is a reranker .*role: rerank"):
         PooledRuntime(EngineConfig(model=bertgguf.reranker_gguf(), role="embedding", repack=False, n_ctx=256))
+
+
+def test_catalog_knowledge_base_models_are_never_the_chat_model():
+    from aiboxctl.errors import UsageError
+    from aiboxctl.models.catalog import load_catalog
+    from aiboxctl.sizing.candidates import candidates
+    from aiboxctl.sizing.profiles import load_use_case
+
+    cat = load_catalog()
+    roles = {v.name: cat.families[v.family].role for v in cat.variants}
+    for name in ("bge-m3", "bge-large-zh-v1.5", "bge-small-zh-v1.5", "qwen3-embedding-0.6b", "qwen3-embedding-4b",
+                 "qwen3-embedding-8b"):
+        assert roles[name] == "embedding"
+    assert roles["bge-reranker-v2-m3"] == roles["qwen3-reranker-0.6b"] == roles["qwen3-reranker-4b"] == "rerank"
+    assert cat.families["qwen3-embedding"].matryoshka and not cat.families["bge"].matryoshka
+    profile = dataclasses.replace(load_use_case("gov-office"), families=())  # every family of the catalog
+    chosen, _ = candidates(profile, cat, None)
+    assert chosen and all(roles[v.name] == "chat" for v in chosen)
+    with pytest.raises(UsageError, match="'bge-m3' is an embedding model, not a chat model"):
+        candidates(profile, cat, "bge-m3")

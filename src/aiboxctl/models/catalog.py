@@ -62,9 +62,14 @@ class ChatTemplate:
 class Family:
     description: str
     licence: str
-    chat_template: str
+    chat_template: Optional[str] = None  # required for chat families
     languages: tuple[str, ...] = ()
     reasoning: bool = False
+    # what its models serve: chat, or pooled outputs for knowledge bases (engine/embedding.py);
+    # the planner picks chat models from chat families only
+    role: Literal["chat", "embedding", "rerank"] = "chat"
+    pooling: Optional[Literal["mean", "cls", "last", "rank"]] = None  # as the GGUF says (informative)
+    matryoshka: bool = False  # embedding: trained for truncated vectors (OpenAI's `dimensions`)
 
 
 @with_config(_STRICT)
@@ -244,6 +249,8 @@ class Catalog:
 def _check(doc, cat: Catalog) -> None:
     problems: list[FieldProblem] = []
     for name, fam in cat.families.items():
+        if fam.role != "chat" and fam.chat_template is None:
+            continue
         if fam.chat_template not in cat.chat_templates:
             problems.append(doc.problem(("families", name, "chat_template"),
                                         f"unknown chat template {fam.chat_template!r}"))

@@ -34,7 +34,14 @@ def candidates(profile: UseCaseProfile, catalog: Catalog, model: str | None) -> 
     if pinned and pinned.endswith(".gguf"):
         return [local_variant(Path(pinned).expanduser())], rejected
     if pinned:
-        return catalog.resolve(pinned), rejected
+        found = catalog.resolve(pinned)
+        chat = [v for v in found if catalog.families[v.family].role == "chat"]
+        if found and not chat:
+            kind = "an embedding" if catalog.families[found[0].family].role == "embedding" else "a rerank"
+            raise UsageError(f"{pinned!r} is {kind} model, not a chat model",
+                             hint="name a chat model with --model; embedding and rerank models are served "
+                                  "beside one (docs/knowledge-base.md)")
+        return chat, rejected
     families = list(profile.families) or list(catalog.families)
     for fam in families:
         if fam not in catalog.families:
@@ -43,6 +50,8 @@ def candidates(profile: UseCaseProfile, catalog: Catalog, model: str | None) -> 
     out = []
     floor = QUALITY_ORDER[profile.min_quality]
     for fam in families:
+        if catalog.families[fam].role != "chat":
+            continue  # embedding and rerank models are never the chat model
         for v in catalog.family_variants(fam):
             if not v.instruct:
                 rejected.append(Rejected(v.name, "*", "a base model (not instruction-tuned): planned only when "
