@@ -124,12 +124,22 @@ class ChatBody(GenerationBody):
             raise ValueError("tool_choice 'required' needs tools")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.logprobs:  # refused rather than ignored: no token log-probabilities come back yet
+            raise ValueError("logprobs is not supported by this server yet")
         return self
 
 
 class CompletionBody(GenerationBody):
     prompt: Union[str, list[str], list[int]]
     echo: bool = False
+    logprobs: Optional[int] = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None:
+            raise ValueError("logprobs is not supported by this server yet")
+        return v
 
     @field_validator("echo")
     @classmethod
