@@ -23,6 +23,9 @@ CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "
 FLASH_ATTN = ("auto", "on", "off")
 ROLES = ("chat", "embedding", "rerank")  # what the engine serves (the front door routes by it)
 POOLINGS = ("auto", "mean", "cls", "last", "rank")  # auto: the GGUF's pooling_type
+# how a thinking model's reply is split (aiboxctl.engine.reasoning): auto detects the family,
+# none sends the raw text (<think> tags in content), a name forces that family's parser
+REASONING_FORMATS = ("auto", "none", "deepseek_r1", "qwen3", "qwq", "glm_z1")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class EngineSettings:
     max_tokens_cap: int = 4096
     queue_size: int = 64
     chat_template: str | None = None
+    reasoning_format: str = "auto"  # thinking into reasoning_content: auto, none (raw text) or a parser
     selftest: bool = True
     # seconds the decode loop may go without finishing a step before the engine counts as hung:
     # /health turns 503 and the process exits (5) so systemd or the supervisor restarts it. Far
@@ -140,6 +144,8 @@ def validate(s: EngineSettings) -> list[str]:
             p.append(f"{name} must be one of {', '.join(CACHE_TYPES)}")
     if s.role not in ROLES:
         p.append(f"role must be one of {', '.join(ROLES)}")
+    if s.reasoning_format not in REASONING_FORMATS:
+        p.append(f"reasoning_format must be one of {', '.join(REASONING_FORMATS)}")
     if s.pooling not in POOLINGS:
         p.append(f"pooling must be one of {', '.join(POOLINGS)}")
     elif s.role == "rerank" and s.pooling not in ("auto", "rank"):

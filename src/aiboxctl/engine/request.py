@@ -4,6 +4,8 @@ The HTTP side builds a :class:`Request` (prompt tokens, :class:`SamplingParams`,
 callback) and submits it; from then on the loop owns it and reports through ``emit``:
 
 * ``("text", str)``                                   a piece of completion text (valid UTF-8)
+* ``("reasoning", str)``                              a piece of the thinking, when the request
+                                                      has a reasoning parser (the text is then the answer)
 * ``("done", finish_reason, prompt_tokens, completion_tokens)``
 * ``("error", message)``
 
@@ -57,9 +59,11 @@ class Request:
     """One generation request, owned by the loop once submitted."""
 
     __slots__ = ("id", "prompt", "params", "emit", "cancelled", "t_submit", "t_first", "t_last",
-                 "prompt_tokens", "completion_tokens", "finish_reason")
+                 "prompt_tokens", "completion_tokens", "finish_reason", "reasoning", "think_budget",
+                 "think_close")
 
-    def __init__(self, id: str, prompt: list[int], params: SamplingParams, emit: Callable[[Event], Any]) -> None:
+    def __init__(self, id: str, prompt: list[int], params: SamplingParams, emit: Callable[[Event], Any], *,
+                 reasoning: Any = None, think_budget: int | None = None, think_close: tuple[int, ...] = ()) -> None:
         self.id = id
         self.prompt = prompt
         self.params = params
@@ -71,3 +75,8 @@ class Request:
         self.prompt_tokens = len(prompt)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        # the reply's thinking/answer split (engine.reasoning parser, owned by the loop), and the
+        # thinking budget: after think_budget thinking tokens the loop writes think_close's tokens
+        self.reasoning = reasoning
+        self.think_budget = think_budget
+        self.think_close = think_close

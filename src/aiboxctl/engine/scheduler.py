@@ -285,7 +285,9 @@ class Scheduler:
         s.out_idx = -1
         p = req.params
         s.max_tokens = max(1, min(p.max_tokens, self.slot_ctx - len(prompt)))
-        s.text = SlotText(p.stop)
+        s.text = SlotText(p.stop, req.reasoning)
+        s.think_tokens = 0
+        s.forced = []
         s.argmax = p.plain_greedy
         s.sampler = None if s.argmax else self._make_sampler(p, prompt)
         s.grammar = GrammarSampling(L, self.rt.vocab, self._n_vocab, p.grammar) if p.grammar else None
@@ -367,7 +369,10 @@ class Scheduler:
         L, rt, ctx = self.L, self.rt, self.rt.ctx
         metrics = self.metrics
         req = s.req
-        if s.grammar is not None:
+        t = self._take_forced(s) if s.forced else -1
+        if t >= 0:
+            pass  # the thinking budget is spent: its close is written, not sampled
+        elif s.grammar is not None:
             logits = self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,))
             t = s.grammar.sample(s.sampler, logits)
         elif s.argmax:
@@ -390,8 +395,14 @@ class Scheduler:
             self._finish(s, "stop")
             return
         text, stopped = s.text.push(rt.piece(t))
+        if s.text.thought:
+            self._out.append((req.emit, ("reasoning", s.text.thought)))
         if text:
             self._out.append((req.emit, ("text", text)))
+        if req.think_budget is not None and not s.forced and s.text.thinking:
+            s.think_tokens += 1
+            if s.think_tokens >= req.think_budget:
+                s.forced = list(req.think_close)
         if stopped:
             self._finish(s, "stop", flush=False)
             return
@@ -401,10 +412,27 @@ class Scheduler:
         s.last = t
         s.generating = True
 
+    def _take_forced(self, s: Slot) -> int:
+        """The next token of a forced close (the thinking budget), accepted by the request's
+        sampler chain and grammar as a sampled one would be; -1 when the grammar does not allow
+        it (the grammar governs: the close is dropped and the slot samples on)."""
+        t = s.forced.pop(0)
+        grammar = s.grammar
+        if grammar is not None:
+            if not grammar.allows(t):
+                s.forced.clear()
+                return -1
+            self.L.llama_sampler_accept(grammar.grammar, t)
+        if s.sampler:
+            self.L.llama_sampler_accept(s.sampler, t)
+        return t
+
     def _finish(self, s: Slot, reason: str, *, flush: bool = True) -> None:
         req = s.req
         if flush:
             tail = s.text.tail()
+            if s.text.thought:
+                self._out.append((req.emit, ("reasoning", s.text.thought)))
             if tail:
                 self._out.append((req.emit, ("text", tail)))
         req.finish_reason = reason

@@ -17,17 +17,38 @@ class SlotText:
     """A reply's text between the sampled tokens and the client: token bytes become UTF-8 (a
     character split over tokens waits for its last byte) and stop strings are cut (text that
     may be the start of one is held back; the stop string and what follows are never sent).
-    Whatever later reads the reply as it is written — reasoning or tool-call parsers — sits here."""
+    Whatever later reads the reply as it is written — reasoning or tool-call parsers — sits here:
+    with a reasoning parser (``engine.reasoning``) what passed the stop strings is split into
+    thinking and answer, and ``push``/``tail`` return the thinking apart."""
 
-    __slots__ = ("decoder", "held", "stops")
+    __slots__ = ("decoder", "held", "stops", "reasoning", "thought")
 
-    def __init__(self, stops: tuple[str, ...] = ()) -> None:
+    def __init__(self, stops: tuple[str, ...] = (), reasoning: Any = None) -> None:
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.stops = tuple(x for x in stops if x)
         self.held = ""  # text held back because it may be the start of a stop string
+        self.reasoning = reasoning
+        self.thought = ""  # the thinking the last push/tail produced (reasoning parser only)
+
+    @property
+    def thinking(self) -> bool:
+        """Inside the reply's thinking now (what a thinking budget counts)."""
+        return self.reasoning is not None and self.reasoning.thinking
 
     def push(self, piece: bytes) -> tuple[str, bool]:
-        """(text to send now, possibly empty; whether a stop string matched: the reply ends)."""
+        """(answer text to send now, possibly empty; whether a stop string matched: the reply
+        ends). With a reasoning parser the thinking this piece completed is left in ``thought``."""
+        text, stopped = self._push(piece)
+        if self.reasoning is None:
+            return text, stopped
+        self.thought, text = self.reasoning.push(text) if text else ("", "")
+        if stopped:  # the reply ends here: whatever the parser held goes out now
+            thought, rest = self.reasoning.finish()
+            self.thought += thought
+            text += rest
+        return text, stopped
+
+    def _push(self, piece: bytes) -> tuple[str, bool]:
         text = self.decoder.decode(piece)
         if not text:
             return "", False
@@ -56,12 +77,17 @@ class SlotText:
         the decoder are the start of a character the cut left incomplete: dropped, never sent as
         U+FFFD (invalid bytes inside the text were replaced already)."""
         tail, self.held = self.held, ""
-        return tail
+        if self.reasoning is None:
+            return tail
+        self.thought, tail = self.reasoning.push(tail) if tail else ("", "")
+        thought, rest = self.reasoning.finish()
+        self.thought += thought
+        return tail + rest
 
 
 class Slot:
     __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "text", "last", "out_idx", "generating",
-                 "max_tokens", "argmax", "grammar")
+                 "max_tokens", "argmax", "grammar", "think_tokens", "forced")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -75,6 +101,8 @@ class Slot:
         self.generating = False
         self.max_tokens = 0
         self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
+        self.think_tokens = 0  # tokens sampled inside the reply's thinking (the budget counts them)
+        self.forced: list[int] = []  # tokens the loop writes instead of sampling (the budget's close)
         self.grammar: Any = None  # sampler.GrammarSampling when the reply must match a grammar
 
 

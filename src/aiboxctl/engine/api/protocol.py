@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 MAX_STOPS = 16
 LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value: -100 (ban) .. 100 (force)
@@ -102,7 +102,29 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
-class ChatBody(GenerationBody):
+class ThinkingControls(BaseModel):
+    """A chat request's say over a thinking model (engine/reasoning): thinking off, a budget in
+    tokens (``thinking_budget_tokens``, llama-server's ``reasoning_budget`` with -1 for none, or
+    ``reasoning_effort``), the chat template's variables (Qwen3's ``enable_thinking``). A model
+    that does not think ignores them."""
+
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    enable_thinking: Optional[bool] = None  # as SiliconFlow and Qwen's own API take it
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
+    thinking_budget_tokens: Optional[int] = Field(None, ge=0)
+    reasoning_budget: Optional[int] = Field(None, ge=-1)
+    _reasoning: Any = PrivateAttr(None)  # the request's reasoning decision, set with the prompt
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _no_reserved_names(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        taken = sorted(set(v or ()) & {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools"})
+        if taken:
+            raise ValueError(f"{taken[0]!r} is set by the server, not by chat_template_kwargs")
+        return v
+
+
+class ChatBody(ThinkingControls, GenerationBody):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     tools: Optional[list[Tool]] = Field(None, max_length=128)
@@ -182,6 +204,12 @@ def chat_delta_choice(text: str | None, finish_reason: str | None) -> dict:
     """A streamed chat chunk's choice: new text, or (``text`` None) the closing chunk."""
     delta = {"content": text} if text is not None else {}
     return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_reasoning_choice(text: str) -> dict:
+    """A streamed chat chunk's choice carrying thinking (the DeepSeek API's shape)."""
+    return {"index": 0, "delta": {"content": None, "reasoning_content": text}, "logprobs": None,
+            "finish_reason": None}
 
 
 def chat_role_choice() -> dict:

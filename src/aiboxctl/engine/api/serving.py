@@ -84,6 +84,19 @@ class OpenAIServing:
         to send yet (the reader holds the text back)."""
         raise NotImplementedError
 
+    def request_options(self, body: Any) -> dict[str, Any]:
+        """Extra :class:`Request` arguments decided with the prompt (a chat reply's reasoning
+        parser and thinking budget)."""
+        return {}
+
+    def reasoning_choice(self, text: str) -> dict:
+        """A streamed chunk's choice carrying thinking (only a family with a reasoning parser)."""
+        raise NotImplementedError
+
+    def with_reasoning(self, choice: dict, reasoning: str) -> dict:
+        """A whole answer's choice with the thinking added."""
+        return choice
+
     def opening_choice(self) -> dict | None:
         """A chunk's choice sent before any token, or None."""
         return None
@@ -156,7 +169,8 @@ class OpenAIServing:
         except ValueError as exc:
             audit(key_id, endpoint, 400, started, error="invalid request")
             return error_response(400, str(exc), param="logit_bias", code="invalid_value")
-        req = Request(f"{self.id_prefix}-{uuid.uuid4().hex[:24]}", tokens, params, events.put_nowait)
+        req = Request(f"{self.id_prefix}-{uuid.uuid4().hex[:24]}", tokens, params, events.put_nowait,
+                      **self.request_options(body))
         try:
             sched.submit(req)
         except QueueFull as exc:
@@ -175,6 +189,7 @@ class OpenAIServing:
                                                                      audit_prompt, text, err)),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         parts: list[str] = []
+        thoughts: list[str] = []
         # Tokens keep arriving while the client is gone, so the disconnect is watched for on
         # its own: the watcher puts ("gone",) among the events and the slot is freed at once.
         watcher = asyncio.create_task(_watch_disconnect(request.receive, events.put_nowait))
@@ -185,6 +200,8 @@ class OpenAIServing:
                 kind = ev[0]
                 if kind == "text":
                     parts.append(ev[1])
+                elif kind == "reasoning":
+                    thoughts.append(ev[1])
                 elif kind == "done":
                     break
                 elif kind == "gone":
@@ -201,8 +218,10 @@ class OpenAIServing:
                 sched.cancel(req)
         text = "".join(parts)
         audit(key_id, endpoint, 200, started, req, audit_prompt, text)
-        return answer(req, object_name=self.object_name, created=created, model_id=model_id,
-                      choice=self.choice(text, req.finish_reason, reader))
+        choice = self.choice(text, req.finish_reason, reader)
+        if req.reasoning is not None:
+            choice = self.with_reasoning(choice, "".join(thoughts))
+        return answer(req, object_name=self.object_name, created=created, model_id=model_id, choice=choice)
 
     async def _stream(self, req: Request, events: asyncio.Queue, sched: Scheduler, *, created: int,
                       model_id: str, include_usage: bool, reader: Any,
@@ -220,11 +239,14 @@ class OpenAIServing:
             while True:
                 ev = await events.get()
                 texts: list[str] = []
+                thoughts: list[str] = []  # a step's thinking comes before its answer text
                 done = None
                 while True:
                     kind = ev[0]
                     if kind == "text":
                         texts.append(ev[1])
+                    elif kind == "reasoning":
+                        thoughts.append(ev[1])
                     else:
                         done = ev
                         break
@@ -232,6 +254,8 @@ class OpenAIServing:
                         ev = events.get_nowait()
                     except asyncio.QueueEmpty:
                         break
+                if thoughts:
+                    yield sse({**base, "choices": [self.reasoning_choice("".join(thoughts))]})
                 if texts:
                     text = "".join(texts)
                     parts.append(text)

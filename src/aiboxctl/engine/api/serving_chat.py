@@ -10,7 +10,7 @@ from typing import Any
 
 from aiboxctl.engine.api.edge import Rejected
 from aiboxctl.engine.api.protocol import (
-    ChatBody, NamedToolChoice, chat_choice, chat_delta_choice, chat_role_choice,
+    ChatBody, NamedToolChoice, chat_choice, chat_delta_choice, chat_reasoning_choice, chat_role_choice,
 )
 from aiboxctl.engine.api.serving import OpenAIServing
 
@@ -43,10 +43,31 @@ class ChatServing(OpenAIServing):
         state = self.state
         rt, template = state.runtime, state.template
         messages = [m.flat() for m in body.messages]
+        variables = dict(body.chat_template_kwargs or {})
+        parser = state.reasoning
+        if parser is not None:  # a thinking model: earlier turns' thinking is not fed back
+            from aiboxctl.engine.reasoning import Thinking, strip_history, template_kwargs
+
+            thinking = Thinking.from_request(
+                effort=body.reasoning_effort,
+                budget=body.thinking_budget_tokens if body.thinking_budget_tokens is not None else body.reasoning_budget,
+                enable=variables.get("enable_thinking", body.enable_thinking))
+            switch, thinking_on = template_kwargs(parser, thinking, messages)
+            variables.update(switch)
+            messages_in = strip_history(messages, parser)
+        else:
+            messages_in = messages
         fmt, renders = self._tool_format()
         tools = [t.model_dump(exclude_none=True) for t in body.tools] if self._tools_on(body) else None
-        rendered, extra = prepare(messages, tools, fmt, renders)
-        text = template.render(rendered, add_generation_prompt=True, **extra)
+        rendered, extra = prepare(messages_in, tools, fmt, renders)
+        text = template.render(rendered, add_generation_prompt=True, **{**variables, **extra})
+        if parser is not None:
+            from aiboxctl.engine.reasoning import plan
+
+            decided = plan(parser, text, on=thinking_on, budget=thinking.budget)
+            text = decided.prompt
+            close = tuple(rt.tokenize(decided.close_text, add_special=False, parse_special=True))
+            body._reasoning = {"reasoning": decided.parser, "think_budget": decided.budget, "think_close": close}
         add_bos = rt.add_bos and not (template.spec.bos_token and text.startswith(template.spec.bos_token))
         return rt.tokenize(text, add_special=add_bos, parse_special=True), messages
 
@@ -101,6 +122,16 @@ class ChatServing(OpenAIServing):
             return None
         reason = None if text is not None else reader.finish_reason(finish_reason)
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+    def request_options(self, body: ChatBody) -> dict[str, Any]:
+        return body._reasoning or {}
+
+    def reasoning_choice(self, text: str) -> dict:
+        return chat_reasoning_choice(text)
+
+    def with_reasoning(self, choice: dict, reasoning: str) -> dict:
+        choice["message"]["reasoning_content"] = reasoning or None
+        return choice
 
     def opening_choice(self) -> dict | None:
         return chat_role_choice()

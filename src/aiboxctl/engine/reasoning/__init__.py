@@ -10,7 +10,9 @@ request (thinking on or off, budget, the prompt's end) and makes the request's p
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiboxctl.engine.reasoning.base import ReasoningParser
@@ -19,11 +21,16 @@ from aiboxctl.engine.reasoning.glm_z1 import GLMZ1Parser
 from aiboxctl.engine.reasoning.qwen3 import Qwen3Parser
 from aiboxctl.engine.reasoning.qwq import QwQParser
 
+from aiboxctl.engine_settings import REASONING_FORMATS
+
+log = logging.getLogger("aiboxctl.engine")
+
 PARSERS: dict[str, type[ReasoningParser]] = {
     p.name: p for p in (DeepSeekR1Parser, Qwen3Parser, QwQParser, GLMZ1Parser)
 }
 # engine setting reasoning_format: "auto" detects, "none" sends the raw text (tags in content)
 FORMATS = ("auto", "none", *PARSERS)
+assert FORMATS == REASONING_FORMATS, "engine_settings.REASONING_FORMATS lists the parsers"
 
 # catalog families with ``reasoning: true`` → their parser (by name prefix)
 FAMILY_PARSERS = (("deepseek-r1", "deepseek_r1"), ("qwq", "qwq"), ("qwen3", "qwen3"), ("glm-z1", "glm_z1"))
@@ -59,6 +66,38 @@ def detect(setting: str, template: str, family: str | None = None,
     if "<|im_start|>" in template:
         return QwQParser
     return DeepSeekR1Parser  # an unknown template that writes <think>: thinking until </think>
+
+
+def catalog_family(model: str | Path, model_name: str | None) -> tuple[str | None, bool]:
+    """(family, whether the catalog says it thinks) of the served file: by the configured model
+    name, else by the file name the catalog knows; (None, False) when the catalog does not know it."""
+    try:
+        from aiboxctl.models.catalog import load_catalog
+
+        cat = load_catalog()
+    except Exception:  # noqa: BLE001 - no catalog in this installation: the template decides
+        return None, False
+    variant = cat.variant(model_name) if model_name else None
+    if variant is None:
+        fname = Path(str(model)).name.lower()
+        for v in cat.variants:
+            if any(Path(str(getattr(f, "file", "") or "")).name.lower() == fname for f in v.files):
+                variant = v
+                break
+    if variant is None:
+        return None, False
+    family = cat.families.get(variant.family)
+    return variant.family, bool(family is not None and family.reasoning)
+
+
+def for_model(setting: str, template: str, model: str | Path, model_name: str | None) -> type[ReasoningParser] | None:
+    """:func:`detect` for the served model (start-up), logged."""
+    family, thinks = catalog_family(model, model_name) if setting == "auto" else (None, False)
+    parser = detect(setting, template, family, thinks)
+    if parser is not None:
+        log.info("reasoning: %s replies are split into reasoning_content and content (%s parser)",
+                 model_name or Path(str(model)).name, parser.name)
+    return parser
 
 
 def strip_history(messages: list[dict[str, Any]], parser: type[ReasoningParser]) -> list[dict[str, Any]]:
