@@ -273,3 +273,30 @@ def test_catalog_knowledge_base_models_are_never_the_chat_model():
     assert chosen and all(roles[v.name] == "chat" for v in chosen)
     with pytest.raises(UsageError, match="'bge-m3' is an embedding model, not a chat model"):
         candidates(profile, cat, "bge-m3")
+
+
+def test_a_decoder_embedder_pools_the_last_token_and_clears_its_cells():
+    """SmolLM2 (causal, with a KV cache) as a last-token embedder, the way Qwen3-Embedding is
+    served: vectors equal llama-cpp-python's with LAST pooling, and a packed decode equals one
+    input at a time (the cells are cleared between decodes and sequences do not see each other)."""
+    import llama_cpp
+
+    from aiboxctl.engine.config import EngineConfig
+    from aiboxctl.engine.embedding import PooledRuntime, normalise
+    from test_engine_support import smollm2_path
+
+    rt = PooledRuntime(EngineConfig(model=smollm2_path(), role="embedding", pooling="last", repack=False,
+                                    n_ctx=512, parallel=8, threads=1, flash_attn="off"))
+    ref = reference_llama(smollm2_path(), repack=False, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST,
+                          n_ctx=512, n_batch=512, n_ubatch=512, n_threads=1, n_threads_batch=1)
+    try:
+        assert rt.pooling == "last" and rt.mem
+        tokens = [rt.tokenize(t, add_special=True) for t in TEXTS]
+        packed = [np.array(normalise(v)) for v in rt.pooled(tokens)]
+        for text, toks, vec in zip(TEXTS, tokens, packed):
+            alone = np.array(normalise(rt.pooled([toks])[0]))
+            assert float(alone @ vec) > 0.9999
+            assert float(vec @ np.array(ref.embed(text, normalize=True))) > 0.9999
+    finally:
+        rt.close()
+        ref.close()
