@@ -33,6 +33,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/embeddings": ("embeddings", "embedding"),
     "/v1/rerank": ("rerank", "rerank"),
     "/rerank": ("rerank", "rerank"),
+    "/v1/reranking": ("rerank", "rerank"),  # the alias some RAG tools call (the engine serves all three)
 }
 # Hop-by-hop and per-connection headers are not relayed (RFC 9110 §7.6.1).
 _DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate",
