@@ -19,8 +19,9 @@ from aiboxctl.client.chat import ChatSession, repl
 
 
 class FakeOpenAI:
-    def __init__(self, pieces=("Hello", ", ", "world", "!"), key: str | None = None):
+    def __init__(self, pieces=("Hello", ", ", "world", "!"), key: str | None = None, thoughts=()):
         self.pieces = list(pieces)
+        self.thoughts = list(thoughts)  # reasoning_content deltas sent before the answer
         self.key = key
         self.requests: list[dict] = []
         outer = self
@@ -45,6 +46,10 @@ class FakeOpenAI:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
+                for thought in outer.thoughts:  # a thinking model, as the DeepSeek API streams it
+                    chunk = {"choices": [{"index": 0, "delta": {"content": None, "reasoning_content": thought},
+                                          "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 for piece in outer.pieces:
                     chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -210,3 +215,57 @@ def test_loopback_service_is_reached_despite_proxy_variables(cli, fake, tmp_path
     r = cli("chat", "-p", "hi", "--url", server.url.replace("127.0.0.1", "localhost"))
     assert r.code == 0, r.stderr
     assert r.stdout == "Hello, world!\n"
+
+
+THOUGHTS = ("The user greets me", " in Chinese.")
+
+
+def test_one_shot_keeps_thinking_out_unless_asked(cli, fake, tmp_path):
+    server = fake(thoughts=THOUGHTS)
+    r = cli("chat", "-p", "你好", "--url", server.url)
+    assert r.code == 0 and r.stdout == "Hello, world!\n"
+    r = cli("chat", "-p", "你好", "--url", server.url, "--show-reasoning")
+    assert r.code == 0 and r.stdout == "<think>\nThe user greets me in Chinese.\n</think>\n\nHello, world!\n"
+    data = cli("chat", "-p", "你好", "--url", server.url, "--json").json()["data"]
+    assert data["answer"] == "Hello, world!" and data["reasoning"] == "The user greets me in Chinese."
+    plain = fake()
+    assert cli("chat", "-p", "hi", "--url", plain.url, "--json").json()["data"]["reasoning"] is None
+
+
+def test_thinking_without_an_answer_says_so(cli, fake):
+    server = fake(pieces=(), thoughts=THOUGHTS)
+    r = cli("chat", "-p", "hi", "--url", server.url, "--json")
+    assert r.code == 4
+    err = r.json()["errors"][0]
+    assert err["code"] == "empty_reply" and "still thinking" in err["message"] and "--max-tokens" in err["hint"]
+
+
+def test_repl_folds_thinking_and_shows_it_on_request(fake):
+    server = fake(thoughts=THOUGHTS)
+    session = ChatSession(Endpoint(server.url, model="m"))
+    script = iter(["你好", "/thinking", "again", "/exit"])
+    out: list[str] = []
+    info: list[str] = []
+    folded: list[str | None] = []
+    assert repl(session, read=lambda _: next(script), write=out.append, info=info.append,
+                think=folded.append) == 0
+    assert "".join(out).count("Hello, world!") == 2 and "greets" not in "".join(out)
+    assert folded == [*THOUGHTS, None, *THOUGHTS, None]  # each thinking ends before its answer
+    assert "The user greets me in Chinese." in info
+    # the second question carries the first answer, not its thinking
+    assert server.requests[1]["body"]["messages"][1] == {"role": "assistant", "content": "Hello, world!"}
+
+
+def test_the_cli_fold_is_one_summary_line_off_a_terminal(cli_proc, fake):
+    server = fake(thoughts=THOUGHTS)
+    r = cli_proc("chat", "--url", server.url, input_text="你好\n")  # stdin not a TTY: one-shot
+    assert r.stdout == "Hello, world!\n"
+    from aiboxctl.cli.chat import _ThinkingFold
+    import io
+
+    fold = _ThinkingFold()
+    fold.console.file = io.StringIO()
+    for piece in (*THOUGHTS, None):
+        fold(piece)
+    shown = fold.console.file.getvalue()
+    assert shown.startswith("▸ thought for") and "30 characters" in shown and "greets" not in shown

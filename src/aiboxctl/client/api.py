@@ -97,6 +97,7 @@ class ChatOutcome:
     timings: dict[str, float]
     interrupted: bool = False
     chunks: int = 0
+    reasoning: str = ""  # a thinking model's reasoning_content, apart from the answer
 
 
 @dataclass
@@ -104,6 +105,17 @@ class StreamEvent:
     text: str = ""
     done: bool = False
     outcome: ChatOutcome | None = None
+    reasoning: str = ""  # a piece of the thinking (delta.reasoning_content)
+
+
+def empty_reply(outcome: ChatOutcome | None, endpoint: Endpoint) -> VerificationFailed:
+    """The error for an answer with no text: a model cut while still thinking says so."""
+    if outcome is not None and outcome.reasoning.strip():
+        return VerificationFailed(
+            f"the model was still thinking when the reply ended (finish_reason {outcome.finish_reason}) "
+            "and wrote no answer", code="empty_reply", hint="raise --max-tokens, or ask for less thinking")
+    return VerificationFailed("the service returned an empty answer", code="empty_reply",
+                              hint=endpoint.command("logs"))
 
 
 def _raise_for(r, endpoint: Endpoint) -> None:
@@ -135,6 +147,7 @@ def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_token
         body["temperature"] = temperature
     body.update(extra or {})
     parts: list[str] = []
+    thoughts: list[str] = []
     usage: dict[str, Any] = {}
     finish = None
     chunks = 0
@@ -159,9 +172,18 @@ def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_token
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or {}).get("content") or ""
+                    fields = choice.get("delta") or {}
+                    delta = fields.get("content") or ""
+                    thought = fields.get("reasoning_content") or ""
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
+                    if thought:
+                        now = time.perf_counter()
+                        t_first = t_first or now
+                        t_last = now
+                        chunks += 1
+                        thoughts.append(thought)
+                        yield StreamEvent(reasoning=thought)
                     if delta:
                         now = time.perf_counter()
                         t_first = t_first or now
@@ -182,21 +204,25 @@ def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_token
         if completion > 1 and t_last and t_last > t_first:
             timings["decode_tok_s"] = (completion - 1) / (t_last - t_first)
         timings["tok_s"] = completion / max(t_end - t0, 1e-9)
-    yield StreamEvent(done=True, outcome=ChatOutcome("".join(parts), finish, usage, timings, chunks=chunks))
+    yield StreamEvent(done=True, outcome=ChatOutcome("".join(parts), finish, usage, timings, chunks=chunks,
+                                                     reasoning="".join(thoughts)))
 
 
 def chat_once(endpoint: Endpoint, messages: list[dict[str, str]], *,
-              on_text: Callable[[str], None] | None = None, **kwargs: Any) -> ChatOutcome:
-    """One streamed completion; ``on_text`` sees each delta. Raises VerificationFailed when empty."""
+              on_text: Callable[[str], None] | None = None,
+              on_reasoning: Callable[[str], None] | None = None, **kwargs: Any) -> ChatOutcome:
+    """One streamed completion; ``on_text`` sees each answer delta, ``on_reasoning`` each piece
+    of a thinking model's reasoning. Raises VerificationFailed when the answer is empty."""
     outcome = None
     for event in stream_chat(endpoint, messages, **kwargs):
+        if event.reasoning and on_reasoning:
+            on_reasoning(event.reasoning)
         if event.text and on_text:
             on_text(event.text)
         if event.done:
             outcome = event.outcome
     if outcome is None or not outcome.answer.strip():
-        raise VerificationFailed("the service returned an empty answer", code="empty_reply",
-                                 hint=endpoint.command("logs"))
+        raise empty_reply(outcome, endpoint)
     return outcome
 
 
