@@ -90,7 +90,7 @@ def key_gate():
 
 
 @contextlib.contextmanager
-def web_stack(tmp: Path, *, max_tokens_cap: int = 200) -> Iterator[str]:
+def web_stack(tmp: Path, *, max_tokens_cap: int = 200, stub_delay_s: float = 0.12) -> Iterator[str]:
     """Yields the front door's base URL with SmolLM2 ("smollm2") and the stub ("deepseek-r1")."""
     from test_engine_support import free_port, running_server, smollm2_path
 
@@ -103,7 +103,7 @@ def web_stack(tmp: Path, *, max_tokens_cap: int = 200) -> Iterator[str]:
     cfg = {"model": smollm2_path(), "model_name": "smollm2", "n_ctx": 2048, "parallel": 1, "threads": 2,
            "repack": False, "selftest": False, "flash_attn": "off", "api_keys_file": tmp / "engine-keys",
            "max_tokens_cap": max_tokens_cap}
-    with running_server(engine_dir, cfg) as engine, ThreadServer(stub_r1_app(), free_port()) as stub:
+    with running_server(engine_dir, cfg) as engine, ThreadServer(stub_r1_app(stub_delay_s), free_port()) as stub:
         config = GatewayConfig(engines=(
             EngineEntry(name="chat-0", models=("smollm2",), url=engine.base),
             EngineEntry(name="r1-0", models=("deepseek-r1",), url=f"http://127.0.0.1:{stub.port}")),

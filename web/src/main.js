@@ -244,10 +244,14 @@ function thinkLabel(m) {
 }
 
 // Updates only the answer being streamed, at most once per frame.
+// requestAnimationFrame alone can stall (a hidden or throttled tab): a timer backs it up.
 let frame = 0;
+let timer = 0;
 function scheduleUpdate(m) {
   if (frame) return;
-  frame = requestAnimationFrame(() => {
+  const run = () => {
+    cancelAnimationFrame(frame);
+    clearTimeout(timer);
     frame = 0;
     const el = document.querySelector("#log article.msg.assistant:last-of-type");
     if (!el) return;
@@ -262,7 +266,9 @@ function scheduleUpdate(m) {
     }
     const log = document.getElementById("log");
     log.scrollTop = log.scrollHeight;
-  });
+  };
+  frame = requestAnimationFrame(run);
+  timer = setTimeout(run, 40);
 }
 
 // --- conversation actions ----------------------------------------------------------------------
@@ -303,6 +309,7 @@ async function generate(conv) {
   let fieldReasoning = "";
   let thinkStart = null;
   const started = performance.now();
+  performance.mark("aibox:request-sent"); // bench/web.py reads these marks
   try {
     const response = await api("/v1/chat/completions", {
       method: "POST",
