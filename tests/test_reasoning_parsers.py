@@ -149,3 +149,14 @@ def test_history_loses_earlier_thinking():
     assert out[2] == {"role": "assistant", "content": "4"}
     assert out[3] == {"role": "assistant", "content": ""}
     assert out[4] == history[4] and out[0] == history[0]
+
+
+def test_reasoning_format_setting_is_checked():
+    from aiboxctl.engine_settings import REASONING_FORMATS, EngineSettings
+    from aiboxctl.engine.reasoning import FORMATS
+    from aiboxctl.errors import UsageError
+
+    assert FORMATS == REASONING_FORMATS
+    assert EngineSettings(reasoning_format="none").reasoning_format == "none"
+    with pytest.raises(UsageError, match="reasoning_format must be one of auto, none, deepseek_r1"):
+        EngineSettings(reasoning_format="deepseek")
