@@ -300,3 +300,31 @@ def test_a_decoder_embedder_pools_the_last_token_and_clears_its_cells():
     finally:
         rt.close()
         ref.close()
+
+
+def test_the_worker_queue_limit_and_a_cancelled_request():
+    """The pooled worker in process: a full queue refuses (the HTTP side's 429), a request whose
+    client went away is skipped, the others are answered and the count of waiting requests
+    returns to zero with the thread still serving."""
+    from aiboxctl.engine.config import EngineConfig
+    from aiboxctl.engine.embedding import PooledRuntime, PooledWorker
+    from aiboxctl.engine.request import QueueFull
+
+    rt = PooledRuntime(EngineConfig(model=bertgguf.embedding_gguf(), role="embedding", repack=False, n_ctx=256,
+                                    parallel=4, threads=1))
+    worker = PooledWorker(rt, queue_size=2)
+    try:
+        tokens = rt.tokenize(TEXTS[0], add_special=True)
+        gone = worker.submit([tokens] * 3)
+        kept = worker.submit([tokens] * 5)  # more inputs than one decode takes: two decodes
+        with pytest.raises(QueueFull, match="queue_size 2"):
+            worker.submit([tokens])
+        assert gone.cancel()
+        worker.start()
+        vectors = kept.result(timeout=120)
+        assert len(vectors) == 5 and all(len(v) == 384 for v in vectors)
+        assert worker.submit([tokens]).result(timeout=120)[0] == pytest.approx(vectors[0], abs=5e-4)
+        assert worker.queue_depth == 0 and worker.problem(60) is None
+    finally:
+        worker.stop()
+        rt.close()

@@ -274,12 +274,10 @@ class PooledWorker:
                 for job in jobs.values():
                     if error is not None and not job.future.done():
                         self._drop(job)
-                        job.future.set_exception(error)
-                    elif job.left == 0 and not job.future.done():
+                        _settle(job.future.set_exception, error)
+                    elif job.left == 0:
                         self._jobs -= 1
-                        job.future.set_result(job.results)
-                    elif job.left == 0:  # cancelled
-                        self._jobs -= 1
+                        _settle(job.future.set_result, job.results)
 
     def _drop(self, job: _Job) -> None:
         """Forget a failed job's inputs still queued (under the lock)."""
@@ -290,11 +288,21 @@ class PooledWorker:
         with self._cv:
             self._stopping = True
             for job in {id(j): j for j, _ in self._items}.values():
-                if not job.future.done():
-                    job.future.set_exception(AiboxError("the engine is stopping", code="engine_error"))
+                _settle(job.future.set_exception, AiboxError("the engine is stopping", code="engine_error"))
             self._items.clear()
             self._cv.notify_all()
         if self._thread.ident is not None:
             self._thread.join(timeout)
             return not self._thread.is_alive()
         return True
+
+
+def _settle(setter: Any, value: Any) -> None:
+    """Answer a future unless its client cancelled it meanwhile (the HTTP side cancels from
+    another thread: checking ``done()`` first would leave a race that kills this thread)."""
+    from concurrent.futures import InvalidStateError
+
+    try:
+        setter(value)
+    except InvalidStateError:
+        pass
