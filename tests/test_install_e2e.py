@@ -38,6 +38,9 @@ class Box:
         self.port = free_port()
         self.env = {**os.environ, "AIBOX_HOME": str(self.home), "NO_COLOR": "1", "COLUMNS": "200"}
         self.env.pop("AIBOX_INJECT_FAILURE", None)
+        # The engine's self-test child crashes with repack on, as on an AMX Xeon whose AMX faults:
+        # the fallback path on any machine (the summary, status and bench must say it).
+        self.env["AIBOX_SELFTEST_FAULT"] = "repack"
         # The demo profile with the audit log on (as gov-office and finance have it), given by path.
         demo = (Path(__file__).resolve().parents[1] / "profiles" / "demo.yaml").read_text()
         assert "audit_log: false" in demo
@@ -99,6 +102,10 @@ def test_install_brings_up_a_verified_service(box):
     assert d["manager"] == "supervisor" and d["model_variant"] == "smollm2-135m-instruct"
     assert d["audit_log"] == str(box.root / "var/log/aibox/audit.jsonl")
     assert d["smoke"]["answer"].strip()
+    # the fallback the engine took and the supervisor's reboot gap are in the summary
+    assert d["smoke"]["engine"]["fallback"] == "repack-off" and d["smoke"]["engine"]["changes"] == {"repack": False}
+    assert any("fell back to 'repack-off'" in n and "repack False" in n for n in d["notes"])
+    assert any("does not start again after a reboot" in n and "start --root" in n for n in d["notes"])
     assert d["endpoint"] == f"http://127.0.0.1:{box.port}/v1"
     m = box.manifest()
     for entry in m["files"]:
@@ -122,6 +129,13 @@ def test_status_is_healthy(box):
     assert d["healthy"] is True and d["service"]["active"] is True
     assert d["health"]["slots_free"] + d["health"]["slots_busy"] == d["plan"]["parallel"]
     assert d["memory_rss_bytes"] > 50_000_000  # the model is loaded
+    # what runs, not only what was planned
+    assert d["plan"]["repack"] is False and d["plan"]["planned"] == {"repack": True}
+    assert d["plan"]["fallback"] == "repack-off"
+    assert any("fell back to 'repack-off'" in w for w in d["warnings"])
+    assert any("after a reboot" in w for w in d["warnings"])
+    text = box.run("status", "--root", str(box.root)).stdout
+    assert "repack False (running a self-test fallback; planned: repack True)" in text and "after a reboot" in text
 
 
 def test_chat_one_shot_answers(box):
@@ -145,6 +159,7 @@ def test_bench_reports_ratios_to_the_plan(box):
     d = doc["data"]
     assert d["concurrency"] == 2 and d["completion_tokens_concurrent"] >= 2
     assert d["predicted"]["decode_tok_s"] > 0 and d["ratio"]["decode"] is not None
+    assert d["fallback"] == "repack-off" and "fell back to 'repack-off'" in d["notes"][0]
 
 
 def test_second_install_changes_nothing(box):

@@ -68,5 +68,7 @@ def bench(
         for row in rows:
             t.add_row(*row)
         console.print(t)
+        for note in r.notes:
+            console.print(f"note: {note}", markup=False)
 
     return output.emit(result, human)

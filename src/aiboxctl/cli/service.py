@@ -38,8 +38,10 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
         console.print(f"  model      {r.model_variant}  ({r.model_path}, {r.model_state})", markup=False, soft_wrap=True)
         console.print(f"  profile    {r.profile}   generation {r.generation}")
         p = r.plan
+        planned = ", ".join(f"{k} {v}" for k, v in (p.get("planned") or {}).items())
+        planned = f" (running a self-test fallback; planned: {planned})" if planned else ""
         console.print(f"  plan       n_ctx {p['n_ctx']}, {p['parallel']} slots, threads {p['threads'] or 'auto'}, "
-                      f"KV {p['cache_type_k']}/{p['cache_type_v']}, repack {p['repack']}")
+                      f"KV {p['cache_type_k']}/{p['cache_type_v']}, repack {p['repack']}{planned}", markup=False)
         h = r.health
         if "slots_busy" in h or "slots_free" in h:
             console.print(f"  slots      {h.get('slots_busy', '?')} busy, {h.get('slots_free', '?')} free")
@@ -48,6 +50,8 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
         console.print(f"  memory     {_gib(r.memory_rss_bytes)} resident")
         console.print(f"  endpoint   {r.endpoint}   key: {r.api_key_file or 'none'}")
         console.print(f"  logs       {r.log_file}")
+        for warning in r.warnings:
+            console.print(f"  note       {warning}", markup=False)
 
     code = ExitCode.OK if result.healthy else ExitCode.SERVICE_DOWN
     rc = output.emit(result, human, exit_code=code)

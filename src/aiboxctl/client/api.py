@@ -68,6 +68,25 @@ def health(endpoint: Endpoint, timeout: float = 3.0) -> tuple[int | None, dict]:
     return r.status_code, body if isinstance(body, dict) else {}
 
 
+def served_changes(body: dict) -> dict[str, Any]:
+    """The settings the engine serves with that differ from its configuration (the self-test
+    fallback's changes, from /health), {} when it serves what was configured."""
+    if not body.get("fallback"):
+        return {}
+    passed = [a for a in body.get("selftest") or [] if a.get("ok")]
+    return dict(passed[-1].get("changes") or {}) if passed else {}
+
+
+def fallback_note(body: dict) -> str | None:
+    """One line saying that the engine runs a self-test fallback, what differs from the plan and
+    why; None when it serves what was planned. install, status and bench print it."""
+    if not body.get("fallback"):
+        return None
+    changes = ", ".join(f"{k} {v}" for k, v in served_changes(body).items()) or "settings changed"
+    return (f"the engine's self-test fell back to '{body['fallback']}' ({body.get('fallback_reason') or 'crashed'}): "
+            f"it runs with {changes}, not as planned; the plan's speed figures are for the planned settings")
+
+
 def wait_healthy(endpoint: Endpoint, timeout: float, alive: Callable[[], str | None] | None = None,
                  interval: float = 0.25) -> dict:
     """Poll /health until 200. ``alive`` returns a reason when the service died for good
@@ -239,5 +258,5 @@ def complete_raw(endpoint: Endpoint, body: dict[str, Any], timeout: float = 300.
     return r.json()
 
 
-__all__ = ["Endpoint", "ChatOutcome", "StreamEvent", "health", "wait_healthy", "stream_chat", "chat_once",
+__all__ = ["Endpoint", "ChatOutcome", "StreamEvent", "empty_reply", "health", "served_changes", "fallback_note", "wait_healthy", "stream_chat", "chat_once",
            "complete_raw"]

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiboxctl.client.api import ChatOutcome, Endpoint, chat_once
+from aiboxctl.client.api import ChatOutcome, Endpoint, chat_once, fallback_note, health
 
 # A prompt long enough that prefill is measurable (~300 tokens), and a task that makes the model
 # write until max_tokens rather than stop after a line.
@@ -40,6 +40,8 @@ class BenchResult:
     completion_tokens_concurrent: int
     predicted: dict[str, Any]
     ratio: dict[str, float | None]
+    fallback: str | None = None  # the self-test fallback the engine runs (/health), None: as planned
+    notes: tuple[str, ...] = ()
 
 
 def _predicted_value(predicted: dict[str, Any], *names: str) -> float | None:
@@ -59,6 +61,10 @@ def _ratio(measured: float | None, predicted: float | None) -> float | None:
 def run_bench(endpoint: Endpoint, *, concurrency: int, max_tokens: int = 64, runs: int = 2,
               prompt_tokens: int = 320, predicted: dict[str, Any] | None = None) -> BenchResult:
     predicted = dict(predicted or {})
+    # A ratio means something only next to what runs: a self-test fallback (repack off after an
+    # AMX fault) is said beside the figures, not left to be read as a wrong prediction.
+    _, body = health(endpoint)
+    note = fallback_note(body)
     # Warm-up: the first request pays for page faults of the weights and the graph build.
     chat_once(endpoint, [{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0.0)
 
@@ -107,4 +113,5 @@ def run_bench(endpoint: Endpoint, *, concurrency: int, max_tokens: int = 64, run
         completion_tokens_concurrent=tokens, predicted=predicted,
         ratio={"decode": _ratio(decode, p_decode), "prefill": _ratio(prefill, p_prefill),
                "aggregate": _ratio(aggregate, p_agg)},
+        fallback=body.get("fallback"), notes=(note,) if note else (),
     )

@@ -250,6 +250,17 @@ def _smoke(layout: InstallLayout) -> dict[str, Any]:
     return {"answer": outcome.answer, "usage": outcome.usage, "timings": outcome.timings}
 
 
+def after_start_notes(layout: InstallLayout, spec: InstallSpec, smoke: dict[str, Any]) -> list[str]:
+    """What the summary must not leave out once the service runs: a self-test fallback (it runs
+    other settings than the plan's), and that the built-in supervisor does not survive a reboot."""
+    notes = [smoke["fallback_note"]] if smoke.get("fallback_note") else []
+    if spec.manager == "supervisor":
+        from aiboxctl.deploy.boot import boot_hook
+
+        notes.append(boot_hook(_root_flag(layout)).note())
+    return notes
+
+
 def _commit(layout: InstallLayout, tx: Transaction, files: tuple[RenderedFile, ...], manifest: InstallManifest) -> None:
     """Keep a copy of the generation, then the manifest (both undone if the commit is cut short)."""
     tx.mark("committing the manifest")
@@ -334,17 +345,21 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
             service.restart()
             action = "restarted"
         maybe_fail("after-start")
-        from aiboxctl.client.api import wait_healthy
+        from aiboxctl.client.api import fallback_note, served_changes, wait_healthy
         from aiboxctl.deploy.endpoint import endpoint_from_install
 
         tx.mark("waiting for the service to become healthy")
         progress("waiting for the service to load the model and pass its self-test")
-        wait_healthy(endpoint_from_install(layout.root), health_timeout, _alive_check(service))
+        healthy = wait_healthy(endpoint_from_install(layout.root), health_timeout, _alive_check(service))
         steps["start_healthy_s"] = time.perf_counter() - t
         t = time.perf_counter()
         tx.mark("running the smoke test")
         progress("smoke test: one real chat completion")
         smoke = _smoke(layout)
+        # what the engine runs, which may be a self-test fallback rather than the plan
+        smoke["engine"] = {k: healthy.get(k) for k in ("fallback", "fallback_reason", "repack")}
+        smoke["engine"]["changes"] = served_changes(healthy)
+        smoke["fallback_note"] = fallback_note(healthy)
         steps["smoke_s"] = time.perf_counter() - t
         generation = previous.generation if previous is not None else 0
         if changed or previous is None or previous.inputs_fingerprint != fingerprint:
@@ -479,6 +494,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     changes, generation, action, smoke = apply_spec(
         layout, spec, files, previous, fingerprint=fingerprint, progress=progress,
         health_timeout=health_timeout, steps=steps, force_restart=stale_engine)
+    notes.extend(after_start_notes(layout, spec, smoke))
     return InstallResult(dry_run=False, changed=sum(c.changed for c in changes), changes=changes,
                          generation=generation, service_action=action, smoke=smoke, steps=steps,
                          notes=tuple(notes), **common)

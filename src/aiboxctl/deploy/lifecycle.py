@@ -13,7 +13,7 @@ from typing import Any
 
 from aiboxctl.deploy import manifest as mf
 from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _noop, _root_flag,
-                                     apply_spec, install)
+                                     after_start_notes, apply_spec, install)
 from aiboxctl.deploy.recovery import install_lock, recover_interrupted
 from aiboxctl.deploy.render import RenderedFile
 from aiboxctl.deploy.services import ServiceManager, service_for
@@ -51,6 +51,7 @@ class StatusResult:
     log_file: str
     model_state: str = "unknown"  # verified | unmanaged | changed | quarantined | missing
     problems: tuple[str, ...] = ()  # why it is not healthy beyond /health (the model, mostly)
+    warnings: tuple[str, ...] = ()  # healthy, but not as planned (a self-test fallback) or not lasting
 
 
 def _rss(pid: int | None) -> int | None:
@@ -69,7 +70,7 @@ def _rss(pid: int | None) -> int | None:
 
 
 def status(root: str | Path | None = None) -> StatusResult:
-    from aiboxctl.client.api import health
+    from aiboxctl.client.api import fallback_note, health, served_changes
     from aiboxctl.deploy.endpoint import endpoint_from_install
     from aiboxctl.deploy import modelcheck
 
@@ -88,12 +89,25 @@ def status(root: str | Path | None = None) -> StatusResult:
     plan = {k: e.get(k) for k in ("n_ctx", "parallel", "n_batch", "threads", "cache_type_k", "cache_type_v",
                                   "flash_attn", "n_gpu_layers", "repack")}
     plan["predicted"] = spec.predicted
+    # What runs, not only what was planned: a self-test fallback (repack off on a CPU whose AMX
+    # faults) shows in the plan's settings, with the planned values kept beside them.
+    served = served_changes(body)
+    if served:
+        plan["planned"] = {k: plan.get(k) for k in served if k in plan}
+        plan.update({k: v for k, v in served.items() if k in plan})
+        plan["fallback"] = body.get("fallback")
+    warnings = [w for w in (fallback_note(body),) if w]
+    if spec.manager == "supervisor":
+        from aiboxctl.deploy.boot import boot_hook
+
+        warnings.append(boot_hook(_root_flag(layout)).note())
     return StatusResult(
         root=str(layout.root), healthy=code == 200 and not problems, service=vars(state) | {},
         health={"http_status": code, **body}, profile=manifest.profile, model_variant=manifest.model_variant,
         model_path=manifest.model_path, generation=manifest.generation, endpoint=f"{endpoint.url}/v1",
         api_key_file=e.get("api_keys_file"), plan=plan, memory_rss_bytes=_rss(state.pid),
         log_file=str(layout.log / "engine.log"), model_state=model.state, problems=tuple(problems),
+        warnings=tuple(warnings),
     )
 
 
@@ -345,4 +359,5 @@ def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: 
         progress=progress, health_timeout=health_timeout, steps=steps, force_restart=True)
     return InstallResult(dry_run=False, changed=sum(c.changed for c in changes), changes=changes,
                          generation=generation, service_action=action, smoke=smoke, steps=steps,
-                         notes=(f"rolled back to the files of generation {target}",), **common)
+                         notes=(f"rolled back to the files of generation {target}",
+                                *after_start_notes(layout, spec, smoke)), **common)
