@@ -194,6 +194,11 @@ def test_current_template_starts_inside_the_thinking(tiny_r1, grammar_seam):
         deltas = srv.stream("inside", max_tokens=6)  # cut inside the thinking
         assert "".join(d.get("content") or "" for d in deltas) == ""
         assert REASONING.startswith("".join(d.get("reasoning_content") or "" for d in deltas))
+        # structured output holds from the first token: the thinking is closed in the prompt and
+        # the JSON is the answer (else it would be written inside <think>)
+        structured = srv.chat("", response_format={"type": "json_object"}, max_tokens=24)
+        msg = structured["choices"][0]["message"]
+        assert msg["reasoning_content"] is None and msg["content"].startswith("{")
 
 
 def test_raw_setting_keeps_the_tags_in_content(tiny_r1, grammar_seam):

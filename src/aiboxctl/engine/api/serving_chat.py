@@ -52,6 +52,10 @@ class ChatServing(OpenAIServing):
                 effort=body.reasoning_effort,
                 budget=body.thinking_budget_tokens if body.thinking_budget_tokens is not None else body.reasoning_budget,
                 enable=variables.get("enable_thinking", body.enable_thinking))
+            if self._constrained(body):
+                # the grammar holds from the first token, so a thinking would be written in its
+                # shape (JSON inside <think>): the reply is answer only
+                thinking = Thinking(False, None)
             switch, thinking_on = template_kwargs(parser, thinking, messages)
             variables.update(switch)
             messages_in = strip_history(messages, parser)
@@ -70,6 +74,13 @@ class ChatServing(OpenAIServing):
             body._reasoning = {"reasoning": decided.parser, "think_budget": decided.budget, "think_close": close}
         add_bos = rt.add_bos and not (template.spec.bos_token and text.startswith(template.spec.bos_token))
         return rt.tokenize(text, add_special=add_bos, parse_special=True), messages
+
+    def _constrained(self, body: ChatBody) -> bool:
+        """A grammar will hold the reply: response_format JSON, or a required/named tool call."""
+        fmt = body.response_format
+        choice = body.tool_choice
+        forced = self._tools_on(body) and (choice == "required" or isinstance(choice, NamedToolChoice))
+        return forced or (fmt is not None and fmt.type != "text")
 
     def max_tokens_wanted(self, body: ChatBody) -> int | None:
         return body.max_completion_tokens or body.max_tokens
