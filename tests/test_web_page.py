@@ -22,7 +22,7 @@ SEND_TIMEOUT = 600_000  # ms; a hang guard: on a loaded 2-core box SmolLM2 took 
 def base(tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
-    with web_stack(tmp_path_factory.mktemp("web"), max_tokens_cap=64) as url:
+    with web_stack(tmp_path_factory.mktemp("web")) as url:
         yield url
 
 
