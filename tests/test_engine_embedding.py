@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -328,3 +329,39 @@ def test_the_worker_queue_limit_and_a_cancelled_request():
     finally:
         worker.stop()
         rt.close()
+
+
+@pytest.mark.parametrize("which, n_ctx, flash_attn", [("minilm", 512, "on"), ("minilm", 2048, "on"),
+                                                       ("minilm", 2048, "off"), ("minilm", 4096, "on"),
+                                                       ("smollm2-last", 512, "on"), ("smollm2-last", 2048, "on")])
+def test_pooled_memory_model_matches_llama_cpp_buffers(which, n_ctx, flash_attn):
+    """The memory model for a pooled engine against the buffers llama.cpp logs when the engine's
+    own runtime loads the model: an encoder's graph (no KV cache, no logits, attention over the
+    ubatch, BERT's ungated feed-forward) and a decoder embedder's (KV cache, logits kept)."""
+    from aiboxctl.engine.config import EngineConfig
+    from aiboxctl.engine.embedding import PooledRuntime
+    from aiboxctl.engine.llama import capture_log_lines
+    from aiboxctl.models.facts import ModelFacts
+    from aiboxctl.models.gguf import read_header
+    from aiboxctl.sizing.memory import EngineParams, estimate_memory
+    from test_engine_support import smollm2_path
+
+    path, pooling, parallel = ((bertgguf.embedding_gguf(), "auto", 64) if which == "minilm"
+                               else (smollm2_path(), "last", 8))
+    settings = dict(role="embedding", pooling=pooling, repack=False, n_ctx=n_ctx, parallel=parallel, threads=1,
+                    flash_attn=flash_attn)
+    lines = capture_log_lines(skip=("llama_graph_n_input",))
+    PooledRuntime(EngineConfig(model=path, **settings)).close()
+    logged = {}
+    labels = {"model": "weights", "KV": "kv_cache", "output": "output", "compute": "compute"}
+    for line in lines:
+        m = re.search(r"CPU\S*\s+(model|KV|output|compute) buffer size\s*=\s*([\d.]+) MiB", line)
+        if m:
+            logged[labels[m[1]]] = float(m[2]) * 2 ** 20
+    assert {"weights", "output", "compute"} <= set(logged), lines[-20:]
+    est = estimate_memory(ModelFacts.from_header(read_header(path)),
+                          EngineParams(**{k: settings[k] for k in ("role", "n_ctx", "parallel", "repack", "flash_attn")},
+                                       kv_unified=True)).host
+    for label, value in logged.items():
+        assert abs(getattr(est, label) - value) <= 0.03 * value + 64 * 1024, (label, getattr(est, label), value)
+    assert ("kv_cache" in logged) == (which != "minilm") and est.kv_cache == logged.get("kv_cache", 0)

@@ -55,6 +55,9 @@ class EngineParams:
     tensor_split: tuple[float, ...] = _DEFAULT.tensor_split
     repack: bool = _DEFAULT.repack  # use_extra_bufts: llama.cpp's CPU extra buffer types (AMX, CPU_REPACK)
     mmap: bool = _DEFAULT.mmap
+    # embedding | rerank: a pooled engine (engine/embedding.py) — n_batch = n_ubatch = n_ctx, one
+    # pooled vector per sequence, and an encoder's graph has no logits
+    role: str = _DEFAULT.role
     offload_kqv: bool = True
 
     @classmethod
@@ -162,8 +165,11 @@ def resolve_context(facts: ModelFacts, p: EngineParams) -> ResolvedContext:
     n_seq = p.parallel
     n_batch = min(n_ctx, p.n_batch) if facts.causal else p.n_batch
     n_ubatch = min(n_batch, p.n_ubatch)
+    pooled = p.role != "chat"
+    if pooled:  # what PooledRuntime asks of llama.cpp: every input of a decode in one micro-batch
+        n_seq, n_batch, n_ubatch = min(n_seq, 256), n_ctx, n_ctx
     n_ctx = _pad(n_ctx, 256)
-    if p.kv_unified:
+    if p.kv_unified or pooled:
         n_ctx_seq, n_stream = n_ctx, 1
     else:
         n_ctx_seq = _pad(n_ctx // n_seq, 256)
@@ -248,9 +254,11 @@ def recurrent_bytes_per_layer(facts: ModelFacts, ctx: ResolvedContext) -> list[i
             for il in range(facts.n_layer)]
 
 
-def output_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext) -> int:
-    """Logits for one output per sequence, reserved at context creation (host memory)."""
-    return 4 * facts.n_vocab * ctx.n_seq
+def output_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, pooled: bool = False) -> int:
+    """Logits for one output per sequence, reserved at context creation (host memory); a pooled
+    engine reserves one embedding per sequence beside them (measured: all-MiniLM-L6-v2, 64
+    sequences, 7.55 MiB = 4·(30522 + 384)·64)."""
+    return 4 * (facts.n_vocab + (facts.n_embd if pooled else 0)) * ctx.n_seq
 
 
 def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output: bool,
@@ -289,7 +297,8 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
     phases = []
     moe = facts.n_expert and facts.n_expert_used and facts.n_ff_exp
     moe_act = T(facts.n_ff_exp * facts.n_expert_used) if moe else 0
-    if has_output:
+    encoder = not facts.causal  # BERT/XLM-R: attention over the batch's own tokens, no KV cache
+    if has_output and not encoder:  # a pooled encoder has no output layer: no logits
         out = T(facts.n_vocab) + 3 * T(E)
         if facts.is_mla:
             # MLA's latent query and latent attention output of the last layer stay below the
@@ -297,15 +306,16 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
             h = facts.n_head[-1]
             out += T(h * facts.head_dim_k[-1]) + T(h * facts.kv_lora_rank)
         phases.append(out)
-    att = [il for il in layers if facts.has_kv(il)]
+    att = [il for il in layers if facts.has_kv(il) or (encoder and facts.n_head[il])]
     mask_bytes = 2 if ctx.flash_attn else 4
     masks = 0
+    n_keys = n_ub if encoder else ctx.n_ctx_seq  # an encoder attends within its ubatch
     if any(not facts.is_swa(il) for il in att):
-        masks += mask_bytes * ctx.n_ctx_seq * n_ub
+        masks += mask_bytes * n_keys * n_ub
     if any(facts.is_swa(il) for il in att):
         masks += mask_bytes * ctx.swa_cells * n_ub
     for il in att:
-        n_kv = ctx.swa_cells if facts.is_swa(il) else ctx.n_ctx_seq
+        n_kv = ctx.swa_cells if facts.is_swa(il) else n_keys
         h = facts.n_head[il]
         if facts.is_mla:
             q = h * facts.head_dim_k[il]  # latent + rope per head after absorption
@@ -321,7 +331,9 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
         phases.append(peak)
     ff = max((facts.n_ff[il] for il in layers), default=0)
     if ff:
-        phases.append(masks + 2 * T(E) + 3 * T(ff))
+        # BERT's feed-forward is ungated (up, then GELU in place): one T(n_ff), not three
+        # (all-MiniLM-L6-v2 at ubatch 4096: the attention phase, 75 MiB, is the peak)
+        phases.append(masks + 2 * T(E) + (T(ff) if facts.architecture == "bert" else 3 * T(ff)))
     if moe and layers:
         phases.append(masks + 2 * T(E) + 3 * moe_act + 2 * T(facts.n_expert))
     if any(facts.is_recurrent(il) for il in layers):
@@ -419,7 +431,7 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *, accelerators: Se
         first = next(d for d in range(1, n_dev) if layers_on[d] or d == out_dev)
         compute[first] += max((facts.largest_matrix_bytes(il) for il in layers_on[0]), default=0)
     output = [0] * n_dev
-    output[0] = output_buffer_bytes(facts, ctx)
+    output[0] = output_buffer_bytes(facts, ctx, pooled=params.role != "chat")
     names = [HOST, *gpus]
     host_overhead = HOST_OVERHEAD + HOST_OVERHEAD_PER_TOKEN * facts.n_vocab
     devices = tuple(
