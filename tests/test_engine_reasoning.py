@@ -118,6 +118,8 @@ def test_gguf_template_reply_opens_and_closes_the_thinking(r1):
     msg = a["choices"][0]["message"]
     assert msg["reasoning_content"] == REASONING
     assert msg["content"] == "2 + 2 = 4." and a["choices"][0]["finish_reason"] == "stop"
+    answer_tokens = a["usage"]["completion_tokens"] - a["usage"]["completion_tokens_details"]["reasoning_tokens"]
+    assert 2 <= answer_tokens <= len("</think>\n\n2 + 2 = 4.")  # </think>, "\n\n" and the answer's tokens
     deltas = r1.stream("opens")
     thinking = "".join(d.get("reasoning_content") or "" for d in deltas)
     answer = "".join(d.get("content") or "" for d in deltas)
@@ -160,6 +162,8 @@ def test_thinking_budget_closes_the_thinking_and_the_answer_follows(r1, no_natur
         assert msg["reasoning_content"]
         # <think>, ≤ budget thinking tokens, the forced "\n</think>\n\n", then the answer
         assert usage["completion_tokens"] <= 1 + budget + 3 + len("Four.")
+        # the opening <think> and the thinking, up to the budget (the forced "\n" still inside)
+        assert budget <= usage["completion_tokens_details"]["reasoning_tokens"] <= budget + 1
     streamed = r1.stream("long", max_tokens=40, thinking_budget_tokens=budget, logit_bias=no_natural_close)
     assert "".join(d.get("content") or "" for d in streamed) == "Four."
 

@@ -60,7 +60,7 @@ class Request:
 
     __slots__ = ("id", "prompt", "params", "emit", "cancelled", "t_submit", "t_first", "t_last",
                  "prompt_tokens", "completion_tokens", "finish_reason", "reasoning", "think_budget",
-                 "think_close")
+                 "think_close", "reasoning_tokens")
 
     def __init__(self, id: str, prompt: list[int], params: SamplingParams, emit: Callable[[Event], Any], *,
                  reasoning: Any = None, think_budget: int | None = None, think_close: tuple[int, ...] = ()) -> None:
@@ -80,3 +80,4 @@ class Request:
         self.reasoning = reasoning
         self.think_budget = think_budget
         self.think_close = think_close
+        self.reasoning_tokens = 0  # completion tokens written inside the thinking

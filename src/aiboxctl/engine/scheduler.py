@@ -286,7 +286,6 @@ class Scheduler:
         p = req.params
         s.max_tokens = max(1, min(p.max_tokens, self.slot_ctx - len(prompt)))
         s.text = SlotText(p.stop, req.reasoning)
-        s.think_tokens = 0
         s.forced = []
         s.argmax = p.plain_greedy
         s.sampler = None if s.argmax else self._make_sampler(p, prompt)
@@ -399,9 +398,9 @@ class Scheduler:
             self._out.append((req.emit, ("reasoning", s.text.thought)))
         if text:
             self._out.append((req.emit, ("text", text)))
-        if req.think_budget is not None and not s.forced and s.text.thinking:
-            s.think_tokens += 1
-            if s.think_tokens >= req.think_budget:
+        if s.text.thinking:
+            req.reasoning_tokens += 1
+            if req.think_budget is not None and not s.forced and req.reasoning_tokens >= req.think_budget:
                 s.forced = list(req.think_close)
         if stopped:
             self._finish(s, "stop", flush=False)

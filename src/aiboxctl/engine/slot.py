@@ -87,7 +87,7 @@ class SlotText:
 
 class Slot:
     __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "text", "last", "out_idx", "generating",
-                 "max_tokens", "argmax", "grammar", "think_tokens", "forced")
+                 "max_tokens", "argmax", "grammar", "forced")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -101,7 +101,6 @@ class Slot:
         self.generating = False
         self.max_tokens = 0
         self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
-        self.think_tokens = 0  # tokens sampled inside the reply's thinking (the budget counts them)
         self.forced: list[int] = []  # tokens the loop writes instead of sampling (the budget's close)
         self.grammar: Any = None  # sampler.GrammarSampling when the reply must match a grammar
 

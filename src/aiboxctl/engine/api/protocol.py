@@ -223,8 +223,11 @@ def text_choice(text: str | None, finish_reason: str | None) -> dict:
 
 
 def usage(req: Any) -> dict:
-    return {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.completion_tokens,
-            "total_tokens": req.prompt_tokens + req.completion_tokens}
+    out = {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.completion_tokens,
+           "total_tokens": req.prompt_tokens + req.completion_tokens}
+    if getattr(req, "reasoning", None) is not None:  # a thinking model: how much of it was thinking
+        out["completion_tokens_details"] = {"reasoning_tokens": req.reasoning_tokens}
+    return out
 
 
 def sse(obj: Any) -> bytes:
