@@ -359,9 +359,9 @@ def test_pooled_memory_model_matches_llama_cpp_buffers(which, n_ctx, flash_attn)
         if m:
             logged[labels[m[1]]] = float(m[2]) * 2 ** 20
     assert {"weights", "output", "compute"} <= set(logged), lines[-20:]
+    memory_settings = {k: settings[k] for k in ("role", "n_ctx", "parallel", "repack", "flash_attn")}
     est = estimate_memory(ModelFacts.from_header(read_header(path)),
-                          EngineParams(**{k: settings[k] for k in ("role", "n_ctx", "parallel", "repack", "flash_attn")},
-                                       kv_unified=True)).host
+                          EngineParams(**memory_settings, kv_unified=True)).host
     for label, value in logged.items():
         assert abs(getattr(est, label) - value) <= 0.03 * value + 64 * 1024, (label, getattr(est, label), value)
     assert ("kv_cache" in logged) == (which != "minilm") and est.kv_cache == logged.get("kv_cache", 0)

@@ -84,6 +84,12 @@ def _human(console: "Console", plan: Any) -> None:
                       _size(d.repack), _size(d.overhead), _size(d.total), _size(b.budget) if b else "-",
                       _size(b.headroom) if b else "-")
     console.print(table)
+    for c in plan.companions:  # the knowledge-base engines beside the chat model
+        ce = c.engine.to_dict()
+        cf = c.file
+        console.print(f"+ {c.role}: [bold]{c.variant}[/bold] {c.quant} ({cf.repo or cf.package} / {cf.file}, "
+                      f"{_size(cf.size)}{'' if cf.verified else ' unverified'}): {_size(c.memory.total)} of host "
+                      f"memory, {ce['parallel']} inputs x {ce['n_ctx']} tokens per decode")
     shown = [r for r in plan.rejected if r.kind != "preference"]
     if shown:
         rej = Table(title=f"rejected alternatives ({len(shown)}; {len(plan.rejected) - len(shown)} lower-preference "

@@ -68,6 +68,8 @@ class Plan:
     # are estimates, shown as a range (speed_range: low, high factor on every figure).
     estimated: str = ""
     speed_range: tuple[float, float] = (1.0, 1.0)
+    # the knowledge-base engines beside the chat model (sizing/knowledge_base.py), host memory
+    companions: tuple = ()
 
     def span(self, value: float) -> tuple[float, float]:
         return value * self.speed_range[0], value * self.speed_range[1]
@@ -98,4 +100,5 @@ class Plan:
                            "prefill_tok_s_range": [round(x, 1) for x in self.span(self.throughput.prefill_tok_s)]},
             "rejected": [to_jsonable(r) for r in self.rejected],
             "notes": list(self.notes),
+            "companions": [c.to_dict() for c in self.companions],
         }

@@ -41,6 +41,7 @@ from aiboxctl.sizing.candidates import candidates, degraded, family_order, prefe
 from aiboxctl.sizing.configs import Config, engine_configs
 from aiboxctl.sizing.fit import Outcome, cannot_fit, check, judge
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
+from aiboxctl.sizing.knowledge_base import plan_companions
 from aiboxctl.sizing.memory import MemoryEstimate
 from aiboxctl.sizing.plan_result import DeviceUse, Plan, Rejected
 from aiboxctl.sizing.profiles import UseCaseProfile
@@ -187,7 +188,12 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
         notes.insert(0, f"near miss: {out.near_miss} — within the profile's tolerance of "
                         f"{profile.speed_tolerance:.0%}, kept over a lower-quality choice (docs/planning.md)")
     assert out.estimate is not None and out.throughput is not None and out.config is not None
-    return _make_plan(profile, box, v, f, out, facts, local, out.estimate, compute_source, rejected, notes, catalog)
+    result = _make_plan(profile, box, v, f, out, facts, local, out.estimate, compute_source, rejected, notes, catalog)
+    if any(role != "chat" for role in profile.roles):
+        host = result.devices[0]
+        companions, kb_notes = plan_companions(profile, catalog, host.headroom, threads=result.engine.threads)
+        result = replace(result, companions=companions, notes=result.notes + tuple(kb_notes))
+    return result
 
 
 def _closer(a: Outcome, b: Outcome) -> bool:

@@ -58,6 +58,12 @@ class UseCaseProfile:
     families: tuple[str, ...] = ()  # model families in order of preference
     min_quality: Quality = "medium"
     model: Optional[str] = None  # a pinned catalog variant
+    # What the box serves: chat, plus an embedding model and a reranker for knowledge-base use
+    # (RAG tools need all three; sizing/knowledge_base.py plans them beside the chat model),
+    # each tried in the order of its list (catalog variants or families; empty: the catalog's).
+    roles: tuple[Literal["chat", "embedding", "rerank"], ...] = ("chat",)
+    embedding_models: tuple[str, ...] = ()
+    rerank_models: tuple[str, ...] = ()
     security: SecuritySettings = field(default_factory=SecuritySettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
 
@@ -114,5 +120,12 @@ def _load(text: str, shown: str) -> UseCaseProfile:
     if profile.document_tokens and profile.document_tokens > profile.context_per_request:
         problems.append(doc.problem(("document_tokens",), f"{profile.document_tokens} tokens do not fit in "
                                     f"context_per_request {profile.context_per_request}"))
+    if "chat" not in profile.roles or len(set(profile.roles)) != len(profile.roles):
+        problems.append(doc.problem(("roles",), "roles lists chat and, at most once each, embedding and rerank"))
+    for key, role in (("embedding_models", "embedding"), ("rerank_models", "rerank")):
+        for i, name in enumerate(getattr(profile, key)):
+            fam = catalog.variant(name).family if catalog.variant(name) else name
+            if fam not in catalog.families or catalog.families[fam].role != role:
+                problems.append(doc.problem((key, i), f"{name!r} is not a catalog {role} variant or family"))
     raise_problems(problems)
     return profile
