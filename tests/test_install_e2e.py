@@ -172,6 +172,10 @@ def test_second_install_changes_nothing(box):
     proc = box.run("install", "--profile", str(box.profile), "--root", str(box.root), "--port", str(box.port), "--yes")
     assert proc.returncode == 0, proc.stderr
     assert "0 changes" in proc.stdout
+    # the fallback is a line of its own in the summary, not a dimmed note among others
+    assert any(line.startswith("  fallback     the engine's self-test fell back to 'repack-off'")
+               for line in proc.stdout.splitlines()), proc.stdout
+    assert "after a reboot" in proc.stdout
 
 
 def test_upgrade_replans_and_keeps_what_did_not_change(box):

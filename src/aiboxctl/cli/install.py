@@ -43,9 +43,13 @@ def _render_install(console: Any, r: Any) -> None:
         if r.smoke.get("answer"):
             answer = " ".join(r.smoke["answer"].split())[:80]
             console.print(f"  smoke test   ok: {answer!r}", markup=False)
+        fallback = r.smoke.get("fallback_note")
+        if fallback:  # not dimmed with the other notes: the box runs other settings than planned
+            console.print(f"  fallback     {fallback}", markup=False)
         console.print("  next:        " + "   ".join(r.next_commands), markup=False, soft_wrap=True)
     for note in r.notes:
-        console.print(f"  [dim]{note}[/dim]")
+        if note != r.smoke.get("fallback_note"):
+            console.print(f"  [dim]{note}[/dim]")
 
 
 def install(
