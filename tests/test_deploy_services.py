@@ -78,3 +78,64 @@ def test_supervisor_drops_to_the_service_user_only_when_it_can_run(tmp_path, mon
     monkeypatch.setattr("aiboxctl.deploy.users.user_can", lambda user, path, bit: True)
     kwargs, note = child_identity(layout)
     assert kwargs == {"user": "nobody", "group": "nobody", "extra_groups": []} and "nobody" in note
+
+
+def _daemons_of(root: Path) -> list[int]:
+    import psutil
+
+    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if "aiboxctl.deploy.supervisor" in (p.info["cmdline"] or []) and str(root) in (p.info["cmdline"] or [])]
+
+
+def test_an_interrupted_spawn_leaves_no_supervisor(tmp_path, monkeypatch):
+    """Ctrl-C while spawn waits for the new daemon's pidfile: the caller's rollback cannot see a
+    daemon without a pidfile, so spawn itself must take it down (it once survived an interrupted
+    install and served the rolled-back engine.yaml)."""
+    import time as real_time
+
+    import pytest
+
+    from aiboxctl.deploy import supervisor
+
+    layout = InstallLayout.for_root(tmp_path / "root")
+    sleeps = []
+    sleep = real_time.sleep
+
+    def interrupted_sleep(seconds):  # the first wait is interrupted (Ctrl-C), later ones sleep
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            raise KeyboardInterrupt
+        sleep(seconds)
+
+    monkeypatch.setattr(supervisor.time, "sleep", interrupted_sleep)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            supervisor.spawn(layout)
+    finally:
+        monkeypatch.setattr(supervisor.time, "sleep", sleep)
+    assert sleeps, "spawn never waited for the daemon"
+    assert _daemons_of(layout.root) == []
+
+
+def test_stop_finds_a_supervisor_without_its_pidfile(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from aiboxctl.deploy import supervisor
+
+    layout = InstallLayout.for_root(tmp_path / "root")
+    layout.run.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-m", "aiboxctl.deploy.supervisor", "--root", str(layout.root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not supervisor.pidfile(layout).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        supervisor.pidfile(layout).unlink()  # lost, or not written yet
+        assert supervisor.stop(layout) is True
+        proc.wait(30)
+        assert _daemons_of(layout.root) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()

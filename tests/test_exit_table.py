@@ -85,6 +85,13 @@ def test_ctrl_c_during_install_is_130_and_says_interrupted(cli_proc, tmp_path):
     assert "interrupted" in r.stderr.lower()
     assert r.stderr.strip().splitlines()[-1].startswith("error: Interrupted"), r.stderr[-500:]
     assert not (tmp_path / "root/etc/aibox/engine.yaml").exists()  # rolled back
+    # nothing started for this prefix outlives the rollback (a supervisor spawned just before the
+    # interrupt, before its pidfile, once did)
+    import psutil
+
+    root = str(tmp_path / "root")
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if root in " ".join(p.info["cmdline"] or [])]
+    assert not left, left
 
 
 def test_ctrl_c_is_130_in_json_too(cli):

@@ -129,6 +129,23 @@ def engine_pids(layout: InstallLayout) -> list[int]:
     return found
 
 
+def supervisor_pids(layout: InstallLayout) -> list[int]:
+    """Every live supervisor daemon of this prefix, by its command line (pidfile or not)."""
+    import psutil
+
+    me = os.getpid()
+    root = str(layout.root)
+    return [proc.info["pid"] for proc in psutil.process_iter(["pid", "cmdline"])
+            if proc.info["pid"] != me and _is_supervisor_of(proc.info.get("cmdline") or [], root)
+            and _alive(proc.info["pid"])]
+
+
+def _is_supervisor_of(argv: list[str], root: str) -> bool:
+    return "aiboxctl.deploy.supervisor" in argv and any(
+        (a == "--root" and i + 1 < len(argv) and argv[i + 1] == root) or a == f"--root={root}"
+        for i, a in enumerate(argv))
+
+
 def unmanaged_engines(layout: InstallLayout) -> list[int]:
     """Engines of this installation that no running supervisor of it manages (they outlived it,
     or were started by hand): they hold the port and answer /health for nobody."""
@@ -190,14 +207,20 @@ def spawn(layout: InstallLayout, env: dict[str, str] | None = None) -> int:
             stdin=devnull, stdout=log, stderr=log, start_new_session=True, close_fds=True,
             env={**os.environ, **(env or {})}, cwd="/",
         )
-    # Wait for the pidfile so that a following `status`/`stop` sees the daemon.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if running_pid(layout) == proc.pid:
-            return proc.pid
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
+    # Wait for the pidfile so that a following `status`/`stop` sees the daemon. Interrupted
+    # here (Ctrl-C, an error), the daemon we just started is ours to stop: the caller's
+    # rollback cannot see one that has not written its pidfile yet.
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if running_pid(layout) == proc.pid:
+                return proc.pid
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    except BaseException:
+        stop_engines([proc.pid])
+        raise
     if proc.poll() is not None:
         from aiboxctl.errors import ServiceDown
 
@@ -218,10 +241,14 @@ def stop(layout: InstallLayout, timeout: float = STOP_GRACE_S + 10) -> bool:
         if running_pid(layout) is not None:
             os.kill(pid, signal.SIGKILL)
             pidfile(layout).unlink(missing_ok=True)
+    # A supervisor of this prefix that has not written (or lost) its pidfile: found by its
+    # command line, so nothing started for this prefix outlives a stop or a rollback.
+    others = [p for p in supervisor_pids(layout) if p != pid]
+    stop_engines(others)
     strays = engine_pids(layout)
     stop_engines(strays)
     engine_pidfile(layout).unlink(missing_ok=True)
-    return pid is not None or bool(strays)
+    return pid is not None or bool(others) or bool(strays)
 
 
 # --- the daemon itself -----------------------------------------------------------------------
