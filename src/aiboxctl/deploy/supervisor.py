@@ -371,9 +371,11 @@ class _Daemon:
                 except subprocess.TimeoutExpired:
                     self.child.kill()
                     self.child.wait()
+            # The pidfile goes last: `stop` returns once it is gone, and nothing of this
+            # daemon may be left behind by then.
             engine_pidfile(self.layout).unlink(missing_ok=True)
-            pidfile(self.layout).unlink(missing_ok=True)
             statefile(self.layout).unlink(missing_ok=True)
+            pidfile(self.layout).unlink(missing_ok=True)
         return 0
 
 
