@@ -90,6 +90,14 @@ def _human(console: "Console", plan: Any) -> None:
         console.print(f"+ {c.role}: [bold]{c.variant}[/bold] {c.quant} ({cf.repo or cf.package} / {cf.file}, "
                       f"{_size(cf.size)}{'' if cf.verified else ' unverified'}): {_size(c.memory.total)} of host "
                       f"memory, {ce['parallel']} inputs x {ce['n_ctx']} tokens per decode")
+    for inst in plan.instances if plan.multi_instance or plan.idle else ():  # how the box is filled
+        where = ", ".join("+".join(g) or "CPU" for g in inst.device_groups)
+        speed = f"; {inst.per_user_tok_s:.1f} tok/s per user at {inst.streams_per_replica} users per replica" \
+            if inst.per_user_tok_s is not None and inst.replicas > 1 else ""
+        console.print(f"instance {inst.name} ({inst.role}): {inst.variant} {inst.quant} x {inst.replicas} on "
+                      f"{where}{speed}", markup=False)
+    for idle in plan.idle:
+        console.print(f"idle {f'{idle.count} x ' if idle.count > 1 else ''}{idle.device}: {idle.why}", markup=False)
     shown = [r for r in plan.rejected if r.kind != "preference"]
     if shown:
         rej = Table(title=f"rejected alternatives ({len(shown)}; {len(plan.rejected) - len(shown)} lower-preference "

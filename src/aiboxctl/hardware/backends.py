@@ -21,6 +21,11 @@ class GgmlBackend:
     key: str  # "hip": what `engine install --backend` takes and the planner uses
     label: str  # "HIP": what probe reports as an accelerator's ggml_backend
     registry_names: tuple[str, ...]  # ggml_backend_reg_name values; the first prefixes device names
+    # The vendor runtime's own variable that hides every other device from a process (an engine
+    # instance sees only its device group, renumbered from 0), and how its value is spelled
+    # ("{ids}": the comma-separated indices). None: the backend has no such variable.
+    visible_env: str | None = None
+    visible_format: str = "{ids}"
 
     @property
     def device_prefix(self) -> str:
@@ -29,12 +34,13 @@ class GgmlBackend:
 
 GGML_BACKENDS: dict[str, GgmlBackend] = {b.key: b for b in (
     GgmlBackend("cpu", "CPU", ("CPU",)),
-    GgmlBackend("cuda", "CUDA", ("CUDA",)),
-    GgmlBackend("hip", "HIP", ("ROCm", "HIP")),
-    GgmlBackend("musa", "MUSA", ("MUSA",)),
-    GgmlBackend("cann", "CANN", ("CANN",)),
-    GgmlBackend("vulkan", "Vulkan", ("Vulkan",)),
-    GgmlBackend("sycl", "SYCL", ("SYCL",)),
+    GgmlBackend("cuda", "CUDA", ("CUDA",), "CUDA_VISIBLE_DEVICES"),
+    # ROCm and Hygon's DTK both honour HIP_VISIBLE_DEVICES.
+    GgmlBackend("hip", "HIP", ("ROCm", "HIP"), "HIP_VISIBLE_DEVICES"),
+    GgmlBackend("musa", "MUSA", ("MUSA",), "MUSA_VISIBLE_DEVICES"),
+    GgmlBackend("cann", "CANN", ("CANN",), "ASCEND_RT_VISIBLE_DEVICES"),
+    GgmlBackend("vulkan", "Vulkan", ("Vulkan",), "GGML_VK_VISIBLE_DEVICES"),
+    GgmlBackend("sycl", "SYCL", ("SYCL",), "ONEAPI_DEVICE_SELECTOR", "level_zero:{ids}"),
     GgmlBackend("metal", "Metal", ("Metal",)),
 )}
 
@@ -95,6 +101,15 @@ def registry_names(key: str) -> tuple[str, ...]:
 def device_prefix(key: str) -> str:
     """How llama.cpp names this backend's devices ("ROCm" for ROCm0)."""
     return registry_names(key)[0]
+
+
+def visible_devices_env(key: str, indices: tuple[int, ...] | list[int]) -> dict[str, str]:
+    """The environment that pins a process to the devices ``indices`` (the box's numbering) of
+    backend ``key``: ``{"CUDA_VISIBLE_DEVICES": "2,3"}``; empty for the CPU and Metal."""
+    known = GGML_BACKENDS.get(key)
+    if known is None or known.visible_env is None:
+        return {}
+    return {known.visible_env: known.visible_format.format(ids=",".join(str(i) for i in indices))}
 
 
 def backend_key(name: str | None) -> str | None:

@@ -70,6 +70,15 @@ class Plan:
     speed_range: tuple[float, float] = (1.0, 1.0)
     # the knowledge-base engines beside the chat model (sizing/knowledge_base.py), host memory
     companions: tuple = ()
+    # The box filled (sizing/fill.py): every engine instance — the chat model's replicas, each on
+    # its device group, and the companions — and each device left idle with why.
+    instances: tuple = ()
+    idle: tuple = ()
+
+    @property
+    def multi_instance(self) -> bool:
+        """More than one engine: install renders one per replica and role behind the front door."""
+        return sum(i.replicas for i in self.instances) > 1
 
     def span(self, value: float) -> tuple[float, float]:
         return value * self.speed_range[0], value * self.speed_range[1]
@@ -101,4 +110,9 @@ class Plan:
             "rejected": [to_jsonable(r) for r in self.rejected],
             "notes": list(self.notes),
             "companions": [c.to_dict() for c in self.companions],
+            "instances": [i.to_dict() for i in self.instances],
+            "idle": [i.to_dict() for i in self.idle],
+            "devices_used": sum(len(g) for i in self.instances for g in i.device_groups),
+            "devices_total": sum(len(g) for i in self.instances for g in i.device_groups)
+            + sum(i.count for i in self.idle),
         }

@@ -39,6 +39,7 @@ from aiboxctl.sizing.advice import does_not_fit
 from aiboxctl.sizing.box import Box, BoxDevice, as_box
 from aiboxctl.sizing.candidates import candidates, degraded, family_order, preference_order
 from aiboxctl.sizing.configs import Config, engine_configs
+from aiboxctl.sizing.fill import fill_box
 from aiboxctl.sizing.fit import Outcome, cannot_fit, check, judge
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
 from aiboxctl.sizing.knowledge_base import plan_companions
@@ -193,7 +194,11 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
         host = result.devices[0]
         companions, kb_notes = plan_companions(profile, catalog, host.headroom, threads=result.engine.threads)
         result = replace(result, companions=companions, notes=result.notes + tuple(kb_notes))
-    return result
+    filled = fill_box(profile=profile, box=box, catalog=catalog, variant=v.name, quant=f.quant, file=f, facts=facts,
+                      engine=result.engine, estimate=out.estimate, placement=out.config.placement, k=out.config.k,
+                      used=out.devices, active_params=v.active * 1e9, companions=result.companions,
+                      cpu_why=chosen_why, backend_check=_backend_ok)
+    return replace(result, instances=filled.instances, idle=filled.idle, notes=result.notes + filled.notes)
 
 
 def _closer(a: Outcome, b: Outcome) -> bool:
