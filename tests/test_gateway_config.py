@@ -65,3 +65,29 @@ def test_cli_bad_config_is_one_line_exit_2(cli, tmp_path):
     (tmp_path / "g2.yaml").write_text(GOOD)  # internal_token_file 'keys' does not exist there
     r = cli("--json", "gateway", "--config", str(tmp_path / "g2.yaml"), "--port", "1")
     assert r.code == 2 and r.json()["errors"][0]["message"].startswith("internal token file not found")
+
+
+def test_access_files_resolve_against_the_file_and_need_a_keys_file(tmp_path):
+    (tmp_path / "gateway.yaml").write_text(GOOD + "access_dir: access\nledger_file: /var/lib/x/usage.db\n"
+                                           "audit_content: true\nsyslog: udp://siem:514\ntls_dir: tls\n")
+    cfg = load_gateway_config(tmp_path / "gateway.yaml")
+    s = cfg.access_settings()
+    assert s.keys_file == tmp_path / "access/keys.json" and s.audit_file == tmp_path / "access/access-audit.jsonl"
+    assert s.ledger_file.as_posix() == "/var/lib/x/usage.db" and s.secret_file == tmp_path / "access/box-secret"
+    assert s.audit_content and s.syslog == "udp://siem:514"
+    assert cfg.tls_dir == tmp_path / "tls" and cfg.scheme == "https"
+    assert gateway_config_from_text(GOOD).access_settings() is None
+    with pytest.raises(DataFileError) as err:
+        gateway_config_from_text(GOOD + "audit_file: a.jsonl\n", "gw.yaml")
+    assert "audit_file: needs keys_file or access_dir" in str(err.value)
+
+
+def test_cli_missing_access_or_tls_files_are_one_line_exit_2(cli, tmp_path):
+    (tmp_path / "keys").write_text("gateway:s3cret\n")
+    (tmp_path / "g.yaml").write_text(GOOD + "keys_file: nokeys.json\n")
+    r = cli("gateway", "--config", str(tmp_path / "g.yaml"), "--port", "1")
+    assert r.code == 2 and "keys file not found" in r.stderr and "aiboxctl keys add" in r.stderr, r
+    (tmp_path / "t.yaml").write_text(GOOD + "tls_dir: tls\n")
+    r = cli("gateway", "--config", str(tmp_path / "t.yaml"), "--port", "1")
+    assert r.code == 2 and "TLS file not found" in r.stderr and "aiboxctl tls init" in r.stderr, r
+    assert "Traceback" not in r.stderr

@@ -40,7 +40,8 @@ def gateway(
     from aiboxctl.gateway.run import run_gateway
 
     output.note(f"aiboxctl gateway: {len(cfg.models())} models over {len(cfg.engines)} engines "
-                f"on http://{cfg.host}:{cfg.port}")
+                f"on {cfg.scheme}://{cfg.host}:{cfg.port}"
+                + (" (keys, limits, usage ledger, audit)" if cfg.access_settings() else ""))
     result = run_gateway(cfg, log_level="debug" if output.STATE.verbose else "info")
 
     def human(console: Any, r: Any) -> None:

@@ -5,6 +5,14 @@ The body a client sends reaches the engine unchanged (the front door reads only 
 chunk by chunk (``aiter_raw``: no decoding, no buffering). While a request waits for a slot or
 for the engine, the client's ``http.disconnect`` is watched for: a client that leaves cancels
 the relay, which closes the engine connection, and the engine frees the slot at its next step.
+
+With governed access (a gate with ``finish``, see gateway/access.py) three things change for an
+admitted request: a stream that did not ask for ``stream_options.include_usage`` gets it added and
+the engine's usage chunk is taken out again (the client sees what it asked for, the ledger gets
+the tokens); the last bytes (a JSON body's last chunk, a stream's ``data: [DONE]``) are held until
+the ledger row is committed, so an answer the client saw end is an acknowledged record; and every
+admitted request is finished exactly once whatever its end (answered, refused after admission,
+client gone, engine cut), which frees the key's concurrency and token reservation.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import Request  # a module global: FastAPI reads the routes' annotations from here
 from starlette.responses import Response as _AsgiResponse
 
+from aiboxctl.gateway.access import UsageMeter, with_usage_in_stream
 from aiboxctl.gateway.balance import affinity_key
 from aiboxctl.gateway.config import GatewayConfig
 from aiboxctl.gateway.metrics import GatewayMetrics
@@ -42,6 +51,49 @@ _DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgr
 # The seam for client-facing keys, quotas and audit (a later issue): called with the request
 # before anything else; a Refusal it returns is the answer. None admits everyone.
 ClientGate = Callable[[Any], Awaitable["Refusal | None"]]
+
+
+class _Access:
+    """An admitted request's side of the relay: what it reads (usage) and how it is finished."""
+
+    def __init__(self, admission: Any, settle: Callable[[Any, int, Any], Awaitable[None]], strip_usage: bool) -> None:
+        self.admission, self._settle, self.strip_usage = admission, settle, strip_usage
+        self.meter = UsageMeter()
+        self.done = False
+
+    async def finish(self, status: int) -> None:
+        """Once, shielded: a cancelled relay (the client left) still records and frees the key."""
+        import anyio
+
+        if self.done:
+            return
+        self.done = True
+        with anyio.CancelScope(shield=True):
+            await self._settle(self.admission, status, self.meter)
+
+    def split(self, buf: bytes) -> tuple[bytes, bytes]:
+        """SSE bytes → (complete events to send now, bytes to hold): an incomplete event and
+        ``data: [DONE]`` (with anything after it) are held; the usage chunk the front door asked
+        for is dropped."""
+        *events, rest = buf.split(b"\n\n")
+        out = []
+        for i, ev in enumerate(events):
+            if ev.startswith(b"data: [DONE]"):
+                return b"".join(out), b"".join(e + b"\n\n" for e in events[i:]) + rest
+            if not (self.strip_usage and _is_usage_event(ev)):
+                out.append(ev + b"\n\n")
+        return b"".join(out), rest
+
+
+def _is_usage_event(event: bytes) -> bool:
+    """The engine's usage chunk (``choices: []`` and ``usage``), asked for by the front door."""
+    if not event.startswith(b"data:") or b'"usage"' not in event:
+        return False
+    try:
+        obj = json.loads(event[5:])
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and obj.get("usage") is not None
 
 
 def _error_response(refusal: Refusal) -> Any:
@@ -72,6 +124,16 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
     from fastapi.responses import JSONResponse, Response
 
     metrics = GatewayMetrics()
+    finish = getattr(gate, "finish", None)  # AccessGate: settle, ledger, audit after each admitted request
+
+    async def settle(admission: Any, status: int, meter: Any) -> None:
+        """Finish one admitted request (once): the key's metrics, then the gate's record."""
+        usage = meter.usage()
+        key, model = admission.key.name, admission.model
+        metrics.key_requests.labels(key, model, str(status)).inc()
+        metrics.key_tokens.labels(key, model, "prompt").inc(usage["prompt_tokens"])
+        metrics.key_tokens.labels(key, model, "completion").inc(usage["completion_tokens"])
+        await finish(admission, status, meter)
     holder: dict[str, Gateway] = {}
     started = int(time.time())
 
@@ -98,7 +160,10 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
         if gate is None:
             return None
         refusal = await gate(request)
-        return _error_response(refusal) if refusal is not None else None
+        if refusal is None:
+            return None
+        metrics.denied.labels(refusal.reason or str(refusal.status)).inc()
+        return _error_response(refusal)
 
     @app.get("/health")
     async def health() -> Any:
@@ -140,15 +205,24 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
         if denied is not None:
             return denied
         endpoint, role = ROUTES[request.url.path]
+        admission = getattr(request.state, "aibox_admission", None) if finish is not None else None
         try:
             body = await _read_body(request, config.max_body_bytes)
             data = _parse(body)
             pool = _resolve(holder["gw"], data, role, request.url.path)
         except Refusal as refusal:
+            if admission is not None:  # admitted, then refused here (unknown model): free what it holds
+                await settle(admission, refusal.status, UsageMeter())
             return _error_response(refusal)
+        strip_usage = False
+        if admission is not None and role == "chat":
+            asked = with_usage_in_stream(data)  # a stream's tokens are only known from its usage chunk
+            if asked is not None:
+                body, strip_usage = json.dumps(asked, ensure_ascii=False).encode(), True
         return _Relay(holder["gw"], metrics, pool, endpoint, request.url.path, body,
                       affinity_key(data) if role == "chat" else None, arrived,
-                      accept=request.headers.get("accept"))
+                      accept=request.headers.get("accept"),
+                      access=_Access(admission, settle, strip_usage) if admission is not None else None)
 
     for path in ROUTES:
         app.add_api_route(path, proxied, methods=["POST"])
@@ -214,8 +288,11 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
     while a second task waits for the client's ``http.disconnect`` and cancels it all."""
 
     def __init__(self, gw: Gateway, metrics: GatewayMetrics, pool: ModelPool, endpoint: str, path: str,
-                 body: bytes, key: str | None, arrived: float, accept: str | None) -> None:
+                 body: bytes, key: str | None, arrived: float, accept: str | None,
+                 access: _Access | None = None) -> None:
         self.gw, self.metrics, self.pool, self.endpoint, self.path = gw, metrics, pool, endpoint, path
+        self.access = access
+        self.status = 499  # what an admitted request is recorded with unless the relay learns better
         self.body, self.key, self.arrived = body, key, arrived
         self.background = None  # read by FastAPI; Response.__init__ is not called (nothing to render)
         self.engine_headers = {"content-type": "application/json"}
@@ -240,6 +317,13 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                 tg.cancel_scope.cancel()
 
     async def relay(self, send: Callable) -> None:
+        try:
+            await self._relay(send)
+        finally:  # refused in the queue, the client gone, the engine cut: still recorded, key freed
+            if self.access is not None:
+                await self.access.finish(self.status)
+
+    async def _relay(self, send: Callable) -> None:
         import anyio
         import httpx
 
@@ -252,6 +336,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
             except Refusal as refusal:
                 m.rejected.labels(pool.name, refusal.reason or "other").inc()
                 m.requests.labels(pool.name, "", self.endpoint, str(refusal.status)).inc()
+                self.status = refusal.status
                 await _send_json(send, refusal.status, refusal.body(), refusal.headers())
                 return
             except BaseException:  # the client left while queued
@@ -284,6 +369,9 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
         import httpx
 
         m, model, name = self.metrics, self.pool.name, replica.name
+        access = self.access
+        sse = access is not None and response.headers.get("content-type", "").startswith("text/event-stream")
+        held = b""  # with access: bytes kept back until the request is recorded
         status = "499"
         in_flight = m.in_flight.labels(model, name)
         in_flight.inc()
@@ -298,13 +386,22 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                     if first:
                         m.ttft.labels(model, name).observe(time.monotonic() - self.arrived)
                         first = False
+                    if access is not None:
+                        access.meter.feed(chunk)
+                        chunk, held = access.split(held + chunk) if sse else (held, chunk)
+                        if not chunk:
+                            continue
                     await _send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
             except httpx.HTTPError as exc:  # the engine died mid-answer: cut the client's connection too
                 self.gw.mark_down(replica, f"answer cut: {type(exc).__name__}")
                 m.errors.labels(model, name, "stream").inc()
                 status = "502"
+                self.status = 502
                 raise
-            await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            if access is not None:  # recorded (ledger row fsynced) before the client gets the end
+                self.status = response.status_code
+                await access.finish(response.status_code)
+            await _send(send, {"type": "http.response.body", "body": held, "more_body": False})
             status = str(response.status_code)
         except _ClientGone:
             pass

@@ -17,6 +17,15 @@ engines:
     models: [qwen2.5-7b-instruct]
     url: http://127.0.0.1:8101      # or socket: /run/aibox/chat-0.sock
     group: chat          # replica group (default: the first model's name)
+# governed access (docs/access.md); absent: every client is admitted (loopback use)
+access_dir: /var/lib/aibox/access   # keys.json, usage.db, access-audit.jsonl, box-secret in one folder
+keys_file: /etc/aibox/keys.json     # or each file on its own (overrides access_dir's)
+ledger_file: /var/lib/aibox/usage.db
+audit_file: /var/log/aibox/access-audit.jsonl
+secret_file: /etc/aibox/box-secret
+audit_content: false     # the request and answer text in the audit log
+syslog: udp://siem:514   # forward each audit record (udp://, tcp://, /dev/log)
+tls_dir: /etc/aibox/tls  # server.crt + server.key: serve HTTPS
 ```
 """
 
@@ -25,13 +34,16 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, with_config
 
 from aiboxctl.datafile import Document, FieldProblem, raise_problems, read_document, validate
 from aiboxctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from aiboxctl.access.gate import AccessSettings
 
 Role = Literal["chat", "embedding", "rerank"]
 ROLES: tuple[str, ...] = ("chat", "embedding", "rerank")
@@ -82,6 +94,37 @@ class GatewayConfig:
     # than the least busy one before the conversation moves (its prefix is recomputed there).
     affinity_slack: Annotated[int, Field(ge=0, le=1024)] = 1
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 << 20
+    # Governed access (issue 16): on when a keys file is named (keys_file, or access_dir/keys.json).
+    access_dir: Optional[Path] = None
+    keys_file: Optional[Path] = None
+    ledger_file: Optional[Path] = None
+    audit_file: Optional[Path] = None
+    secret_file: Optional[Path] = None
+    audit_content: bool = False
+    syslog: Optional[Annotated[str, Field(pattern=r"^(udp://|tcp://|/)")]] = None
+    tls_dir: Optional[Path] = None  # server.crt and server.key (aiboxctl tls init): HTTPS
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_dir else "http"
+
+    def access_files(self) -> dict[str, Optional[Path]]:
+        """keys, ledger, audit and secret files: each its own key, else its name in access_dir."""
+        d = self.access_dir
+        names = {"keys_file": "keys.json", "ledger_file": "usage.db", "audit_file": "access-audit.jsonl",
+                 "secret_file": "box-secret"}
+        return {k: getattr(self, k) or (d / n if d else None) for k, n in names.items()}
+
+    def access_settings(self) -> "AccessSettings | None":
+        """The access library's settings, or None when access is off (no keys file)."""
+        from aiboxctl.access.gate import AccessSettings
+
+        files = self.access_files()
+        if files["keys_file"] is None:
+            return None
+        return AccessSettings(keys_file=files["keys_file"], ledger_file=files["ledger_file"],
+                              audit_file=files["audit_file"], secret_file=files["secret_file"],
+                              audit_content=self.audit_content, syslog=self.syslog)
 
     def internal_token(self) -> str | None:
         return read_token(self.internal_token_file) if self.internal_token_file else None
@@ -152,6 +195,13 @@ def _cross_checks(cfg: GatewayConfig, doc: Document) -> list[FieldProblem]:
         if g != (e.role, tuple(sorted(e.models))):
             problems.append(doc.problem((*at, "group"), f"replicas of group {e.replica_group!r} must serve "
                                         "the same models with the same role"))
+    if cfg.access_files()["keys_file"] is None:
+        for name in ("ledger_file", "audit_file", "secret_file", "syslog"):
+            if getattr(cfg, name) is not None:
+                problems.append(doc.problem((name,), "needs keys_file or access_dir: usage and audit are "
+                                            "recorded per key"))
+        if cfg.audit_content:
+            problems.append(doc.problem(("audit_content",), "needs keys_file or access_dir"))
     return problems
 
 
@@ -159,16 +209,20 @@ def gateway_config_from_text(text: str, name: str = "gateway config", *, base_di
     doc = read_document(text, name)
     cfg = validate(doc, GatewayConfig)
     raise_problems(_cross_checks(cfg, doc))
-    token = cfg.internal_token_file
-    if token is not None and base_dir is not None and not token.expanduser().is_absolute():
+    if base_dir is not None:  # relative paths are relative to the file's folder
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, internal_token_file=base_dir / token)
+        moved = {k: base_dir / v for k in _PATH_KEYS if (v := getattr(cfg, k)) is not None
+                 and not v.expanduser().is_absolute()}
+        cfg = dataclasses.replace(cfg, **moved) if moved else cfg
     return cfg
 
 
+_PATH_KEYS = ("internal_token_file", "access_dir", "keys_file", "ledger_file", "audit_file", "secret_file", "tls_dir")
+
+
 def load_gateway_config(path: str | Path) -> GatewayConfig:
-    """Read gateway.yaml; a relative internal_token_file is relative to the file's folder."""
+    """Read gateway.yaml; a relative path (token, access files, TLS folder) is relative to the file's folder."""
     path = Path(path).expanduser()
     try:
         text = path.read_text(encoding="utf-8")

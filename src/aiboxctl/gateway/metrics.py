@@ -30,6 +30,13 @@ class GatewayMetrics:
                               "(time to first token for a stream)", mr, buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("aibox_gateway_queue_wait_seconds", "Time spent waiting for a slot", ["model"],
                                     buckets=_LATENCY_BUCKETS, registry=r)
+        # Governed access (issue 16): per key and model, for admitted requests; refusals at the gate by reason.
+        self.key_requests = Counter("aibox_gateway_key_requests", "Admitted requests by key, model and HTTP status "
+                                    "(499: the client left)", ["key", "model", "status"], registry=r)
+        self.key_tokens = Counter("aibox_gateway_key_tokens", "Tokens by key and model from the engines' usage "
+                                  "(kind: prompt or completion)", ["key", "model", "kind"], registry=r)
+        self.denied = Counter("aibox_gateway_access_denied", "Requests refused at the gate (auth_401, auth_403, "
+                              "rpm, tokens_per_day, concurrency)", ["reason"], registry=r)
         self._healthy = Gauge("aibox_gateway_replica_healthy", "1 when the replica passes its health checks",
                               mr, registry=r)
         self._slots = Gauge("aibox_gateway_replica_slots", "Slots of the replica (its /health slots_total)",
