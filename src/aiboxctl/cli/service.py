@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -50,6 +50,10 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
         console.print(f"  memory     {_gib(r.memory_rss_bytes)} resident")
         console.print(f"  endpoint   {r.endpoint}   key: {r.api_key_file or 'none'}")
         console.print(f"  logs       {r.log_file}")
+        for i in r.instances:  # several engines behind the front door
+            slots = f", {i['slots_busy']} busy / {i['slots_free']} free slots" if i.get("slots_busy") is not None else ""
+            console.print(f"  instance   {i['name']} ({i['role']}): {i['model']} on {'+'.join(i['devices']) or 'CPU'}, "
+                          f"port {i['port']}, {'healthy' if i['healthy'] else 'not healthy'}{slots}", markup=False)
         for warning in r.warnings:
             console.print(f"  note       {warning}", markup=False)
 
@@ -86,15 +90,20 @@ def stop(root: RootOpt = None, json_: JsonOpt = False) -> int:
     return output.emit(do_stop(root), _render_action)
 
 
-def restart(root: RootOpt = None, no_wait: Annotated[bool, typer.Option("--no-wait", help="Do not wait for health.")] = False,
+InstanceArg = Annotated[Optional[str], typer.Argument(
+    help="One engine instance of a multi-instance install (chat-0, embedding, …) or gateway; default: all.")]
+
+
+def restart(instance: InstanceArg = None, root: RootOpt = None,
+            no_wait: Annotated[bool, typer.Option("--no-wait", help="Do not wait for health.")] = False,
             timeout: TimeoutOpt = 300.0, json_: JsonOpt = False) -> int:
-    """Restart the installed service and wait until healthy."""
+    """Restart the installed service (or one instance of it) and wait until healthy."""
     from aiboxctl.deploy.lifecycle import restart as do_restart
 
-    return output.emit(do_restart(root, wait=not no_wait, timeout=timeout), _render_action)
+    return output.emit(do_restart(root, wait=not no_wait, timeout=timeout, instance=instance), _render_action)
 
 
-def logs(root: RootOpt = None,
+def logs(instance: InstanceArg = None, root: RootOpt = None,
          lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines from the end.")] = 50,
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops).")] = False,
          json_: JsonOpt = False) -> int:
@@ -103,7 +112,7 @@ def logs(root: RootOpt = None,
 
     from aiboxctl.deploy import lifecycle
 
-    path = lifecycle.log_path(root)
+    path = lifecycle.log_path(root, instance)
     tail = lifecycle.tail_lines(path, lines)
     if output.STATE.json:
         return output.emit({"log_file": str(path), "lines": tail})

@@ -28,8 +28,15 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
 
     layout = install_layout(root)
     cfg: dict[str, Any] = {}
+    gateway = layout.etc / "gateway.yaml"  # several engines: the front door is the endpoint
     try:
-        cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
+        if gateway.is_file() and not layout.engine_config.exists():
+            doc = yaml.safe_load(gateway.read_text(encoding="utf-8")) or {}
+            chat = [e for e in doc.get("engines") or () if e.get("role", "chat") == "chat"]
+            cfg = {"host": doc.get("host"), "port": doc.get("port"),
+                   "model_name": (chat[0].get("models") or [None])[0] if chat else None}
+        else:
+            cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         if url is None:
             hint = "aiboxctl install --profile demo" + ("" if root is None else f" --root {layout.root}")

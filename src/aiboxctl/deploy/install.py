@@ -122,8 +122,12 @@ def _plan_facts(plan: Any) -> dict[str, Any]:
     predicted = {"decode_tok_s": tp.get("single_stream_tok_s"), "prefill_tok_s": tp.get("prefill_tok_s"),
                  "aggregate_tok_s": tp.get("aggregate_tok_s"), "per_user_tok_s": tp.get("per_user_tok_s"),
                  "streams": tp.get("streams"), "memory_total_bytes": (d.get("memory") or {}).get("total")}
+    from aiboxctl.deploy.instances import planned_instances
+
     return {"variant": choice["variant"], "quant": choice["quant"], "engine": plan.engine, "predicted": predicted,
-            "exact": d.get("compute_source") == "dry run", "notes": list(d.get("notes") or [])}
+            "exact": d.get("compute_source") == "dry run", "notes": list(d.get("notes") or []),
+            # more than one engine: each replica and companion behind the front door
+            "instances": planned_instances(plan) if plan.multi_instance else []}
 
 
 def _ensure_model(facts: dict[str, Any], progress: Progress, dry_run: bool) -> tuple[str, bool]:
@@ -273,6 +277,28 @@ def _commit(layout: InstallLayout, tx: Transaction, files: tuple[RenderedFile, .
     maybe_fail("commit")
 
 
+def _unit_names(spec: InstallSpec) -> list[str]:
+    if not spec.instances:
+        return [UNIT_NAME]
+    from aiboxctl.deploy.instances import GATEWAY_UNIT
+
+    return [*(f"aibox-engine@{i['name']}.service" for i in spec.instances), GATEWAY_UNIT]
+
+
+def _instance_model_paths(facts: dict[str, Any], chat_path: str, progress: Progress, dry_run: bool) -> dict[str, str]:
+    """The model file of every planned engine: the chat model's for its replicas, the companions'
+    from the store (pulled when missing) or the file the profile names."""
+    paths: dict[str, str] = {}
+    for p in facts["instances"]:
+        if p.role == "chat" and p.variant == facts["variant"]:
+            paths[p.name] = chat_path
+        elif p.local_file:
+            paths[p.name] = p.local_file
+        else:
+            paths[p.name] = _ensure_model({"variant": p.variant, "quant": p.quant}, progress, dry_run)[0]
+    return paths
+
+
 def _prune_generations(layout: InstallLayout) -> None:
     for old in mf.list_generations(layout)[:-KEEP_GENERATIONS]:
         shutil.rmtree(mf.generation_path(layout, old), ignore_errors=True)
@@ -301,6 +327,8 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
     was_active = service.state().active
     if not was_active:
         _check_port_free(spec.engine.host, spec.engine.port)
+        for entry in spec.instances:  # every engine's loopback port too
+            _check_port_free(str(entry["engine"]["host"]), int(entry["engine"]["port"]))
     tx = Transaction(journal_path(layout), {"operation": "install", "profile": spec.profile, "root": str(layout.root)})
     created_users: list[str] = list(users_created)
     action = "unchanged"
@@ -369,7 +397,7 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
                 profile=spec.profile, model_variant=spec.model_variant, files=entries_for(files),
                 directories=tuple(dict.fromkeys([*(previous.directories if previous else ()), *tx.created_dirs])),
                 users_created=tuple(dict.fromkeys([*(previous.users_created if previous else ()), *created_users])),
-                services_enabled=({"manager": spec.manager, "name": UNIT_NAME},),
+                services_enabled=tuple({"manager": spec.manager, "name": name} for name in _unit_names(spec)),
                 spec=spec.to_dict(), inputs_fingerprint=fingerprint, model_path=str(spec.engine.model),
                 created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             )
@@ -463,10 +491,21 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
                           engine=facts["engine"], port=port, bind=bind, system=system)
         spec = dataclasses.replace(spec, inputs={"profile": str(profile_name), "model": model, "port": port,
                                                  "bind": bind, **({"sizing": sizing} if sizing else {})})
+        if facts["instances"]:
+            from aiboxctl.deploy.instances import instance_entries
+
+            paths = _instance_model_paths(facts, model_path, progress, dry_run)
+            spec = dataclasses.replace(spec, instances=instance_entries(layout, facts["instances"], paths,
+                                                                        spec.engine.port))
     pinned = spec.engine.to_dict()  # the settings as plain values (paths as strings), for the result
     key_path = pinned["api_keys_file"]
     keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
-    files = render_appliance(spec, keys)
+    internal = None
+    if spec.instances:
+        from aiboxctl.deploy.instances import internal_keys_path, new_internal_keys
+
+        internal = _existing_keys(internal_keys_path(layout)) or new_internal_keys()
+    files = render_appliance(spec, keys, internal)
     endpoint = f"http://{spec.engine.host}:{spec.engine.port}/v1"
     rflag = _root_flag(layout)
     next_commands = (f"aiboxctl chat{rflag}", f"aiboxctl status{rflag}", f"aiboxctl bench{rflag}")

@@ -52,6 +52,7 @@ class StatusResult:
     model_state: str = "unknown"  # verified | unmanaged | changed | quarantined | missing
     problems: tuple[str, ...] = ()  # why it is not healthy beyond /health (the model, mostly)
     warnings: tuple[str, ...] = ()  # healthy, but not as planned (a self-test fallback) or not lasting
+    instances: tuple[dict[str, Any], ...] = ()  # several engines behind the front door: each one's state
 
 
 def _rss(pid: int | None) -> int | None:
@@ -101,8 +102,17 @@ def status(root: str | Path | None = None) -> StatusResult:
         from aiboxctl.deploy.boot import boot_hook
 
         warnings.append(boot_hook(_root_flag(layout)).note())
+    instances = ()
+    if spec.instances:
+        from aiboxctl.deploy import supervisor
+        from aiboxctl.deploy.instances import instance_status
+
+        kids = supervisor.read_state(layout).children if spec.manager == "supervisor" else {}
+        instances = instance_status(spec, kids)
+        problems += [f"instance {i['name']} is not healthy (HTTP {i['http_status']})" for i in instances
+                     if state.active and not i["healthy"]]
     return StatusResult(
-        root=str(layout.root), healthy=code == 200 and not problems, service=vars(state) | {},
+        instances=instances, root=str(layout.root), healthy=code == 200 and not problems, service=vars(state) | {},
         health={"http_status": code, **body}, profile=manifest.profile, model_variant=manifest.model_variant,
         model_path=manifest.model_path, generation=manifest.generation, endpoint=f"{endpoint.url}/v1",
         api_key_file=e.get("api_keys_file"), plan=plan, memory_rss_bytes=_rss(state.pid),
@@ -161,21 +171,36 @@ def stop(root: str | Path | None = None) -> ServiceActionResult:
 
 
 def restart(root: str | Path | None = None, *, wait: bool = True,
-            timeout: float = DEFAULT_HEALTH_TIMEOUT_S) -> ServiceActionResult:
+            timeout: float = DEFAULT_HEALTH_TIMEOUT_S, instance: str | None = None) -> ServiceActionResult:
+    """``instance``: one engine of a multi-instance install (or ``gateway``), the rest untouched."""
     from aiboxctl.client.api import wait_healthy
     from aiboxctl.deploy.endpoint import endpoint_from_install
 
     layout, _, spec, service = _installed(root)
     _require_model(layout, spec, service)
     was = service.state().active
-    service.restart() if was else service.enable_start()
+    if instance is not None and was:
+        from aiboxctl.deploy.instances import wait_instance
+
+        service.restart_one(instance)
+        if wait:
+            wait_instance(spec, instance, timeout)
+    else:
+        service.restart() if was else service.enable_start()
     if wait:
         wait_healthy(endpoint_from_install(layout.root), timeout, _alive_check(service))
     return ServiceActionResult(str(layout.root), "restart", spec.manager, was, True, True if wait else None)
 
 
-def log_path(root: str | Path | None = None) -> Path:
+def log_path(root: str | Path | None = None, instance: str | None = None) -> Path:
+    """The service's log; ``instance``: one engine of a multi-instance install (or ``gateway``)."""
     layout = install_layout(root)
+    if instance is not None:
+        from aiboxctl.deploy.instances import require_instance
+
+        mf.require_manifest(layout)
+        require_instance(layout, instance)
+        return layout.log / f"{instance}.log"
     path = layout.log / "engine.log"
     if not path.exists():
         mf.require_manifest(layout)

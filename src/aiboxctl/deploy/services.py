@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.deploy import supervisor
-from aiboxctl.deploy.spec import UNIT_NAME
 from aiboxctl.errors import AiboxError
 from aiboxctl.paths import InstallLayout
 from aiboxctl.system import run_command
@@ -52,6 +51,7 @@ class ServiceManager:
     def reload(self) -> None: ...
     def enable_start(self) -> None: ...
     def restart(self) -> None: ...
+    def restart_one(self, name: str) -> None: ...
     def stop(self) -> bool: ...
     def disable(self) -> None: ...
     def state(self) -> ServiceState: ...
@@ -60,37 +60,62 @@ class ServiceManager:
 class SystemdManager(ServiceManager):
     name = "systemd"
 
+    @property
+    def units(self) -> list[str]:
+        """aibox.service, or the front door and one aibox-engine@NAME.service per instance."""
+        from aiboxctl.deploy.instances import unit_names
+
+        return unit_names(self.layout)
+
     def _ctl(self, *args: str, check: bool = True, timeout: float = 120):
         r = run_command(["systemctl", *args], timeout=timeout)
         if check and not r.ok:
             raise AiboxError(f"systemctl {' '.join(args)} failed: {r.failure_reason()}", code="systemd_failed",
-                             hint=f"journalctl -u {UNIT_NAME} -n 50")
+                             hint=f"journalctl -u {self.units[-1]} -n 50")
         return r
 
     def reload(self) -> None:
         self._ctl("daemon-reload")
 
+    def _retire_single(self) -> None:
+        """A set replacing a single engine: its aibox.service (unit file gone) must not keep the port."""
+        if self.units != ["aibox.service"]:
+            self._ctl("disable", "--now", "aibox.service", check=False)
+
     def enable_start(self) -> None:
-        self._ctl("enable", "--now", UNIT_NAME)
+        self._retire_single()
+        self._ctl("enable", "--now", *self.units)
 
     def restart(self) -> None:
-        self._ctl("restart", UNIT_NAME)
+        self._retire_single()
+        self._ctl("restart", *self.units)
+
+    def restart_one(self, name: str) -> None:
+        from aiboxctl.deploy.instances import unit_of
+
+        self._ctl("restart", unit_of(self.layout, name))
 
     def stop(self) -> bool:
         was = self.state().active
-        self._ctl("stop", UNIT_NAME, check=False)
+        self._ctl("stop", *self.units, check=False)
         return was
 
     def disable(self) -> None:
-        self._ctl("disable", "--now", UNIT_NAME, check=False)
+        self._ctl("disable", "--now", *self.units, check=False)
 
     def state(self) -> ServiceState:
-        r = self._ctl("show", UNIT_NAME, "--property=ActiveState,SubState,MainPID,NRestarts", check=False)
-        props = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+        """The set as one: active when every unit is; the front door's (last unit's) pid."""
+        states = []
+        for unit in self.units:
+            r = self._ctl("show", unit, "--property=ActiveState,SubState,MainPID,NRestarts", check=False)
+            states.append(dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line))
+        props = states[-1]
         pid = int(props.get("MainPID", "0") or 0) or None
-        return ServiceState("systemd", props.get("ActiveState") == "active", pid,
-                            f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})",
-                            int(props.get("NRestarts", "0") or 0))
+        down = [f"{u}: {p.get('ActiveState', '?')}" for u, p in zip(self.units, states) if p.get("ActiveState") != "active"]
+        detail = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})" if len(states) == 1 else \
+            ("active (all units)" if not down else "; ".join(down))
+        return ServiceState("systemd", not down, pid, detail,
+                            sum(int(p.get("NRestarts", "0") or 0) for p in states))
 
 
 class SupervisorManager(ServiceManager):
@@ -108,6 +133,13 @@ class SupervisorManager(ServiceManager):
 
     def disable(self) -> None:
         supervisor.stop(self.layout)
+
+    def restart_one(self, name: str) -> None:
+        from aiboxctl.deploy.instances import require_instance
+
+        require_instance(self.layout, name)
+        if not supervisor.restart_child(self.layout, name):
+            supervisor.spawn(self.layout, self.env)
 
     def state(self) -> ServiceState:
         s = supervisor.read_state(self.layout)
@@ -133,7 +165,8 @@ def manager_for(name: str, layout: InstallLayout, env: dict[str, str] | None = N
 def service_env(spec_dict: dict) -> dict[str, str]:
     """The environment the service runs with (the supervisor's copy of the unit's Environment=)."""
     layout = InstallLayout.for_root(spec_dict["root"])
-    return {"AIBOX_HOME": spec_dict["state_home"], "AIBOX_CONFIG": str(layout.engine_config),
+    config = layout.etc / "gateway.yaml" if spec_dict.get("instances") else layout.engine_config
+    return {"AIBOX_HOME": spec_dict["state_home"], "AIBOX_CONFIG": str(config),
             "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
             "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

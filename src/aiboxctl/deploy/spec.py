@@ -37,6 +37,10 @@ class InstallSpec:
     predicted: dict[str, Any] = field(default_factory=dict)
     # What `install` was asked (profile name or file, --model, --port, --bind): `upgrade` asks again.
     inputs: dict[str, Any] = field(default_factory=dict)
+    # Several engines behind the front door (deploy/instances.py): one record per engine (name,
+    # role, model_variant, quant, engine settings, env, devices). Empty: one engine, aibox.service;
+    # else ``engine`` is the front door's view (service host/port, the chat model).
+    instances: tuple[dict[str, Any], ...] = ()
 
     @property
     def layout(self) -> InstallLayout:
@@ -54,13 +58,15 @@ class InstallSpec:
             "exec_argv": list(self.exec_argv), "state_home": self.state_home,
             "system_install": self.system_install, "restart_steps": self.restart_steps,
             "predicted": dict(self.predicted), "inputs": dict(self.inputs),
+            **({"instances": [dict(i) for i in self.instances]} if self.instances else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "InstallSpec":
         engine = EngineSettings.from_mapping(d["engine"], source="the install manifest's engine settings")
         return cls(**{**d, "exec_argv": tuple(d["exec_argv"]), "engine": engine,
-                      "predicted": dict(d.get("predicted") or {}), "inputs": dict(d.get("inputs") or {})})
+                      "predicted": dict(d.get("predicted") or {}), "inputs": dict(d.get("inputs") or {}),
+                      "instances": tuple(dict(i) for i in d.get("instances") or ())})
 
 
 def install_layout(root: str | Path | None = None) -> InstallLayout:
@@ -105,9 +111,10 @@ def _protect_home(paths: list[str]) -> str:
     return "read-only" if any(p.startswith(homes) for p in paths) else "yes"
 
 
-def render_appliance(spec: InstallSpec, api_keys: str | None) -> tuple[RenderedFile, ...]:
+def render_appliance(spec: InstallSpec, api_keys: str | None, internal_keys: str | None = None) -> tuple[RenderedFile, ...]:
     """The files of one installation, in the order they are written. ``api_keys`` is the key
-    file's content (kept across re-installs), None when the profile needs no key."""
+    file's content (kept across re-installs), None when the profile needs no key;
+    ``internal_keys`` the front door's key the engines of a multi-instance install trust."""
     layout = spec.layout
     engine = spec.engine
     check_bind(engine.host, bool(engine.api_keys_file), from_flag=bool((spec.inputs or {}).get("bind")))
@@ -116,14 +123,23 @@ def render_appliance(spec: InstallSpec, api_keys: str | None) -> tuple[RenderedF
     common = {"version": __version__, "profile": spec.profile, "model_name": engine.model_name}
     env_file = layout.etc / "aibox.env"
     engine_log = layout.log / "engine.log"
-    files = [
+    if spec.instances:
+        from aiboxctl.deploy.instances import gateway_config_path
+
+        config = gateway_config_path(layout)
+    else:
+        config = layout.engine_config
+    files = [] if spec.instances else [
         RenderedFile(str(layout.engine_config),
                      render_template("engine.yaml.j2", {**common, "engine_sections": sections(engine)}).encode(),
-                     0o640, owner, group),
-        RenderedFile(str(env_file), render_template("aibox.env.j2", {
-            **common, "state_home": spec.state_home, "engine_config": str(layout.engine_config),
-        }).encode(), 0o644, "root" if spec.system_install else None, "root" if spec.system_install else None),
-    ]
+                     0o640, owner, group)]
+    files.append(RenderedFile(str(env_file), render_template("aibox.env.j2", {
+        **common, "state_home": spec.state_home, "engine_config": str(config),
+    }).encode(), 0o644, "root" if spec.system_install else None, "root" if spec.system_install else None))
+    if api_keys is not None and spec.instances:
+        raise UsageError("the front door does not check client API keys yet (issue 16's access wiring): a plan of "
+                         "several engines installs only without an API key, on loopback",
+                         hint="set security: {bind: 127.0.0.1, api_key: false} in the profile, or plan one engine")
     if api_keys is not None:
         if not engine.api_keys_file:
             raise UsageError("an API key was generated but the engine config names no api_keys_file")
@@ -137,13 +153,19 @@ def render_appliance(spec: InstallSpec, api_keys: str | None) -> tuple[RenderedF
         "env_file": str(env_file), "engine_log": str(engine_log),
         "exec_argv": [*spec.exec_argv, "serve", "--config", str(layout.engine_config)],
         "restart_steps": spec.restart_steps, "mlock": engine.mlock,
-        "protect_home": _protect_home([*spec.exec_argv, str(engine.model), spec.state_home]),
+        "protect_home": _protect_home([*spec.exec_argv, str(engine.model), spec.state_home,
+                                       *(str(i["engine"].get("model")) for i in spec.instances)]),
         "read_write_paths": [str(layout.state), str(layout.log)],
         "private_devices": engine.n_gpu_layers == 0,
     }
-    files.append(RenderedFile(str(layout.unit_dir / UNIT_NAME),
-                              render_template("aiboxctl.service.j2", unit_context).encode(), 0o644,
-                              "root" if spec.system_install else None, "root" if spec.system_install else None))
+    if spec.instances:
+        from aiboxctl.deploy.instances import render_set
+
+        files.extend(render_set(spec, internal_keys or "", unit_context, common, owner, group, svc_owner))
+    else:
+        files.append(RenderedFile(str(layout.unit_dir / UNIT_NAME),
+                                  render_template("aiboxctl.service.j2", unit_context).encode(), 0o644,
+                                  "root" if spec.system_install else None, "root" if spec.system_install else None))
     files.append(RenderedFile(str(layout.logrotate_dir / "aibox"), render_template("logrotate.j2", {
         **common, "log_dir": str(layout.log), "user": spec.service_user if spec.system_install else "root",
         "group": spec.service_group if spec.system_install else "root",

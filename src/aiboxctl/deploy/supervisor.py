@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiboxctl.paths import InstallLayout
@@ -90,11 +90,16 @@ def running_pid(layout: InstallLayout) -> int | None:
 
 
 def _is_engine_of(argv: list[str], layout: InstallLayout) -> bool:
-    """``aiboxctl serve --config <this prefix's engine.yaml>``, however it was started."""
-    config = str(layout.engine_config)
-    return "serve" in argv and any(
-        (a == "--config" and i + 1 < len(argv) and argv[i + 1] == config) or a == f"--config={config}"
-        for i, a in enumerate(argv))
+    """``aiboxctl serve --config <this prefix's engine.yaml>`` (or one of its engines/*.yaml), or
+    ``aiboxctl gateway --config <its gateway.yaml>``, however it was started."""
+    etc = str(layout.etc) + "/"
+
+    def ours(config: str) -> bool:
+        return config == str(layout.engine_config) or (config.startswith(etc) and config.endswith(".yaml"))
+
+    return ("serve" in argv or "gateway" in argv) and any(
+        (a == "--config" and i + 1 < len(argv) and ours(argv[i + 1])) or
+        (a.startswith("--config=") and ours(a.split("=", 1)[1])) for i, a in enumerate(argv))
 
 
 def _alive(pid: int) -> bool:
@@ -149,8 +154,9 @@ def _is_supervisor_of(argv: list[str], root: str) -> bool:
 def unmanaged_engines(layout: InstallLayout) -> list[int]:
     """Engines of this installation that no running supervisor of it manages (they outlived it,
     or were started by hand): they hold the port and answer /health for nobody."""
-    managed = read_state(layout).engine_pid
-    return [pid for pid in engine_pids(layout) if pid != managed]
+    state = read_state(layout)
+    managed = {state.engine_pid, *state.children.values()}
+    return [pid for pid in engine_pids(layout) if pid not in managed]
 
 
 def stop_engines(pids: list[int], timeout: float = STOP_GRACE_S) -> None:
@@ -180,6 +186,7 @@ class SupervisorState:
     restarts: int
     last_exit: int | None
     started_at: float | None
+    children: dict = field(default_factory=dict)  # several engines: instance name → pid (the gateway too)
 
 
 def read_state(layout: InstallLayout) -> SupervisorState:
@@ -189,7 +196,21 @@ def read_state(layout: InstallLayout) -> SupervisorState:
     except (OSError, ValueError):
         d = {}
     return SupervisorState(pid, d.get("engine_pid") if pid else None, int(d.get("restarts", 0)),
-                           d.get("last_exit"), d.get("started_at"))
+                           d.get("last_exit"), d.get("started_at"), dict(d.get("children") or {}) if pid else {})
+
+
+def restart_child(layout: InstallLayout, name: str) -> bool:
+    """Ask the supervisor to restart one instance now (no backoff, not counted as a crash)."""
+    state = read_state(layout)
+    pid = state.children.get(name)
+    if state.pid is None or pid is None:
+        return False
+    (layout.run / f"restart-{name}").write_text("")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    return True
 
 
 def spawn(layout: InstallLayout, env: dict[str, str] | None = None) -> int:
@@ -325,6 +346,10 @@ class _Daemon:
             self.child.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
+        from aiboxctl.deploy.instances import is_multi
+
+        if is_multi(self.layout):
+            return _Several(self.layout).run()
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGINT, self.on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -376,6 +401,119 @@ class _Daemon:
             engine_pidfile(self.layout).unlink(missing_ok=True)
             statefile(self.layout).unlink(missing_ok=True)
             pidfile(self.layout).unlink(missing_ok=True)
+        return 0
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen | None = None
+    began: float = 0.0
+    backoff: float = BACKOFF_START_S
+    due: float = 0.0  # monotonic time of the next start
+
+
+class _Several(_Daemon):
+    """One supervisor over a multi-instance installation: every engine (engines/<name>.yaml, its
+    devices from engines/<name>.env) and the front door, each restarted on its own with backoff;
+    each writes its own log (var/log/aibox/<name>.log)."""
+
+    def children_of(self) -> list[_Child]:
+        from aiboxctl.deploy.instances import (GATEWAY_NAME, engines_dir, gateway_config_path, instance_names,
+                                               read_env_file)
+
+        base = [sys.executable, "-m", "aiboxctl.cli.app"]
+        out = [_Child(n, [*base, "serve", "--config", str(engines_dir(self.layout) / f"{n}.yaml")],
+                      read_env_file(engines_dir(self.layout) / f"{n}.env"), self.layout.log / f"{n}.log")
+               for n in instance_names(self.layout)]
+        out.append(_Child(GATEWAY_NAME, [*base, "gateway", "--config", str(gateway_config_path(self.layout))], {},
+                          self.layout.log / f"{GATEWAY_NAME}.log"))
+        return out
+
+    def save(self) -> None:
+        gw = next((c for c in self.kids if c.name == "gateway"), None)
+        tmp = statefile(self.layout).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "engine_pid": gw.proc.pid if gw and gw.proc else None,
+                                   "children": {c.name: c.proc.pid for c in self.kids if c.proc},
+                                   "restarts": self.restarts, "last_exit": self.last_exit,
+                                   "started_at": self.started_at}))
+        os.replace(tmp, statefile(self.layout))
+
+    def on_term(self, signum, frame) -> None:  # noqa: ARG002
+        self.stopping = True
+        for c in self.kids:
+            if c.proc and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+
+    def start(self, c: _Child, identity: dict) -> None:
+        self.log(f"starting {c.name}: {' '.join(c.argv)}")
+        with open(c.log, "ab") as log:
+            c.proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+                                      env={**os.environ, **c.env}, preexec_fn=_die_with_parent(), **identity)
+        c.began = time.monotonic()
+
+    def run(self) -> int:
+        self.kids: list[_Child] = []
+        signal.signal(signal.SIGTERM, self.on_term)
+        signal.signal(signal.SIGINT, self.on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        pidfile(self.layout).write_text(f"{os.getpid()}\n")
+        identity, note = child_identity(self.layout)
+        if note:
+            self.log(note)
+        self.kids = self.children_of()
+        try:
+            for c in self.kids:
+                self.start(c, identity)
+            self.save()
+            while not self.stopping:
+                now = time.monotonic()
+                changed = False
+                for c in self.kids:
+                    if c.proc is not None:
+                        code = c.proc.poll()
+                        if code is None:
+                            continue
+                        c.proc = None
+                        changed = True
+                        asked = self.layout.run / f"restart-{c.name}"
+                        if asked.exists():  # `aiboxctl restart NAME`: at once, not a crash
+                            asked.unlink(missing_ok=True)
+                            self.log(f"{c.name} restarted on request (exit {code})")
+                            c.due = now
+                            continue
+                        self.last_exit = code
+                        if now - c.began > HEALTHY_RUN_S:
+                            c.backoff = BACKOFF_START_S
+                        self.restarts += 1
+                        self.log(f"{c.name} exited with {code}; restart in {c.backoff:.0f} s")
+                        c.due = now + c.backoff
+                        c.backoff = min(c.backoff * 2, BACKOFF_MAX_S)
+                    elif now >= c.due and not self.stopping:
+                        self.start(c, identity)
+                        changed = True
+                if changed:
+                    self.save()
+                time.sleep(0.2)
+        finally:
+            deadline = time.monotonic() + STOP_GRACE_S
+            for c in self.kids:
+                if c.proc and c.proc.poll() is None:
+                    c.proc.send_signal(signal.SIGTERM)
+            for c in self.kids:
+                if c.proc is None:
+                    continue
+                try:
+                    c.proc.wait(max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    c.proc.kill()
+                    c.proc.wait()
+                self.log(f"{c.name} stopped (exit {c.proc.returncode})")
+            pidfile(self.layout).unlink(missing_ok=True)
+            statefile(self.layout).unlink(missing_ok=True)
         return 0
 
 

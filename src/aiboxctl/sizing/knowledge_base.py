@@ -41,9 +41,9 @@ class Companion:
 
 
 def pooled_settings(v: Variant, role: str, catalog: Catalog, *, threads: int | None) -> EngineSettings:
-    fam = catalog.families[v.family]
+    fam = catalog.families.get(v.family)  # None: a .gguf given by path
     n_ctx = max(min(v.architecture.context_length, TOKENS_PER_DECODE), 2048)
-    return EngineSettings(model_name=v.name, role=role, matryoshka=fam.matryoshka, n_ctx=n_ctx,
+    return EngineSettings(model_name=v.name, role=role, matryoshka=bool(fam and fam.matryoshka), n_ctx=n_ctx,
                           parallel=INPUTS_PER_DECODE, n_batch=n_ctx, n_ubatch=n_ctx, threads=threads,
                           threads_batch=threads)
 
@@ -53,6 +53,13 @@ def preferences(profile: UseCaseProfile, catalog: Catalog, role: str) -> list[Va
     if named:
         out = []
         for name in named:
+            if name.endswith(".gguf"):  # a local file: the profile says which role it plays
+                from pathlib import Path
+
+                from aiboxctl.sizing.candidates import local_variant
+
+                out.append(local_variant(Path(name).expanduser()))
+                continue
             out += [v for v in catalog.resolve(name) if catalog.families[v.family].role == role and v not in out]
         return out
     return [v for v in catalog.variants if catalog.families[v.family].role == role]

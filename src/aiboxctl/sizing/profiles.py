@@ -124,6 +124,8 @@ def _load(text: str, shown: str) -> UseCaseProfile:
         problems.append(doc.problem(("roles",), "roles lists chat and, at most once each, embedding and rerank"))
     for key, role in (("embedding_models", "embedding"), ("rerank_models", "rerank")):
         for i, name in enumerate(getattr(profile, key)):
+            if name.endswith(".gguf"):  # a local file, planned from its own header like model:
+                continue
             fam = catalog.variant(name).family if catalog.variant(name) else name
             if fam not in catalog.families or catalog.families[fam].role != role:
                 problems.append(doc.problem((key, i), f"{name!r} is not a catalog {role} variant or family"))

@@ -1,0 +1,250 @@
+"""An installation of several engines behind the front door (issue 14): what a plan with more
+than one instance (the chat model's replicas, the embedding and rerank companions) renders to.
+
+Under ``etc/aibox``: ``engines/<name>.yaml`` (one engine config per replica, each on its own
+loopback port, trusting only the internal token in ``engine-keys``), ``engines/<name>.env`` (the
+vendor's visibility variable that pins it to its devices), ``gateway.yaml`` (the front door on the
+service port); under the unit directory the systemd template ``aibox-engine@.service`` and
+``aibox-gateway.service``, rendered from the single engine's hardened template. The built-in
+supervisor runs the same set (:mod:`aiboxctl.deploy.supervisor` reads these files). Every file
+goes through the one install transaction, so upgrade, rollback and uninstall treat the set as one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiboxctl.engine_settings import EngineSettings
+from aiboxctl.errors import UsageError
+from aiboxctl.paths import InstallLayout
+
+ENGINE_UNIT_TEMPLATE = "aibox-engine@.service"
+GATEWAY_UNIT = "aibox-gateway.service"
+GATEWAY_NAME = "gateway"  # `logs gateway`, `restart gateway`
+_INSTANCE = "@INSTANCE@"  # rendered in place of systemd's %i (sd_quote would double a literal %)
+
+
+def engines_dir(layout: InstallLayout) -> Path:
+    return layout.etc / "engines"
+
+
+def gateway_config_path(layout: InstallLayout) -> Path:
+    return layout.etc / "gateway.yaml"
+
+
+def internal_keys_path(layout: InstallLayout) -> Path:
+    return layout.etc / "engine-keys"
+
+
+def is_multi(layout: InstallLayout) -> bool:
+    """Is the installation under ``layout`` a set of engines behind the front door?"""
+    return gateway_config_path(layout).is_file()
+
+
+def instance_names(layout: InstallLayout) -> list[str]:
+    """The engine instances rendered under ``layout`` (their config files), sorted."""
+    d = engines_dir(layout)
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def unit_names(layout: InstallLayout) -> list[str]:
+    """The systemd units of the installation: the front door and one per engine instance."""
+    from aiboxctl.deploy.spec import UNIT_NAME
+
+    if not is_multi(layout):
+        return [UNIT_NAME]
+    return [*(f"aibox-engine@{n}.service" for n in instance_names(layout)), GATEWAY_UNIT]
+
+
+def unit_of(layout: InstallLayout, name: str) -> str:
+    if name == GATEWAY_NAME:
+        return GATEWAY_UNIT
+    require_instance(layout, name)
+    return f"aibox-engine@{name}.service"
+
+
+def require_instance(layout: InstallLayout, name: str) -> None:
+    known = instance_names(layout)
+    if name != GATEWAY_NAME and name not in known:
+        raise UsageError(f"no instance named {name!r} under {layout.root}",
+                         hint=f"instances: {', '.join([*known, GATEWAY_NAME]) if known else 'none (a single engine)'}")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines of a rendered env file (POSIX shell quoting, # comments)."""
+    import shlex
+
+    out: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        words = shlex.split(value)
+        out[key.strip()] = words[0] if words else ""
+    return out
+
+
+def new_internal_keys() -> str:
+    return ("# The front door's key: every engine of this box trusts only it (api_keys_file).\n"
+            f"gateway:sk-aibox-internal-{secrets.token_urlsafe(32)}\n")
+
+
+@dataclass(frozen=True)
+class PlannedInstance:
+    """One replica of a plan's instance, as install needs it."""
+
+    name: str
+    role: str
+    variant: str
+    quant: str
+    engine: EngineSettings  # from the plan (model left empty)
+    env: dict[str, str]
+    devices: tuple[str, ...]
+    local_file: str | None  # the GGUF when the plan names a file on this box
+
+
+def planned_instances(plan: Any) -> list[PlannedInstance]:
+    """Every replica of every instance of ``plan``, in order (chat replicas first)."""
+    out: list[PlannedInstance] = []
+    for inst in plan.instances:
+        local = inst.file.file if inst.file.source == "local" else None
+        for i, name in enumerate(inst.replica_names()):
+            out.append(PlannedInstance(name, inst.role, inst.variant, inst.quant, inst.engine, inst.visible_env(i),
+                                       inst.device_groups[i], local))
+    return out
+
+
+def instance_entries(layout: InstallLayout, planned: list[PlannedInstance], model_paths: dict[str, str],
+                     service_port: int, threads: int | None = None) -> tuple[dict[str, Any], ...]:
+    """The install spec's record of each engine: its pinned settings (model file, loopback port,
+    internal key) and environment. Ports follow the service port: service+1, service+2, …"""
+    entries = []
+    for i, p in enumerate(planned):
+        engine = p.engine.replace(model=Path(model_paths[p.name]), model_name=p.variant, host="127.0.0.1",
+                                  port=service_port + 1 + i, api_keys_file=internal_keys_path(layout),
+                                  audit_log=None, audit_content=False)
+        entries.append({"name": p.name, "role": p.role, "model_variant": p.variant, "quant": p.quant,
+                        "engine": engine.to_dict(), "env": dict(p.env), "devices": list(p.devices)})
+    return tuple(entries)
+
+
+def gateway_document(spec: Any) -> dict[str, Any]:
+    layout = spec.layout
+    engines = []
+    for e in spec.instances:
+        s = e["engine"]
+        group = e["name"].rsplit("-", 1)[0] if e["role"] == "chat" and "-" in e["name"] else e["name"]
+        engines.append({"name": e["name"], "role": e["role"], "models": [s["model_name"]],
+                        "url": f"http://127.0.0.1:{s['port']}", "group": group})
+    return {"host": spec.engine.host, "port": spec.engine.port,
+            "internal_token_file": str(internal_keys_path(layout)), "engines": engines}
+
+
+def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], common: dict[str, Any],
+               owner: str | None, group: str | None, svc_owner: tuple[str | None, str | None]) -> list:
+    """The files of a multi-instance installation beyond aibox.env and logrotate (spec.py's)."""
+    import yaml
+
+    from aiboxctl.deploy.render import RenderedFile, render_template, safe_path
+    from aiboxctl.engine_settings import sections
+    from aiboxctl.gateway.config import gateway_config_from_text
+
+    layout = spec.layout
+    root_owned = ("root", "root") if spec.system_install else (None, None)
+    files = []
+    for e in spec.instances:
+        engine = EngineSettings.from_mapping(e["engine"], source=f"instance {e['name']} of the install spec")
+        files.append(RenderedFile(str(engines_dir(layout) / f"{e['name']}.yaml"), render_template(
+            "engine.yaml.j2", {**common, "model_name": engine.model_name, "engine_sections": sections(engine)}).encode(),
+            0o640, owner, group))
+        env_lines = [f"# aiboxctl {common['version']}: the devices engine {e['name']} may see "
+                     f"({', '.join(e['devices']) or 'none: it runs on the CPU'})."]
+        env_lines += [f"{k}={render_template_value(v)}" for k, v in sorted(e["env"].items())]
+        files.append(RenderedFile(str(engines_dir(layout) / f"{e['name']}.env"), ("\n".join(env_lines) + "\n").encode(),
+                                  0o644, *root_owned))
+    files.append(RenderedFile(str(internal_keys_path(layout)), internal_keys.encode(), 0o600, *svc_owner, secret=True))
+    text = (f"# aiboxctl {common['version']}: the front door over this box's engines (profile {spec.profile}).\n"
+            "# Rendered by `aiboxctl install`; edits are overwritten by `aiboxctl upgrade`.\n"
+            + yaml.safe_dump(gateway_document(spec), sort_keys=False, allow_unicode=True))
+    gateway_config_from_text(text, "the rendered gateway.yaml")  # never install one the gateway refuses
+    files.append(RenderedFile(str(gateway_config_path(layout)), text.encode(), 0o640, owner, group))
+    engine_cfg = str(engines_dir(layout) / f"{_INSTANCE}.yaml")
+    safe_path(str(engines_dir(layout)))
+    engine_unit = render_template("aiboxctl.service.j2", {
+        **unit_context,
+        "description": f"aiboxctl engine {_INSTANCE} ({spec.profile})",
+        "engine_config": engine_cfg, "engine_log": str(layout.log / f"{_INSTANCE}.log"),
+        "extra_env_files": [str(engines_dir(layout) / f"{_INSTANCE}.env")],
+        "exec_argv": [*spec.exec_argv, "serve", "--config", engine_cfg],
+        # an engine on accelerators needs their device nodes; the CPU-only ones do not
+        "private_devices": all(not e["devices"] for e in spec.instances),
+    }).replace(_INSTANCE, "%i")
+    files.append(RenderedFile(str(layout.unit_dir / ENGINE_UNIT_TEMPLATE), engine_unit.encode(), 0o644, *root_owned))
+    gw_cfg = str(gateway_config_path(layout))
+    gateway_unit = render_template("aiboxctl.service.j2", {
+        **unit_context,
+        "description": f"aiboxctl front door ({spec.profile})",
+        "engine_config": gw_cfg, "engine_log": str(layout.log / "gateway.log"), "extra_env_files": [],
+        "exec_argv": [*spec.exec_argv, "gateway", "--config", gw_cfg],
+        "mlock": False, "private_devices": True,
+    })
+    files.append(RenderedFile(str(layout.unit_dir / GATEWAY_UNIT), gateway_unit.encode(), 0o644, *root_owned))
+    return files
+
+
+def render_template_value(value: Any) -> str:
+    from aiboxctl.deploy.render import sh_quote
+
+    return sh_quote(value)
+
+
+def instance_status(spec: Any, supervised: dict[str, int] | None = None) -> tuple[dict[str, Any], ...]:
+    """Every engine of the set as ``status`` shows it: role, model, devices, health, slots busy
+    (each engine's own /health on its loopback port, with the internal key)."""
+    from aiboxctl.client.api import Endpoint, health
+    from aiboxctl.gateway.config import read_token
+
+    layout = spec.layout
+    try:
+        token = read_token(internal_keys_path(layout))
+    except (UsageError, OSError):
+        token = None
+    out = []
+    for e in spec.instances:
+        s = e["engine"]
+        code, body = health(Endpoint(f"http://127.0.0.1:{s['port']}", token))
+        out.append({"name": e["name"], "role": e["role"], "model": e["model_variant"], "devices": list(e["devices"]),
+                    "port": s["port"], "healthy": code == 200, "http_status": code,
+                    "slots_busy": body.get("slots_busy"), "slots_free": body.get("slots_free"),
+                    "pid": (supervised or {}).get(e["name"]), "log_file": str(layout.log / f"{e['name']}.log")})
+    return tuple(out)
+
+
+def wait_instance(spec: Any, name: str, timeout: float) -> None:
+    """Until instance ``name`` (or the front door) answers /health 200 again after a restart."""
+    import time
+
+    from aiboxctl.client.api import Endpoint, health
+    from aiboxctl.errors import ServiceDown
+
+    time.sleep(0.5)  # the old process's last answers are not the new one's
+    deadline = time.monotonic() + timeout
+    while True:
+        if name == GATEWAY_NAME:
+            code, _ = health(Endpoint(f"http://127.0.0.1:{spec.engine.port}"))
+        else:
+            code = next(i["http_status"] for i in instance_status(spec) if i["name"] == name)
+        if code == 200:
+            return
+        if time.monotonic() >= deadline:
+            raise ServiceDown(f"instance {name} did not become healthy within {timeout:.0f} s",
+                              hint=f"aiboxctl logs {name}")
+        time.sleep(0.25)

@@ -1,0 +1,210 @@
+"""Several engines behind the front door (issue 14): what a plan of more than one instance renders
+to (one engine config per replica on its own loopback port with the internal key, the vendor's
+visibility variable per replica, gateway.yaml, the systemd template unit and the front door's unit,
+both verified by systemd-analyze), and end to end under --root with the built-in supervisor: SmolLM2
+chat + the all-MiniLM embedding model served on one port, status per instance, logs/restart of one
+instance, uninstall leaving nothing the manifest listed and no process behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aiboxctl.deploy.instances import PlannedInstance, instance_entries, new_internal_keys
+from aiboxctl.deploy.spec import render_appliance
+from aiboxctl.engine_settings import EngineSettings
+from aiboxctl.errors import UsageError
+from aiboxctl.gateway.config import load_gateway_config, read_token
+from test_render import make_spec, unit_lines, verify_unit, write_all
+
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                           reason="systemd-analyze not installed (CI installs it)")
+
+
+def multi_spec(root: Path, *, user: str = "root"):
+    spec = make_spec(root, api_key=False, user=user)
+    chat = EngineSettings(role="chat", n_gpu_layers=65, parallel=5, n_ctx=40960)
+    emb = EngineSettings(role="embedding", parallel=64, n_ctx=8192, n_batch=8192, n_ubatch=8192)
+    planned = [PlannedInstance("chat-0", "chat", "qwen-32b", "Q8_0", chat, {"CUDA_VISIBLE_DEVICES": "0,1"},
+                               ("CUDA0", "CUDA1"), None),
+               PlannedInstance("chat-1", "chat", "qwen-32b", "Q8_0", chat, {"CUDA_VISIBLE_DEVICES": "2,3"},
+                               ("CUDA2", "CUDA3"), None),
+               PlannedInstance("embedding", "embedding", "bge-m3", "F16", emb, {}, (), None)]
+    paths = {"chat-0": "/opt/models/q.gguf", "chat-1": "/opt/models/q.gguf", "embedding": "/opt/models/bge.gguf"}
+    entries = instance_entries(spec.layout, planned, paths, spec.engine.port)
+    return dataclasses.replace(spec, instances=entries)
+
+
+def test_a_set_renders_one_config_per_engine_and_the_front_door(tmp_path):
+    spec = multi_spec(tmp_path)
+    files = render_appliance(spec, None, new_internal_keys())
+    names = [str(Path(f.path).relative_to(tmp_path)) for f in files]
+    assert "etc/aibox/engine.yaml" not in names and "etc/systemd/system/aibox.service" not in names
+    for n in ("chat-0", "chat-1", "embedding"):
+        assert f"etc/aibox/engines/{n}.yaml" in names and f"etc/aibox/engines/{n}.env" in names
+    assert {"etc/aibox/gateway.yaml", "etc/aibox/engine-keys", "etc/systemd/system/aibox-engine@.service",
+            "etc/systemd/system/aibox-gateway.service"} <= set(names)
+    write_all(files)
+    etc = spec.layout.etc
+    assert (etc / "engines/chat-1.env").read_text().splitlines()[-1] == "CUDA_VISIBLE_DEVICES=2,3"
+    assert "VISIBLE" not in (etc / "engines/embedding.env").read_text()
+    ports = set()
+    for n in ("chat-0", "chat-1", "embedding"):
+        cfg = EngineSettings.from_mapping(yaml.safe_load((etc / f"engines/{n}.yaml").read_text()))
+        assert cfg.host == "127.0.0.1" and cfg.api_keys_file == etc / "engine-keys"
+        ports.add(cfg.port)
+    assert ports == {8081, 8082, 8083}
+    modes = {Path(f.path).name: f.mode for f in files}
+    assert modes["engine-keys"] == 0o600
+    gw = load_gateway_config(etc / "gateway.yaml")
+    assert (gw.host, gw.port) == ("127.0.0.1", 8080)
+    assert read_token(gw.internal_token_file).startswith("sk-aibox-internal-")
+    assert [(e.name, e.role, e.replica_group) for e in gw.engines] == \
+        [("chat-0", "chat", "chat"), ("chat-1", "chat", "chat"), ("embedding", "embedding", "embedding")]
+    assert render_appliance(spec, None, "k\n") == render_appliance(spec, None, "k\n")
+
+
+def test_a_set_with_a_client_key_is_refused_until_the_front_door_checks_keys(tmp_path):
+    with pytest.raises(UsageError, match="does not check client API keys"):
+        render_appliance(multi_spec(tmp_path), "admin:k\n", "gateway:k\n")
+
+
+@needs_systemd_analyze
+def test_the_set_units_verify_and_keep_the_hardening(tmp_path):
+    spec = multi_spec(tmp_path, user="aibox")
+    write_all(render_appliance(spec, None, "gateway:k\n"))
+    units = spec.layout.unit_dir
+    # a template verifies as an instance of it
+    shutil.copy(units / "aibox-engine@.service", units / "aibox-engine@chat-0.service")
+    for name in ("aibox-engine@chat-0.service", "aibox-gateway.service"):
+        assert verify_unit(tmp_path, units / name) == "", name
+        proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(units / name)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and " OK" in proc.stdout, proc.stdout[-800:] + proc.stderr[-800:]
+    engine = unit_lines((units / "aibox-engine@.service").read_text())
+    assert f"ExecStart={json.dumps(spec.exec_argv[0])} \"serve\" \"--config\" " \
+           f"\"{spec.layout.etc}/engines/%i.yaml\"" in engine
+    assert f"EnvironmentFile=-{spec.layout.etc}/engines/%i.env" in engine
+    assert f"StandardOutput=append:{spec.layout.log}/%i.log" in engine
+    assert "PrivateDevices=yes" not in engine  # the chat replicas need their GPUs
+    gateway = unit_lines((units / "aibox-gateway.service").read_text())
+    assert "PrivateDevices=yes" in gateway and any('"gateway" "--config"' in ln for ln in gateway)
+    for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "Restart=on-failure"):
+        assert setting in engine and setting in gateway
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+EXE = str(Path(sys.executable).with_name("aiboxctl"))
+
+
+def _free_port_pair() -> int:
+    """A port P with P+1 and P+2 free too (the front door and two engines)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port > 60000:
+            continue
+        try:
+            socks = []
+            for p in (port, port + 1, port + 2):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no three free ports in a row")
+
+
+@pytest.mark.slow
+def test_two_instances_install_serve_on_one_port_and_uninstall_cleanly(tmp_path):
+    import httpx
+
+    import bertgguf
+
+    embedder = bertgguf.embedding_gguf()
+    demo = (Path(__file__).resolve().parents[1] / "profiles" / "demo.yaml").read_text()
+    profile = tmp_path / "demo-kb.yaml"
+    profile.write_text(demo.replace("name: demo", "name: demo-kb").replace("users: 4", "users: 2")
+                       .replace("api_key: true", "api_key: false")
+                       + f"roles: [chat, embedding]\nembedding_models: [{json.dumps(str(embedder))}]\n")
+    root, port = tmp_path / "root", _free_port_pair()
+    env = {**os.environ, "AIBOX_HOME": str(tmp_path / "home"), "NO_COLOR": "1", "COLUMNS": "200"}
+    env.pop("AIBOX_INJECT_FAILURE", None)
+
+    def run(*args: str, timeout: float = 300):
+        proc = subprocess.run([EXE, *args, "--root", str(root)], capture_output=True, text=True, env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return proc
+
+    def run_json(*args: str, timeout: float = 300):
+        proc = run(*args, "--json", timeout=timeout)
+        try:
+            return proc.returncode, json.loads(proc.stdout)
+        except ValueError:
+            raise AssertionError(f"not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+
+    try:
+        code, doc = run_json("install", "--profile", str(profile), "--port", str(port), "--yes", timeout=600)
+        assert code == 0, doc["errors"]
+        data = doc["data"]
+        assert data["endpoint"] == f"http://127.0.0.1:{port}/v1" and data["manager"] == "supervisor"
+        assert data["smoke"]["answer"]
+        manifest = json.loads((root / "var/lib/aibox/install-manifest.json").read_text())
+        assert [s["name"] for s in manifest["services_enabled"]] == \
+            ["aibox-engine@chat.service", "aibox-engine@embedding.service", "aibox-gateway.service"]
+        code, st = run_json("status")
+        assert code == 0 and st["data"]["healthy"], st
+        inst = {i["name"]: i for i in st["data"]["instances"]}
+        assert set(inst) == {"chat", "embedding"} and all(i["healthy"] for i in inst.values())
+        assert (inst["chat"]["role"], inst["embedding"]["role"]) == ("chat", "embedding")
+        assert inst["chat"]["slots_busy"] == 0 and inst["chat"]["slots_free"] == 2
+        # one port: chat and embeddings through the front door; the engines refuse anyone else
+        with httpx.Client(timeout=120) as c:
+            models = c.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
+            assert {m["id"]: m["role"] for m in models} == {"smollm2-135m-instruct": "chat", embedder.stem: "embedding"}
+            r = c.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": embedder.stem, "input": "hello"})
+            assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+            r = c.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                       json={"model": "smollm2-135m-instruct", "max_tokens": 4,
+                             "messages": [{"role": "user", "content": "Hi"}]})
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+            assert c.get(f"http://127.0.0.1:{inst['embedding']['port']}/v1/models").status_code == 401
+        # one instance restarted, the rest untouched; its own log
+        chat_pid = st["data"]["instances"][0]["pid"]
+        emb_pid = inst["embedding"]["pid"]
+        proc = run("restart", "embedding")
+        assert proc.returncode == 0, proc.stderr
+        _, st2 = run_json("status")
+        after = {i["name"]: i for i in st2["data"]["instances"]}
+        assert after["embedding"]["pid"] != emb_pid and after["chat"]["pid"] == chat_pid
+        assert after["embedding"]["healthy"]
+        proc = run("logs", "embedding", "-n", "200")
+        assert proc.returncode == 0 and "ready: " in proc.stdout and "embedding" in proc.stdout
+        proc = run("logs", "nope")
+        assert proc.returncode == 2 and "no instance named 'nope'" in proc.stderr
+        # re-running with the same inputs changes nothing
+        code, again = run_json("install", "--profile", str(profile), "--port", str(port), "--yes", timeout=600)
+        assert code == 0 and again["data"]["changed"] == 0, again
+    finally:
+        code, un = run_json("uninstall", "--yes")
+    assert code == 0, un
+    listed = [f["path"] for f in manifest["files"]]
+    assert listed and not any(Path(p).exists() for p in listed)
+    assert not [p for p in root.rglob("*") if p.is_file() and "var/log" not in str(p)]
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(root) not in ps
