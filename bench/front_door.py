@@ -8,7 +8,12 @@ and the gateway process's peak RSS (goal ≤ 120 MiB). Direct and gateway runs a
 level is repeated ``--rounds`` times (the best of each side counts) so a neighbour's load on a
 shared box hits both sides alike.
 
-    .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 2]
+``--access`` adds a second front door over the same engine with governed access on (issue 16:
+key check, limits with reserve+settle, the fsynced usage ledger, the audit chain; the stream asks
+the engine for its usage chunk and strips it again) and prints its tok/s, its ratio to the front
+door without access (goal ≥ 0.98) and the TTFT it adds (goal ≤ 3 ms p50).
+
+    .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 2] [--access]
 """
 
 from __future__ import annotations
@@ -79,11 +84,11 @@ async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, i: int) -
     return ttft or 0.0, n
 
 
-async def level(base: str, streams: int, tokens: int) -> tuple[float, float]:
+async def level(base: str, streams: int, tokens: int, key: str = TOKEN) -> tuple[float, float]:
     """(aggregate tok/s, TTFT p50 s) of ``streams`` concurrent streams."""
     limits = httpx.Limits(max_connections=streams + 4)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits, trust_env=False,
-                                 headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+                                 headers={"Authorization": f"Bearer {key}"}) as c:
         await one_stream(c, "/v1/completions", 2, -1)  # warm the connection
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one_stream(c, "/v1/completions", tokens, i) for i in range(streams)))
@@ -97,6 +102,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--access", action="store_true", help="also a front door with keys, limits, ledger, audit")
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
     top = max(levels)
@@ -114,6 +120,19 @@ def main() -> None:
                    f"http://127.0.0.1:{eport}/health")
     gateway = start(["gateway", "--config", str(tmp / "gateway.yaml")], tmp / "gateway.log",
                     f"http://127.0.0.1:{gport}/health")
+    sides = [("direct", f"http://127.0.0.1:{eport}", TOKEN), ("gateway", f"http://127.0.0.1:{gport}", TOKEN)]
+    procs = [gateway, engine]
+    if a.access:
+        from aiboxctl.access.keys import KeyLimits, KeyStore
+
+        aport = free_port()
+        # Limits that never refuse here but are all checked (and tokens reserved and settled).
+        key = KeyStore(tmp / "access/keys.json").add("bench", KeyLimits(rpm=10**6, tokens_per_day=10**12,
+                                                                        concurrency=10**4), now=time.time()).secret
+        (tmp / "gateway-access.yaml").write_text(yaml.safe_dump({**gw_cfg, "port": aport, "access_dir": "access"}))
+        procs.insert(0, start(["gateway", "--config", str(tmp / "gateway-access.yaml")], tmp / "gateway-access.log",
+                              f"http://127.0.0.1:{aport}/health"))
+        sides.append(("access", f"http://127.0.0.1:{aport}", key))
     gproc, peak = psutil.Process(gateway.pid), [0]
     done = threading.Event()
 
@@ -122,25 +141,29 @@ def main() -> None:
             peak[0] = max(peak[0], gproc.memory_info().rss)
 
     threading.Thread(target=sample, daemon=True).start()
-    direct, via = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{gport}"
     print(f"SmolLM2-135M, {a.threads} threads, {top} slots, {a.tokens} tokens per stream, best of {a.rounds}")
     print(f"{'streams':>7} {'direct tok/s':>12} {'gateway tok/s':>13} {'ratio':>6} "
-          f"{'TTFT direct ms':>14} {'TTFT gw ms':>10} {'added ms':>8}")
+          f"{'TTFT direct ms':>14} {'TTFT gw ms':>10} {'added ms':>8}"
+          + (f" {'access tok/s':>12} {'on/off':>6} {'TTFT access ms':>14} {'added ms':>8}" if a.access else ""))
     try:
         for n in levels:
-            d_best, g_best = (0.0, 1e9), (0.0, 1e9)
+            best = {name: (0.0, 1e9) for name, _, _ in sides}
             for _ in range(a.rounds):
-                d = asyncio.run(level(direct, n, a.tokens))
-                g = asyncio.run(level(via, n, a.tokens))
-                d_best = (max(d_best[0], d[0]), min(d_best[1], d[1]))
-                g_best = (max(g_best[0], g[0]), min(g_best[1], g[1]))
-            print(f"{n:>7} {d_best[0]:>12.1f} {g_best[0]:>13.1f} {g_best[0] / d_best[0]:>6.3f} "
-                  f"{d_best[1] * 1e3:>14.1f} {g_best[1] * 1e3:>10.1f} {(g_best[1] - d_best[1]) * 1e3:>8.1f}"
-                  f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
+                for name, base, key in sides:
+                    r = asyncio.run(level(base, n, a.tokens, key))
+                    best[name] = (max(best[name][0], r[0]), min(best[name][1], r[1]))
+            d_best, g_best = best["direct"], best["gateway"]
+            line = (f"{n:>7} {d_best[0]:>12.1f} {g_best[0]:>13.1f} {g_best[0] / d_best[0]:>6.3f} "
+                    f"{d_best[1] * 1e3:>14.1f} {g_best[1] * 1e3:>10.1f} {(g_best[1] - d_best[1]) * 1e3:>8.1f}")
+            if a.access:
+                x = best["access"]
+                line += (f" {x[0]:>12.1f} {x[0] / g_best[0]:>6.3f} {x[1] * 1e3:>14.1f} "
+                         f"{(x[1] - g_best[1]) * 1e3:>8.1f}")
+            print(line + f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         done.set()
         print(f"gateway peak RSS: {peak[0] / 2**20:.1f} MiB (now {gproc.memory_info().rss / 2**20:.1f} MiB)")
-        for p in (gateway, engine):
+        for p in procs:
             p.send_signal(signal.SIGTERM)
             p.wait(60)
 

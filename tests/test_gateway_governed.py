@@ -137,8 +137,11 @@ def test_scope_expiry_and_missing_key(box):
     with box.client() as c:
         assert c.post(CHAT, json=_ask()).status_code == 401
         assert c.get("/v1/models").status_code == 401  # the web page's sign-in asks this
+        assert c.post("/v1/aibox/extract?name=a.txt", content=b"hello").status_code == 401  # its upload
+        assert c.get("/").status_code == 200  # the page itself loads, then asks for a key
     with box.client("legal") as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["smollm2"]
+        assert c.post("/v1/aibox/extract?name=a.txt", content=b"hello").status_code == 200
     assert sorted(r.status for r in box.ledger("legal")) == [200, 403]
 
 
@@ -158,9 +161,11 @@ def test_rpm_and_concurrency_limits(box):
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert "requests per minute" in r.json()["error"]["message"]
     with box.client("solo") as c, box.client("solo") as other:
-        with c.stream("POST", CHAT, json=_ask(200, stream=True)) as held:
+        # 400 tokens whatever the model says: the stream is still going when the client leaves.
+        with c.stream("POST", CHAT, json=_ask(400, stream=True, ignore_eos=True)) as held:
             assert held.status_code == 200
-            next(held.iter_lines())  # the stream is under way: the key's one request is in flight
+            lines = held.iter_lines()  # kept: a dropped line iterator closes the connection
+            next(lines)  # the stream is under way: the key's one request is in flight
             r = other.post(CHAT, json=_ask())
             assert r.status_code == 429 and r.headers["Retry-After"] == "1"
             assert "concurrent" in r.json()["error"]["message"]
