@@ -44,10 +44,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "400"})
 
 
-def _start_gateway(tmp: Path, name: str, engine_port: int, **extra) -> tuple[subprocess.Popen, int]:
+def _start_gateway(tmp: Path, name: str, engine_port: int, *, ghost: bool = False, **extra) -> tuple[subprocess.Popen, int]:
+    """A gateway child over the engine; ``ghost``: also a model whose one engine never answers (503)."""
     port = free_port()
+    engines = [{"name": "chat-0", "models": ["smollm2"], "url": f"http://127.0.0.1:{engine_port}"}]
+    if ghost:
+        engines.append({"name": "ghost-0", "models": ["ghost"], "url": f"http://127.0.0.1:{free_port()}"})
     cfg = {"port": port, "internal_token_file": str(tmp / "engine-keys"), "health_interval_s": 0.5,
-           "engines": [{"name": "chat-0", "models": ["smollm2"], "url": f"http://127.0.0.1:{engine_port}"}], **extra}
+           "engines": engines, **extra}
     (tmp / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     log = open(tmp / f"{name}.log", "wb")
     proc = subprocess.Popen([AIBOXCTL, "gateway", "--config", str(tmp / f"{name}.yaml")], stdout=log,
@@ -102,13 +106,14 @@ def box(tmp_path_factory):
         b.gateway, port = _start_gateway(
             tmp, "gateway", int(b.engine.base.rsplit(":", 1)[1]), keys_file=str(etc / "keys.json"),
             ledger_file=str(lib / "usage.db"), audit_file=str(logd / "access-audit.jsonl"),
-            secret_file=str(etc / "box-secret"), tls_dir=str(tls.dir))
+            secret_file=str(etc / "box-secret"), tls_dir=str(tls.dir), ghost=True)
         b.base = f"https://127.0.0.1:{port}"
 
         def up() -> bool:
             assert b.gateway.poll() is None, (tmp / "gateway.log").read_text()
             try:
-                return httpx.get(b.base + "/health", verify=b.verify, timeout=5).status_code == 200
+                health = httpx.get(b.base + "/health", verify=b.verify, timeout=5).json()
+                return health["models"]["smollm2"]["healthy"] == 1  # ghost stays down
             except httpx.HTTPError:
                 return False
 
@@ -140,7 +145,7 @@ def test_scope_expiry_and_missing_key(box):
         assert c.post("/v1/aibox/extract?name=a.txt", content=b"hello").status_code == 401  # its upload
         assert c.get("/").status_code == 200  # the page itself loads, then asks for a key
     with box.client("legal") as c:
-        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["smollm2"]
+        assert "smollm2" in [m["id"] for m in c.get("/v1/models").json()["data"]]
         assert c.post("/v1/aibox/extract?name=a.txt", content=b"hello").status_code == 200
     assert sorted(r.status for r in box.ledger("legal")) == [200, 403]
 
@@ -173,6 +178,12 @@ def test_rpm_and_concurrency_limits(box):
         assert wait_until(lambda: other.post(CHAT, json=_ask()).status_code == 200, timeout=60, interval=0.5)
     statuses = [r.status for r in box.ledger("solo")]
     assert 499 in statuses and 429 in statuses and statuses.count(200) == 1
+    # Refused after admission (a model no engine serves: 404; one whose engines are all down: 503):
+    # each refusal frees the key's one request, so the next is refused the same way, not with 429.
+    with box.client("solo") as c:
+        assert [c.post(CHAT, json={**_ask(), "model": "nowhere"}).status_code for _ in range(2)] == [404, 404]
+        assert [c.post(CHAT, json={**_ask(), "model": "ghost"}).status_code for _ in range(2)] == [503, 503]
+    assert [r.status for r in box.ledger("solo")][-4:] == [404, 404, 503, 503]
 
 
 def _one(box: Box, kind: str) -> tuple[int, int] | None:
