@@ -210,16 +210,10 @@ def _is_loopback(host: str) -> bool:
 
 def _check_port_free(host: str, port: int) -> None:
     """Fail before writing anything when another program listens on the service's port."""
-    import socket
+    from aiboxctl.net import bind_listening
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise AiboxError(f"cannot listen on {host}:{port}: {exc.strerror}", code="port_in_use",
-                             hint="pick another port: aiboxctl install --port N") from exc
+    bind_listening(host, port, in_use_hint="pick another port: aiboxctl install --port N",
+                   usage_hint="set the engine's host/port in the profile (or --port)").close()
 
 
 def _alive_check(service: ServiceManager) -> Callable[[], str | None]:

@@ -21,7 +21,8 @@ from typing import Any
 
 from aiboxctl.engine.config import EngineConfig
 from aiboxctl.env import Env
-from aiboxctl.errors import AiboxError, ServiceDown, UsageError, VerificationFailed
+from aiboxctl.errors import AiboxError, ServiceDown, VerificationFailed
+from aiboxctl.net import bind_listening
 
 GRACEFUL_TIMEOUT_S = 10  # in-flight requests get this long to finish after SIGTERM
 WATCH_INTERVAL_S = 1.0  # how often the watchdog asks the decode loop
@@ -42,22 +43,8 @@ class ServeResult:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        import errno
-
-        if exc.errno == errno.EADDRINUSE:  # the same code (and exit code) as install's check
-            raise AiboxError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}", code="port_in_use",
-                             hint="choose another --port, or stop what is listening there") from None
-        raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="choose another --port or --host") from None
-    sock.set_inheritable(True)
-    return sock
+    return bind_listening(host, port, in_use_hint="choose another --port, or stop what is listening there",
+                          usage_hint="choose another --port or --host")
 
 
 def serve(config: EngineConfig, *, log_level: str = "info") -> ServeResult:

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiboxctl.errors import AiboxError, UsageError
 from aiboxctl.gateway.config import GatewayConfig
+from aiboxctl.net import bind_listening
 
 GRACEFUL_TIMEOUT_S = 10  # streams still open at SIGTERM get this long to finish
 
@@ -23,22 +24,8 @@ class GatewayRunResult:
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """Listen before anything starts, so a taken port is one clear line and not a uvicorn trace."""
-    import errno
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise AiboxError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}", code="port_in_use",
-                             hint="set another port in gateway.yaml (or --port), or stop what listens there") from None
-        raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="set host/port in gateway.yaml (or --host/--port)") from None
-    sock.set_inheritable(True)
-    return sock
+    return bind_listening(host, port, in_use_hint="set another port in gateway.yaml (or --port), or stop what listens there",
+                          usage_hint="set host/port in gateway.yaml (or --host/--port)")
 
 
 def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> GatewayRunResult:
