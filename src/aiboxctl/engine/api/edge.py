@@ -4,14 +4,16 @@ record and one metrics count per answer, and OpenAI's JSON 500 for anything no r
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request as HttpRequest
+from pydantic import ValidationError
 
-from aiboxctl.engine.api.protocol import RETRY_AFTER_S, error_response
+from aiboxctl.engine.api.protocol import RETRY_AFTER_S, error_response, validation_message
 from aiboxctl.engine.scheduler import Request
 from aiboxctl.engine.security import key_fingerprint
 from aiboxctl.engine.state import EngineState
@@ -56,6 +58,30 @@ class Rejected(Exception):
     def __init__(self, status: int, message: str, *, code: str, audit_error: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.audit_error = status, message, code, param, audit_error
+
+
+def parse_body(raw: bytes, body_type: Any) -> Any:
+    """Raw bytes → JSON object → a validated ``body_type``; every failure is a 400 ``Rejected``
+    (invalid JSON, not an object, nested too deeply, a field out of range). CPU-bound: callers
+    run it off the event loop."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
+                       audit_error="invalid JSON") from None
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(400, "the request body is not valid JSON", code="invalid_json",
+                       audit_error="invalid JSON") from None
+    if not isinstance(data, dict):
+        raise Rejected(400, "the request body must be a JSON object", code="invalid_json", audit_error="invalid JSON")
+    try:
+        return body_type.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(exc)
+        raise Rejected(400, message, param=param, code="invalid_value", audit_error="invalid request") from None
+    except RecursionError:
+        raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
+                       audit_error="invalid request") from None
 
 
 class Edge:

@@ -7,18 +7,16 @@ prompt tokens and how its answers are shaped."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request as HttpRequest
-from pydantic import ValidationError
 
-from aiboxctl.engine.api.edge import Edge, Rejected
+from aiboxctl.engine.api.edge import Edge, Rejected, parse_body
 from aiboxctl.engine.api.protocol import (
-    RETRY_AFTER_S, SSE_DONE, GenerationBody, answer, error_response, sse, usage, validation_message,
+    RETRY_AFTER_S, SSE_DONE, GenerationBody, answer, error_response, sse, usage,
 )
 from aiboxctl.engine.request import Event, QueueFull, Request, SamplingParams
 from aiboxctl.engine.scheduler import Scheduler
@@ -105,25 +103,7 @@ class OpenAIServing:
     def parse(self, raw: bytes) -> tuple[Any, list[int], Any, str | None]:
         """JSON → validated body → prompt tokens. CPU-bound (a large body, a long template, a
         long prompt), so it runs on a worker thread and the event loop keeps answering."""
-        try:
-            data = json.loads(raw)
-        except RecursionError:
-            raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
-                           audit_error="invalid JSON") from None
-        except (ValueError, UnicodeDecodeError):
-            raise Rejected(400, "the request body is not valid JSON", code="invalid_json",
-                           audit_error="invalid JSON") from None
-        if not isinstance(data, dict):
-            raise Rejected(400, "the request body must be a JSON object", code="invalid_json",
-                           audit_error="invalid JSON")
-        try:
-            body = self.body_type.model_validate(data)
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            raise Rejected(400, message, param=param, code="invalid_value", audit_error="invalid request") from None
-        except RecursionError:
-            raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
-                           audit_error="invalid request") from None
+        body = parse_body(raw, self.body_type)
         try:
             tokens, audit_prompt = self.prompt_tokens(body)
         except (TemplateError, ValueError, RecursionError) as exc:

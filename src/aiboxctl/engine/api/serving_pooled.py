@@ -7,31 +7,15 @@ cancels its request's inputs still queued."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from fastapi import Request as HttpRequest
-from pydantic import ValidationError
 
-from aiboxctl.engine.api.edge import ENDPOINTS, Edge, Rejected
-from aiboxctl.engine.api.protocol import RETRY_AFTER_S, error_response, validation_message
+from aiboxctl.engine.api.edge import ENDPOINTS, Edge, Rejected, parse_body
+from aiboxctl.engine.api.protocol import RETRY_AFTER_S, error_response
 from aiboxctl.engine.request import QueueFull
 from aiboxctl.engine.state import EngineState
-
-
-def read_json(raw: bytes) -> dict:
-    try:
-        data = json.loads(raw)
-    except RecursionError:
-        raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
-                       audit_error="invalid JSON") from None
-    except (ValueError, UnicodeDecodeError):
-        raise Rejected(400, "the request body is not valid JSON", code="invalid_json",
-                       audit_error="invalid JSON") from None
-    if not isinstance(data, dict):
-        raise Rejected(400, "the request body must be a JSON object", code="invalid_json", audit_error="invalid JSON")
-    return data
 
 
 class PooledServing:
@@ -55,14 +39,7 @@ class PooledServing:
 
     def parse(self, raw: bytes) -> tuple[Any, list[list[int]], Any]:
         rt = self.state.runtime
-        try:
-            body = self.body_type.model_validate(read_json(raw))
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            raise Rejected(400, message, param=param, code="invalid_value", audit_error="invalid request") from None
-        except RecursionError:
-            raise Rejected(400, "the request body is nested too deeply", code="invalid_json",
-                           audit_error="invalid request") from None
+        body = parse_body(raw, self.body_type)
         try:
             inputs, audit_prompt = self.inputs(body)
         except ValueError as exc:
