@@ -36,3 +36,57 @@ def test_a_free_port_comes_back_bound_and_inheritable():
         assert sock.getsockname()[1] > 0 and sock.get_inheritable()
     finally:
         sock.close()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BadLength(Exception):
+    pass
+
+
+def _request(chunks: list[bytes], content_length: str | None):
+    """A real Starlette request over an ASGI receive that hands the body over in chunks."""
+    from starlette.requests import Request
+
+    headers = [(b"content-length", content_length.encode())] if content_length is not None else []
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return messages.pop(0)
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers}, receive)
+
+
+def _read(chunks, content_length, **kw):
+    import asyncio
+
+    from aiboxctl.net import read_body_limited
+
+    return asyncio.run(read_body_limited(_request(chunks, content_length), 10, too_large=_TooLarge(), **kw))
+
+
+def test_a_body_within_the_limit_comes_back_whole():
+    assert _read([b"01234", b"5678"], "9") == b"012345678"
+    assert _read([b"01234", b"56789"], None) == b"0123456789"
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading():
+    with pytest.raises(_TooLarge):
+        _read([], "11")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives():
+    with pytest.raises(_TooLarge):
+        _read([b"012345", b"67890"], None)
+    with pytest.raises(_TooLarge):  # a Content-Length that lies is no way past the limit
+        _read([b"012345", b"67890"], "3")
+
+
+def test_a_length_that_is_not_a_number_is_the_callers_refusal_or_counted_as_it_comes():
+    with pytest.raises(_BadLength):
+        _read([b"ok"], "abc", bad_length=_BadLength())
+    assert _read([b"ok"], "abc") == b"ok"
+    with pytest.raises(_TooLarge):
+        _read([b"012345", b"67890"], "abc")

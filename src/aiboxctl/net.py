@@ -1,13 +1,17 @@
-"""The one place a listening socket is bound (the engine, the front door, install's port check).
+"""The network seams every server shares: the one place a listening socket is bound (the engine,
+the front door, install's port check) and the one size-limited read of a request body (the
+engine, the front door, the page's upload).
 
 Binding before anything slow starts turns a taken port into one clear line at once, not a
-uvicorn trace after the model load. Each caller passes its own hints (which knob moves the port).
+uvicorn trace after the model load. Each caller passes its own hints (which knob moves the port)
+and its own refusals (each answers in its own error shape).
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 from aiboxctl.errors import AiboxError, UsageError
 
@@ -32,3 +36,24 @@ def bind_listening(host: str, port: int, *, in_use_hint: str, usage_hint: str) -
         raise UsageError(message, hint=usage_hint) from None
     sock.set_inheritable(True)
     return sock
+
+
+async def read_body_limited(request: Any, limit: int, *, too_large: Exception,
+                            bad_length: Exception | None = None) -> bytes:
+    """A Starlette request's body, ``too_large`` raised once it is over ``limit`` bytes: a declared
+    Content-Length is checked before reading anything, a chunked body as it arrives, so an
+    oversized body is never held in memory. A Content-Length that is not a number raises
+    ``bad_length`` when given, else the body is read and counted as it comes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if declared.strip().isdigit():
+            if int(declared) > limit:
+                raise too_large
+        elif bad_length is not None:
+            raise bad_length
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise too_large
+    return bytes(buf)

@@ -32,6 +32,7 @@ from aiboxctl.gateway.balance import affinity_key
 from aiboxctl.gateway.config import GatewayConfig
 from aiboxctl.gateway.metrics import GatewayMetrics
 from aiboxctl.gateway.pool import Gateway, ModelPool, Refusal, Replica
+from aiboxctl.net import read_body_limited
 
 log = logging.getLogger("aiboxctl.gateway")
 
@@ -233,18 +234,9 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
 
 
 async def _read_body(request: Any, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    too_large = Refusal(413, f"the request body is larger than the front door's limit of {limit} bytes "
-                             "(max_body_bytes in gateway.yaml)", code="request_too_large")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise too_large
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        parts.append(chunk)
-    return b"".join(parts)
+    return await read_body_limited(request, limit, too_large=Refusal(
+        413, f"the request body is larger than the front door's limit of {limit} bytes (max_body_bytes in gateway.yaml)",
+        code="request_too_large"))
 
 
 def _parse(body: bytes) -> dict[str, Any]:

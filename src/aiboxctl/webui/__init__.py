@@ -18,6 +18,7 @@ browser too.
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable
 
+from aiboxctl.net import read_body_limited
 from aiboxctl.webui.extract import ExtractError, ExtractLimits, extract_text
 
 STATIC_PACKAGE = "aiboxctl.webui"
@@ -149,14 +150,5 @@ def _load_assets(folder: Any) -> dict[str, _Asset]:
 
 
 async def _read_limited(request: Any, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    too_large = ExtractError(413, "file_too_large", f"the file is larger than the limit of {limit / 1e6:.1f} MB")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        parts.append(chunk)
-    return b"".join(parts)
+    return await read_body_limited(request, limit, too_large=ExtractError(
+        413, "file_too_large", f"the file is larger than the limit of {limit / 1e6:.1f} MB"))

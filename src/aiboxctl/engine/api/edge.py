@@ -17,6 +17,7 @@ from aiboxctl.engine.api.protocol import RETRY_AFTER_S, error_response, validati
 from aiboxctl.engine.scheduler import Request
 from aiboxctl.engine.security import key_fingerprint
 from aiboxctl.engine.state import EngineState
+from aiboxctl.net import read_body_limited
 
 log = logging.getLogger("aiboxctl.engine")
 
@@ -142,19 +143,9 @@ class Edge:
         too_large = Rejected(413, f"the request body is larger than this server's limit of {limit} bytes "
                                   "(max_body_bytes in the engine config)", code="request_too_large",
                              audit_error="body too large")
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                raise Rejected(400, "invalid Content-Length header", code="invalid_request",
-                               audit_error="bad content-length")
-            if int(declared) > limit:
-                raise too_large
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > limit:
-                raise too_large
-        return bytes(buf)
+        return await read_body_limited(request, limit, too_large=too_large,
+                                       bad_length=Rejected(400, "invalid Content-Length header", code="invalid_request",
+                                                           audit_error="bad content-length"))
 
     def unexpected(self, request: HttpRequest, exc: Exception) -> Any:
         """Any exception no route handled: OpenAI's JSON 500 (not Starlette's plain text),
