@@ -4,43 +4,24 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 from aiboxctl.sizing.profiles import load_use_case
 
-EXE = str(Path(sys.executable).with_name("aiboxctl"))
 
-
-def test_install_records_the_overrides_and_upgrade_keeps_them(tmp_path):
-    env = {**os.environ, "AIBOX_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
-    root = tmp_path / "root"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                              timeout=300)
-
-    r = run("install", "--profile", "demo", "--root", str(root), "--port", str(port), "--users", "2",
+def test_install_records_the_overrides_and_upgrade_keeps_them(install_prefix):
+    run, root = install_prefix.run, install_prefix.root
+    r = run("install", "--profile", "demo", "--root", str(root), "--port", str(install_prefix.port), "--users", "2",
             "--ctx", "1024", "--target-tok-s", "2", "--yes", "--json")
     assert r.returncode == 0, r.stdout[-800:] + r.stderr[-1500:]
-    try:
-        engine = json.loads(r.stdout)["data"]["engine"]
-        assert engine["parallel"] == 2 and engine["n_ctx"] == 2 * 1024
-        manifest = json.loads((root / "var/lib/aibox/install-manifest.json").read_text())
-        assert manifest["spec"]["inputs"]["sizing"] == {"users": 2, "target_tokens_per_s": 2.0,
-                                                        "context_per_request": 1024}
-        r = run("upgrade", "--root", str(root), "--dry-run", "--yes", "--json")
-        assert r.returncode == 0, r.stdout[-800:] + r.stderr[-1500:]
-        engine = json.loads(r.stdout)["data"]["engine"]
-        assert engine["parallel"] == 2 and engine["n_ctx"] == 2 * 1024  # the demo profile says 4 x 2048
-    finally:
-        run("uninstall", "--root", str(root), "--yes")
+    engine = json.loads(r.stdout)["data"]["engine"]
+    assert engine["parallel"] == 2 and engine["n_ctx"] == 2 * 1024
+    manifest = json.loads((root / "var/lib/aibox/install-manifest.json").read_text())
+    assert manifest["spec"]["inputs"]["sizing"] == {"users": 2, "target_tokens_per_s": 2.0,
+                                                    "context_per_request": 1024}
+    r = run("upgrade", "--root", str(root), "--dry-run", "--yes", "--json")
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr[-1500:]
+    engine = json.loads(r.stdout)["data"]["engine"]
+    assert engine["parallel"] == 2 and engine["n_ctx"] == 2 * 1024  # the demo profile says 4 x 2048
 
 
 def test_install_with_a_bundle_refuses_overrides(cli, tmp_path):
