@@ -4,6 +4,7 @@ record and one metrics count per answer, and OpenAI's JSON 500 for anything no r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -146,6 +147,17 @@ class Edge:
         return await read_body_limited(request, limit, too_large=too_large,
                                        bad_length=Rejected(400, "invalid Content-Length header", code="invalid_request",
                                                            audit_error="bad content-length"))
+
+    async def read_parsed(self, request: HttpRequest, parse: Callable[[bytes], Any], key_id: str | None,
+                          endpoint: str, started: float) -> tuple[Any, Any]:
+        """The body read under the limit and parsed on a worker thread (JSON, validation and
+        tokenising are CPU-bound; the event loop keeps answering): (parse's result, None), or
+        (None, the refusal's answer, audited) when the body or ``parse`` is ``Rejected``."""
+        try:
+            return await asyncio.to_thread(parse, await self.read_body(request)), None
+        except Rejected as exc:
+            self.audit(key_id, endpoint, exc.status, started, error=exc.audit_error)
+            return None, error_response(exc.status, exc.message, code=exc.code, param=exc.param)
 
     def unexpected(self, request: HttpRequest, exc: Exception) -> Any:
         """Any exception no route handled: OpenAI's JSON 500 (not Starlette's plain text),

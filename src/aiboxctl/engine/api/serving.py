@@ -124,12 +124,10 @@ class OpenAIServing:
         if state.status != "ok" or state.scheduler is None:
             audit(key_id, endpoint, 503, started, error="not ready")
             return edge.not_ready()
-        try:
-            raw = await edge.read_body(request)
-            body, tokens, audit_prompt, grammar = await asyncio.to_thread(self.parse, raw)
-        except Rejected as exc:
-            audit(key_id, endpoint, exc.status, started, error=exc.audit_error)
-            return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+        parsed, refused = await edge.read_parsed(request, self.parse, key_id, endpoint, started)
+        if refused is not None:
+            return refused
+        body, tokens, audit_prompt, grammar = parsed
         sched, cfg = state.scheduler, state.served_config
         if not tokens:
             audit(key_id, endpoint, 400, started, error="empty prompt")

@@ -85,12 +85,10 @@ class PooledServing:
         if state.status != "ok" or worker is None:
             audit(key_id, endpoint, 503, started, error="not ready")
             return edge.not_ready()
-        try:
-            raw = await edge.read_body(request)
-            body, inputs, audit_prompt = await asyncio.to_thread(self.parse, raw)
-        except Rejected as exc:
-            audit(key_id, endpoint, exc.status, started, error=exc.audit_error)
-            return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
+        parsed, refused = await edge.read_parsed(request, self.parse, key_id, endpoint, started)
+        if refused is not None:
+            return refused
+        body, inputs, audit_prompt = parsed
         try:
             future = worker.submit(inputs)
         except QueueFull as exc:
