@@ -219,11 +219,9 @@ def one_chat(base: str, i: int, n: int, constrained: bool, out: list, start: thr
     out[i] = (r.json()["usage"]["completion_tokens"], time.perf_counter())
 
 
-def chat_level(base: str, clients: int, n: int, constrained: bool) -> float:
-    """Aggregate tok/s of ``clients`` concurrent chat requests (whole answers)."""
-    out: list = [None] * clients
-    start = threading.Event()
-    threads = [threading.Thread(target=one_chat, args=(base, i, n, constrained, out, start)) for i in range(clients)]
+def run_together(threads: list[threading.Thread], start: threading.Event) -> float:
+    """Start the clients, let them connect, release them at once and wait for all; the release
+    time, which the rates are measured from."""
     for t in threads:
         t.start()
     time.sleep(0.2)
@@ -231,6 +229,15 @@ def chat_level(base: str, clients: int, n: int, constrained: bool) -> float:
     start.set()
     for t in threads:
         t.join()
+    return t0
+
+
+def chat_level(base: str, clients: int, n: int, constrained: bool) -> float:
+    """Aggregate tok/s of ``clients`` concurrent chat requests (whole answers)."""
+    out: list = [None] * clients
+    start = threading.Event()
+    threads = [threading.Thread(target=one_chat, args=(base, i, n, constrained, out, start)) for i in range(clients)]
+    t0 = run_together(threads, start)
     return sum(o[0] for o in out) / (max(o[1] for o in out) - t0)
 
 
@@ -264,13 +271,7 @@ def run_level(base: str, clients: int, n: int) -> dict:
     start = threading.Event()
     threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
                                                           n, out, i, start)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(0.2)
-    t0 = time.perf_counter()
-    start.set()
-    for t in threads:
-        t.join()
+    t0 = run_together(threads, start)
     wall = max(o["end"] for o in out) - t0
     ttfts = sorted(o["ttft"] for o in out)
     return {"aggregate": sum(o["tokens"] for o in out) / wall,
