@@ -3,7 +3,6 @@ the real openai client talking HTTPS to uvicorn with the CA file — refused wit
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -11,6 +10,8 @@ import pytest
 
 from aiboxctl.access.tls import TlsFiles, check_pair, describe, init_local, renew
 from aiboxctl.errors import UsageError
+
+from test_engine_support import free_port
 
 DAY = 86400.0
 
@@ -46,12 +47,6 @@ def test_org_pair_key_mismatch_and_expiry(tmp_path):
     assert describe(a.cert, a.ca_cert).ca_fingerprint_sha256
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def https_server(tmp_path):
     import uvicorn
@@ -65,7 +60,7 @@ def https_server(tmp_path):
     def models():
         return {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "aibox"}]}
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            ssl_certfile=str(files.cert), ssl_keyfile=str(files.key)))
     thread = threading.Thread(target=server.run, daemon=True)

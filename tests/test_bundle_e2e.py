@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -20,16 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from test_engine_support import free_port
+
 pytestmark = pytest.mark.slow
 
 AIBOXCTL = Path(sys.executable).with_name("aiboxctl")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(argv: list[str], env: dict, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -132,14 +127,14 @@ def test_install_sh_offline_then_chat(demo_bundle, tmp_path):
     """The box has no network: a loopback-only network namespace where the machine allows one,
     and in any case pip, the hub and every proxy variable pointed at nothing."""
     bundle, _ = demo_bundle
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("PIP_", "NO_PROXY"))}
     env.update({
         "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1", "PIP_INDEX_URL": closed + "/simple",
         **{k: closed for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")},
         "AIBOX_HOME": str(tmp_path / "box-home"), "NO_COLOR": "1", "PYTHON": sys.executable,
         "AIBOX_VENV": str(tmp_path / "venv"), "WORK": str(tmp_path), "BUNDLE": str(bundle),
-        "ROOT": str(tmp_path / "root"), "PORT": str(_free_port()),
+        "ROOT": str(tmp_path / "root"), "PORT": str(free_port()),
     })
     with tarfile.open(bundle) as tf:
         tf.extract("install.sh", tmp_path, filter="data")

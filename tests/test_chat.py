@@ -7,7 +7,6 @@ replies, refused keys and what the client sends can be checked exactly.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +15,8 @@ import pytest
 
 from aiboxctl.client.api import Endpoint
 from aiboxctl.client.chat import ChatSession, repl
+
+from test_engine_support import free_port
 
 
 class FakeOpenAI:
@@ -95,12 +96,6 @@ def installed_root(tmp_path: Path, port: int, key: str | None) -> Path:
         f'model: "/m.gguf"\nmodel_name: "smollm2-135m-instruct"\nhost: "127.0.0.1"\nport: {port}\n'
         f'api_keys_file: {json.dumps(str(keys)) if key else "null"}\n')
     return tmp_path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_one_shot_prints_only_the_answer_with_the_installed_key(cli, fake, tmp_path):

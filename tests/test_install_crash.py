@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from test_engine_support import free_port
+
 pytestmark = pytest.mark.slow
 
 EXE = str(Path(sys.executable).with_name("aiboxctl"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_under(root: Path) -> list[int]:

@@ -13,22 +13,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from test_engine_support import free_port
+
 pytestmark = pytest.mark.slow
 
 EXE = str(Path(sys.executable).with_name("aiboxctl"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Box:
@@ -105,6 +100,12 @@ def test_install_brings_up_a_verified_service(box):
     # the fallback the engine took and the supervisor's reboot gap are in the summary
     assert d["smoke"]["engine"]["fallback"] == "repack-off" and d["smoke"]["engine"]["changes"] == {"repack": False}
     assert any("fell back to 'repack-off'" in n and "repack False" in n for n in d["notes"])
+    # the plan's prediction re-estimated for what runs (repack off), kept in the manifest beside the plan's
+    served = box.manifest()["served"]
+    assert served["fallback"] == "repack-off" and served["changes"] == {"repack": False}
+    assert served["planned"] == box.manifest()["spec"]["predicted"] and d["smoke"]["engine"]["predicted"] == served["predicted"]
+    assert 0 < served["predicted"]["memory_total_bytes"] <= served["planned"]["memory_total_bytes"]
+    assert served["predicted"]["decode_tok_s"] > 0 and "re-estimated for repack False" in served["basis"]
     assert any("does not start again after a reboot" in n and "start --root" in n for n in d["notes"])
     assert d["endpoint"] == f"http://127.0.0.1:{box.port}/v1"
     m = box.manifest()
@@ -136,6 +137,11 @@ def test_status_is_healthy(box):
     assert any("after a reboot" in w for w in d["warnings"])
     text = box.run("status", "--root", str(box.root)).stdout
     assert "repack False (running a self-test fallback; planned: repack True)" in text and "after a reboot" in text
+    # the prediction shown is the fallback's, the plan's kept beside it
+    served = box.manifest()["served"]
+    assert d["plan"]["predicted"] == served["predicted"] and d["plan"]["planned_predicted"] == served["planned"]
+    assert d["plan"]["predicted_for"].startswith("the self-test fallback 'repack-off' (re-estimated for repack False")
+    assert "(for the self-test fallback 'repack-off'" in text and "  predicted  decode " in text
 
 
 def test_chat_one_shot_answers(box):
@@ -160,6 +166,12 @@ def test_bench_reports_ratios_to_the_plan(box):
     assert d["concurrency"] == 2 and d["completion_tokens_concurrent"] >= 2
     assert d["predicted"]["decode_tok_s"] > 0 and d["ratio"]["decode"] is not None
     assert d["fallback"] == "repack-off" and "fell back to 'repack-off'" in d["notes"][0]
+    # the ratios are to the fallback's re-estimated prediction, and say so
+    assert d["predicted_for"] == "fallback repack-off" and d["predicted"] == box.manifest()["served"]["predicted"]
+    assert any("re-estimated for the fallback 'repack-off'" in n for n in d["notes"])
+    text = box.run("bench", "--root", str(box.root), "--runs", "1", "--max-tokens", "4", "-c", "1",
+                   "--prompt-tokens", "40").stdout
+    assert "predicted (fallback repack-off)" in text
 
 
 def test_second_install_changes_nothing(box):
