@@ -67,7 +67,7 @@ def judge(est: MemoryEstimate, facts: ModelFacts, cfg: Config, box: Box, profile
     speeds = [box.host_speed, *(DeviceSpeed(d.name, d.backend, d.bandwidth_gbps, d.tflops, d.eta) for d in devices)]
     # Speed too when memory fails: "more RAM would fit" must also say whether it would be fast enough.
     tp = estimate_throughput(facts, est, speeds, active_params=active_params, streams=profile.users,
-                             depth=profile.context_per_request // 2)
+                             depth=profile.context_per_request // 2, cpu=box.cpu_buffers)
     if over:
         return Outcome(False, "does not fit: " + "; ".join(over), "memory", est, tp, cfg, worst, needed)
     tol = profile.speed_tolerance

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiboxctl.models.facts import ModelFacts
+from aiboxctl.sizing.cpu_buffers import AMX, CPU_REPACK, CpuBuffers
 from aiboxctl.sizing.memory import MemoryEstimate, cache_row_bytes
 
 # Decode bandwidth efficiency by device class, memory-model.md §6.3 (uncalibrated defaults).
@@ -43,6 +44,32 @@ ETA_COMPUTE: dict[str, float] = {"cpu": 0.3, "cuda": 0.6, "hip": 0.4, "musa": 0.
 # Per-step fixed cost: kernel launches, synchronisation, sampling (memory-model.md §6.1).
 T0_ACCEL = 1.0e-3
 T0_CPU = 0.3e-3
+
+
+@dataclass(frozen=True)
+class RepackSpeed:
+    """How much faster the weights a CPU extra buffer type holds (repack on) are worked through
+    than the same weights in the plain CPU buffer: decode (reading them) and prefill (matmuls)."""
+
+    decode: float
+    prefill: float
+    measured_on: str | None  # where and how; None: no measurement, the factors are 1 by assumption
+
+    def describe(self) -> str:
+        if self.measured_on is None:
+            return "not measured (taken as no change)"
+        return f"decode x{self.decode:g}, prefill x{self.prefill:g} on its weights ({self.measured_on})"
+
+
+# Repack's speed effect per extra buffer type (docs/planning.md "Weight repacking and speed").
+REPACK_SPEED: dict[str, RepackSpeed] = {
+    # bench/repack_speed.py on the 2-core Xeon VM with the portable wheel's AVX2 (haswell) CPU
+    # variant, gemma-3-270m Q4_K_M (12.66 MiB of Q4_K in CPU_REPACK), 5 rounds under load 2.8-3.7:
+    # on/off decode x1.007 (1 stream) and x1.027 (4), prefill x1.15 with the spreads overlapping
+    # (146-234 vs 149-219 tok/s): no difference the noise lets us tell, so none is modelled.
+    CPU_REPACK: RepackSpeed(1.0, 1.0, "no difference beyond noise, Xeon VM AVX2 build, gemma-3-270m Q4_K_M"),
+    AMX: RepackSpeed(1.0, 1.0, None),  # faults on the one AMX CPU measured (a VM): no figure
+}
 
 
 @dataclass(frozen=True)
@@ -99,11 +126,28 @@ def _kv_read_bytes(facts: ModelFacts, layers: list[int], depth: int, cache_k: st
     return total
 
 
+def _repack_scale(facts: ModelFacts, cpu: CpuBuffers, host_layers: set[int], out_on_host: bool) -> tuple[float, float]:
+    """(decode, prefill) time factors for the host's weights with repack on: each weight an
+    extra buffer type takes is worked through at that type's :data:`REPACK_SPEED`."""
+    total = dec = pre = 0.0
+    for w in facts.weight_matrices:
+        if w.duplicate or not (w.slot in host_layers or (w.slot == facts.n_layer and out_on_host)):
+            continue
+        placed = cpu.buffer_for(w)
+        speed = REPACK_SPEED.get(placed[0]) if placed else None
+        total += w.n_bytes
+        dec += w.n_bytes / (speed.decode if speed else 1.0)
+        pre += w.n_bytes / (speed.prefill if speed else 1.0)
+    return (dec / total, pre / total) if total else (1.0, 1.0)
+
+
 def estimate_throughput(facts: ModelFacts, estimate: MemoryEstimate, devices: list[DeviceSpeed], *,
-                        active_params: float, streams: int, depth: int) -> Throughput:
+                        active_params: float, streams: int, depth: int, cpu: CpuBuffers | None = None) -> Throughput:
     """Predicted speed for the placement in ``estimate`` (which layers sit on which device).
 
     ``active_params``: parameters used per token (MoE: the active count), for compute bounds.
+    ``cpu``: the extra buffer types of the host CPU; with repack on (``estimate.params.repack``)
+    the weights they take run at :data:`REPACK_SPEED` (without it: no repack term).
     """
     by_name = {d.name: d for d in devices}
     p = estimate.params
@@ -136,6 +180,9 @@ def estimate_throughput(facts: ModelFacts, estimate: MemoryEstimate, devices: li
     kv_total = 0
     compute_bound = False
     all_read = sum(weights_read(n, frac_1) for n in names if by_name.get(n)) or 1.0
+    repack_dec = repack_pre = 1.0
+    if p.repack and cpu is not None and cpu.names:
+        repack_dec, repack_pre = _repack_scale(facts, cpu, set(layers_on[names[0]]), out_dev == names[0])
     for dev in names:
         spec = by_name.get(dev)
         if spec is None or (not layers_on[dev] and dev != out_dev):
@@ -148,6 +195,10 @@ def estimate_throughput(facts: ModelFacts, estimate: MemoryEstimate, devices: li
         # This device's share of the active parameters, 2 FLOP each per token.
         flops = spec.tflops * 1e12 * spec.eta_compute
         t_cmp_1 = 2 * active_params * (w_1 / all_read) / flops
+        w_total_b += w_b
+        if dev == names[0]:  # the host: repacked weights are read and multiplied at their own speed
+            w_b, w_1 = w_b * repack_dec, w_1 * repack_dec
+            t_cmp_1 *= repack_pre
         mem_b, cmp_b = w_b / bw + streams * kv / kv_bw, t_cmp_1 * streams
         # Layer-split devices run one after another: per device the slower of memory and compute.
         per_device[dev] = max(mem_b, cmp_b)
@@ -155,7 +206,6 @@ def estimate_throughput(facts: ModelFacts, estimate: MemoryEstimate, devices: li
         t_step_b += per_device[dev]
         t_step_1 += max(w_1 / bw + kv / kv_bw, t_cmp_1)
         t_prefill += t_cmp_1
-        w_total_b += w_b
         kv_total += kv
     accel = any(by_name[n].kind != "cpu" for n in per_device if n in by_name)
     t0 = T0_ACCEL if accel else T0_CPU
