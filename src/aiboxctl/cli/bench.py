@@ -46,13 +46,14 @@ def bench(
     output.note(f"benchmarking {endpoint.url} ({endpoint.model or 'model'}): 1 stream × {runs}, then {concurrency or slots} streams")
     result = run_bench(endpoint, concurrency=concurrency or slots, max_tokens=max_tokens, runs=runs,
                        prompt_tokens=prompt_tokens,
-                       predicted=spec.get("predicted") or {})
+                       predicted=spec.get("predicted") or {}, served=manifest.served if manifest else None)
 
     def human(console: Any, r: Any) -> None:
         from rich.table import Table
 
         t = Table(title=f"aibox bench — {r.model} at {r.endpoint}")
-        for col in ("metric", "measured", "plan predicted", "ratio"):
+        predicted_col = "plan predicted" if r.predicted_for == "plan" else f"predicted ({r.predicted_for})"
+        for col in ("metric", "measured", predicted_col, "ratio"):
             t.add_column(col, justify="right" if col != "metric" else "left")
         p = r.predicted
         rows = [

@@ -46,6 +46,14 @@ def _render_install(console: Any, r: Any) -> None:
         fallback = r.smoke.get("fallback_note")
         if fallback:  # not dimmed with the other notes: the box runs other settings than planned
             console.print(f"  fallback     {fallback}", markup=False)
+            served = r.smoke.get("served") or {}
+            pr, plan = served.get("predicted") or {}, r.predicted or {}
+            if pr.get("decode_tok_s"):
+                console.print(f"  predicted    decode {pr['decode_tok_s']:.1f} tok/s, prefill {pr.get('prefill_tok_s') or 0:.0f} "
+                              f"tok/s for what runs (plan: {plan.get('decode_tok_s') or 0:.1f}, "
+                              f"{plan.get('prefill_tok_s') or 0:.0f}); {served.get('basis', '')}", markup=False)
+            elif served.get("error"):
+                console.print(f"  predicted    {served['error']}", markup=False)
         console.print("  next:        " + "   ".join(r.next_commands), markup=False, soft_wrap=True)
     for note in r.notes:
         if note != r.smoke.get("fallback_note"):

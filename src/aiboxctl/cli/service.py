@@ -42,6 +42,15 @@ def status(root: RootOpt = None, json_: JsonOpt = False) -> int:
         planned = f" (running a self-test fallback; planned: {planned})" if planned else ""
         console.print(f"  plan       n_ctx {p['n_ctx']}, {p['parallel']} slots, threads {p['threads'] or 'auto'}, "
                       f"KV {p['cache_type_k']}/{p['cache_type_v']}, repack {p['repack']}{planned}", markup=False)
+        pr = p.get("predicted") or {}
+        if pr.get("decode_tok_s"):
+            figs = [f"decode {pr['decode_tok_s']:.1f} tok/s"]
+            if pr.get("prefill_tok_s"):
+                figs.append(f"prefill {pr['prefill_tok_s']:.0f} tok/s")
+            if pr.get("memory_total_bytes"):
+                figs.append(f"memory {_gib(pr['memory_total_bytes'])}")
+            console.print(f"  predicted  {', '.join(figs)}  (for {p.get('predicted_for', 'the plan')})",
+                          markup=False, soft_wrap=True)
         h = r.health
         if "slots_busy" in h or "slots_free" in h:
             console.print(f"  slots      {h.get('slots_busy', '?')} busy, {h.get('slots_free', '?')} free")

@@ -42,6 +42,7 @@ class BenchResult:
     ratio: dict[str, float | None]
     fallback: str | None = None  # the self-test fallback the engine runs (/health), None: as planned
     notes: tuple[str, ...] = ()
+    predicted_for: str = "plan"  # "plan", or "fallback <name>": the prediction re-estimated for what runs
 
 
 def _predicted_value(predicted: dict[str, Any], *names: str) -> float | None:
@@ -59,12 +60,26 @@ def _ratio(measured: float | None, predicted: float | None) -> float | None:
 
 
 def run_bench(endpoint: Endpoint, *, concurrency: int, max_tokens: int = 64, runs: int = 2,
-              prompt_tokens: int = 320, predicted: dict[str, Any] | None = None) -> BenchResult:
+              prompt_tokens: int = 320, predicted: dict[str, Any] | None = None,
+              served: dict[str, Any] | None = None) -> BenchResult:
+    """``served``: the install's record of a self-test fallback (the manifest's ``served``): when
+    the engine runs that fallback, the ratios are to its re-estimated prediction."""
     predicted = dict(predicted or {})
     # A ratio means something only next to what runs: a self-test fallback (repack off after an
     # AMX fault) is said beside the figures, not left to be read as a wrong prediction.
     _, body = health(endpoint)
     note = fallback_note(body)
+    notes = [note] if note else []
+    predicted_for = "plan"
+    served = served or {}
+    if body.get("fallback"):
+        if served.get("fallback") == body["fallback"] and served.get("predicted"):
+            predicted, predicted_for = dict(served["predicted"]), f"fallback {body['fallback']}"
+            notes.append(f"ratios are to the prediction re-estimated for the fallback '{body['fallback']}' "
+                         f"({served.get('basis', '')})")
+        else:
+            notes.append(f"ratios are to the plan's prediction for the planned settings: no re-estimate for "
+                         f"'{body['fallback']}' ({served.get('error') or 'none recorded by install'})")
     # Warm-up: the first request pays for page faults of the weights and the graph build.
     chat_once(endpoint, [{"role": "user", "content": "Hello"}], max_tokens=4, temperature=0.0)
 
@@ -113,5 +128,5 @@ def run_bench(endpoint: Endpoint, *, concurrency: int, max_tokens: int = 64, run
         completion_tokens_concurrent=tokens, predicted=predicted,
         ratio={"decode": _ratio(decode, p_decode), "prefill": _ratio(prefill, p_prefill),
                "aggregate": _ratio(aggregate, p_agg)},
-        fallback=body.get("fallback"), notes=(note,) if note else (),
+        fallback=body.get("fallback"), notes=tuple(notes), predicted_for=predicted_for,
     )

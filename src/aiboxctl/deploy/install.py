@@ -248,6 +248,30 @@ def _smoke(layout: InstallLayout) -> dict[str, Any]:
     return {"answer": outcome.answer, "usage": outcome.usage, "timings": outcome.timings}
 
 
+def _served_prediction(spec: InstallSpec, hardware: Any, engine: dict[str, Any]) -> dict[str, Any] | None:
+    """The plan's prediction re-estimated for the settings a self-test fallback runs (memory
+    without the extra-buffer copy, speed), or None when the engine runs the plan. One engine
+    only; a re-estimate that cannot be made says why in ``error`` rather than failing the install."""
+    if not engine.get("fallback") or not engine.get("changes") or spec.instances:
+        return None
+    if hardware is None:  # a rollback puts files back without probing: nothing to re-plan on
+        return {"fallback": engine["fallback"], "error": "not re-estimated (no probe of the box in this run)"}
+    from aiboxctl.models.catalog import load_catalog
+    from aiboxctl.models.facts import ModelFacts
+    from aiboxctl.models.gguf import read_header
+    from aiboxctl.sizing.box import as_box
+    from aiboxctl.sizing.served import served_prediction
+
+    try:
+        facts = ModelFacts.from_header(read_header(Path(spec.engine.model)))
+        variant = load_catalog().variant(spec.model_variant)
+        return served_prediction(facts, spec.engine, engine["changes"], spec.predicted, as_box(hardware),
+                                 fallback=engine["fallback"],
+                                 active_params=variant.active * 1e9 if variant else None).to_dict()
+    except (AiboxError, OSError, ValueError) as exc:
+        return {"fallback": engine["fallback"], "error": f"not re-estimated: {exc}"}
+
+
 def after_start_notes(layout: InstallLayout, spec: InstallSpec, smoke: dict[str, Any]) -> list[str]:
     """What the summary must not leave out once the service runs: a self-test fallback (it runs
     other settings than the plan's), and that the built-in supervisor does not survive a reboot."""
@@ -309,8 +333,9 @@ def apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFi
 def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedFile, ...],
                previous: InstallManifest | None, *, fingerprint: str, progress: Progress,
                health_timeout: float, steps: dict[str, float], users_created: tuple[str, ...] = (),
-               force_restart: bool = False) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:
+               force_restart: bool = False, hardware: Any = None) -> tuple[tuple[FileChange, ...], int, str, dict[str, Any]]:
     """Write, (re)start, wait healthy, smoke-test and commit; roll everything back on failure.
+    ``hardware``: the probe the plan was made on, to re-estimate it should the engine fall back.
 
     Every change is journaled on disk ahead of being made (:class:`Transaction`), so an installer
     killed at any instant leaves a state that ``status`` reports and ``uninstall`` or the next
@@ -382,6 +407,10 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
         smoke["engine"] = {k: healthy.get(k) for k in ("fallback", "fallback_reason", "repack")}
         smoke["engine"]["changes"] = served_changes(healthy)
         smoke["fallback_note"] = fallback_note(healthy)
+        served = _served_prediction(spec, hardware, smoke["engine"])
+        if served:  # the plan's prediction for what runs, kept in the manifest beside the planned one
+            smoke["engine"]["predicted"] = served.get("predicted")
+            smoke["served"] = served
         steps["smoke_s"] = time.perf_counter() - t
         generation = previous.generation if previous is not None else 0
         if changed or previous is None or previous.inputs_fingerprint != fingerprint:
@@ -393,7 +422,7 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
                 users_created=tuple(dict.fromkeys([*(previous.users_created if previous else ()), *created_users])),
                 services_enabled=tuple({"manager": spec.manager, "name": name} for name in _unit_names(spec)),
                 spec=spec.to_dict(), inputs_fingerprint=fingerprint, model_path=str(spec.engine.model),
-                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), served=smoke.get("served") or {},
             )
             _commit(layout, tx, files, new)
         tx.commit()
@@ -526,7 +555,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
                 f"{sum(c.changed for c in changes)} file(s) to write?")
     changes, generation, action, smoke = apply_spec(
         layout, spec, files, previous, fingerprint=fingerprint, progress=progress,
-        health_timeout=health_timeout, steps=steps, force_restart=stale_engine)
+        health_timeout=health_timeout, steps=steps, force_restart=stale_engine, hardware=hardware)
     notes.extend(after_start_notes(layout, spec, smoke))
     return InstallResult(dry_run=False, changed=sum(c.changed for c in changes), changes=changes,
                          generation=generation, service_action=action, smoke=smoke, steps=steps,

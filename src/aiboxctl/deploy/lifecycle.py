@@ -97,6 +97,16 @@ def status(root: str | Path | None = None) -> StatusResult:
         plan["planned"] = {k: plan.get(k) for k in served if k in plan}
         plan.update({k: v for k, v in served.items() if k in plan})
         plan["fallback"] = body.get("fallback")
+    plan["predicted_for"] = "the plan"
+    if body.get("fallback"):
+        plan["planned_predicted"] = dict(spec.predicted)
+        record = manifest.served
+        if record.get("fallback") == body["fallback"] and record.get("predicted"):
+            plan["predicted"] = dict(record["predicted"])
+            plan["predicted_for"] = f"the self-test fallback '{body['fallback']}' ({record.get('basis', '')})"
+        else:  # fell back after install (or install could not re-estimate): say the figures are the plan's
+            plan["predicted_for"] = (f"the planned settings, not the fallback '{body['fallback']}' that runs "
+                                     f"({record.get('error') or 'no re-estimate recorded for it'})")
     warnings = [w for w in (fallback_note(body),) if w]
     if spec.manager == "supervisor":
         from aiboxctl.deploy.boot import boot_hook
@@ -368,7 +378,7 @@ def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: 
     pinned = spec.engine.to_dict()
     common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
                   model_path=str(spec.engine.model), manager=spec.manager,
-                  endpoint=f"http://{spec.engine.host}:{spec.engine.port}/v1",
+                  endpoint=f"{'https' if spec.tls else 'http'}://{spec.engine.host}:{spec.engine.port}/v1",
                   api_key_file=pinned["api_keys_file"], audit_log=pinned["audit_log"],
                   engine=pinned, predicted=dict(spec.predicted), reused_plan=True,
                   next_commands=(f"aiboxctl status{_root_flag(layout)}",))

@@ -64,6 +64,9 @@ class InstallManifest:
     inputs_fingerprint: str = ""
     model_path: str = ""
     created_at: str = ""
+    # What the engine serves when its self-test fell back, and the plan's prediction re-estimated
+    # for it (sizing/served.py); {} when it serves the plan
+    served: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class InstallManifest:
             "users_created": list(self.users_created),
             "services_enabled": [dict(s) for s in self.services_enabled],
             "spec": self.spec,
+            **({"served": self.served} if self.served else {}),
         }
 
     @classmethod
@@ -95,7 +99,7 @@ class InstallManifest:
             directories=tuple(d.get("directories", ())), users_created=tuple(d.get("users_created", ())),
             services_enabled=tuple(d.get("services_enabled", ())), spec=d.get("spec", {}),
             inputs_fingerprint=d.get("inputs_fingerprint", ""), model_path=d.get("model_path", ""),
-            created_at=d.get("created_at", ""),
+            created_at=d.get("created_at", ""), served=dict(d.get("served") or {}),
         )
 
     def file(self, path: str | Path) -> FileEntry | None:
