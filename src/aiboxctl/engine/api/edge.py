@@ -110,6 +110,14 @@ class Edge:
         request.state.key_id = key_id
         return key_id, None
 
+    def arrive(self, request: HttpRequest, endpoint: str) -> tuple[float, str | None, Any]:
+        """A generation or pooled request's arrival: its start (kept on ``request.state`` for
+        the access log) and the key check: (started, key id, None), or (started, None, the 401)."""
+        started = time.monotonic()
+        request.state.started = started
+        key_id, denied = self.authorise(request, endpoint)
+        return started, key_id, denied
+
     def not_ready(self) -> Any:
         state = self.state
         msg = f"the engine is not ready ({state.status}" + (f": {state.reason})" if state.reason else ")")

@@ -116,9 +116,7 @@ class OpenAIServing:
 
         state, edge, endpoint = self.state, self.edge, self.endpoint
         audit = edge.audit
-        started = time.monotonic()
-        request.state.started = started
-        key_id, denied = edge.authorise(request, endpoint)
+        started, key_id, denied = edge.arrive(request, endpoint)
         if denied is not None:
             return denied
         if state.status != "ok" or state.scheduler is None:

@@ -74,9 +74,7 @@ class PooledServing:
     async def handle(self, request: HttpRequest) -> Any:
         state, edge, endpoint = self.state, self.edge, self.endpoint
         audit = edge.audit
-        started = time.monotonic()
-        request.state.started = started
-        key_id, denied = edge.authorise(request, endpoint)
+        started, key_id, denied = edge.arrive(request, endpoint)
         if denied is not None:
             return denied
         if state.config.role != self.role:
