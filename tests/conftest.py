@@ -75,32 +75,14 @@ def cli_proc():
     return run
 
 
-@dataclass
-class Prefix:
-    """An install prefix of its own: ``root``, a state root ``home``, a free ``port`` and ``run``
-    for the real console script with that state root (a child process, no stdin)."""
-
-    root: Path
-    home: Path
-    port: int
-    env: dict
-
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(Path(sys.executable).with_name("aiboxctl")), *args], capture_output=True,
-                              text=True, env=self.env, stdin=subprocess.DEVNULL, timeout=timeout)
-
-
 @pytest.fixture
 def install_prefix(tmp_path):
-    """A fresh prefix for a real install (tmp_path/root, AIBOX_HOME tmp_path/home); whatever the
-    test installed there is uninstalled afterwards, pass or fail."""
-    import socket
+    """A fresh prefix for a real install (installprefix.InstallPrefix: tmp_path/root, AIBOX_HOME
+    tmp_path/home, a free port); whatever the test installed there is uninstalled afterwards,
+    pass or fail."""
+    from installprefix import InstallPrefix
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    prefix = Prefix(tmp_path / "root", tmp_path / "home", port,
-                    {**os.environ, "AIBOX_HOME": str(tmp_path / "home"), "NO_COLOR": "1"})
+    prefix = InstallPrefix(tmp_path / "root", tmp_path / "home")
     yield prefix
     if prefix.root.exists():
         prefix.run("uninstall", "--root", str(prefix.root), "--yes")

@@ -13,18 +13,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from test_engine_support import free_port
+from installprefix import EXE, InstallPrefix
 
 pytestmark = pytest.mark.slow
-
-EXE = str(Path(sys.executable).with_name("aiboxctl"))
 
 
 def processes_under(root: Path) -> list[int]:
@@ -45,24 +42,9 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
         time.sleep(0.2)
 
 
-class Prefix:
+class Prefix(InstallPrefix):
     def __init__(self, home: Path, root: Path):
-        self.root = root
-        self.port = free_port()
-        self.env = {**os.environ, "AIBOX_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"}
-        for name in ("AIBOX_INJECT_FAILURE", "AIBOX_TEST_KILL_AT"):
-            self.env.pop(name, None)
-
-    def run(self, *args: str, timeout: float = 240, extra_env: dict | None = None):
-        return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
-                              env={**self.env, **(extra_env or {})}, stdin=subprocess.DEVNULL)
-
-    def json(self, *args: str, **kw) -> tuple[int, dict]:
-        proc = self.run(*args, "--json", **kw)
-        try:
-            return proc.returncode, json.loads(proc.stdout)
-        except ValueError:
-            raise AssertionError(f"not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+        super().__init__(root, home)
 
     def install_args(self) -> list[str]:
         return ["install", "--profile", "demo", "--root", str(self.root), "--port", str(self.port), "--yes"]

@@ -14,25 +14,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from installprefix import EXE, InstallPrefix
 from test_engine_support import free_port
 
 pytestmark = pytest.mark.slow
 
-EXE = str(Path(sys.executable).with_name("aiboxctl"))
 
-
-class Box:
+class Box(InstallPrefix):
     def __init__(self, base: Path):
-        self.root = base / "root"
-        self.home = base / "home"
-        self.port = free_port()
-        self.env = {**os.environ, "AIBOX_HOME": str(self.home), "NO_COLOR": "1", "COLUMNS": "200"}
-        self.env.pop("AIBOX_INJECT_FAILURE", None)
+        super().__init__(base / "root", base / "home")
         # The engine's self-test child crashes with repack on, as on an AMX Xeon whose AMX faults:
         # the fallback path on any machine (the summary, status and bench must say it).
         self.env["AIBOX_SELFTEST_FAULT"] = "repack"
@@ -41,19 +35,6 @@ class Box:
         assert "audit_log: false" in demo
         self.profile = base / "demo-audited.yaml"
         self.profile.write_text(demo.replace("name: demo", "name: demo-audited").replace("audit_log: false", "audit_log: true"))
-
-    def run(self, *args: str, timeout: float = 240, extra_env: dict | None = None, input_text: str | None = None):
-        proc = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
-                              env={**self.env, **(extra_env or {})}, input=input_text,
-                              stdin=None if input_text is not None else subprocess.DEVNULL)
-        return proc
-
-    def json(self, *args: str, **kw) -> tuple[int, dict]:
-        proc = self.run(*args, "--json", **kw)
-        try:
-            return proc.returncode, json.loads(proc.stdout)
-        except ValueError:
-            raise AssertionError(f"not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
 
     def install(self, *extra: str, **kw) -> tuple[int, dict]:
         return self.json("install", "--profile", str(self.profile), "--root", str(self.root), "--port", str(self.port),
