@@ -143,3 +143,15 @@ def test_internal_error_is_one_line_and_traceback_only_with_debug(cli, monkeypat
     monkeypatch.setenv("AIBOX_DEBUG", "1")
     r = cli("paths")
     assert r.code == 1 and "Traceback" in r.stderr and r.stderr.strip().endswith("AIBOX_DEBUG=1 for a traceback and report it)")
+
+
+def test_human_output_never_turns_data_into_emoji():
+    """A certificate fingerprint such as …:82:AB:FD… once printed as …:82🆎FD… (Rich's emoji codes)."""
+    import io
+
+    from aiboxctl.cli import output
+
+    console = output.stdout_console()
+    console.file = io.StringIO()
+    console.print("fingerprint 0F:82:AB:FD:1F :smile: :cd:")
+    assert console.file.getvalue().strip() == "fingerprint 0F:82:AB:FD:1F :smile: :cd:"

@@ -86,7 +86,9 @@ def _console(**kwargs: Any) -> "Console":
                 pass
             raise BrokenPipeError(32, "Broken pipe")
 
-    return _Console(**kwargs)
+    # No ":name:" emoji codes: data such as a certificate fingerprint ("…:82:AB:FD…") must print
+    # as it is, never as 🆎.
+    return _Console(**{"emoji": False, **kwargs})
 
 
 # A pipe or a log file has no width: a line is as long as what it says (one event per line).
