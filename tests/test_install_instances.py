@@ -73,9 +73,40 @@ def test_a_set_renders_one_config_per_engine_and_the_front_door(tmp_path):
     assert render_appliance(spec, None, "k\n") == render_appliance(spec, None, "k\n")
 
 
-def test_a_set_with_a_client_key_is_refused_until_the_front_door_checks_keys(tmp_path):
-    with pytest.raises(UsageError, match="does not check client API keys"):
-        render_appliance(multi_spec(tmp_path), "admin:k\n", "gateway:k\n")
+def test_a_set_with_a_client_key_renders_governed_access_and_tls(tmp_path):
+    """Issue 16: the front door checks client keys now, so a set with a key (the demo's api_key:
+    true, gov-office) renders the access files into gateway.yaml instead of being refused: the key
+    file holds the first admin key only as a salted hash, the key itself is in the admin-key file
+    (0600) that chat/bench/status read, and TLS comes from a local CA."""
+    from aiboxctl.access.keys import KeyRing
+    from aiboxctl.deploy.access_files import access_files, admin_key_path
+    from aiboxctl.deploy.endpoint import endpoint_from_install
+
+    spec = multi_spec(tmp_path)
+    spec = dataclasses.replace(spec, access=True, tls=True,
+                               engine=spec.engine.replace(api_keys_file=admin_key_path(spec.layout)))
+    access = access_files(spec)
+    assert access.new_admin_key and access.new_admin_key in access.admin_key_text
+    files = render_appliance(spec, access.admin_key_text, new_internal_keys(), access.files)
+    write_all(files)
+    etc = spec.layout.etc
+    modes = {str(Path(f.path).relative_to(etc)): f.mode for f in files if str(f.path).startswith(str(etc))}
+    assert {modes[n] for n in ("keys.json", "admin-key", "box-secret", "tls/ca.key", "tls/server.key")} == {0o600}
+    assert modes["tls/ca.crt"] == 0o644
+    assert access.new_admin_key not in (etc / "keys.json").read_text()
+    gw = load_gateway_config(etc / "gateway.yaml")
+    assert gw.scheme == "https" and gw.tls_dir == etc / "tls"
+    settings = gw.access_settings()
+    assert settings is not None and settings.keys_file == etc / "keys.json"
+    assert settings.ledger_file == tmp_path / "var/lib/aibox/usage.db"
+    assert KeyRing(settings.keys_file).authenticate(f"Bearer {access.new_admin_key}").admin
+    ep = endpoint_from_install(tmp_path)
+    assert ep.url == "https://127.0.0.1:8080" and ep.api_key == access.new_admin_key
+    assert ep.ca_file == str(etc / "tls/ca.crt")
+    # a second run keeps every access file byte for byte (no new key, the same CA)
+    again = access_files(spec)
+    assert again.new_admin_key is None and {f.path: f.content for f in again.files} == \
+        {f.path: f.content for f in access.files}
 
 
 @needs_systemd_analyze

@@ -59,3 +59,34 @@ def test_fingerprint_tracks_inputs_not_free_memory():
     assert a != inputs_fingerprint(demo, None, {"port": 2}, hw)
     assert a != inputs_fingerprint(demo, "gemma-3-270m", {"port": 1}, hw)
     assert a != inputs_fingerprint(load_use_case("dev"), None, {"port": 1}, hw)
+
+
+@pytest.mark.parametrize("name", ["gov-office", "finance", "healthcare"])
+def test_department_profiles_serve_the_lan_over_https_with_keys_behind_the_front_door(tmp_path, name):
+    """Issue 16: a department's colleagues must reach the box — these profiles bind beyond
+    loopback, so install puts the front door first (TLS on, keys checked), the one engine of a
+    single-engine plan behind it on loopback. The demo stays one engine on loopback, no TLS."""
+    from aiboxctl.deploy.install import behind_front_door, tls_wanted
+
+    profile = load_use_case(name)
+    spec = spec_for(profile, tmp_path)
+    assert spec.engine.host == "0.0.0.0" and tls_wanted(profile.security, spec.engine.host)
+    front, engines = behind_front_door(spec, {"instances": [], "single": [_Planned()]}, profile.security, None)
+    assert front.tls and front.access and [e.name for e in engines] == ["chat"]
+    assert front.engine.api_keys_file == tmp_path / "etc/aibox/admin-key"
+    demo = load_use_case("demo")
+    same, none = behind_front_door(spec_for(demo, tmp_path), {"instances": [], "single": [_Planned()]},
+                                   demo.security, None)
+    assert none == [] and not same.tls and not same.access
+
+
+@dataclasses.dataclass
+class _Planned:
+    name: str = "x"
+    role: str = "chat"
+    variant: str = "smollm2-135m-instruct"
+    quant: str = "Q4_1"
+    engine: EngineSettings = EngineSettings()
+    env: dict = dataclasses.field(default_factory=dict)
+    devices: tuple = ()
+    local_file: str | None = None

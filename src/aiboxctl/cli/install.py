@@ -38,6 +38,16 @@ def _render_install(console: Any, r: Any) -> None:
         console.print(f"  generation   {r.generation}   service ({r.manager}): {r.service_action}")
         console.print(f"  endpoint     {r.endpoint}  (OpenAI-compatible)")
         console.print(f"  API key      {r.api_key_file or 'none (loopback only)'}")
+        if r.admin_key:  # made by this run: the only time it is shown
+            console.print(f"  admin key    {r.admin_key}  (shown once; kept for this box's tools in "
+                          f"{r.api_key_file}; `aiboxctl keys add NAME` for colleagues)", markup=False)
+        if r.lan_url:
+            console.print(f"  colleagues   {r.lan_url}", markup=False)
+        if r.ca_file:
+            console.print(f"  CA file      {r.ca_file}  (give it to clients)", markup=False)
+        if r.ca_fingerprint:
+            label = "CA SHA-256" if r.ca_file else "cert SHA-256"
+            console.print(f"  {label:<12} {r.ca_fingerprint}", markup=False)
         if r.audit_log:
             console.print(f"  audit log    {r.audit_log}")
         if r.smoke.get("answer"):
@@ -72,6 +82,8 @@ def install(
     dry_run: DryRunOpt = False,
     replan: Annotated[bool, typer.Option("--replan", help="Plan again even when the inputs match the installed generation.")] = False,
     health_timeout: HealthTimeoutOpt = 300.0,
+    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert", help="The organisation's server certificate for the front door (PEM, chain after); default: a local CA's.")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key", help="Its private key (PEM, unencrypted); checked to be the certificate's.")] = None,
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Install offline from an `aiboxctl pack` bundle: every member verified first, no network used.")] = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
@@ -82,6 +94,11 @@ def install(
     if bundle is not None:  # offline, from `aiboxctl pack` (the bundle's own module)
         from aiboxctl.cli.pack import install_bundle
 
+        if tls_cert or tls_key:
+            from aiboxctl.errors import UsageError
+
+            raise UsageError("--bundle does not take --tls-cert/--tls-key yet",
+                             hint="install the bundle, then: aiboxctl install --profile P --tls-cert C --tls-key K")
         if sizing:
             from aiboxctl.errors import UsageError
 
@@ -98,7 +115,8 @@ def install(
 
     result = run_install(profile, model=model, root=root, port=port, bind=bind, dry_run=dry_run, replan=replan,
                          health_timeout=health_timeout, progress=output.note,
-                         confirm=lambda q: output.confirm(q, yes=yes), sizing=sizing)
+                         confirm=lambda q: output.confirm(q, yes=yes), sizing=sizing, tls_cert=tls_cert,
+                         tls_key=tls_key)
     return output.emit(result, _render_install)
 
 

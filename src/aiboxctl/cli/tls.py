@@ -68,7 +68,33 @@ def renew(names: NamesOpt = None, root: RootOpt = None, json_: JsonOpt = False) 
     """Reissue the server certificate from the same local CA (clients keep trusting it)."""
     from aiboxctl.access import tls
 
-    return output.emit(tls.renew(_files(root), names or None), _human("renewed"))
+    info = tls.renew(_files(root), names or None)
+    restarted = _restart_front_door(root)
+    draw = _human("renewed")
+
+    def human(console: Any, r: Any) -> None:
+        draw(console, r)
+        console.print(f"front door: {restarted}")
+
+    return output.emit(info, human)
+
+
+def _restart_front_door(root) -> str:
+    """uvicorn reads the certificate when it starts: a running front door of this installation is
+    restarted (engines untouched) so it serves the renewed one."""
+    from aiboxctl.deploy import manifest as mf
+    from aiboxctl.deploy.instances import GATEWAY_NAME, is_multi
+    from aiboxctl.deploy.spec import install_layout
+
+    layout = install_layout(root)
+    if mf.load_manifest(layout) is None or not is_multi(layout):
+        return "no installed front door here: serve the files with `aiboxctl gateway` (tls_dir)"
+    from aiboxctl.deploy.lifecycle import restart, status
+
+    if not status(root).service.get("active"):
+        return "not running: it serves the renewed certificate when started"
+    restart(root, instance=GATEWAY_NAME)
+    return "restarted (engines untouched): it serves the renewed certificate"
 
 
 @tls_app.command("show")

@@ -22,6 +22,10 @@ class Endpoint:
     model: str | None = None
     key_file: str | None = None
     root_flag: str = ""  # " --root PREFIX" for an installation not at the default place
+    ca_file: str | None = None  # HTTPS: the CA to trust (the front door's local CA)
+    # HTTPS with the organisation's certificate: ``ca_file`` is the served certificate itself,
+    # trusted as it is (pinned), whatever names it covers (this box's tools reach it on loopback)
+    pinned: bool = False
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -44,12 +48,22 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _client(timeout: float, url: str):
+def _client(timeout: float, url: str, ca_file: str | None = None, pinned: bool = False):
     """httpx sends even 127.0.0.1 through HTTP(S)_PROXY when NO_PROXY does not list it; the
-    appliance on this box is never behind a proxy, so loopback ignores the proxy variables."""
+    appliance on this box is never behind a proxy, so loopback ignores the proxy variables.
+    ``ca_file``: HTTPS verified against that CA (the installation's own), else the system's."""
     import httpx
 
-    return httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=not _is_loopback(url))
+    kwargs: dict[str, Any] = {}
+    if ca_file:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if pinned:  # the exact certificate the front door serves is the trust anchor
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            ctx.check_hostname = False
+        kwargs["verify"] = ctx
+    return httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=not _is_loopback(url), **kwargs)
 
 
 def health(endpoint: Endpoint, timeout: float = 3.0) -> tuple[int | None, dict]:
@@ -57,7 +71,7 @@ def health(endpoint: Endpoint, timeout: float = 3.0) -> tuple[int | None, dict]:
     import httpx
 
     try:
-        with _client(timeout, endpoint.url) as c:
+        with _client(timeout, endpoint.url, endpoint.ca_file, endpoint.pinned) as c:
             r = c.get(f"{endpoint.url}/health", headers=endpoint.headers())
     except httpx.HTTPError:
         return None, {}
@@ -173,7 +187,7 @@ def stream_chat(endpoint: Endpoint, messages: list[dict[str, str]], *, max_token
     t0 = time.perf_counter()
     t_first = t_last = None
     try:
-        with _client(timeout, endpoint.url) as c, c.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body,
+        with _client(timeout, endpoint.url, endpoint.ca_file, endpoint.pinned) as c, c.stream("POST", f"{endpoint.url}/v1/chat/completions", json=body,
                                              headers=endpoint.headers()) as r:
             _raise_for(r, endpoint)
             for line in r.iter_lines():
@@ -250,7 +264,7 @@ def complete_raw(endpoint: Endpoint, body: dict[str, Any], timeout: float = 300.
     import httpx
 
     try:
-        with _client(timeout, endpoint.url) as c:
+        with _client(timeout, endpoint.url, endpoint.ca_file, endpoint.pinned) as c:
             r = c.post(f"{endpoint.url}/v1/chat/completions", json=body, headers=endpoint.headers())
     except httpx.ConnectError as exc:
         raise ServiceDown(f"the service at {endpoint.url} is not answering", hint=endpoint.command("status")) from exc

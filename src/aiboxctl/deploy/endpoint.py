@@ -28,6 +28,7 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
 
     layout = install_layout(root)
     cfg: dict[str, Any] = {}
+    scheme, ca_file, pinned = "http", None, False
     gateway = layout.etc / "gateway.yaml"  # several engines: the front door is the endpoint
     try:
         if gateway.is_file() and not layout.engine_config.exists():
@@ -35,6 +36,17 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
             chat = [e for e in doc.get("engines") or () if e.get("role", "chat") == "chat"]
             cfg = {"host": doc.get("host"), "port": doc.get("port"),
                    "model_name": (chat[0].get("models") or [None])[0] if chat else None}
+            if doc.get("keys_file"):  # governed access: this box's tools use the admin key install made
+                from aiboxctl.deploy.access_files import admin_key_path
+
+                cfg["api_keys_file"] = str(admin_key_path(layout))
+            if doc.get("tls_dir"):  # HTTPS; the local CA when there is one, else the system's trust
+                scheme = "https"
+                ca = Path(doc["tls_dir"]) / "ca.crt"
+                if ca.is_file():
+                    ca_file = str(ca)
+                else:  # the organisation's pair: this box's tools trust the very certificate served
+                    ca_file, pinned = str(Path(doc["tls_dir"]) / "server.crt"), True
         else:
             cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -47,7 +59,7 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        url = f"http://{host}:{int(cfg.get('port') or 8080)}"
+        url = f"{scheme}://{host}:{int(cfg.get('port') or 8080)}"
     key_file = cfg.get("api_keys_file")
     if api_key is None and key_file:
         try:
@@ -58,4 +70,5 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
         except FileNotFoundError:
             api_key = None
     root_flag = "" if layout.root == install_layout(None).root else f" --root {layout.root}"
-    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file, root_flag)
+    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file, root_flag,
+                    ca_file if url.startswith("https://") else None, pinned and url.startswith("https://"))

@@ -67,6 +67,12 @@ class InstallResult:
     reused_plan: bool
     next_commands: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    # Behind the front door with TLS: the URL colleagues use, the CA file to give them and its
+    # SHA-256 fingerprint (to read out over the phone); the admin key when this run made it (once).
+    lan_url: str | None = None
+    ca_file: str | None = None
+    ca_fingerprint: str | None = None
+    admin_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -124,10 +130,13 @@ def _plan_facts(plan: Any) -> dict[str, Any]:
                  "streams": tp.get("streams"), "memory_total_bytes": (d.get("memory") or {}).get("total")}
     from aiboxctl.deploy.instances import planned_instances
 
+    planned = planned_instances(plan)
     return {"variant": choice["variant"], "quant": choice["quant"], "engine": plan.engine, "predicted": predicted,
             "exact": d.get("compute_source") == "dry run", "notes": list(d.get("notes") or []),
             # more than one engine: each replica and companion behind the front door
-            "instances": planned_instances(plan) if plan.multi_instance else []}
+            "instances": planned if plan.multi_instance else [],
+            # the one engine, should the install put the front door before it (TLS, the LAN)
+            "single": planned[:1]}
 
 
 def _ensure_model(facts: dict[str, Any], progress: Progress, dry_run: bool) -> tuple[str, bool]:
@@ -206,6 +215,67 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def tls_wanted(security: Any, host: str, tls_cert: str | None = None) -> bool:
+    """HTTPS at the front door: the profile's ``security.tls`` when set, else whenever the service
+    binds beyond loopback; always with the organisation's certificate."""
+    if tls_cert:
+        return True
+    flag = getattr(security, "tls", None)
+    return bool(flag) if flag is not None else not _is_loopback(host)
+
+
+def behind_front_door(spec: InstallSpec, facts: dict[str, Any], security: Any,
+                      tls_cert: str | None) -> tuple[InstallSpec, list[Any]]:
+    """The design (docs/install.md): the front door is the process that faces clients whenever the
+    plan has several engines or the service speaks TLS (which it does beyond loopback); the one
+    engine of a single-engine plan then runs behind it on loopback. A loopback install without TLS
+    (the demo) stays one engine on its port. With a key asked for, the front door checks keys
+    (keys.json, the usage ledger, the audit chain): the key file the install renders is then the
+    first admin key, for this box's own tools. Returns the spec and the engines to put behind it."""
+    tls = tls_wanted(security, spec.engine.host, tls_cert)
+    planned = list(facts["instances"] or (facts["single"] if tls else []))
+    if not planned:
+        return spec, []
+    if not facts["instances"]:
+        from aiboxctl.deploy.instances import PlannedInstance
+
+        p = planned[0]
+        planned = [PlannedInstance("chat", "chat", p.variant, p.quant, p.engine, p.env, p.devices, p.local_file)]
+    access = spec.api_key_required
+    engine = spec.engine
+    if access:
+        from aiboxctl.deploy.access_files import admin_key_path
+
+        engine = engine.replace(api_keys_file=admin_key_path(spec.layout))
+    return dataclasses.replace(spec, engine=engine, access=access, tls=tls), planned
+
+
+def _lan_address(name: str) -> bool:
+    import ipaddress
+
+    try:
+        a = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return a.version == 4 and not a.is_loopback and not a.is_link_local
+
+
+def lan_url(spec: InstallSpec) -> str | None:
+    """The URL colleagues use: the bound address, or this box's first LAN address when it binds all."""
+    if not spec.instances or (_is_loopback(spec.engine.host) and not spec.tls):
+        return None
+    host = spec.engine.host
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        from aiboxctl.access.tls import box_names
+
+        host = next((n for n in box_names() if _lan_address(n)), None) or socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if spec.tls else 'http'}://{host}:{spec.engine.port}/v1"
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -444,11 +514,23 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
             port: int | None = None, bind: str | None = None, dry_run: bool = False,
             replan: bool = False, health_timeout: float = DEFAULT_HEALTH_TIMEOUT_S,
             progress: Progress = _noop, confirm: Callable[[str], None] | None = None,
-            sizing: dict[str, Any] | None = None) -> InstallResult:
+            sizing: dict[str, Any] | None = None, tls_cert: str | Path | None = None,
+            tls_key: str | Path | None = None) -> InstallResult:
     """``sizing``: the profile's users / target_tokens_per_s / context_per_request overridden
-    (``--users``, ``--target-tok-s``, ``--ctx``); recorded in the install's inputs for upgrade."""
+    (``--users``, ``--target-tok-s``, ``--ctx``); recorded in the install's inputs for upgrade.
+    ``tls_cert``/``tls_key``: the organisation's certificate and key for the front door (checked
+    before anything else: a key that is not the certificate's is one line, exit 2)."""
     from aiboxctl.deploy import modelcheck
     from aiboxctl.sizing.profiles import load_use_case
+
+    if (tls_cert is None) != (tls_key is None):
+        raise AiboxError("--tls-cert and --tls-key go together", code="usage",
+                         hint="aiboxctl install --tls-cert server.crt --tls-key server.key …")
+    if tls_cert is not None:
+        from aiboxctl.access.tls import check_pair
+
+        tls_cert, tls_key = str(Path(tls_cert).resolve()), str(Path(tls_key).resolve())
+        check_pair(Path(tls_cert), Path(tls_key))
 
     started_at = time.time()
     layout = install_layout(root)
@@ -480,7 +562,8 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
 
         if ensure_engine(confirm=confirm, accelerators=hardware.accelerators, progress=progress) is not None:
             hardware = _probe()
-    overrides = {"port": port, "bind": bind, "root": str(layout.root)}
+    overrides = {"port": port, "bind": bind, "root": str(layout.root),
+                 **({"tls_cert": tls_cert, "tls_key": tls_key} if tls_cert else {})}
     fingerprint = inputs_fingerprint(profile, model, overrides, _hardware_fingerprint(hardware))
     # The pinned plan stands only on a model that still verifies (the store hashes it again when
     # it changed since its last full hash, and quarantines a mismatch: it is then pulled again).
@@ -513,23 +596,31 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
         spec = build_spec(layout=layout, profile=profile, facts=facts, model_path=model_path,
                           engine=facts["engine"], port=port, bind=bind, system=system)
         spec = dataclasses.replace(spec, inputs={"profile": str(profile_name), "model": model, "port": port,
-                                                 "bind": bind, **({"sizing": sizing} if sizing else {})})
-        if facts["instances"]:
+                                                 "bind": bind, **({"sizing": sizing} if sizing else {}),
+                                                 **({"tls_cert": tls_cert, "tls_key": tls_key} if tls_cert else {})})
+        spec, planned = behind_front_door(spec, facts, profile.security, tls_cert)
+        if planned:
             from aiboxctl.deploy.instances import instance_entries
 
-            paths = _instance_model_paths(facts, model_path, progress, dry_run)
-            spec = dataclasses.replace(spec, instances=instance_entries(layout, facts["instances"], paths,
-                                                                        spec.engine.port))
+            paths = _instance_model_paths({**facts, "instances": planned}, model_path, progress, dry_run)
+            spec = dataclasses.replace(spec, instances=instance_entries(layout, planned, paths, spec.engine.port))
     pinned = spec.engine.to_dict()  # the settings as plain values (paths as strings), for the result
     key_path = pinned["api_keys_file"]
-    keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
-    internal = None
+    internal = access = None
     if spec.instances:
+        from aiboxctl.deploy.access_files import access_files
         from aiboxctl.deploy.instances import internal_keys_path, new_internal_keys
 
         internal = _existing_keys(internal_keys_path(layout)) or new_internal_keys()
-    files = render_appliance(spec, keys, internal)
-    endpoint = f"http://{spec.engine.host}:{spec.engine.port}/v1"
+        inputs = spec.inputs or {}
+        access = access_files(spec, tls_cert=inputs.get("tls_cert"), tls_key=inputs.get("tls_key"))
+        keys = access.admin_key_text
+    else:
+        keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
+    files = render_appliance(spec, keys, internal, access.files if access else ())
+    endpoint = f"{'https' if spec.tls else 'http'}://{spec.engine.host}:{spec.engine.port}/v1"
+    tls_facts = {"lan_url": lan_url(spec), "ca_file": access.ca_file if access else None,
+                 "ca_fingerprint": access.ca_fingerprint if access else None}
     rflag = _root_flag(layout)
     next_commands = (f"aiboxctl chat{rflag}", f"aiboxctl status{rflag}", f"aiboxctl bench{rflag}")
     common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
@@ -548,7 +639,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
         action = "would-start" if not running else ("would-restart" if changed or stale_engine else "unchanged")
         return InstallResult(dry_run=True, changed=changed, changes=changes,
                              generation=previous.generation if previous else None, service_action=action,
-                             smoke={}, steps=steps, notes=tuple(notes), **common)
+                             smoke={}, steps=steps, notes=tuple(notes), **common, **tls_facts)
     changes = plan_changes(files, previous)
     if confirm is not None and any(c.changed for c in changes):
         confirm(f"Install aibox ({spec.profile}: {spec.model_variant}) under {layout.root}, "
@@ -559,4 +650,5 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     notes.extend(after_start_notes(layout, spec, smoke))
     return InstallResult(dry_run=False, changed=sum(c.changed for c in changes), changes=changes,
                          generation=generation, service_action=action, smoke=smoke, steps=steps,
-                         notes=tuple(notes), **common)
+                         notes=tuple(notes), **common, **tls_facts,
+                         admin_key=access.new_admin_key if access else None)

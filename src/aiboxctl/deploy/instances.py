@@ -144,8 +144,18 @@ def gateway_document(spec: Any) -> dict[str, Any]:
         group = e["name"].rsplit("-", 1)[0] if e["role"] == "chat" and "-" in e["name"] else e["name"]
         engines.append({"name": e["name"], "role": e["role"], "models": [s["model_name"]],
                         "url": f"http://127.0.0.1:{s['port']}", "group": group})
-    return {"host": spec.engine.host, "port": spec.engine.port,
-            "internal_token_file": str(internal_keys_path(layout)), "engines": engines}
+    doc: dict[str, Any] = {"host": spec.engine.host, "port": spec.engine.port,
+                           "internal_token_file": str(internal_keys_path(layout)), "engines": engines}
+    from aiboxctl.access.paths import AccessPaths
+
+    paths = AccessPaths.for_layout(layout)
+    if getattr(spec, "access", False):  # governed access (docs/access.md): the files access_files.py made
+        doc.update({"keys_file": str(paths.keys), "ledger_file": str(paths.ledger), "secret_file": str(paths.secret)})
+        if spec.engine.audit_log:  # the profile's audit_log: the hash-chained audit at the front door
+            doc.update({"audit_file": str(paths.audit), "audit_content": bool(spec.engine.audit_content)})
+    if getattr(spec, "tls", False):
+        doc["tls_dir"] = str(paths.tls_dir)
+    return doc
 
 
 def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], common: dict[str, Any],
@@ -239,7 +249,9 @@ def wait_instance(spec: Any, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if name == GATEWAY_NAME:
-            code, _ = health(Endpoint(f"http://127.0.0.1:{spec.engine.port}"))
+            from aiboxctl.deploy.endpoint import endpoint_from_install
+
+            code, _ = health(endpoint_from_install(spec.root))
         else:
             code = next(i["http_status"] for i in instance_status(spec) if i["name"] == name)
         if code == 200:

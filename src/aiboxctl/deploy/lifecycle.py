@@ -295,6 +295,18 @@ def _uninstall(layout: InstallLayout, manifest: mf.InstallManifest, spec: Instal
     layout.manifest.unlink(missing_ok=True)
     kept: list[str] = []
     purged: list[str] = []
+    # Governed access: the key file's lock goes with it; the usage ledger is a record, like the
+    # logs (the access audit chain is one of them): kept unless purged.
+    from aiboxctl.access.paths import AccessPaths
+
+    access = AccessPaths.for_layout(layout)
+    Path(str(access.keys) + ".lock").unlink(missing_ok=True)
+    for p in (access.ledger, *(access.ledger.with_name(access.ledger.name + s) for s in ("-wal", "-shm"))):
+        if p.exists():
+            if purge:
+                p.unlink()
+            else:
+                kept.append(str(p))
     if layout.log.is_dir():
         for p in sorted(layout.log.iterdir()):
             if purge:
@@ -350,7 +362,8 @@ def upgrade(root: str | Path | None = None, *, model: str | None = None, dry_run
         confirm = _already_confirmed
     return install(asked["profile"], model=model or asked.get("model"), root=layout.root, port=asked.get("port"),
                    bind=asked.get("bind"), dry_run=dry_run, replan=True, health_timeout=health_timeout,
-                   progress=progress, confirm=confirm, sizing=asked.get("sizing"))
+                   progress=progress, confirm=confirm, sizing=asked.get("sizing"),
+                   tls_cert=asked.get("tls_cert"), tls_key=asked.get("tls_key"))
 
 
 def _already_confirmed(_question: str) -> None:

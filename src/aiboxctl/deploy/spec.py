@@ -41,6 +41,10 @@ class InstallSpec:
     # role, model_variant, quant, engine settings, env, devices). Empty: one engine, aibox.service;
     # else ``engine`` is the front door's view (service host/port, the chat model).
     instances: tuple[dict[str, Any], ...] = ()
+    # Behind the front door (issue 16): ``access`` — keys, limits, usage ledger and audit chain at
+    # the front door (the profile asks for an API key); ``tls`` — it serves HTTPS (deploy/access_files.py).
+    access: bool = False
+    tls: bool = False
 
     @property
     def layout(self) -> InstallLayout:
@@ -59,6 +63,7 @@ class InstallSpec:
             "system_install": self.system_install, "restart_steps": self.restart_steps,
             "predicted": dict(self.predicted), "inputs": dict(self.inputs),
             **({"instances": [dict(i) for i in self.instances]} if self.instances else {}),
+            **({"access": True} if self.access else {}), **({"tls": True} if self.tls else {}),
         }
 
     @classmethod
@@ -111,10 +116,12 @@ def _protect_home(paths: list[str]) -> str:
     return "read-only" if any(p.startswith(homes) for p in paths) else "yes"
 
 
-def render_appliance(spec: InstallSpec, api_keys: str | None, internal_keys: str | None = None) -> tuple[RenderedFile, ...]:
+def render_appliance(spec: InstallSpec, api_keys: str | None, internal_keys: str | None = None,
+                     access: tuple[RenderedFile, ...] = ()) -> tuple[RenderedFile, ...]:
     """The files of one installation, in the order they are written. ``api_keys`` is the key
     file's content (kept across re-installs), None when the profile needs no key;
-    ``internal_keys`` the front door's key the engines of a multi-instance install trust."""
+    ``internal_keys`` the front door's key the engines of a multi-instance install trust;
+    ``access`` the front door's key file, box secret and TLS files (deploy/access_files.py)."""
     layout = spec.layout
     engine = spec.engine
     check_bind(engine.host, bool(engine.api_keys_file), from_flag=bool((spec.inputs or {}).get("bind")))
@@ -136,14 +143,18 @@ def render_appliance(spec: InstallSpec, api_keys: str | None, internal_keys: str
     files.append(RenderedFile(str(env_file), render_template("aibox.env.j2", {
         **common, "state_home": spec.state_home, "engine_config": str(config),
     }).encode(), 0o644, "root" if spec.system_install else None, "root" if spec.system_install else None))
-    if api_keys is not None and spec.instances:
-        raise UsageError("the front door does not check client API keys yet (issue 16's access wiring): a plan of "
-                         "several engines installs only without an API key, on loopback",
-                         hint="set security: {bind: 127.0.0.1, api_key: false} in the profile, or plan one engine")
+    if spec.instances and bool(api_keys) != spec.access:
+        raise UsageError("behind the front door a client key is the access library's (keys.json): "
+                         "the install spec and the admin key disagree")
+    if spec.instances and spec.access and not any(f.path.endswith("/keys.json") for f in access):
+        raise UsageError("the front door checks keys but no key file was prepared (deploy/access_files.py)")
+    files.extend(access)
     if api_keys is not None:
         if not engine.api_keys_file:
             raise UsageError("an API key was generated but the engine config names no api_keys_file")
-        files.append(RenderedFile(str(engine.api_keys_file), api_keys.encode(), 0o600, *svc_owner,
+        # behind the front door the key is for this box's own tools (the gateway reads keys.json): root's
+        key_owner = ("root", "root") if spec.instances and spec.system_install else svc_owner
+        files.append(RenderedFile(str(engine.api_keys_file), api_keys.encode(), 0o600, *key_owner,
                                   secret=True))
     unit_context = {
         **common,

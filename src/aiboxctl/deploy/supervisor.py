@@ -260,7 +260,9 @@ def stop(layout: InstallLayout, timeout: float = STOP_GRACE_S + 10) -> bool:
         while running_pid(layout) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         if running_pid(layout) is not None:
+            # Killed, it cannot clean up after itself: its runtime files are stale now.
             os.kill(pid, signal.SIGKILL)
+            statefile(layout).unlink(missing_ok=True)
             pidfile(layout).unlink(missing_ok=True)
     # A supervisor of this prefix that has not written (or lost) its pidfile: found by its
     # command line, so nothing started for this prefix outlives a stop or a rollback.
@@ -512,8 +514,8 @@ class _Several(_Daemon):
                     c.proc.kill()
                     c.proc.wait()
                 self.log(f"{c.name} stopped (exit {c.proc.returncode})")
-            pidfile(self.layout).unlink(missing_ok=True)
             statefile(self.layout).unlink(missing_ok=True)
+            pidfile(self.layout).unlink(missing_ok=True)  # last: `stop` returns once it is gone
         return 0
 
 

@@ -30,6 +30,9 @@ class SecuritySettings:
     api_key: bool = True
     audit_log: bool = True
     audit_content: bool = False  # log prompts/answers too (off: metadata only)
+    # HTTPS at the front door (docs/install.md): None — on when the service binds beyond loopback;
+    # true — on loopback too (an install then always runs the front door); false — never
+    tls: Optional[bool] = None
 
 
 @with_config(_STRICT)
