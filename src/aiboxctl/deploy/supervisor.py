@@ -369,6 +369,10 @@ class _Daemon:
                                               preexec_fn=_die_with_parent(), **identity)
                 engine_pidfile(self.layout).write_text(f"{self.child.pid}\n")
                 self.save()
+                if self.stopping:
+                    # SIGTERM came while the engine was being started (on_term had no child to
+                    # pass it to): pass it now, or this daemon waits for an engine nobody stops.
+                    self.child.send_signal(signal.SIGTERM)
                 while True:
                     try:
                         code = self.child.wait()
