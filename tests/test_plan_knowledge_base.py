@@ -59,3 +59,21 @@ def test_profile_roles_and_model_lists_are_checked(tmp_path):
     with pytest.raises(DataFileError, match=r"rerank_models\[0\]: 'bge-m3' is not a catalog rerank variant"):
         load_use_case(wrong_list)
     assert dataclasses.replace(load_use_case("gov-office"), roles=("chat",)).embedding_models
+
+
+def test_companions_are_sized_for_the_box_cpu_and_its_repack_verdict():
+    """The pooled engines run on the same CPU as the chat model: on an AMX Xeon llama.cpp's AMX
+    buffer copies their F16 matrices too, and where the probe saw repacking fault they run with
+    it off like the chat model (an AVX2 CPU assumed, or repack left on, under-counts or crashes)."""
+    from aiboxctl.sizing.box import as_box
+
+    box = as_box(load_hardware_profile("cpu-xeon-amx-512g"))
+    p = plan(load_use_case("gov-office"), box)
+    assert p.companions
+    for c in p.companions:
+        assert not any("CPU not given" in n for n in c.memory.notes)
+        assert c.engine.repack and c.memory.host.repack > 0  # the AMX copy of the F16 weights
+    faulting = plan(load_use_case("gov-office"), dataclasses.replace(box, repack_ok=False))
+    assert faulting.companions
+    for c in faulting.companions:
+        assert not c.engine.repack and c.memory.host.repack == 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from aiboxctl.engine_settings import EngineSettings
 from aiboxctl.jsonable import to_jsonable
 from aiboxctl.models.catalog import Catalog, QuantFile, Variant, facts_for
+from aiboxctl.sizing.cpu_buffers import CpuBuffers
 from aiboxctl.sizing.memory import EngineParams, MemoryEstimate, estimate_memory
 from aiboxctl.sizing.profiles import UseCaseProfile
 
@@ -40,12 +41,13 @@ class Companion:
                 "file": to_jsonable(self.file), "engine": self.engine.to_dict(), "memory": self.memory.to_dict()}
 
 
-def pooled_settings(v: Variant, role: str, catalog: Catalog, *, threads: int | None) -> EngineSettings:
+def pooled_settings(v: Variant, role: str, catalog: Catalog, *, threads: int | None,
+                    repack: bool = True) -> EngineSettings:
     fam = catalog.families.get(v.family)  # None: a .gguf given by path
     n_ctx = max(min(v.architecture.context_length, TOKENS_PER_DECODE), 2048)
     return EngineSettings(model_name=v.name, role=role, matryoshka=bool(fam and fam.matryoshka), n_ctx=n_ctx,
                           parallel=INPUTS_PER_DECODE, n_batch=n_ctx, n_ubatch=n_ctx, threads=threads,
-                          threads_batch=threads)
+                          threads_batch=threads, repack=repack)
 
 
 def preferences(profile: UseCaseProfile, catalog: Catalog, role: str) -> list[Variant]:
@@ -66,8 +68,13 @@ def preferences(profile: UseCaseProfile, catalog: Catalog, role: str) -> list[Va
 
 
 def plan_companions(profile: UseCaseProfile, catalog: Catalog, host_left: int, *,
-                    threads: int | None = None) -> tuple[tuple[Companion, ...], list[str]]:
-    """(the companions that fit in ``host_left`` bytes, in the profile's role order; notes)."""
+                    threads: int | None = None, cpu: CpuBuffers | None = None,
+                    repack: bool = True) -> tuple[tuple[Companion, ...], list[str]]:
+    """(the companions that fit in ``host_left`` bytes, in the profile's role order; notes).
+
+    ``cpu`` and ``repack``: the box's CPU extra buffer types and whether repacking is safe there
+    (:class:`~aiboxctl.sizing.box.Box`), as for the chat model: the AMX copy of the weights
+    counts, and a CPU where repacking faults runs the companions with it off too."""
     out: list[Companion] = []
     notes: list[str] = []
     for role in profile.roles:
@@ -77,11 +84,11 @@ def plan_companions(profile: UseCaseProfile, catalog: Catalog, host_left: int, *
         for v in preferences(profile, catalog, role):
             picked = None
             for f in v.files:
-                settings = pooled_settings(v, role, catalog, threads=threads)
+                settings = pooled_settings(v, role, catalog, threads=threads, repack=repack)
                 facts = facts_for(v, f)
                 if v.architecture.arch in ENCODER_ARCHS:  # the header says so; the catalog cannot
                     facts = replace(facts, causal=False)
-                est = estimate_memory(facts, EngineParams.of(settings))
+                est = estimate_memory(facts, EngineParams.of(settings), cpu=cpu)
                 smallest = est.total if smallest is None else min(smallest, est.total)
                 if est.total <= host_left:
                     picked = Companion(role, v.name, v.family, f.quant, f, settings, est)

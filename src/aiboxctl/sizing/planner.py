@@ -192,7 +192,8 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
     result = _make_plan(profile, box, v, f, out, facts, local, out.estimate, compute_source, rejected, notes, catalog)
     if any(role != "chat" for role in profile.roles):
         host = result.devices[0]
-        companions, kb_notes = plan_companions(profile, catalog, host.headroom, threads=result.engine.threads)
+        companions, kb_notes = plan_companions(profile, catalog, host.headroom, threads=result.engine.threads,
+                                               cpu=box.cpu_buffers, repack=box.repack_ok)
         result = replace(result, companions=companions, notes=result.notes + tuple(kb_notes))
     filled = fill_box(profile=profile, box=box, catalog=catalog, variant=v.name, quant=f.quant, file=f, facts=facts,
                       engine=result.engine, estimate=out.estimate, placement=out.config.placement, k=out.config.k,
