@@ -24,7 +24,7 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
     """The endpoint and key of the installation under ``root`` (``--url``/``--api-key`` win)."""
     import yaml
 
-    from aiboxctl.deploy.spec import install_layout
+    from aiboxctl.deploy.spec import install_layout, root_flag
 
     layout = install_layout(root)
     cfg: dict[str, Any] = {}
@@ -69,6 +69,5 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
                              hint="run as root, or pass --api-key KEY") from exc
         except FileNotFoundError:
             api_key = None
-    root_flag = "" if layout.root == install_layout(None).root else f" --root {layout.root}"
-    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file, root_flag,
+    return Endpoint(url.rstrip("/"), api_key, cfg.get("model_name"), key_file, root_flag(layout),
                     ca_file if url.startswith("https://") else None, pinned and url.startswith("https://"))

@@ -27,7 +27,8 @@ from aiboxctl.deploy.manifest import InstallManifest
 from aiboxctl.deploy.render import RenderedFile, safe_path
 from aiboxctl.deploy.recovery import install_lock, recover_interrupted, undo
 from aiboxctl.deploy.services import ServiceManager, choose_manager, service_for, systemd_version
-from aiboxctl.deploy.spec import UNIT_NAME, InstallSpec, install_layout, render_appliance, service_command
+from aiboxctl.deploy.spec import (UNIT_NAME, InstallSpec, install_layout, render_appliance, root_flag,
+                                  service_command)
 from aiboxctl.deploy.transaction import (FileChange, Transaction, entries_for, journal_path, maybe_fail, plan_changes,
                                          write_plain)
 from aiboxctl.deploy.users import check_service_user_access, ensure_user, service_user, user_exists
@@ -80,11 +81,6 @@ class InstallResult:
                          **({"diff": c.diff} if self.dry_run and c.changed else {})}
                         for c in self.changes if c.changed or self.dry_run]
         return d
-
-
-def _root_flag(layout: InstallLayout) -> str:
-    """The --root a follow-up command needs (none for the default installation)."""
-    return "" if layout.root == install_layout(None).root else f" --root {layout.root}"
 
 
 def is_system_install(layout: InstallLayout) -> bool:
@@ -349,7 +345,7 @@ def after_start_notes(layout: InstallLayout, spec: InstallSpec, smoke: dict[str,
     if spec.manager == "supervisor":
         from aiboxctl.deploy.boot import boot_hook
 
-        notes.append(boot_hook(_root_flag(layout)).note())
+        notes.append(boot_hook(root_flag(layout)).note())
     return notes
 
 
@@ -621,7 +617,7 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     endpoint = f"{'https' if spec.tls else 'http'}://{spec.engine.host}:{spec.engine.port}/v1"
     tls_facts = {"lan_url": lan_url(spec), "ca_file": access.ca_file if access else None,
                  "ca_fingerprint": access.ca_fingerprint if access else None}
-    rflag = _root_flag(layout)
+    rflag = root_flag(layout)
     next_commands = (f"aiboxctl chat{rflag}", f"aiboxctl status{rflag}", f"aiboxctl bench{rflag}")
     common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
                   model_path=str(spec.engine.model), manager=spec.manager, endpoint=endpoint,

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.deploy import manifest as mf
-from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _noop, _root_flag,
+from aiboxctl.deploy.install import (DEFAULT_HEALTH_TIMEOUT_S, InstallResult, _alive_check, _noop,
                                      after_start_notes, apply_spec, install)
 from aiboxctl.deploy.recovery import install_lock, recover_interrupted
 from aiboxctl.deploy.render import RenderedFile
 from aiboxctl.deploy.services import ServiceManager, service_for
-from aiboxctl.deploy.spec import InstallSpec, install_layout
+from aiboxctl.deploy.spec import InstallSpec, install_layout, root_flag
 from aiboxctl.deploy.transaction import check_not_interrupted, plan_changes
 from aiboxctl.errors import AiboxError, UsageError, VerificationFailed
 from aiboxctl.paths import InstallLayout
@@ -111,7 +111,7 @@ def status(root: str | Path | None = None) -> StatusResult:
     if spec.manager == "supervisor":
         from aiboxctl.deploy.boot import boot_hook
 
-        warnings.append(boot_hook(_root_flag(layout)).note())
+        warnings.append(boot_hook(root_flag(layout)).note())
     instances = ()
     if spec.instances:
         from aiboxctl.deploy import supervisor
@@ -133,7 +133,7 @@ def status(root: str | Path | None = None) -> StatusResult:
 
 def _reinstall_hint(layout: InstallLayout, spec: InstallSpec) -> str:
     profile = (spec.inputs or {}).get("profile") or spec.profile
-    return f"aiboxctl install --profile {profile}{_root_flag(layout)} --yes (pulls it again, restarts the service)"
+    return f"aiboxctl install --profile {profile}{root_flag(layout)} --yes (pulls it again, restarts the service)"
 
 
 def _require_model(layout: InstallLayout, spec: InstallSpec, service: ServiceManager) -> None:
@@ -381,7 +381,7 @@ def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: 
     target = to if to is not None else (older[-1] if older else None)
     if target is None or target not in kept:
         raise UsageError(f"no earlier generation to roll back to (kept: {', '.join(map(str, kept)) or 'none'})",
-                         hint=f"aiboxctl status{_root_flag(layout)}")
+                         hint=f"aiboxctl status{root_flag(layout)}")
     old, contents = mf.load_generation(layout, target)
     spec = InstallSpec.from_dict(old.spec)
     files = tuple(RenderedFile(e.path, contents[e.path], int(e.mode, 8),
@@ -394,7 +394,7 @@ def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: 
                   endpoint=f"{'https' if spec.tls else 'http'}://{spec.engine.host}:{spec.engine.port}/v1",
                   api_key_file=pinned["api_keys_file"], audit_log=pinned["audit_log"],
                   engine=pinned, predicted=dict(spec.predicted), reused_plan=True,
-                  next_commands=(f"aiboxctl status{_root_flag(layout)}",))
+                  next_commands=(f"aiboxctl status{root_flag(layout)}",))
     if dry_run:
         changes = plan_changes(files, manifest)
         return InstallResult(dry_run=True, changed=sum(c.changed for c in changes), changes=changes,

@@ -129,14 +129,12 @@ def load_manifest(layout: InstallLayout) -> InstallManifest | None:
 def require_manifest(layout: InstallLayout) -> InstallManifest:
     manifest = load_manifest(layout)
     if manifest is None:
-        from aiboxctl.deploy.spec import install_layout
+        from aiboxctl.deploy.spec import root_flag
         from aiboxctl.deploy.transaction import check_not_interrupted
 
         check_not_interrupted(layout)  # none committed, but one was begun: say so
-
-        root = "" if layout.root == install_layout(None).root else f" --root {layout.root}"
         raise AiboxError(f"no aibox installation under {layout.root}", code="not_installed",
-                         hint=f"aiboxctl install --profile demo{root}")
+                         hint=f"aiboxctl install --profile demo{root_flag(layout)}")
     return manifest
 
 

@@ -87,6 +87,11 @@ def install_layout(root: str | Path | None = None) -> InstallLayout:
     return InstallLayout.for_root(StatePaths.from_env().home / "appliance")
 
 
+def root_flag(layout: InstallLayout) -> str:
+    """The ``--root`` a follow-up command needs (none for the default installation)."""
+    return "" if layout.root == install_layout(None).root else f" --root {layout.root}"
+
+
 def service_command() -> tuple[str, ...]:
     """The program the service runs: this installation's aiboxctl (same interpreter, same venv)."""
     script = Path(sys.executable).with_name("aiboxctl")

@@ -32,6 +32,7 @@ from typing import Any
 
 from aiboxctl.deploy.manifest import FileEntry, InstallManifest, owner_names, sha256_bytes
 from aiboxctl.deploy.render import RenderedFile
+from aiboxctl.deploy.spec import root_flag
 from aiboxctl.env import Env
 from aiboxctl.errors import AiboxError, ServiceDown
 from aiboxctl.paths import InstallLayout
@@ -84,7 +85,7 @@ def check_not_interrupted(layout: InstallLayout) -> None:
     tx = Transaction.load(journal_path(layout))
     if tx is None:
         return
-    root = "" if str(layout.root) == "/" else f" --root {layout.root}"
+    root = root_flag(layout)
     op = tx.meta.get("operation", "install")
     if tx.owner_alive():
         raise ServiceDown(f"an {op} is in progress under {layout.root} (pid {tx.meta.get('pid')}, {tx.step})",
