@@ -24,12 +24,13 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
     """The endpoint and key of the installation under ``root`` (``--url``/``--api-key`` win)."""
     import yaml
 
+    from aiboxctl.deploy.instances import gateway_config_path
     from aiboxctl.deploy.spec import install_layout, root_flag
 
     layout = install_layout(root)
     cfg: dict[str, Any] = {}
     scheme, ca_file, pinned = "http", None, False
-    gateway = layout.etc / "gateway.yaml"  # several engines: the front door is the endpoint
+    gateway = gateway_config_path(layout)  # several engines: the front door is the endpoint
     try:
         if gateway.is_file() and not layout.engine_config.exists():
             doc = yaml.safe_load(gateway.read_text(encoding="utf-8")) or {}

@@ -27,8 +27,7 @@ from aiboxctl.deploy.manifest import InstallManifest
 from aiboxctl.deploy.render import RenderedFile, safe_path
 from aiboxctl.deploy.recovery import install_lock, recover_interrupted, undo
 from aiboxctl.deploy.services import ServiceManager, choose_manager, service_for, systemd_version
-from aiboxctl.deploy.spec import (UNIT_NAME, InstallSpec, install_layout, render_appliance, root_flag,
-                                  service_command)
+from aiboxctl.deploy.spec import InstallSpec, install_layout, render_appliance, root_flag, service_command
 from aiboxctl.deploy.transaction import (FileChange, Transaction, entries_for, journal_path, maybe_fail, plan_changes,
                                          write_plain)
 from aiboxctl.deploy.users import check_service_user_access, ensure_user, service_user, user_exists
@@ -234,11 +233,8 @@ def behind_front_door(spec: InstallSpec, facts: dict[str, Any], security: Any,
     planned = list(facts["instances"] or (facts["single"] if tls else []))
     if not planned:
         return spec, []
-    if not facts["instances"]:
-        from aiboxctl.deploy.instances import PlannedInstance
-
-        p = planned[0]
-        planned = [PlannedInstance("chat", "chat", p.variant, p.quant, p.engine, p.env, p.devices, p.local_file)]
+    if not facts["instances"]:  # the one engine of the plan, named for its role
+        planned = [dataclasses.replace(planned[0], name="chat", role="chat")]
     access = spec.api_key_required
     engine = spec.engine
     if access:
@@ -361,14 +357,6 @@ def _commit(layout: InstallLayout, tx: Transaction, files: tuple[RenderedFile, .
     maybe_fail("commit")
 
 
-def _unit_names(spec: InstallSpec) -> list[str]:
-    if not spec.instances:
-        return [UNIT_NAME]
-    from aiboxctl.deploy.instances import GATEWAY_UNIT
-
-    return [*(f"aibox-engine@{i['name']}.service" for i in spec.instances), GATEWAY_UNIT]
-
-
 def _instance_model_paths(facts: dict[str, Any], chat_path: str, progress: Progress, dry_run: bool) -> dict[str, str]:
     """The model file of every planned engine: the chat model's for its replicas, the companions'
     from the store (pulled when missing) or the file the profile names."""
@@ -460,6 +448,7 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
         maybe_fail("after-start")
         from aiboxctl.client.api import fallback_note, served_changes, wait_healthy
         from aiboxctl.deploy.endpoint import endpoint_from_install
+        from aiboxctl.deploy.instances import units_for
 
         tx.mark("waiting for the service to become healthy")
         progress("waiting for the service to load the model and pass its self-test")
@@ -486,7 +475,8 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
                 profile=spec.profile, model_variant=spec.model_variant, files=entries_for(files),
                 directories=tuple(dict.fromkeys([*(previous.directories if previous else ()), *tx.created_dirs])),
                 users_created=tuple(dict.fromkeys([*(previous.users_created if previous else ()), *created_users])),
-                services_enabled=tuple({"manager": spec.manager, "name": name} for name in _unit_names(spec)),
+                services_enabled=tuple({"manager": spec.manager, "name": name}
+                                       for name in units_for([i["name"] for i in spec.instances])),
                 spec=spec.to_dict(), inputs_fingerprint=fingerprint, model_path=str(spec.engine.model),
                 created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), served=smoke.get("served") or {},
             )

@@ -50,20 +50,28 @@ def instance_names(layout: InstallLayout) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
-def unit_names(layout: InstallLayout) -> list[str]:
-    """The systemd units of the installation: the front door and one per engine instance."""
+def engine_unit(name: str) -> str:
+    return f"aibox-engine@{name}.service"
+
+
+def units_for(names: list[str]) -> list[str]:
+    """The systemd units of an installation whose engine instances are ``names``: aibox.service
+    when there are none (one engine), else one per engine and the front door last."""
     from aiboxctl.deploy.spec import UNIT_NAME
 
-    if not is_multi(layout):
-        return [UNIT_NAME]
-    return [*(f"aibox-engine@{n}.service" for n in instance_names(layout)), GATEWAY_UNIT]
+    return [*map(engine_unit, names), GATEWAY_UNIT] if names else [UNIT_NAME]
+
+
+def unit_names(layout: InstallLayout) -> list[str]:
+    """The systemd units of the installation under ``layout`` (by its rendered files)."""
+    return units_for(instance_names(layout) if is_multi(layout) else [])
 
 
 def unit_of(layout: InstallLayout, name: str) -> str:
     if name == GATEWAY_NAME:
         return GATEWAY_UNIT
     require_instance(layout, name)
-    return f"aibox-engine@{name}.service"
+    return engine_unit(name)
 
 
 def require_instance(layout: InstallLayout, name: str) -> None:
@@ -123,7 +131,7 @@ def planned_instances(plan: Any) -> list[PlannedInstance]:
 
 
 def instance_entries(layout: InstallLayout, planned: list[PlannedInstance], model_paths: dict[str, str],
-                     service_port: int, threads: int | None = None) -> tuple[dict[str, Any], ...]:
+                     service_port: int) -> tuple[dict[str, Any], ...]:
     """The install spec's record of each engine: its pinned settings (model file, loopback port,
     internal key) and environment. Ports follow the service port: service+1, service+2, …"""
     entries = []
@@ -149,11 +157,11 @@ def gateway_document(spec: Any) -> dict[str, Any]:
     from aiboxctl.access.paths import AccessPaths
 
     paths = AccessPaths.for_layout(layout)
-    if getattr(spec, "access", False):  # governed access (docs/access.md): the files access_files.py made
+    if spec.access:  # governed access (docs/access.md): the files access_files.py made
         doc.update({"keys_file": str(paths.keys), "ledger_file": str(paths.ledger), "secret_file": str(paths.secret)})
         if spec.engine.audit_log:  # the profile's audit_log: the hash-chained audit at the front door
             doc.update({"audit_file": str(paths.audit), "audit_content": bool(spec.engine.audit_content)})
-    if getattr(spec, "tls", False):
+    if spec.tls:
         doc["tls_dir"] = str(paths.tls_dir)
     return doc
 
@@ -163,7 +171,7 @@ def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], comm
     """The files of a multi-instance installation beyond aibox.env and logrotate (spec.py's)."""
     import yaml
 
-    from aiboxctl.deploy.render import RenderedFile, render_template, safe_path
+    from aiboxctl.deploy.render import RenderedFile, render_template, safe_path, sh_quote
     from aiboxctl.engine_settings import sections
     from aiboxctl.gateway.config import gateway_config_from_text
 
@@ -177,7 +185,7 @@ def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], comm
             0o640, owner, group))
         env_lines = [f"# aiboxctl {common['version']}: the devices engine {e['name']} may see "
                      f"({', '.join(e['devices']) or 'none: it runs on the CPU'})."]
-        env_lines += [f"{k}={render_template_value(v)}" for k, v in sorted(e["env"].items())]
+        env_lines += [f"{k}={sh_quote(v)}" for k, v in sorted(e["env"].items())]
         files.append(RenderedFile(str(engines_dir(layout) / f"{e['name']}.env"), ("\n".join(env_lines) + "\n").encode(),
                                   0o644, *root_owned))
     files.append(RenderedFile(str(internal_keys_path(layout)), internal_keys.encode(), 0o600, *svc_owner, secret=True))
@@ -208,12 +216,6 @@ def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], comm
     })
     files.append(RenderedFile(str(layout.unit_dir / GATEWAY_UNIT), gateway_unit.encode(), 0o644, *root_owned))
     return files
-
-
-def render_template_value(value: Any) -> str:
-    from aiboxctl.deploy.render import sh_quote
-
-    return sh_quote(value)
 
 
 def instance_status(spec: Any, supervised: dict[str, int] | None = None) -> tuple[dict[str, Any], ...]:

@@ -164,8 +164,10 @@ def manager_for(name: str, layout: InstallLayout, env: dict[str, str] | None = N
 
 def service_env(spec_dict: dict) -> dict[str, str]:
     """The environment the service runs with (the supervisor's copy of the unit's Environment=)."""
+    from aiboxctl.deploy.instances import gateway_config_path
+
     layout = InstallLayout.for_root(spec_dict["root"])
-    config = layout.etc / "gateway.yaml" if spec_dict.get("instances") else layout.engine_config
+    config = gateway_config_path(layout) if spec_dict.get("instances") else layout.engine_config
     return {"AIBOX_HOME": spec_dict["state_home"], "AIBOX_CONFIG": str(config),
             "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
             "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
