@@ -118,3 +118,17 @@ def test_plan_json_lists_the_instances(cli):
     assert [i["role"] for i in data["instances"]] == ["chat", "embedding", "rerank"]
     human = cli("plan", "--profile", "gov-office", "--hardware", "hygon-k100-x8")
     assert "instance chat (chat): deepseek-r1-distill-qwen-32b" in human.stdout and "x 8 on ROCm0" in human.stdout
+
+
+def test_one_replica_on_the_cpu_reports_the_plan_s_own_speed(monkeypatch):
+    """The chat instance's speed is the throughput model's for the box, repack's per-buffer speed
+    included: with one replica it is the plan's figure (a repack factor left out of one of the two
+    would make them disagree once a factor is measured)."""
+    from aiboxctl.sizing import throughput
+    from aiboxctl.sizing.cpu_buffers import AMX
+
+    monkeypatch.setitem(throughput.REPACK_SPEED, AMX, throughput.RepackSpeed(2.0, 2.0, "a test's factor"))
+    p = plan(load_use_case("demo"), load_hardware_profile("cpu-xeon-amx-512g"))
+    (chat,) = [i for i in p.instances if i.role == "chat"]
+    assert chat.replicas == 1 and p.engine.repack and p.memory.host.repack > 0  # AMX holds weights
+    assert chat.per_user_tok_s == pytest.approx(p.throughput.per_user_tok_s)

@@ -47,6 +47,11 @@ class BoxDevice:
     def budget(self) -> int:
         return self.memory - self.margin
 
+    @property
+    def speed(self) -> DeviceSpeed:
+        """This device as the throughput model sees it."""
+        return DeviceSpeed(self.name, self.backend, self.bandwidth_gbps, self.tflops, self.eta)
+
 
 @dataclass(frozen=True)
 class Box:
@@ -78,9 +83,9 @@ class Box:
     def host_speed(self) -> DeviceSpeed:
         return DeviceSpeed("host", "cpu", self.ram_bandwidth_gbps, self.cpu_tflops)
 
-    def speeds(self) -> list[DeviceSpeed]:
-        return [self.host_speed, *(DeviceSpeed(a.name, a.backend, a.bandwidth_gbps, a.tflops, a.eta)
-                                   for a in self.accelerators)]
+    def speeds(self, devices: tuple[BoxDevice, ...] | None = None) -> list[DeviceSpeed]:
+        """The host and ``devices`` (default: every accelerator) as the throughput model sees them."""
+        return [self.host_speed, *(d.speed for d in (self.accelerators if devices is None else devices))]
 
 
 def box_from_profile(hw: HardwareProfile) -> Box:

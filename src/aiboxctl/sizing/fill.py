@@ -35,7 +35,7 @@ from aiboxctl.sizing.box import Box, BoxDevice
 from aiboxctl.sizing.configs import tensor_split
 from aiboxctl.sizing.memory import EngineParams, MemoryEstimate, estimate_memory
 from aiboxctl.sizing.profiles import UseCaseProfile
-from aiboxctl.sizing.throughput import DeviceSpeed, estimate_throughput
+from aiboxctl.sizing.throughput import estimate_throughput
 
 # Whether a backend can run a file's weights on its devices: None when it can, else why not.
 BackendCheck = Callable[[QuantFile, tuple[BoxDevice, ...]], "str | None"]
@@ -155,9 +155,9 @@ def fill_box(*, profile: UseCaseProfile, box: Box, catalog: Catalog, variant: st
         replica_engine = engine.replace(tensor_split=tensor_split(groups[0], len(groups[0])), main_gpu=0)
     replicas = len(groups)
     streams = math.ceil(users / replicas)
-    speeds = [box.host_speed, *(DeviceSpeed(d.name, d.backend, d.bandwidth_gbps, d.tflops, d.eta) for d in used)]
-    tp = estimate_throughput(facts, estimate, speeds, active_params=active_params, streams=streams,
-                             depth=profile.context_per_request // 2)
+    # The planner's own speed test (fit.judge) for ceil(users / R) streams: the same figure with one replica.
+    tp = estimate_throughput(facts, estimate, box.speeds(used), active_params=active_params, streams=streams,
+                             depth=profile.context_per_request // 2, cpu=box.cpu_buffers)
     if replicas > 1:
         notes.append(f"{replicas} replicas of {variant} on {k} device(s) each: {users} users spread "
                      f"{streams} per replica, {tp.per_user_tok_s:.1f} tok/s per user")

@@ -10,7 +10,7 @@ from aiboxctl.sizing.box import Box, BoxDevice
 from aiboxctl.sizing.configs import Config
 from aiboxctl.sizing.memory import MemoryEstimate, estimate_memory
 from aiboxctl.sizing.profiles import UseCaseProfile
-from aiboxctl.sizing.throughput import DeviceSpeed, Throughput, estimate_throughput
+from aiboxctl.sizing.throughput import Throughput, estimate_throughput
 
 GiB = 1024**3
 MiB = 1024**2
@@ -64,9 +64,8 @@ def judge(est: MemoryEstimate, facts: ModelFacts, cfg: Config, box: Box, profile
         worst = max(worst, ratio)
         if dm.total > budget:
             over.append(f"{dm.device} needs {gib(dm.total)} of {gib(budget)}")
-    speeds = [box.host_speed, *(DeviceSpeed(d.name, d.backend, d.bandwidth_gbps, d.tflops, d.eta) for d in devices)]
     # Speed too when memory fails: "more RAM would fit" must also say whether it would be fast enough.
-    tp = estimate_throughput(facts, est, speeds, active_params=active_params, streams=profile.users,
+    tp = estimate_throughput(facts, est, box.speeds(devices), active_params=active_params, streams=profile.users,
                              depth=profile.context_per_request // 2, cpu=box.cpu_buffers)
     if over:
         return Outcome(False, "does not fit: " + "; ".join(over), "memory", est, tp, cfg, worst, needed)
