@@ -52,23 +52,16 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def _first_key(text: str) -> str | None:
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line.split(":", 1)[1] if ":" in line else line
-    return None
-
-
 def _keys(layout: InstallLayout, work: Path) -> tuple[bytes, str, str | None]:
     """(keys.json, admin-key text, the new key or None): kept as they are when both exist and the
     admin key still opens the key file; else an admin key is added (or rotated) with the library."""
     from aiboxctl.access.keys import KeyLimits, KeyRing, KeyStore
+    from aiboxctl.deploy.endpoint import first_key
 
     paths = AccessPaths.for_layout(layout)
     keys, admin = _read(paths.keys), _read(admin_key_path(layout))
     if keys is not None and admin is not None:
-        token = _first_key(admin.decode("utf-8", "replace"))
+        token = first_key(admin.decode("utf-8", "replace"))
         (work / "check.json").write_bytes(keys)
         try:
             if token and KeyRing(work / "check.json").authenticate(f"Bearer {token}").admin:

@@ -10,13 +10,17 @@ from aiboxctl.client.api import Endpoint
 from aiboxctl.errors import AiboxError, ServiceDown
 
 
-def read_api_key(path: str | Path) -> str | None:
-    """First key of an api_keys file (lines ``key`` or ``id:key``; # comments)."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+def first_key(text: str) -> str | None:
+    """First key of an api_keys file's text (lines ``key`` or ``id:key``; # comments)."""
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             return line.split(":", 1)[1] if ":" in line else line
     return None
+
+
+def read_api_key(path: str | Path) -> str | None:
+    return first_key(Path(path).read_text(encoding="utf-8"))
 
 
 def endpoint_from_install(root: str | Path | None = None, *, url: str | None = None,
