@@ -107,10 +107,6 @@ class Fill:
     idle: tuple[Idle, ...]
     notes: tuple[str, ...] = ()
 
-    @property
-    def devices_used(self) -> int:
-        return sum(len(g) for i in self.instances for g in i.device_groups)
-
 
 def _fits_group(estimate: MemoryEstimate, group: tuple[BoxDevice, ...]) -> bool:
     """Does one replica's per-device memory (the estimate's accelerators, in order) fit ``group``?"""
