@@ -70,23 +70,7 @@ def running_pid(layout: InstallLayout) -> int | None:
         pid = int(pidfile(layout).read_text().strip())
     except (OSError, ValueError):
         return None
-    argv = _cmdline(pid)
-    if "aiboxctl.deploy.supervisor" in argv and str(layout.root) in argv:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        # A zombie (exited, not yet reaped by its parent) is not running.
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                return None
-        except (OSError, IndexError):
-            pass
-        return pid
-    return None
+    return pid if _is_supervisor_of(_cmdline(pid), str(layout.root)) and _alive(pid) else None
 
 
 def _is_engine_of(argv: list[str], layout: InstallLayout) -> bool:
@@ -103,6 +87,7 @@ def _is_engine_of(argv: list[str], layout: InstallLayout) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """A live process (a zombie, exited and not yet reaped by its parent, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -335,11 +320,14 @@ class _Daemon:
         sys.stdout.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [supervisor] {message}\n")
         sys.stdout.flush()
 
+    def state_doc(self) -> dict:
+        """What ``read_state`` reads back (supervisor.json)."""
+        return {"pid": os.getpid(), "engine_pid": self.child.pid if self.child else None,
+                "restarts": self.restarts, "last_exit": self.last_exit, "started_at": self.started_at}
+
     def save(self) -> None:
         tmp = statefile(self.layout).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "engine_pid": self.child.pid if self.child else None,
-                                   "restarts": self.restarts, "last_exit": self.last_exit,
-                                   "started_at": self.started_at}))
+        tmp.write_text(json.dumps(self.state_doc()))
         os.replace(tmp, statefile(self.layout))
 
     def on_term(self, signum, frame) -> None:  # noqa: ARG002
@@ -439,14 +427,11 @@ class _Several(_Daemon):
                           self.layout.log / f"{GATEWAY_NAME}.log"))
         return out
 
-    def save(self) -> None:
+    def state_doc(self) -> dict:
+        """The front door's pid as the engine's (what answers /health), and every child's."""
         gw = next((c for c in self.kids if c.name == "gateway"), None)
-        tmp = statefile(self.layout).with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "engine_pid": gw.proc.pid if gw and gw.proc else None,
-                                   "children": {c.name: c.proc.pid for c in self.kids if c.proc},
-                                   "restarts": self.restarts, "last_exit": self.last_exit,
-                                   "started_at": self.started_at}))
-        os.replace(tmp, statefile(self.layout))
+        return {**super().state_doc(), "engine_pid": gw.proc.pid if gw and gw.proc else None,
+                "children": {c.name: c.proc.pid for c in self.kids if c.proc}}
 
     def on_term(self, signum, frame) -> None:  # noqa: ARG002
         self.stopping = True
