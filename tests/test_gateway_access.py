@@ -27,12 +27,13 @@ def setup(tmp_path):
     admin = store.add("ops", KeyLimits(admin=True), now=0).secret
     access = AccessControl(AccessSettings(keys_file=tmp_path / "keys.json", ledger_file=tmp_path / "usage.db",
                                           audit_file=tmp_path / "audit.jsonl"))
-    gate = AccessGate(access, max_body_bytes=1 << 20, routes=ROUTES)
+    gate = AccessGate(access, routes=ROUTES)
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        refusal = await gate(request)
+        raw = await request.body()
+        refusal = await gate(request, json.loads(raw), len(raw))
         if refusal is not None:
             return JSONResponse(refusal.body(), status_code=refusal.status, headers=refusal.headers())
         answer = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7}}
@@ -85,3 +86,38 @@ def test_streams_ask_for_the_usage_chunk():
     assert with_usage_in_stream({"stream": True})["stream_options"] == {"include_usage": True}
     assert with_usage_in_stream({"stream": False}) is None
     assert with_usage_in_stream({"stream": True, "stream_options": {"include_usage": True}}) is None
+
+
+def test_an_oversized_body_is_refused_before_the_front_door_holds_it(tmp_path):
+    """With keys on, a chunked body far over max_body_bytes is refused with 413 after reading at
+    most the limit (the gate once read the whole body into memory first, for anyone, key or not)."""
+    import asyncio
+
+    from aiboxctl.gateway.app import ROUTES as ALL_ROUTES
+    from aiboxctl.gateway.app import create_app
+    from aiboxctl.gateway.config import EngineEntry, GatewayConfig
+
+    KeyStore(tmp_path / "keys.json").add("alice", KeyLimits(), now=0)
+    access = AccessControl(AccessSettings(keys_file=tmp_path / "keys.json"))
+    limit, chunk, chunks = 4096, b"x" * 1024, 1000
+    config = GatewayConfig(engines=(EngineEntry(name="e", models=("m",), url="http://127.0.0.1:9"),),
+                           max_body_bytes=limit)
+    app = create_app(config, gate=AccessGate(access, routes=ALL_ROUTES))
+    received, sent = [0], []
+
+    async def receive():
+        received[0] += 1
+        return {"type": "http.request", "body": chunk, "more_body": received[0] < chunks}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    access.close()
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"]["code"] == "request_too_large"
+    assert received[0] * len(chunk) <= limit + len(chunk), f"read {received[0]} KiB for a {limit} byte limit"

@@ -81,7 +81,7 @@ def key_gate():
     """The front door's client gate as the access issue shapes it: a Bearer key or 401."""
     from aiboxctl.gateway.pool import Refusal
 
-    async def gate(request):
+    async def gate(request, *_body):
         if request.headers.get("authorization") == f"Bearer {GOOD_KEY}":
             return None
         return Refusal(401, "invalid or expired API key", code="invalid_api_key", type_="authentication_error")

@@ -1,7 +1,8 @@
 """The front door's side of governed access (issue 16): :class:`aiboxctl.access.gate.AccessControl`
-adapted to HTTP. ``AccessGate`` is a ``ClientGate`` (app.py's seam): it reads the body (within the
-size limit), authenticates, checks the model's scope and the key's limits, and leaves the
-admission on ``request.state.aibox_admission``; a refusal comes back as the gateway's ``Refusal``
+adapted to HTTP. ``AccessGate`` is a ``ClientGate`` (app.py's seam): given a routed request's
+parsed body (the route reads it once, within the size limit), it authenticates, checks the
+model's scope and the key's limits, and leaves the admission on ``request.state.aibox_admission``;
+a refusal comes back as the gateway's ``Refusal``
 (OpenAI's error shape, Retry-After). ``UsageMeter`` reads the engine's ``usage`` from the bytes
 relayed (a JSON body, or the SSE chunk that carries it) without changing them.
 """
@@ -25,30 +26,24 @@ def as_refusal(denied: AccessDenied) -> Refusal:
 
 
 class AccessGate:
-    def __init__(self, access: AccessControl, *, max_body_bytes: int, routes: dict[str, tuple[str, str]]) -> None:
-        self.access, self.max_body_bytes, self.routes = access, max_body_bytes, routes
+    def __init__(self, access: AccessControl, *, routes: dict[str, tuple[str, str]]) -> None:
+        self.access, self.routes = access, routes
 
-    async def __call__(self, request: Any) -> Refusal | None:
+    async def __call__(self, request: Any, body: dict[str, Any] | None = None, body_bytes: int = 0) -> Refusal | None:
+        """``body``: a routed request's JSON object (None for /metrics, /v1/models, the page's
+        upload: those need only a valid key, /metrics an admin one)."""
         auth = request.headers.get("authorization")
         path = request.url.path
         try:
-            if path not in self.routes:  # /metrics, /v1/models: any valid key (metrics: admin)
+            if body is None or path not in self.routes:
                 key = self.access.keys.authenticate(auth)
                 if path == "/metrics":
                     self.access.keys.require_admin(key)
                 return None
-            body = await request.body()
-            if len(body) > self.max_body_bytes:
-                return None  # the route answers 413 itself
-            try:
-                data = json.loads(body)
-            except (ValueError, RecursionError):
-                return None  # the route answers 400
-            model = data.get("model") if isinstance(data, dict) else None
-            endpoint = self.routes[path][0]
-            reserve = reservation(data if isinstance(data, dict) else {}, len(body),
-                                  self.access.settings.default_reserve_tokens)
-            admission = await asyncio.to_thread(self.access.admit, auth, str(model or ""), endpoint, reserve)
+            model = body.get("model")
+            reserve = reservation(body, body_bytes, self.access.settings.default_reserve_tokens)
+            admission = await asyncio.to_thread(self.access.admit, auth, str(model or ""), self.routes[path][0],
+                                                reserve)
         except AccessDenied as denied:
             return as_refusal(denied)
         request.state.aibox_admission = admission

@@ -49,9 +49,10 @@ ROUTES: dict[str, tuple[str, str]] = {
 _DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate",
          "proxy-authorization", "date", "server"}
 
-# The seam for client-facing keys, quotas and audit (a later issue): called with the request
-# before anything else; a Refusal it returns is the answer. None admits everyone.
-ClientGate = Callable[[Any], Awaitable["Refusal | None"]]
+# The seam for client-facing keys, quotas and audit (gateway/access.py): called with the request,
+# and for a routed request with its JSON body (read once, within max_body_bytes) and its size in
+# bytes; a Refusal it returns is the answer. None admits everyone.
+ClientGate = Callable[[Any, "dict[str, Any] | None", int], Awaitable["Refusal | None"]]
 
 
 class _Access:
@@ -157,10 +158,10 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
     app.state.metrics = metrics
     app.state.gateway = holder
 
-    async def admitted(request: Request) -> Any:
+    async def admitted(request: Request, body: dict[str, Any] | None = None, body_bytes: int = 0) -> Any:
         if gate is None:
             return None
-        refusal = await gate(request)
+        refusal = await gate(request, body, body_bytes)
         if refusal is None:
             return None
         metrics.denied.labels(refusal.reason or str(refusal.status)).inc()
@@ -202,14 +203,17 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
 
     async def proxied(request: Request) -> Any:
         arrived = time.monotonic()
-        denied = await admitted(request)
-        if denied is not None:
-            return denied
         endpoint, role = ROUTES[request.url.path]
-        admission = getattr(request.state, "aibox_admission", None) if finish is not None else None
-        try:
+        try:  # read once, within the limit, before the gate: it needs the model and the size
             body = await _read_body(request, config.max_body_bytes)
             data = _parse(body)
+        except Refusal as refusal:
+            return _error_response(refusal)
+        denied = await admitted(request, data, len(body))
+        if denied is not None:
+            return denied
+        admission = getattr(request.state, "aibox_admission", None) if finish is not None else None
+        try:
             pool = _resolve(holder["gw"], data, role, request.url.path)
         except Refusal as refusal:
             if admission is not None:  # admitted, then refused here (unknown model): free what it holds

@@ -45,7 +45,7 @@ def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> GatewayRun
         if access is not None:
             from aiboxctl.gateway.access import AccessGate
 
-            gate = AccessGate(access, max_body_bytes=config.max_body_bytes, routes=ROUTES)
+            gate = AccessGate(access, routes=ROUTES)
         sock = bind_socket(config.host, config.port)
         server = uvicorn.Server(uvicorn.Config(create_app(config, gate=gate), log_level=log_level, lifespan="on",
                                                access_log=log_level == "debug",
