@@ -78,12 +78,7 @@ def _console(**kwargs: Any) -> "Console":
             # end a command mid-transaction; silence this console's own stream and let the
             # caller decide (the sink below carries on without the output).
             self.quiet = True
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self.file.fileno())
-                os.close(devnull)
-            except (OSError, ValueError):
-                pass
+            _point_at_devnull(self.file)
             raise BrokenPipeError(32, "Broken pipe")
 
     # No ":name:" emoji codes: data such as a certificate fingerprint ("…:82:AB:FD…") must print
@@ -126,13 +121,17 @@ def _survive_closed(stream: str) -> Iterator[None]:
     try:
         yield
     except BrokenPipeError:
-        fh = getattr(sys, stream)
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, fh.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
+        _point_at_devnull(getattr(sys, stream))
+
+
+def _point_at_devnull(fh: Any) -> None:
+    """Later writes to ``fh`` (and the interpreter's last flush) go nowhere, silently."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fh.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _write_json(doc: dict) -> None:
