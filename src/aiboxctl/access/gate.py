@@ -86,11 +86,6 @@ class AccessControl:
             raise
         return Admission(key, ticket, model, endpoint, arrived)
 
-    def require_admin(self, authorization: str | None, endpoint: str) -> KeyRecord:
-        key = self.keys.authenticate(authorization)
-        self.keys.require_admin(key)
-        return key
-
     def _denied(self, denied: AccessDenied, key: KeyRecord | None, authorization: str | None, model: str,
                 endpoint: str, arrived: float) -> None:
         if key is not None and self.ledger is not None:

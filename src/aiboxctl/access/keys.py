@@ -229,7 +229,6 @@ class KeyRing:
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self._by_id: dict[str, KeyRecord] = {}
-        self.reloads = 0
         self._dummy_salt = secrets.token_bytes(16)
 
     def _current(self) -> dict[str, KeyRecord]:
@@ -244,7 +243,6 @@ class KeyRing:
                     records = load_records(self.path) if stamp else ()
                     self._by_id = {r.key_id: r for r in records}
                     self._stamp = stamp
-                    self.reloads += 1
         return self._by_id
 
     def authenticate(self, authorization: str | None) -> KeyRecord:

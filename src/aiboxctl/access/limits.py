@@ -111,9 +111,3 @@ class Limiter:
                 st.reserved = max(0, st.reserved - ticket.reserved)
                 st.used += max(0, int(used_tokens))
             # else: it began yesterday; today's count starts fresh (the ledger files it by its time)
-
-    def snapshot(self, name: str) -> dict:
-        with self._lock:
-            st = self._state(name, self.now())
-            return {"requests_last_minute": len(st.admitted), "tokens_used_today": st.used,
-                    "tokens_reserved": st.reserved, "in_flight": st.in_flight}

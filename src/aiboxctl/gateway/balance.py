@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,6 @@ def choose_replica(replicas: Sequence[ReplicaView], key: str, previous: str | No
                 return Choice(r.name, True)
     best = max((r for r in candidates if r.outstanding == least), key=lambda r: _rendezvous(key, r.name))
     return Choice(best.name, False)
-
-
-def any_healthy(replicas: Iterable[ReplicaView]) -> bool:
-    return any(r.healthy for r in replicas)
 
 
 _PROMPT_HEAD_CHARS = 512

@@ -45,8 +45,7 @@ from aiboxctl.errors import UsageError
 if TYPE_CHECKING:
     from aiboxctl.access.gate import AccessSettings
 
-Role = Literal["chat", "embedding", "rerank"]
-ROLES: tuple[str, ...] = ("chat", "embedding", "rerank")
+Role = Literal["chat", "embedding", "rerank"]  # engine_settings.ROLES, as a type pydantic checks
 
 _STRICT = ConfigDict(extra="forbid")
 _Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +44,7 @@ class Replica:
     reason: str | None = "not checked yet"
     outstanding: int = 0
     slots: int = 1
-    n_ctx: int | None = None
-    slot_ctx: int | None = None
-    checked_at: float | None = None
+    slot_ctx: int | None = None  # /v1/models' context_length
 
     @property
     def name(self) -> str:
@@ -79,7 +76,6 @@ class Gateway:
         self.pools = {m: ModelPool(m, engines[0].role, [self.replicas[e.name] for e in engines])
                       for m, engines in config.models().items()}
         self._keys = itertools.count()
-        self.token = config.internal_token()
 
     # --- choosing and queueing ------------------------------------------------------------
 
@@ -171,7 +167,7 @@ class Gateway:
 
     def _set_health(self, replica: Replica, healthy: bool, reason: str | None) -> None:
         was = replica.healthy
-        replica.healthy, replica.reason, replica.checked_at = healthy, reason, time.monotonic()
+        replica.healthy, replica.reason = healthy, reason
         if healthy and not was:
             log.info("engine %s is healthy (%d slots)", replica.name, replica.slots)
             self.dispatch()
@@ -199,7 +195,6 @@ class Gateway:
             return
         slots = data.get("slots_total")
         replica.slots = slots if isinstance(slots, int) and slots > 0 else 1
-        replica.n_ctx = data.get("n_ctx") if isinstance(data.get("n_ctx"), int) else None
         replica.slot_ctx = data.get("slot_ctx") if isinstance(data.get("slot_ctx"), int) else None
         self._set_health(replica, True, None)
 
