@@ -81,8 +81,7 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
         req = stored_repo_quant(req, store) or req
     present = [_present(store, w, revision) for w in req.files]
     if req.files and all(present):
-        files = tuple(PulledFile(p.path, p.repo, p.file, p.size, p.sha256, p.source, p.endpoint, p.revision,
-                                 "present", 0, p.expected_sha256_from) for p in present if p)
+        files = tuple(PulledFile.present(p) for p in present if p)
         return PullResult(req.model, req.variant, req.quant, files, None, None, (), 0,
                           time.monotonic() - started, 0.0, store.root)
 
@@ -121,8 +120,7 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
     if chosen is None:
         raise _no_source_error(req, attempts)
     if all(present) and req.files:  # repo:QUANT that expanded to files already here
-        files = tuple(PulledFile(p.path, p.repo, p.file, p.size, p.sha256, p.source, p.endpoint, p.revision,
-                                 "present") for p in present if p)
+        files = tuple(PulledFile.present(p) for p in present if p)
         return PullResult(req.model, req.variant, req.quant, files, None, None, tuple(attempts), 0,
                           time.monotonic() - started, 0.0, store.root)
 
@@ -135,8 +133,7 @@ def pull(model: str | None = None, *, quant: str | None = None, source: str = "a
     hash_cpu = 0.0
     for w, p in zip(req.files, present):
         if p is not None:
-            out.append(PulledFile(p.path, p.repo, p.file, p.size, p.sha256, p.source, p.endpoint, p.revision,
-                                  "present", 0, p.expected_sha256_from))
+            out.append(PulledFile.present(p))
             continue
         pulled, cpu = _download_one(store, req, w, remotes[w.file], chosen, progress)
         hash_cpu += cpu
@@ -211,8 +208,7 @@ def _download_one(store: ModelStore, req: PullRequest, w: WantedFile, remote: Re
         # another pull may have finished it while we waited for the lock
         done = store.present(w.repo, w.file, expected)
         if done is not None:
-            return PulledFile(done.path, done.repo, done.file, done.size, done.sha256, done.source, done.endpoint,
-                              done.revision, "present", 0, done.expected_sha256_from), 0.0
+            return PulledFile.present(done), 0.0
         partial = store.partial_for(w.repo, w.file)
         marker = partial.with_name(partial.name + ".json")
         # the same upstream object from any mirror (the LFS sha256 is the ETag everywhere) may continue it

