@@ -88,4 +88,4 @@ def test_openai_client_with_the_ca_talks_https_and_without_is_refused(https_serv
         client = openai.OpenAI(base_url=f"https://localhost:{port}/v1", api_key="x", http_client=http, max_retries=0)
         with pytest.raises(openai.APIConnectionError) as exc:
             client.models.list()
-    assert "CERTIFICATE_VERIFY_FAILED" in repr(exc.value.__cause__) or "certificate" in str(exc.value.__cause__)
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(exc.value.__cause__)
