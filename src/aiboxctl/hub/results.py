@@ -29,7 +29,7 @@ class PulledFile:
     source: str
     endpoint: str | None
     revision: str | None
-    status: str  # present | downloaded | resumed | linked | copied | extracted
+    status: str  # present | downloaded | resumed | linked (dir: only) | copied | extracted
     bytes_transferred: int = 0
     expected_sha256_from: str | None = None
     seconds: float = 0.0
