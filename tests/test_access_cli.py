@@ -115,7 +115,23 @@ def test_tls_init_show_renew_and_org_pair(cli, tmp_path):
               "--tls-key", str(paths(other).tls_dir / "server.key"), "--root", root)
     assert bad.code == 2 and "does not belong" in bad.stderr
     assert cli("tls", "init", "--tls-cert", str(tls_dir / "server.crt"), "--root", root).code == 2
-    assert cli("tls", "show", "--root", str(tmp_path / "none")).code in (1, 2)
+    assert cli("tls", "show", "--root", str(tmp_path / "none")).code == 1  # not_found
+
+
+def test_tls_show_warns_when_the_certificate_is_near_its_end(cli, tmp_path):
+    """uvicorn serves whatever certificate it loaded: the front door's /health says nothing about
+    its expiry, so ``tls show`` does, RENEW_BEFORE_DAYS ahead, with the command that fixes it."""
+    from aiboxctl.access.tls import RENEW_BEFORE_DAYS, TlsFiles, create_ca, issue_server_cert
+
+    files = TlsFiles(paths(tmp_path).tls_dir)
+    create_ca(files)
+    issue_server_cert(files, ["box.lan"], days=RENEW_BEFORE_DAYS + 30)
+    assert "warnings" not in cli("tls", "show", "--root", str(tmp_path), "--json").json()["data"]
+    issue_server_cert(files, ["box.lan"], days=RENEW_BEFORE_DAYS - 20)
+    r = cli("tls", "show", "--root", str(tmp_path), "--json")
+    assert r.code == 0
+    [warning] = r.json()["data"]["warnings"]
+    assert "expires" in warning and "aiboxctl tls renew" in warning
 
 
 def test_help_does_not_import_the_access_libraries():

@@ -102,5 +102,13 @@ def show(root: RootOpt = None, json_: JsonOpt = False) -> int:
     """The server certificate's names and validity, and the CA's fingerprint."""
     from aiboxctl.access import tls
 
+    import time
+
     files = _files(root)
-    return output.emit(tls.describe(files.cert, files.ca_cert), _human("certificate"))
+    info = tls.describe(files.cert, files.ca_cert)
+    days = (info.not_after - time.time()) / 86400
+    if days < tls.RENEW_BEFORE_DAYS:  # the front door keeps serving it; only clients would notice
+        end = time.strftime("%Y-%m-%d", time.localtime(info.not_after))
+        output.warn(f"the server certificate {'expired' if days <= 0 else 'expires'} on {end}"
+                    + (f" (in {days:.0f} days)" if days > 0 else "") + ": aiboxctl tls renew")
+    return output.emit(info, _human("certificate"))
