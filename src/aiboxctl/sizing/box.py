@@ -26,6 +26,21 @@ def _eta_assumed(backend: str, eta: float | None, source: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Idle:
+    """Accelerators no engine instance uses, and why."""
+
+    device: str  # "CANN6", or a label for devices no backend drives ("MetaX C500")
+    why: str
+    count: int = 1  # devices this entry stands for
+
+    def describe(self) -> str:
+        return f"{self.count} x {self.device}: {self.why}" if self.count > 1 else f"{self.device}: {self.why}"
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "why": self.why, "count": self.count}
+
+
+@dataclass(frozen=True)
 class BoxDevice:
     name: str  # "CUDA0", "CANN3", ...
     model: str
@@ -64,7 +79,7 @@ class Box:
     cpu_cores: int
     cpu_tflops: float
     accelerators: tuple[BoxDevice, ...] = ()
-    idle_accelerators: tuple[str, ...] = ()  # present but not usable by llama.cpp, and why
+    idle_accelerators: tuple[Idle, ...] = ()  # present but not usable by llama.cpp, and why
     is_this_box: bool = False
     notes: tuple[str, ...] = ()
     repack_ok: bool = True  # False: the probe's self-test saw AMX/repacked kernels fault here
@@ -90,11 +105,11 @@ class Box:
 
 def box_from_profile(hw: HardwareProfile) -> Box:
     devices: list[BoxDevice] = []
-    idle: list[str] = []
+    idle: list[Idle] = []
     counters: dict[str, int] = {}
     for acc in hw.accelerators:
         if acc.backend not in USABLE_BACKENDS:
-            idle.append(f"{acc.count} x {acc.model}: no llama.cpp backend ({acc.sources.get('backend', acc.backend)})")
+            idle.append(Idle(acc.model, f"no llama.cpp backend ({acc.sources.get('backend', acc.backend)})", acc.count))
             continue
         prefix = device_prefix(acc.backend)
         for _ in range(acc.count):
@@ -143,7 +158,7 @@ def box_from_report(report: Any) -> Box:
         notes.append(f"only {available / GiB:.1f} GiB of {ram / GiB:.1f} GiB RAM is free now: the plan assumes "
                      "the box is dedicated to the service")
     devices: list[BoxDevice] = []
-    idle: list[str] = []
+    idle: list[Idle] = []
     counters: dict[str, int] = {}
     for acc in report.accelerators:
         label = acc.model or acc.vendor
@@ -151,10 +166,10 @@ def box_from_report(report: Any) -> Box:
         if backend not in USABLE_BACKENDS or not acc.backend_in_build:
             why = "no llama.cpp backend" if backend not in USABLE_BACKENDS else \
                 f"the installed engine lacks the {acc.ggml_backend} backend (aiboxctl engine install builds it)"
-            idle.append(f"{label}: {why}")
+            idle.append(Idle(label, why))
             continue
         if not acc.memory_total_bytes:
-            idle.append(f"{label}: memory size unknown")
+            idle.append(Idle(label, "memory size unknown"))
             continue
         known = next((k for k in _KNOWN_ACCELERATORS if k[0].lower() in label.lower()), None)
         bw_dev, tf, eta = (known[1], known[2], known[3]) if known else (500.0, 50.0, None)

@@ -22,7 +22,6 @@ it renumbered from 0).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -31,7 +30,7 @@ from aiboxctl.hardware.backends import device_prefix, visible_devices_env
 from aiboxctl.jsonable import to_jsonable
 from aiboxctl.models.catalog import Catalog, QuantFile, facts_for
 from aiboxctl.models.facts import ModelFacts
-from aiboxctl.sizing.box import Box, BoxDevice
+from aiboxctl.sizing.box import Box, BoxDevice, Idle
 from aiboxctl.sizing.configs import tensor_split
 from aiboxctl.sizing.memory import EngineParams, MemoryEstimate, estimate_memory
 from aiboxctl.sizing.profiles import UseCaseProfile
@@ -39,24 +38,6 @@ from aiboxctl.sizing.throughput import estimate_throughput
 
 # Whether a backend can run a file's weights on its devices: None when it can, else why not.
 BackendCheck = Callable[[QuantFile, tuple[BoxDevice, ...]], "str | None"]
-
-
-@dataclass(frozen=True)
-class Idle:
-    device: str  # "CANN6", or a label for devices no backend drives ("MetaX C500")
-    why: str
-    count: int = 1  # devices this entry stands for
-
-    def to_dict(self) -> dict:
-        return {"device": self.device, "why": self.why, "count": self.count}
-
-
-def _idle_from_box(entry: str) -> Idle:
-    """A box's idle-accelerator line ("8 x MetaX C500: no llama.cpp backend (…)") as an Idle."""
-    label, _, why = entry.partition(":")
-    m = re.match(r"^(\d+) x (.+)$", label.strip())
-    count, label = (int(m.group(1)), m.group(2)) if m else (1, label.strip())
-    return Idle(label, why.strip() or "no llama.cpp backend", count)
 
 
 @dataclass(frozen=True)
@@ -120,7 +101,7 @@ def fill_box(*, profile: UseCaseProfile, box: Box, catalog: Catalog, variant: st
     """The instances of a plan whose chat model runs ``engine`` (the chosen configuration:
     ``placement`` with all layers on the first ``k`` of ``used``, or on the CPU when ``used`` is
     empty), and the devices left idle with why."""
-    idle = [_idle_from_box(s) for s in box.idle_accelerators]
+    idle = list(box.idle_accelerators)
     notes: list[str] = []
     devices = box.accelerators
     users = max(profile.users, 1)

@@ -97,7 +97,7 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
     variants, rejected = candidates(profile, catalog, model)
     families = family_order(profile, catalog, model)
     devices = box.accelerators
-    notes = list(box.notes) + [f"accelerator left idle: {s}" for s in box.idle_accelerators]
+    notes = list(box.notes) + [f"accelerator left idle: {s.describe()}" for s in box.idle_accelerators]
     outcomes: list[tuple[Variant, QuantFile, Outcome, ModelFacts]] = []
     chosen: tuple[Variant, QuantFile, Outcome, ModelFacts, Path | None, str] | None = None
     chosen_why: str | None = None
