@@ -43,20 +43,15 @@ def _platform_ok(wheel: Path) -> bool:
 
 
 def wheel_backend(wheel: Path) -> str:
-    """The accelerator backend a llama-cpp-python wheel carries, from its libggml-<name>.so
-    files ("cpu" when it has none)."""
+    """The accelerator backend a llama-cpp-python wheel carries, from its libggml-<key>.so files
+    (the buildable backends, :data:`~aiboxctl.engine.build.specs.BACKENDS`; "cpu" when it has none)."""
     import re
 
-    found = set()
+    from aiboxctl.engine.build.specs import BACKENDS
+
     with zipfile.ZipFile(wheel) as zf:
-        for name in zf.namelist():
-            m = re.search(r"(?:^|/)libggml-(cuda|hip|musa|cann|vulkan|sycl)\.so", name)
-            if m:
-                found.add(m.group(1))
-    for backend in ("cuda", "hip", "musa", "cann", "sycl", "vulkan"):
-        if backend in found:
-            return backend
-    return "cpu"
+        found = {m.group(1) for name in zf.namelist() if (m := re.search(r"(?:^|/)libggml-(\w+)\.so", name))}
+    return next((b for b in BACKENDS if b != "cpu" and b in found), "cpu")
 
 
 # --- the wheel cache -------------------------------------------------------------------------
