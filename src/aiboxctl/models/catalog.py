@@ -299,22 +299,23 @@ def _check(doc, cat: Catalog) -> None:
     raise_problems(problems)
 
 
-def load_catalog_file(path: Path | str, *, name: str | None = None) -> Catalog:
-    path = Path(path)
-    doc = read_document(path.read_text(encoding="utf-8"), name or str(path))
+def _catalog_from_text(text: str, shown: str) -> Catalog:
+    doc = read_document(text, shown)
     cat = validate(doc, Catalog)
     _check(doc, cat)
     return cat
+
+
+def load_catalog_file(path: Path | str, *, name: str | None = None) -> Catalog:
+    path = Path(path)
+    return _catalog_from_text(path.read_text(encoding="utf-8"), name or str(path))
 
 
 @cache
 def load_catalog() -> Catalog:
     """The shipped catalog (cached: it is read-only data)."""
-    resource = data_dir("profiles") / "catalog.yaml"
-    doc = read_document(resource.read_text(encoding="utf-8"), "profiles/catalog.yaml")
-    cat = validate(doc, Catalog)
-    _check(doc, cat)
-    return cat
+    return _catalog_from_text((data_dir("profiles") / "catalog.yaml").read_text(encoding="utf-8"),
+                              "profiles/catalog.yaml")
 
 
 def facts_for(variant: Variant, qfile: QuantFile):
