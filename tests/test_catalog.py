@@ -109,3 +109,23 @@ def test_catalog_errors_name_file_line_and_field(tmp_path):
     problems = info.value.data["problems"]
     assert any(p.startswith(f"{path}:{pkg_line}: variants[0].files[0]") and "package" in p for p in problems)
     assert any(p.startswith(f"{path}:{fam_line}: variants[") and "unknown family 'qwq-typo'" in p for p in problems)
+
+
+def test_catalog_aliases_are_checked_with_file_and_line(tmp_path):
+    """An alias is a name people type: lower case, not a family or variant name, and naming only
+    catalog families or variants; each mistake names the file and the alias's line."""
+    from aiboxctl.resources import data_dir
+
+    text = (data_dir("profiles") / "catalog.yaml").read_text()
+    broken = text.replace("  r1: [deepseek-r1]\n", "  r1: [deepseek-r9]\n  Gemma: [gemma-3]\n  qwen3: [qwen3]\n", 1)
+    path = tmp_path / "catalog.yaml"
+    path.write_text(broken)
+    with pytest.raises(DataFileError) as info:
+        load_catalog_file(path)
+    lines = broken.splitlines()
+    problems = info.value.data["problems"]
+    r1, upper, fam = (lines.index(s) + 1 for s in ("  r1: [deepseek-r9]", "  Gemma: [gemma-3]", "  qwen3: [qwen3]"))
+    assert f"{path}:{r1}: aliases.r1: 'deepseek-r9' is not a catalog family or variant" in problems
+    assert any(p.startswith(f"{path}:{upper}: aliases.Gemma: an alias must be lower case") for p in problems)
+    assert any(p.startswith(f"{path}:{fam}: aliases.qwen3: an alias must be lower case and not a family")
+               for p in problems)
