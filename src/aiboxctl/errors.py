@@ -108,7 +108,7 @@ class ErrorInfo:
 def from_exception(exc: BaseException) -> ErrorInfo:
     """Map any exception to what the user sees. The single place that decides wording."""
     if isinstance(exc, AiboxError):
-        return ErrorInfo(exc.code, exc.message, exc.hint, exit_code_for(exc.code, exc.exit_code))
+        return ErrorInfo(exc.code, exc.message, exc.hint, exc.exit_code)  # the table's, set by __init__
     if isinstance(exc, KeyboardInterrupt):
         return ErrorInfo("interrupted", "Interrupted (Ctrl-C); whatever was under way was stopped.", None,
                          EXIT_CODES["interrupted"])
