@@ -221,18 +221,14 @@ def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], comm
 def instance_status(spec: Any, supervised: dict[str, int] | None = None) -> tuple[dict[str, Any], ...]:
     """Every engine of the set as ``status`` shows it: role, model, devices, health, slots busy
     (each engine's own /health on its loopback port, with the internal key)."""
-    from aiboxctl.client.api import Endpoint, health
-    from aiboxctl.gateway.config import read_token
+    from aiboxctl.client.api import health
 
     layout = spec.layout
-    try:
-        token = read_token(internal_keys_path(layout))
-    except (UsageError, OSError):
-        token = None
+    token = _internal_token(layout)
     out = []
     for e in spec.instances:
         s = e["engine"]
-        code, body = health(Endpoint(f"http://127.0.0.1:{s['port']}", token))
+        code, body = health(_engine_endpoint(e, token))
         out.append({"name": e["name"], "role": e["role"], "model": e["model_variant"], "devices": list(e["devices"]),
                     "port": s["port"], "healthy": code == 200, "http_status": code,
                     "slots_busy": body.get("slots_busy"), "slots_free": body.get("slots_free"),
@@ -240,22 +236,40 @@ def instance_status(spec: Any, supervised: dict[str, int] | None = None) -> tupl
     return tuple(out)
 
 
+def _internal_token(layout: InstallLayout) -> str | None:
+    from aiboxctl.gateway.config import read_token
+
+    try:
+        return read_token(internal_keys_path(layout))
+    except (UsageError, OSError):
+        return None
+
+
+def _engine_endpoint(entry: dict[str, Any], token: str | None) -> Any:
+    """One engine of the set on its loopback port, with the internal key."""
+    from aiboxctl.client.api import Endpoint
+
+    return Endpoint(f"http://127.0.0.1:{entry['engine']['port']}", token)
+
+
 def wait_instance(spec: Any, name: str, timeout: float) -> None:
-    """Until instance ``name`` (or the front door) answers /health 200 again after a restart."""
+    """Until instance ``name`` (or the front door) answers /health 200 again after a restart
+    (that one alone is asked)."""
     import time
 
-    from aiboxctl.client.api import Endpoint, health
+    from aiboxctl.client.api import health
     from aiboxctl.errors import ServiceDown
 
+    if name == GATEWAY_NAME:
+        from aiboxctl.deploy.endpoint import endpoint_from_install
+
+        endpoint = endpoint_from_install(spec.root)
+    else:
+        endpoint = _engine_endpoint(next(e for e in spec.instances if e["name"] == name), _internal_token(spec.layout))
     time.sleep(0.5)  # the old process's last answers are not the new one's
     deadline = time.monotonic() + timeout
     while True:
-        if name == GATEWAY_NAME:
-            from aiboxctl.deploy.endpoint import endpoint_from_install
-
-            code, _ = health(endpoint_from_install(spec.root))
-        else:
-            code = next(i["http_status"] for i in instance_status(spec) if i["name"] == name)
+        code, _ = health(endpoint)
         if code == 200:
             return
         if time.monotonic() >= deadline:
