@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,8 @@ import yaml
 from aiboxctl.deploy.instances import PlannedInstance, instance_entries, new_internal_keys
 from aiboxctl.deploy.spec import render_appliance
 from aiboxctl.engine_settings import EngineSettings
-from aiboxctl.errors import UsageError
 from aiboxctl.gateway.config import load_gateway_config, read_token
+from installprefix import InstallPrefix
 from test_render import make_spec, unit_lines, verify_unit, write_all
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -135,8 +133,6 @@ def test_the_set_units_verify_and_keep_the_hardening(tmp_path):
 
 # --- end to end -------------------------------------------------------------------------------
 
-EXE = str(Path(sys.executable).with_name("aiboxctl"))
-
 
 def _free_port_pair() -> int:
     """A port P with P+1 and P+2 free too (the front door and two engines)."""
@@ -173,21 +169,14 @@ def test_two_instances_install_serve_on_one_port_and_uninstall_cleanly(tmp_path)
     profile.write_text(demo.replace("name: demo", "name: demo-kb").replace("users: 4", "users: 2")
                        .replace("api_key: true", "api_key: false")
                        + f"roles: [chat, embedding]\nembedding_models: [{json.dumps(str(embedder))}]\n")
-    root, port = tmp_path / "root", _free_port_pair()
-    env = {**os.environ, "AIBOX_HOME": str(tmp_path / "home"), "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("AIBOX_INJECT_FAILURE", None)
+    prefix = InstallPrefix(tmp_path / "root", tmp_path / "home")
+    root, port = prefix.root, _free_port_pair()
 
     def run(*args: str, timeout: float = 300):
-        proc = subprocess.run([EXE, *args, "--root", str(root)], capture_output=True, text=True, env=env,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-        return proc
+        return prefix.run(*args, "--root", str(root), timeout=timeout)
 
     def run_json(*args: str, timeout: float = 300):
-        proc = run(*args, "--json", timeout=timeout)
-        try:
-            return proc.returncode, json.loads(proc.stdout)
-        except ValueError:
-            raise AssertionError(f"not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+        return prefix.json(*args, "--root", str(root), timeout=timeout)
 
     try:
         code, doc = run_json("install", "--profile", str(profile), "--port", str(port), "--yes", timeout=600)

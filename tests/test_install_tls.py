@@ -7,30 +7,21 @@ says tls: true): traffic never leaves 127.0.0.0/8."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aiboxctl.access import tls
+from installprefix import InstallPrefix
 
-EXE = str(Path(sys.executable).with_name("aiboxctl"))
 LAN = "127.0.0.2"
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, "AIBOX_HOME": str(tmp_path / "home"), "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("AIBOX_INJECT_FAILURE", None)
-    return env
-
-
 def _run(tmp_path: Path, root: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *args, "--root", str(root)], capture_output=True, text=True, env=_env(tmp_path),
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return InstallPrefix(root, tmp_path / "home").run(*args, "--root", str(root), timeout=timeout)
 
 
 def _json(proc: subprocess.CompletedProcess) -> dict:
