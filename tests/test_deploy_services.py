@@ -139,3 +139,39 @@ def test_stop_finds_a_supervisor_without_its_pidfile(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_every_engine_model_of_a_set_is_checked_for_the_service_user(tmp_path, monkeypatch):
+    """Behind the front door each engine reads its own model (the embedding companion's too): the
+    service user must be able to read every one, or the supervisor keeps the engines root and
+    install refuses before writing, rather than an engine failing at start."""
+    import dataclasses
+    import json
+    import sys
+
+    import pytest
+
+    from aiboxctl.deploy.supervisor import child_identity
+    from aiboxctl.deploy.users import check_service_user_access
+    from aiboxctl.errors import UsageError
+    from test_install_instances import multi_spec
+
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    # "nobody" can use everything but the embedding model
+    monkeypatch.setattr("aiboxctl.deploy.users.user_can", lambda user, path, bit: "bge" not in str(path))
+    spec = multi_spec(tmp_path, user="nobody")
+    for i in spec.instances:  # the models exist (the check skips a path that is not there yet)
+        model = Path(i["engine"]["model"])
+        i["engine"]["model"] = str(tmp_path / model.name)
+        (tmp_path / model.name).write_bytes(b"x")
+    spec = dataclasses.replace(spec, system_install=True, exec_argv=(sys.executable,),
+                               engine=spec.engine.replace(model=tmp_path / "q.gguf"))
+    with pytest.raises(UsageError, match="cannot read .*bge.gguf"):
+        check_service_user_access(spec)
+    layout = spec.layout
+    layout.state.mkdir(parents=True)
+    layout.manifest.write_text(json.dumps({
+        "manifest_version": 1, "generation": 1, "aiboxctl_version": "0", "root": str(tmp_path),
+        "profile": "demo", "model_variant": "m", "files": [], "spec": spec.to_dict()}))
+    kwargs, note = child_identity(layout)
+    assert kwargs == {} and "bge.gguf" in note

@@ -277,9 +277,9 @@ def child_identity(layout: InstallLayout) -> tuple[dict, str]:
     user, group = spec.get("service_user"), spec.get("service_group")
     if not spec.get("system_install") or not user or user == "root":
         return {}, ""
-    from aiboxctl.deploy.users import user_can
+    from aiboxctl.deploy.users import model_files, user_can
 
-    needs = [(Path(sys.executable), "x"), (Path(sys.prefix), "x"), (Path(str(spec["engine"]["model"])), "r")]
+    needs = [(Path(sys.executable), "x"), (Path(sys.prefix), "x"), *((p, "r") for p in model_files(spec))]
     try:
         blocked = [str(p) for p, bit in needs if not user_can(user, p, bit)]
     except (KeyError, OSError) as exc:

@@ -70,13 +70,21 @@ def user_can(user: str, path: Path, bit: str) -> bool:
     return allowed(target.stat(), bit)
 
 
+def model_files(spec: dict[str, Any]) -> list[Path]:
+    """Every model file the service reads (an install spec as a dict): the engine's, and behind
+    the front door each engine's own (the embedding and rerank companions' too)."""
+    paths = [spec["engine"]["model"], *(i["engine"]["model"] for i in spec.get("instances") or ())]
+    return [Path(p) for p in dict.fromkeys(str(p) for p in paths)]
+
+
 def check_service_user_access(spec: InstallSpec) -> None:
     """The hardened unit runs as the service user: it must be able to run this aiboxctl and read
-    the model. A venv under /root is the usual trap; say so before writing anything."""
+    every model. A venv under /root is the usual trap; say so before writing anything."""
     import sys
 
     user = spec.service_user
-    needs = [(Path(spec.exec_argv[0]), "x"), (Path(sys.prefix), "x"), (Path(str(spec.engine.model)), "r")]
+    needs = [(Path(spec.exec_argv[0]), "x"), (Path(sys.prefix), "x"),
+             *((p, "r") for p in model_files(spec.to_dict()))]
     for path, bit in needs:
         if path.exists() and not user_can(user, path, bit):
             raise UsageError(
