@@ -42,7 +42,6 @@ class AccessFiles:
     new_admin_key: str | None  # the key, when it was made by this run (shown once)
     ca_file: str | None  # what clients trust: the local CA, or None with the organisation's pair
     ca_fingerprint: str | None  # SHA-256 of the CA (or of the organisation's certificate)
-    cert_names: tuple[str, ...] = ()
 
 
 def _read(path: Path) -> bytes | None:
@@ -117,7 +116,7 @@ def _tls(layout: InstallLayout, host: str, work: Path, tls_cert: str | None, tls
     if tls_cert:
         info = tls.install_pair(files, Path(tls_cert), Path(tls_key or ""))
         out = {"server.crt": files.cert.read_bytes(), "server.key": files.key.read_bytes()}
-        return out, None, info.fingerprint_sha256, info.names
+        return out, None, info.fingerprint_sha256
     files.dir.mkdir(parents=True, exist_ok=True)
     have = {name: _read(target.dir / name) for name in ("ca.crt", "ca.key", "server.crt", "server.key")}
     if have["ca.crt"] and have["ca.key"]:
@@ -126,10 +125,10 @@ def _tls(layout: InstallLayout, host: str, work: Path, tls_cert: str | None, tls
         if have["server.crt"] and have["server.key"] and _covers(have["server.crt"], host) \
                 and tls.describe(target.cert).issuer == tls.describe(target.ca_cert).subject:
             info = tls.describe(target.cert, target.ca_cert)
-            return dict(have), str(target.ca_cert), info.ca_fingerprint_sha256, info.names
+            return dict(have), str(target.ca_cert), info.ca_fingerprint_sha256
     info = tls.init_local(files, cert_names(host))
     out = {name: (files.dir / name).read_bytes() for name in ("ca.crt", "ca.key", "server.crt", "server.key")}
-    return out, str(target.ca_cert), info.ca_fingerprint_sha256, info.names
+    return out, str(target.ca_cert), info.ca_fingerprint_sha256
 
 
 def access_files(spec: Any, *, tls_cert: str | None = None, tls_key: str | None = None) -> AccessFiles:
@@ -140,7 +139,6 @@ def access_files(spec: Any, *, tls_cert: str | None = None, tls_key: str | None 
     root_owned = ("root", "root") if spec.system_install else (None, None)
     out: list[RenderedFile] = []
     admin_text = new_key = ca_file = fp = None
-    names: tuple[str, ...] = ()
     with tempfile.TemporaryDirectory(prefix="aibox-access-") as tmp:
         work = Path(tmp)
         if spec.access:
@@ -149,10 +147,10 @@ def access_files(spec: Any, *, tls_cert: str | None = None, tls_key: str | None 
             secret = _read(paths.secret) or (secrets.token_bytes(32).hex() + "\n").encode()
             out.append(RenderedFile(str(paths.secret), secret, 0o600, *svc, secret=True))
         if spec.tls:
-            tls_bytes, ca_file, fp, names = _tls(layout, spec.engine.host, work, tls_cert, tls_key)
+            tls_bytes, ca_file, fp = _tls(layout, spec.engine.host, work, tls_cert, tls_key)
             modes = {"ca.crt": (0o644, root_owned), "ca.key": (0o600, root_owned),
                      "server.crt": (0o644, root_owned), "server.key": (0o600, svc)}
             for name, data in tls_bytes.items():
                 mode, owner = modes[name]
                 out.append(RenderedFile(str(paths.tls_dir / name), data, mode, *owner, secret=name.endswith(".key")))
-    return AccessFiles(tuple(out), admin_text, new_key, ca_file, fp, tuple(names))
+    return AccessFiles(tuple(out), admin_text, new_key, ca_file, fp)
