@@ -90,3 +90,9 @@ class _Planned:
     env: dict = dataclasses.field(default_factory=dict)
     devices: tuple = ()
     local_file: str | None = None
+
+
+def test_the_endpoint_url_brackets_an_ipv6_bind(tmp_path):
+    demo = load_use_case("demo")
+    assert spec_for(demo, tmp_path).url == "http://127.0.0.1:8080/v1"
+    assert spec_for(demo, tmp_path, bind="::1", port=9000).url == "http://[::1]:9000/v1"

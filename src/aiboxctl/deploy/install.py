@@ -604,13 +604,12 @@ def install(profile_name: str, *, model: str | None = None, root: str | Path | N
     else:
         keys = (_existing_keys(Path(key_path)) or _new_keys()) if key_path else None
     files = render_appliance(spec, keys, internal, access.files if access else ())
-    endpoint = f"{'https' if spec.tls else 'http'}://{spec.engine.host}:{spec.engine.port}/v1"
     tls_facts = {"lan_url": lan_url(spec), "ca_file": access.ca_file if access else None,
                  "ca_fingerprint": access.ca_fingerprint if access else None}
     rflag = root_flag(layout)
     next_commands = (f"aiboxctl chat{rflag}", f"aiboxctl status{rflag}", f"aiboxctl bench{rflag}")
     common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
-                  model_path=str(spec.engine.model), manager=spec.manager, endpoint=endpoint,
+                  model_path=str(spec.engine.model), manager=spec.manager, endpoint=spec.url,
                   api_key_file=key_path, audit_log=pinned["audit_log"], engine=pinned,
                   predicted=dict(spec.predicted), reused_plan=bool(reuse), next_commands=next_commands)
     # An engine that maps an earlier file than the one at its model path now (quarantined and

@@ -391,7 +391,7 @@ def rollback(root: str | Path | None = None, *, to: int | None = None, dry_run: 
     pinned = spec.engine.to_dict()
     common = dict(root=str(layout.root), profile=spec.profile, model_variant=spec.model_variant, quant=spec.quant,
                   model_path=str(spec.engine.model), manager=spec.manager,
-                  endpoint=f"{'https' if spec.tls else 'http'}://{spec.engine.host}:{spec.engine.port}/v1",
+                  endpoint=spec.url,
                   api_key_file=pinned["api_keys_file"], audit_log=pinned["audit_log"],
                   engine=pinned, predicted=dict(spec.predicted), reused_plan=True,
                   next_commands=(f"aiboxctl status{root_flag(layout)}",))

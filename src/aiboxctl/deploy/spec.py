@@ -51,6 +51,12 @@ class InstallSpec:
         return InstallLayout.for_root(self.root)
 
     @property
+    def url(self) -> str:
+        """The service's URL as this box's clients reach it (``/v1`` included)."""
+        host = f"[{self.engine.host}]" if ":" in self.engine.host else self.engine.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.engine.port}/v1"
+
+    @property
     def api_key_required(self) -> bool:
         return bool(self.engine.api_keys_file)
 
