@@ -63,12 +63,7 @@ class SlotText:
         if cut >= 0:
             self.held = ""
             return held[:cut], True
-        keep = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(held)), keep, -1):
-                if held.endswith(stop[:n]):
-                    keep = n
-                    break
+        keep = held_suffix(held, self.stops)
         self.held = held[len(held) - keep:]
         return held[: len(held) - keep], False
 
@@ -103,6 +98,25 @@ class Slot:
         self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
         self.forced: list[int] = []  # tokens the loop writes instead of sampling (the budget's close)
         self.grammar: Any = None  # sampler.GrammarSampling when the reply must match a grammar
+
+
+def held_suffix(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that is a proper prefix of one of ``markers``: the
+    text a streaming reader holds back because it may still become a marker (a stop string, a
+    thinking tag, a tool-call marker). Runs for every token: one ``find`` of each marker's first
+    character in the last few characters, and a compare only where it occurs."""
+    best = 0
+    n = len(text)
+    for m in markers:
+        if not m:
+            continue
+        k = text.find(m[0], max(0, n - len(m) + 1))
+        while k >= 0 and n - k > best:
+            if m.startswith(text[k:]):
+                best = n - k
+                break
+            k = text.find(m[0], k + 1)
+    return best
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

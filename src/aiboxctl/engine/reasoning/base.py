@@ -16,6 +16,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from aiboxctl.engine.slot import held_suffix
+
 # states
 START = 0  # nothing decided yet: a start tag may open the reply (after whitespace)
 THINK_LEAD = 1  # inside the thinking, before its first non-space (a repeated start tag is dropped)
@@ -101,17 +103,6 @@ class ReasoningParser(ABC):
         ...
 
 
-def _partial_suffix(text: str, tags: tuple[str, ...]) -> int:
-    """Length of the longest end of ``text`` that is a proper prefix of one of ``tags``."""
-    best = 0
-    for tag in tags:
-        for n in range(min(len(tag) - 1, len(text)), best, -1):
-            if text.endswith(tag[:n]):
-                best = n
-                break
-    return best
-
-
 class ThinkTagParser(ReasoningParser):
     """``<think>…</think>`` then the answer: the shape of every family served today."""
 
@@ -149,7 +140,7 @@ class ThinkTagParser(ReasoningParser):
                     reasoning.append(p.rstrip())
                     self.pending = ""
                     break
-                keep = _partial_suffix(p, (end,))
+                keep = held_suffix(p, (end,))
                 body = p[: len(p) - keep]
                 stripped = body.rstrip()
                 reasoning.append(stripped)
@@ -157,7 +148,7 @@ class ThinkTagParser(ReasoningParser):
                 break
             # ANSWER: tags never reach the answer
             if not final:
-                keep = _partial_suffix(p, (start, end))
+                keep = held_suffix(p, (start, end))
                 out, self.pending = p[: len(p) - keep], p[len(p) - keep:]
             else:
                 out, self.pending = p, ""

@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from aiboxctl.engine.slot import held_suffix
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -134,7 +136,7 @@ class ToolReader:
             if not self.in_block:
                 k = self.buf.find(fmt.start)
                 if k < 0:
-                    keep = _partial_suffix(self.buf, fmt.start)
+                    keep = held_suffix(self.buf, (fmt.start,))
                     out.append(self._content(self.buf[: len(self.buf) - keep]))
                     self.buf = self.buf[len(self.buf) - keep:]
                     break
@@ -180,10 +182,3 @@ class ToolReader:
             content += tail
         return content, made
 
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """The length of the longest end of ``text`` that is the start of ``marker``."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0
