@@ -365,3 +365,36 @@ def test_pooled_memory_model_matches_llama_cpp_buffers(which, n_ctx, flash_attn)
     for label, value in logged.items():
         assert abs(getattr(est, label) - value) <= 0.03 * value + 64 * 1024, (label, getattr(est, label), value)
     assert ("kv_cache" in logged) == (which != "minilm") and est.kv_cache == logged.get("kv_cache", 0)
+
+
+@pytest.mark.parametrize("fault", ["loop-crash", "loop-stall"])
+def test_serve_exits_5_when_the_pooled_worker_dies_or_hangs(tmp_path, fault):
+    """A pooled engine that can no longer serve at run time ends like a chat engine's dead or
+    hung decode loop: /health 503 naming it while it drains, then exit 5, so it is restarted."""
+    import threading
+    import time
+
+    config = _config(tmp_path, bertgguf.embedding_gguf(), "embedding", repack=False, selftest=False, watchdog_s=2)
+    with running_server(tmp_path, config, env={"AIBOX_ENGINE_FAULT": fault}) as srv:
+        def post() -> None:
+            try:
+                httpx.post(srv.base + "/v1/embeddings", json={"input": "hello"},
+                           headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+            except httpx.HTTPError:
+                pass  # the request in the failed decode is not answered before the process stops
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        health = None
+        deadline = time.monotonic() + 120  # a hang guard only
+        while health is None and time.monotonic() < deadline:
+            r = httpx.get(srv.base + "/health", timeout=10)  # refused if the process left at once
+            if r.status_code != 200:
+                health = r
+            time.sleep(0.05)
+        assert health is not None and health.status_code == 503, health
+        assert health.json()["status"] == "failed" and "pooled decode" in health.json()["reason"]
+        assert srv.proc.wait(120) == 5
+        poster.join(120)
+        log = srv.log()
+    assert "engine unhealthy" in log

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiboxctl.engine.llama import LlamaRuntime, context_params
 from aiboxctl.engine.request import QueueFull
+from aiboxctl.engine.scheduler import check_fault
 from aiboxctl.errors import AiboxError, UsageError
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ class PooledWorker:
     :class:`QueueFull`), and each decode packs the next inputs in arrival order across requests
     until the context's tokens or sequences are used."""
 
-    def __init__(self, runtime: PooledRuntime, *, queue_size: int) -> None:
+    def __init__(self, runtime: PooledRuntime, *, queue_size: int, fault: str | None = None) -> None:
         self.rt = runtime
         self.queue_size = queue_size
         self._items: deque[tuple[_Job, int]] = deque()
@@ -196,8 +197,7 @@ class PooledWorker:
         self._cv = threading.Condition()
         self._stopping = False
         self.step_started: float | None = None  # monotonic start of the decode in progress
-        self.decodes = 0
-        self.inputs_done = 0
+        self._fault = check_fault(fault)
         self._thread = threading.Thread(target=self._run, name="aibox-pooled", daemon=True)
 
     def start(self) -> None:
@@ -255,6 +255,8 @@ class PooledWorker:
                 taken = self._take()
             jobs = {id(job): job for job, _ in taken}
             live = [(job, i) for job, i in taken if not job.future.cancelled()]
+            if self._fault is not None:
+                self._inject_fault()
             try:
                 self.step_started = time.monotonic()
                 outs = self.rt.pooled([job.inputs[i] for job, i in live]) if live else []
@@ -264,8 +266,6 @@ class PooledWorker:
                 outs, error = [], exc
             finally:
                 self.step_started = None
-            self.decodes += 1
-            self.inputs_done += len(live)
             for (job, i), out in zip(live, outs):
                 job.results[i] = out
             for job, i in taken:
@@ -278,6 +278,14 @@ class PooledWorker:
                     elif job.left == 0:
                         self._jobs -= 1
                         _settle(job.future.set_result, job.results)
+
+    def _inject_fault(self) -> None:
+        fault, self._fault = self._fault, None
+        log.warning("injecting engine fault %s (test hook)", fault)
+        if fault == "loop-crash":
+            raise RuntimeError("injected fault: loop-crash")
+        self.step_started = time.monotonic()
+        threading.Event().wait()  # loop-stall: a decode that never returns
 
     def _drop(self, job: _Job) -> None:
         """Forget a failed job's inputs still queued (under the lock)."""

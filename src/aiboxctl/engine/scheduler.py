@@ -32,11 +32,11 @@ log = logging.getLogger("aiboxctl.engine")
 
 IDLE_BEAT_S = 1.0  # an idle loop wakes this often to show the watchdog it is alive
 
-# test hook (AIBOX_ENGINE_FAULT): what the loop does on its first decode step
+# test hook (AIBOX_ENGINE_FAULT): what the loop (or the pooled worker) does on its first decode
 FAULTS = ("loop-crash", "loop-stall")
 
 
-def _check_fault(fault: str | None) -> str | None:
+def check_fault(fault: str | None) -> str | None:
     if fault and fault not in FAULTS:
         raise ValueError(f"unknown engine fault {fault!r} (one of {', '.join(FAULTS)})")
     return fault or None
@@ -74,7 +74,7 @@ class Scheduler:
         # the watchdog's view: when the loop last finished a step or looked for work (it looks at
         # least every IDLE_BEAT_S while idle), so a heartbeat older than a step can take means stuck
         self.beat = time.monotonic()
-        self._fault = _check_fault(fault)
+        self._fault = check_fault(fault)
         import numpy
 
         self._as_array = numpy.ctypeslib.as_array

@@ -68,7 +68,7 @@ def serve(config: EngineConfig, *, log_level: str = "info") -> ServeResult:
                                            timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S, lifespan="on"))
 
     def fatal(_reason: str) -> None:
-        if state.scheduler is None:  # a failed start: nothing to drain
+        if not state.started_serving:  # a failed start: nothing to drain
             server.should_exit = True
             return
         timer = threading.Timer(FATAL_DRAIN_S, lambda: setattr(server, "should_exit", True))
@@ -99,7 +99,7 @@ def serve(config: EngineConfig, *, log_level: str = "info") -> ServeResult:
         for s, h in previous.items():
             signal.signal(s, h)
         sock.close()
-    if state.status == "failed" and state.scheduler is not None:
+    if state.status == "failed" and state.started_serving:
         raise ServiceDown(f"engine unhealthy: {state.reason}", code="engine_unhealthy",
                           hint="the service manager restarts it; aiboxctl logs shows what happened")
     if state.status == "failed":

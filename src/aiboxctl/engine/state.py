@@ -46,6 +46,12 @@ class EngineState:
     fault: str | None = None  # test hook for the decode loop (Env.ENGINE_FAULT)
 
     @property
+    def started_serving(self) -> bool:
+        """The engine started (a decode loop or a pooled worker): a failure now is a run-time
+        one (exit 5, restarted), not a failed start."""
+        return (self.scheduler or self.embedder) is not None
+
+    @property
     def served_config(self) -> EngineConfig:
         return self.selftest.config if self.selftest is not None and self.selftest.ok else self.config
 
@@ -118,7 +124,7 @@ def _boot_pooled(state: EngineState, cfg: EngineConfig) -> None:
 
     rt = PooledRuntime(cfg)
     state.runtime = rt
-    worker = PooledWorker(rt, queue_size=cfg.queue_size)
+    worker = PooledWorker(rt, queue_size=cfg.queue_size, fault=state.fault)
     worker.start()
     state.embedder = worker
     state.metrics.queue_depth.set_function(lambda: worker.queue_depth)
@@ -140,7 +146,7 @@ def engine_problem(state: EngineState) -> str | None:
     """Why a started engine can no longer serve (its decode loop died or hangs), else None.
     The first caller to see it marks the engine failed, logs one line, answers the requests the
     loop holds with an error and calls ``on_fatal`` (serve: stop, exit 5, get restarted)."""
-    if state.status == "failed" and (state.scheduler or state.embedder) is not None:
+    if state.status == "failed" and state.started_serving:
         return state.reason
     sched = state.scheduler or state.embedder
     if state.status != "ok" or sched is None:
