@@ -316,3 +316,39 @@ def _up(base: str) -> bool:
         return httpx.get(base + "/health", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_audit_content_records_the_request_and_the_answer_relayed(box):
+    """`audit_content: true` (a healthcare-style profile): the chain holds each request's messages
+    and the answer the client got, streamed or not (the setting used to be accepted and ignored)."""
+    audit = box.tmp / "content-audit.jsonl"
+    proc, port = _start_gateway(box.tmp, "content-gateway", int(box.engine.base.rsplit(":", 1)[1]),
+                                keys_file=str(box.root / "etc/aibox/keys.json"), audit_file=str(audit),
+                                secret_file=str(box.root / "etc/aibox/box-secret"), audit_content=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _healthy(base), timeout=60), (box.tmp / "content-gateway.log").read_text()
+        headers = {"Authorization": f"Bearer {box.secrets['meter']}"}
+        whole = httpx.post(base + CHAT, json=_ask(8), headers=headers, timeout=300).json()
+        streamed = []
+        with httpx.stream("POST", base + CHAT, json=_ask(8, stream=True), headers=headers, timeout=300) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    for choice in json.loads(line[6:]).get("choices") or ():
+                        streamed.append((choice.get("delta") or {}).get("content") or "")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    records = [json.loads(x) for x in audit.read_text().splitlines()]
+    requests = [x for x in records if x.get("event") == "request"]
+    assert len(requests) == 2 and all(x["content"]["request"]["messages"] == _ask()["messages"] for x in requests)
+    assert requests[0]["content"]["answer"]["content"] == whole["choices"][0]["message"]["content"]
+    assert requests[1]["content"]["answer"]["content"] == "".join(streamed) != ""
+    assert _cli("audit", "verify", str(audit), "--secret", str(box.root / "etc/aibox/box-secret")).returncode == 0
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(base + "/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False

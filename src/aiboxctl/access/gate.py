@@ -43,6 +43,8 @@ class Admission:
     model: str
     endpoint: str
     arrived: float
+    # the request's text (messages / prompt / input), kept only when the audit records content
+    request_content: Optional[dict[str, Any]] = None
 
 
 def reservation(body: dict[str, Any], body_bytes: int, default: int = DEFAULT_RESERVE_TOKENS) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 from aiboxctl.access.gate import AccessControl, Admission, reservation
@@ -18,6 +19,7 @@ from aiboxctl.access.refusal import AccessDenied
 from aiboxctl.gateway.pool import Refusal
 
 _METER_LIMIT = 1 << 20  # a JSON answer larger than this is not parsed for usage (counted as 0)
+_REQUEST_TEXT = ("messages", "prompt", "input", "query", "documents", "system", "instructions")
 
 
 def as_refusal(denied: AccessDenied) -> Refusal:
@@ -46,23 +48,32 @@ class AccessGate:
                                                 reserve)
         except AccessDenied as denied:
             return as_refusal(denied)
+        if self.access.settings.audit_content:
+            admission = replace(admission, request_content={k: body[k] for k in _REQUEST_TEXT if k in body})
         request.state.aibox_admission = admission
         return None
 
     async def finish(self, admission: Admission | None, status: int, meter: "UsageMeter") -> None:
         """After the last byte: settle, and the ledger row fsynced (off the event loop)."""
         if admission is not None:
-            await asyncio.to_thread(self.access.finish, admission, status, **meter.usage())
+            content = None
+            if admission.request_content is not None:
+                content = {"request": admission.request_content, "answer": meter.text()}
+            await asyncio.to_thread(self.access.finish, admission, status, **meter.usage(), content=content)
 
 
 class UsageMeter:
     """Finds ``usage`` in an answer as it is relayed: the whole JSON body, or the SSE event that
-    carries it (the last one, with ``stream_options.include_usage``)."""
+    carries it (the last one, with ``stream_options.include_usage``). With ``capture`` (an audit
+    that records content) it also assembles the answer's text, streamed or not."""
 
-    def __init__(self) -> None:
+    def __init__(self, capture: bool = False) -> None:
         self._buf = bytearray()
         self._usage: dict[str, Any] | None = None
         self._sse = False
+        self._capture = capture
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
 
     def feed(self, chunk: bytes) -> None:
         if not self._buf and chunk.lstrip().startswith(b"data:"):
@@ -73,25 +84,58 @@ class UsageMeter:
             self._buf = bytearray(rest)
             for ev in events:
                 for line in ev.splitlines():
-                    if line.startswith(b"data:") and b'"usage"' in line:
+                    if line.startswith(b"data:") and (self._capture or b'"usage"' in line):
                         try:
-                            self._usage = json.loads(line[5:]).get("usage") or self._usage
+                            doc = json.loads(line[5:])
                         except ValueError:
-                            pass
+                            continue
+                        if isinstance(doc, dict):
+                            self._usage = doc.get("usage") or self._usage
+                            if self._capture:
+                                self._collect(doc, "delta")
         elif len(self._buf) > _METER_LIMIT:
             self._buf = bytearray()
             self._sse = True  # give up on this body
 
+    def _collect(self, doc: dict[str, Any], part: str) -> None:
+        for choice in doc.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            msg = choice.get(part) or {}
+            text = msg.get("content") if isinstance(msg, dict) else None
+            text = text if isinstance(text, str) else choice.get("text")
+            if isinstance(text, str):
+                self._text.append(text)
+            reasoning = msg.get("reasoning_content") if isinstance(msg, dict) else None
+            if isinstance(reasoning, str):
+                self._reasoning.append(reasoning)
+
+    def _body(self) -> Any:
+        if self._sse or not self._buf:
+            return None
+        try:
+            return json.loads(bytes(self._buf))
+        except ValueError:
+            return None
+
     def usage(self) -> dict[str, int]:
         usage = self._usage
-        if usage is None and self._buf and not self._sse:
-            try:
-                usage = json.loads(bytes(self._buf)).get("usage")
-            except (ValueError, AttributeError):
-                usage = None
+        if usage is None:
+            body = self._body()
+            usage = body.get("usage") if isinstance(body, dict) else None
         usage = usage if isinstance(usage, dict) else {}
         return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
                 "completion_tokens": int(usage.get("completion_tokens") or 0)}
+
+    def text(self) -> dict[str, str]:
+        """The answer relayed (content and, when the model thought, its reasoning)."""
+        body = self._body()
+        if isinstance(body, dict) and not self._text and not self._reasoning:
+            self._collect(body, "message")
+        out = {"content": "".join(self._text)}
+        if self._reasoning:
+            out["reasoning_content"] = "".join(self._reasoning)
+        return out
 
 
 def with_usage_in_stream(data: dict[str, Any]) -> dict[str, Any] | None:

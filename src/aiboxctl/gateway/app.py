@@ -60,7 +60,7 @@ class _Access:
 
     def __init__(self, admission: Any, settle: Callable[[Any, int, Any], Awaitable[None]], strip_usage: bool) -> None:
         self.admission, self._settle, self.strip_usage = admission, settle, strip_usage
-        self.meter = UsageMeter()
+        self.meter = UsageMeter(capture=getattr(admission, "request_content", None) is not None)
         self.done = False
 
     async def finish(self, status: int) -> None:
