@@ -75,12 +75,15 @@ class ChatServing(OpenAIServing):
         add_bos = rt.add_bos and not (template.spec.bos_token and text.startswith(template.spec.bos_token))
         return rt.tokenize(text, add_special=add_bos, parse_special=True), messages
 
+    def _forced_call(self, body: ChatBody) -> bool:
+        """``tool_choice`` required or named: the reply must be a call."""
+        choice = body.tool_choice
+        return self._tools_on(body) and (choice == "required" or isinstance(choice, NamedToolChoice))
+
     def _constrained(self, body: ChatBody) -> bool:
         """A grammar will hold the reply: response_format JSON, or a required/named tool call."""
         fmt = body.response_format
-        choice = body.tool_choice
-        forced = self._tools_on(body) and (choice == "required" or isinstance(choice, NamedToolChoice))
-        return forced or (fmt is not None and fmt.type != "text")
+        return self._forced_call(body) or (fmt is not None and fmt.type != "text")
 
     def max_tokens_wanted(self, body: ChatBody) -> int | None:
         return body.max_completion_tokens or body.max_tokens
@@ -90,7 +93,7 @@ class ChatServing(OpenAIServing):
         from aiboxctl.engine.tools import forced_grammar
 
         choice = body.tool_choice
-        forced = self._tools_on(body) and (choice == "required" or isinstance(choice, NamedToolChoice))
+        forced = self._forced_call(body)
         try:
             if forced:
                 fmt, _ = self._tool_format()
