@@ -15,7 +15,7 @@ from fastapi import Request as HttpRequest
 from pydantic import ValidationError
 
 from aiboxctl.engine.api.protocol import RETRY_AFTER_S, error_response, validation_message
-from aiboxctl.engine.scheduler import Request
+from aiboxctl.engine.request import Request
 from aiboxctl.engine.security import key_fingerprint
 from aiboxctl.engine.state import EngineState
 from aiboxctl.net import read_body_limited
