@@ -6,6 +6,8 @@ callback) and submits it; from then on the loop owns it and reports through ``em
 * ``("text", str)``                                   a piece of completion text (valid UTF-8)
 * ``("reasoning", str)``                              a piece of the thinking, when the request
                                                       has a reasoning parser (the text is then the answer)
+* ``("logprobs", (bytes, logprob, top))``             the next token's log-probabilities, before
+                                                      its text (only when the request asked)
 * ``("done", finish_reason, prompt_tokens, completion_tokens)``
 * ``("error", message)``
 
@@ -44,6 +46,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     grammar: str | None = None  # GBNF the reply must match (structured output, forced tool calls)
+    grammar_triggers: tuple[str, ...] = ()  # a lazy grammar: it holds from the first of these texts on
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives
 
     @property
     def uses_penalties(self) -> bool:

@@ -129,3 +129,26 @@ class GrammarSampling:
         if self.grammar:
             self.L.llama_sampler_free(self.grammar)
             self.grammar = None
+
+
+def token_logprobs(logits: Any, token: int, top: int, piece: Any) -> tuple:
+    """The log-probability of ``token`` and of the ``top`` most likely tokens, from the raw logits
+    of the step it was sampled at (``logits``: the row as a float32 numpy view): a log-softmax over
+    the whole vocabulary *before* any sampler transform (temperature, penalties, logit_bias,
+    grammar) — the model's own distribution, as OpenAI and vLLM (``raw_logprobs``) report it and
+    llama-server's ``n_probs`` does from the same row. Ties in the top list go to the lower id, so
+    a greedy (first-maximum) pick is first. Returns ``(bytes, logprob, ((bytes, logprob), …))``;
+    ``piece`` gives a token's bytes. Only computed for requests that ask (numpy over the row)."""
+    import math
+
+    import numpy
+
+    m = float(logits.max())
+    lse = m + math.log(float(numpy.exp(logits - m).sum(dtype=numpy.float64)))
+    tops: tuple = ()
+    if top > 0:
+        k = min(top, logits.shape[0])
+        ids = numpy.argpartition(logits, -k)[-k:]
+        ids = ids[numpy.lexsort((ids, -logits[ids]))]
+        tops = tuple((piece(int(i)), float(logits[i]) - lse) for i in ids)
+    return piece(token), float(logits[token]) - lse, tops

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiboxctl.engine.request import Event, QueueFull, Request, SamplingParams
-from aiboxctl.engine.sampler import GrammarSampling, make_sampler
+from aiboxctl.engine.sampler import GrammarSampling, make_sampler, token_logprobs
 from aiboxctl.engine.slot import Slot, SlotText, common_prefix
 
 if TYPE_CHECKING:
@@ -381,6 +381,9 @@ class Scheduler:
             t = int(self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,)).argmax())
         else:
             t = L.llama_sampler_sample(s.sampler, ctx, s.out_idx)
+        if req.params.logprobs is not None and (req.params.ignore_eos or not rt.is_eog(t)):
+            row = self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,))
+            self._out.append((req.emit, ("logprobs", token_logprobs(row, t, req.params.logprobs, rt.piece))))
         s.out_idx = -1
         req.completion_tokens += 1
         if req.t_first is None:
