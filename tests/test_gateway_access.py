@@ -121,3 +121,18 @@ def test_an_oversized_body_is_refused_before_the_front_door_holds_it(tmp_path):
     assert sent[0]["status"] == 413
     assert json.loads(sent[1]["body"])["error"]["code"] == "request_too_large"
     assert received[0] * len(chunk) <= limit + len(chunk), f"read {received[0]} KiB for a {limit} byte limit"
+
+
+def test_loopback_port_defaults_beside_tls_and_is_checked():
+    from aiboxctl.datafile import DataFileError
+    from aiboxctl.gateway.config import gateway_config_from_text
+
+    engines = "engines: [{name: c, models: [m], url: 'http://127.0.0.1:8081'}]\n"
+    assert gateway_config_from_text("port: 8080\n" + engines).plain_loopback_port is None  # plain already
+    assert gateway_config_from_text("port: 8080\ntls_dir: /t\n" + engines).plain_loopback_port == 9080
+    assert gateway_config_from_text("port: 65000\ntls_dir: /t\n" + engines).plain_loopback_port == 64000
+    assert gateway_config_from_text("tls_dir: /t\nloopback_port: 0\n" + engines).plain_loopback_port is None
+    for bad, why in [("loopback_port: 9000\n", "needs tls_dir"), ("tls_dir: /t\nloopback_port: 8081\n", "engine c"),
+                     ("tls_dir: /t\nloopback_port: 8080\n", "HTTPS port")]:
+        with pytest.raises(DataFileError, match=why):
+            gateway_config_from_text("port: 8080\n" + bad + engines)

@@ -106,7 +106,7 @@ def box(tmp_path_factory):
         b.gateway, port = _start_gateway(
             tmp, "gateway", int(b.engine.base.rsplit(":", 1)[1]), keys_file=str(etc / "keys.json"),
             ledger_file=str(lib / "usage.db"), audit_file=str(logd / "access-audit.jsonl"),
-            secret_file=str(etc / "box-secret"), tls_dir=str(tls.dir), ghost=True)
+            secret_file=str(etc / "box-secret"), tls_dir=str(tls.dir), ghost=True, loopback_port=free_port())
         b.base = f"https://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -352,3 +352,33 @@ def _healthy(base: str) -> bool:
         return httpx.get(base + "/health", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_plain_http_on_loopback_beside_https_on_the_lan(box):
+    """With TLS the front door also speaks plain HTTP on 127.0.0.1 (loopback_port) for this box's
+    own tools; the LAN address (here 127.0.0.2) speaks HTTPS only, and the plain port is not on it."""
+    lan, lp = "127.0.0.2", free_port()
+    tls = TlsFiles(box.tmp / "lan-tls")
+    init_local(tls, [lan])
+    proc, port = _start_gateway(box.tmp, "lan-gateway", int(box.engine.base.rsplit(":", 1)[1]), host=lan,
+                                tls_dir=str(tls.dir), loopback_port=lp,
+                                keys_file=str(box.root / "etc/aibox/keys.json"))
+    https, plain = f"https://{lan}:{port}", f"http://127.0.0.1:{lp}"
+    verify = ssl.create_default_context(cafile=str(tls.ca_cert))
+    headers = {"Authorization": f"Bearer {box.secrets['legal']}"}
+    try:
+        assert wait_until(lambda: proc.poll() is None and _healthy(plain), timeout=60), \
+            (box.tmp / "lan-gateway.log").read_text()
+        r = httpx.post(https + CHAT, json=_ask(), headers=headers, verify=verify, timeout=300)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        r = httpx.post(plain + CHAT, json=_ask(), headers=headers, timeout=300)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        assert httpx.post(plain + CHAT, json=_ask(), timeout=60).status_code == 401  # still governed
+        with pytest.raises(httpx.HTTPError):  # plain HTTP to the LAN address: the TLS port does not answer it
+            httpx.get(f"http://{lan}:{port}/health", timeout=10)
+        with pytest.raises(httpx.ConnectError):  # and the plain port is not on the LAN address at all
+            httpx.get(f"http://{lan}:{lp}/health", timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (box.tmp / "lan-gateway.log").read_text()[-3000:]
+    assert f"http://127.0.0.1:{lp}" in (box.tmp / "lan-gateway.log").read_text()

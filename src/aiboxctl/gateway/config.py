@@ -26,6 +26,8 @@ secret_file: /etc/aibox/box-secret
 audit_content: false     # the request and answer text in the audit log
 syslog: udp://siem:514   # forward each audit record (udp://, tcp://, /dev/log)
 tls_dir: /etc/aibox/tls  # server.crt + server.key: serve HTTPS
+loopback_port: 9080      # with tls_dir: plain HTTP on 127.0.0.1 for this box's own tools
+                         # (absent: port + 1000; 0: none)
 ```
 """
 
@@ -102,10 +104,19 @@ class GatewayConfig:
     audit_content: bool = False
     syslog: Optional[Annotated[str, Field(pattern=r"^(udp://|tcp://|/)")]] = None
     tls_dir: Optional[Path] = None  # server.crt and server.key (aiboxctl tls init): HTTPS
+    # With TLS: the same app also serves plain HTTP on 127.0.0.1 at this port, for this box's own
+    # tools (chat, bench, status, health checks, a local web UI) while the LAN gets HTTPS only.
+    # Absent: default_loopback_port(port); 0: no plain listener.
+    loopback_port: Optional[Annotated[int, Field(ge=0, le=65535)]] = None
 
     @property
     def scheme(self) -> str:
         return "https" if self.tls_dir else "http"
+
+    @property
+    def plain_loopback_port(self) -> int | None:
+        """The port of the plain-HTTP listener on 127.0.0.1 beside HTTPS, or None (no TLS, or off)."""
+        return effective_loopback_port(self.port, self.tls_dir is not None, self.loopback_port)
 
     def access_files(self) -> dict[str, Optional[Path]]:
         """keys, ledger, audit and secret files: each its own key, else its name in access_dir."""
@@ -137,6 +148,23 @@ class GatewayConfig:
         return out
 
 
+LOOPBACK_PORT_OFFSET = 1000  # 8080 → 9080: clear of the engines, which take port + 1, + 2, …
+LOOPBACK_HOST = "127.0.0.1"
+
+
+def default_loopback_port(port: int) -> int:
+    """Where plain HTTP for this box's own tools listens beside HTTPS on ``port``: port + 1000
+    (port − 1000 above 64535). Not port + 1: install puts the engines there."""
+    return port + LOOPBACK_PORT_OFFSET if port + LOOPBACK_PORT_OFFSET <= 65535 else port - LOOPBACK_PORT_OFFSET
+
+
+def effective_loopback_port(port: int, tls: bool, loopback_port: int | None) -> int | None:
+    """gateway.yaml's ``loopback_port`` as served: None without TLS (the port itself is plain) or when 0."""
+    if not tls or loopback_port == 0:
+        return None
+    return loopback_port if loopback_port is not None else default_loopback_port(port)
+
+
 def read_token(path: Path) -> str:
     """The first key of an engine keys file (``id:key`` or a bare key per line, ``#`` comments):
     the gateway can read the very file the engines trust."""
@@ -153,6 +181,13 @@ def read_token(path: Path) -> str:
             if token:
                 return token
     raise UsageError(f"internal token file {path} holds no key", hint="write one key per line (id:key)")
+
+
+def _url_port(url: str) -> int | None:
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -194,6 +229,16 @@ def _cross_checks(cfg: GatewayConfig, doc: Document) -> list[FieldProblem]:
         if g != (e.role, tuple(sorted(e.models))):
             problems.append(doc.problem((*at, "group"), f"replicas of group {e.replica_group!r} must serve "
                                         "the same models with the same role"))
+    lp = cfg.plain_loopback_port
+    if cfg.loopback_port and cfg.tls_dir is None:
+        problems.append(doc.problem(("loopback_port",), "needs tls_dir: without TLS the port itself speaks "
+                                    "plain HTTP (remove loopback_port)"))
+    elif lp is not None:
+        if lp == cfg.port and cfg.host in ("0.0.0.0", "::", "", LOOPBACK_HOST, "localhost"):
+            problems.append(doc.problem(("loopback_port",), f"is the HTTPS port {cfg.port} on the same address"))
+        for i, e in enumerate(cfg.engines):
+            if e.url is not None and _url_port(e.url) == lp and urlsplit(e.url).hostname in (LOOPBACK_HOST, "localhost"):
+                problems.append(doc.problem(("loopback_port",), f"engine {e.name} (engines[{i}]) listens there"))
     if cfg.access_files()["keys_file"] is None:
         for name in ("ledger_file", "audit_file", "secret_file", "syslog"):
             if getattr(cfg, name) is not None:

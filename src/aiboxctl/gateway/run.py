@@ -1,4 +1,10 @@
-"""``aiboxctl gateway``'s core: the app under uvicorn until SIGTERM/SIGINT (exit 0)."""
+"""``aiboxctl gateway``'s core: the app under uvicorn until SIGTERM/SIGINT (exit 0).
+
+With TLS the same app, in the same server, also listens for plain HTTP on 127.0.0.1
+(``loopback_port``): this box's own tools reach it without a CA while the LAN gets HTTPS only.
+uvicorn serves a list of sockets with one SSL context for all, so :class:`_Server` adds the plain
+socket after uvicorn's own startup, with uvicorn's protocol factory and server state: one event
+loop, one lifespan, one graceful shutdown for both listeners."""
 
 from __future__ import annotations
 
@@ -20,12 +26,21 @@ class GatewayRunResult:
     engines: int
     models: int
     stopped_by: str
+    loopback_port: int | None = None  # plain HTTP on 127.0.0.1 beside HTTPS
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """Listen before anything starts, so a taken port is one clear line and not a uvicorn trace."""
     return bind_listening(host, port, in_use_hint="set another port in gateway.yaml (or --port), or stop what listens there",
                           usage_hint="set host/port in gateway.yaml (or --host/--port)")
+
+
+def bind_loopback(port: int) -> socket.socket:
+    from aiboxctl.gateway.config import LOOPBACK_HOST
+
+    return bind_listening(LOOPBACK_HOST, port, in_use_hint="set loopback_port in gateway.yaml to a free port "
+                          "(0: no plain listener), or stop what listens there",
+                          usage_hint="set loopback_port in gateway.yaml")
 
 
 def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> GatewayRunResult:
@@ -47,15 +62,51 @@ def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> GatewayRun
 
             gate = AccessGate(access, routes=ROUTES)
         sock = bind_socket(config.host, config.port)
-        server = uvicorn.Server(uvicorn.Config(create_app(config, gate=gate), log_level=log_level, lifespan="on",
-                                               access_log=log_level == "debug",
-                                               timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
-                                               ssl_certfile=str(tls.cert) if tls else None,
-                                               ssl_keyfile=str(tls.key) if tls else None))
+        lp = config.plain_loopback_port
+        try:
+            plain = bind_loopback(lp) if lp is not None else None
+        except BaseException:
+            sock.close()
+            raise
+        server = _server_class(uvicorn)(uvicorn.Config(
+            create_app(config, gate=gate), log_level=log_level, lifespan="on", access_log=log_level == "debug",
+            timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S, ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None), plain)
         return _serve(server, sock, config)
     finally:
         if access is not None:
             access.close()  # the ledger's writer drains: every row handed to it is committed
+
+
+def _server_class(uvicorn: Any) -> Any:
+    class _Server(uvicorn.Server):
+        """uvicorn's Server, plus a plain-HTTP listener (no SSL) on the loopback socket."""
+
+        def __init__(self, config: Any, plain: socket.socket | None) -> None:
+            super().__init__(config)
+            self.plain = plain
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            import asyncio
+            import logging
+
+            await super().startup(sockets)
+            if not self.started or self.plain is None:
+                return
+            cfg, state = self.config, self.server_state
+
+            def create_protocol(_loop: Any = None) -> Any:  # as uvicorn's startup makes it
+                return cfg.http_protocol_class(config=cfg, server_state=state, app_state=self.lifespan.state,
+                                               _loop=_loop)
+
+            loop = asyncio.get_running_loop()
+            self.servers.append(await loop.create_server(create_protocol, sock=self.plain, ssl=None,
+                                                         backlog=cfg.backlog))
+            host, port = self.plain.getsockname()[:2]
+            logging.getLogger("aiboxctl.gateway").info("plain HTTP for this box's own tools on http://%s:%d "
+                                                       "(loopback only)", host, port)
+
+    return _Server
 
 
 def tls_files(config: GatewayConfig) -> Any:
@@ -106,8 +157,10 @@ def _serve(server: Any, sock: socket.socket, config: GatewayConfig) -> GatewayRu
         for s, h in previous.items():
             signal.signal(s, h)
         sock.close()
+        if server.plain is not None:
+            server.plain.close()
     if not server.started:
         raise AiboxError(f"the gateway did not start on {config.host}:{config.port} (see the log above)",
                          code="gateway_failed", hint="check gateway.yaml")
     return GatewayRunResult(config.host, config.port, len(config.engines), len(config.models()),
-                            received[0] if received else "shutdown")
+                            received[0] if received else "shutdown", config.plain_loopback_port)
