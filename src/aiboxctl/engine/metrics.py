@@ -1,13 +1,16 @@
 """Prometheus metrics of one engine (prometheus_client, a registry per server).
 
 Gauges that describe the scheduler's state (queue depth, busy slots, KV cells) are read at
-scrape time, so the decode loop pays nothing for them; counters and histograms are updated
-once per token or per request.
+scrape time, so the decode loop pays nothing for them; so are the decode loop's own timings
+(``aibox_engine_*``: steps, the seconds they took, inside ``llama_decode``, inside the samplers,
+and the host's overhead, the rest). Other counters and histograms are updated once per token or
+per request.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aiboxctl.engine.request import Request
@@ -40,6 +43,7 @@ class EngineMetrics:
         self.ready = Gauge("aibox_ready", "1 when the model is loaded and the self-test passed", registry=r)
 
     def bind(self, scheduler: "Scheduler", n_ctx: int) -> None:
+        self.registry.register(_StepCollector(scheduler))
         self.queue_depth.set_function(lambda: scheduler.queue_depth)
         self.slots_busy.set_function(lambda: scheduler.busy_slots)
         self.kv_cells_used.set_function(lambda: scheduler.kv_cells_used)
@@ -69,3 +73,28 @@ class EngineMetrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StepCollector:
+    """The decode loop's :class:`~aiboxctl.engine.scheduler.StepTiming`, read at scrape time."""
+
+    def __init__(self, scheduler: "Scheduler") -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Any]:  # prometheus_client's collector protocol
+        from prometheus_client.core import CounterMetricFamily
+
+        t = self.scheduler.timing  # one consistent snapshot
+        for name, doc, value in (
+                ("aibox_engine_steps", "Decode steps (one llama_decode each)", t.steps),
+                ("aibox_engine_step_seconds", "Wall time of the decode steps", t.step_ns / 1e9),
+                ("aibox_engine_decode_seconds", "Time inside llama_decode", t.decode_ns / 1e9),
+                ("aibox_engine_sample_seconds", "Time inside the samplers (argmax, sampler chains, grammars)",
+                 t.sample_ns / 1e9),
+                ("aibox_engine_host_seconds", "Host overhead: step time outside llama_decode and the samplers "
+                 "(batch building, bookkeeping, detokenisation, stop and parser work, event hand-off)",
+                 t.host_ns / 1e9),
+                ("aibox_engine_batch_tokens", "Tokens fed to llama_decode (prompt chunks and generated tokens)",
+                 t.batch_tokens),
+                ("aibox_engine_sampled_tokens", "Tokens sampled by the decode steps", t.sampled)):
+            yield CounterMetricFamily(name, doc, value=value)

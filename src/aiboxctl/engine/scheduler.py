@@ -8,7 +8,9 @@ request's ``emit`` callback. Events of one step are handed over together through
 (the server: one ``loop.call_soon_threadsafe`` per step, not one wake-up per token and stream).
 
 Per-token Python work is kept to a few attribute writes on the ctypes batch, one sampler
-call, a cached piece lookup and an incremental UTF-8 decode.
+call, a cached piece lookup and an incremental UTF-8 decode. The loop times itself
+(:class:`StepTiming`: each step's wall time, the part inside ``llama_decode`` and the part inside
+the samplers; the rest is the host's own work) for ``/metrics`` and ``bench/serve_throughput``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiboxctl.engine.request import Event, QueueFull, Request, SamplingParams
 from aiboxctl.engine.sampler import GrammarSampling, make_sampler, token_logprobs
@@ -40,6 +43,25 @@ def check_fault(fault: str | None) -> str | None:
     if fault and fault not in FAULTS:
         raise ValueError(f"unknown engine fault {fault!r} (one of {', '.join(FAULTS)})")
     return fault or None
+
+
+class StepTiming(NamedTuple):
+    """What the loop's steps have cost so far, in nanoseconds of wall time. A step runs from the
+    moment the loop takes up work (after an idle wait) to the hand-over of its events; ``decode``
+    is the time inside ``llama_decode``, ``sample`` inside the samplers (the argmax, the sampler
+    chain, the grammar). The rest is the host's overhead: ``host``. Replaced whole once per step,
+    so a reader on another thread always sees one consistent set."""
+
+    steps: int = 0
+    step_ns: int = 0
+    decode_ns: int = 0
+    sample_ns: int = 0
+    batch_tokens: int = 0  # tokens fed to llama_decode (prompt chunks and generated tokens)
+    sampled: int = 0  # tokens sampled (the generated tokens, one per slot that had logits)
+
+    @property
+    def host_ns(self) -> int:
+        return self.step_ns - self.decode_ns - self.sample_ns
 
 
 class Scheduler:
@@ -79,6 +101,9 @@ class Scheduler:
 
         self._as_array = numpy.ctypeslib.as_array
         self._n_vocab = rt.n_vocab
+        self.timing = StepTiming()
+        self._sample_ns = 0  # this step's time inside the samplers
+        self._sampled = 0  # this step's sampled tokens
 
     # --- HTTP side (any thread) ----------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -175,7 +200,11 @@ class Scheduler:
     def _run(self) -> None:
         try:
             while not self._stop:
-                self._take_inbox(block=not self._has_work())
+                busy = self._has_work()
+                t0 = perf_counter_ns()
+                self._take_inbox(block=not busy)
+                if not busy:
+                    t0 = perf_counter_ns()  # the wait for work is no part of a step
                 if self._stop:
                     break
                 self._drop_cancelled()
@@ -187,13 +216,15 @@ class Scheduler:
                     continue
                 if self._fault is not None:
                     self._inject_fault()
+                td = perf_counter_ns()
                 rc = self.L.llama_decode(self.rt.ctx, self.batch)
+                td = perf_counter_ns() - td
                 if rc != 0:
                     self._decode_failed(rc)
-                    self.beat = time.monotonic()
-                    continue
-                self._sample_all()
-                self._flush()
+                else:
+                    self._sample_all()
+                    self._flush()
+                self._timed(t0, td, n)
                 self.beat = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - a dead loop must not leave clients hanging
             log.exception("decode loop failed")
@@ -201,6 +232,14 @@ class Scheduler:
         finally:
             self._fail_everything("the server is shutting down" if self.fatal is None else
                                   f"engine failure: {self.fatal}")
+
+    def _timed(self, t0: int, decode_ns: int, n_tokens: int) -> None:
+        """Add one step to :attr:`timing` (one new tuple: readers never see half a step)."""
+        t = self.timing
+        self.timing = StepTiming(t.steps + 1, t.step_ns + perf_counter_ns() - t0, t.decode_ns + decode_ns,
+                                 t.sample_ns + self._sample_ns, t.batch_tokens + n_tokens, t.sampled + self._sampled)
+        self._sample_ns = 0
+        self._sampled = 0
 
     def _inject_fault(self) -> None:
         fault, self._fault = self._fault, None
@@ -369,6 +408,7 @@ class Scheduler:
         metrics = self.metrics
         req = s.req
         t = self._take_forced(s) if s.forced else -1
+        ts = perf_counter_ns()
         if t >= 0:
             pass  # the thinking budget is spent: its close is written, not sampled
         elif s.grammar is not None:
@@ -381,6 +421,8 @@ class Scheduler:
             t = int(self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,)).argmax())
         else:
             t = L.llama_sampler_sample(s.sampler, ctx, s.out_idx)
+        self._sample_ns += perf_counter_ns() - ts
+        self._sampled += 1
         if req.params.logprobs is not None and (req.params.ignore_eos or not rt.is_eog(t)):
             row = self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,))
             self._out.append((req.emit, ("logprobs", token_logprobs(row, t, req.params.logprobs, rt.piece))))

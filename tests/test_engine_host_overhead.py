@@ -1,0 +1,89 @@
+"""The decode loop times itself: /metrics carries its steps, the seconds they took, the part
+inside llama_decode, the part inside the samplers and the host's overhead (the rest), and the
+tokens it fed and sampled. Driven on the real Scheduler over the real runtime (SmolLM2) in
+process; the figures are checked for consistency, never for speed."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+from aiboxctl.engine.metrics import EngineMetrics
+from aiboxctl.engine.request import Request, SamplingParams
+from aiboxctl.engine.scheduler import Scheduler
+from test_engine_support import smollm2_path
+
+EVENT_TIMEOUT_S = 120  # a hang guard only, never a timing assertion
+STEP_FAMILIES = ("aibox_engine_steps", "aibox_engine_step_seconds", "aibox_engine_decode_seconds",
+                 "aibox_engine_sample_seconds", "aibox_engine_host_seconds", "aibox_engine_batch_tokens",
+                 "aibox_engine_sampled_tokens")
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    """SmolLM2 with the configuration the self-test proves on this CPU."""
+    from aiboxctl.engine.config import EngineConfig
+    from aiboxctl.engine.llama import LlamaRuntime
+    from aiboxctl.engine.selftest import run_selftest
+
+    proven = run_selftest(EngineConfig(model=smollm2_path(), n_ctx=1024, parallel=3, threads=1,
+                                       flash_attn="off", kv_unified=False))
+    assert proven.ok, proven.fallback_reason
+    rt = LlamaRuntime(proven.config)
+    yield rt
+    rt.close()
+
+
+def scrape(metrics: EngineMetrics) -> dict[str, float]:
+    """Every sample of /metrics' text by name, through Prometheus' own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body, _ = metrics.render()
+    return {s.name: s.value for f in text_string_to_metric_families(body.decode()) for s in f.samples
+            if not s.labels}
+
+
+def finish(events: queue.Queue) -> tuple:
+    while True:
+        ev = events.get(timeout=EVENT_TIMEOUT_S)
+        if ev[0] in ("done", "error"):
+            return ev
+
+
+def test_step_counters_exist_and_add_up(runtime):
+    metrics = EngineMetrics()
+    sched = Scheduler(runtime, parallel=3, n_batch=512, slot_ctx=340, queue_size=4, metrics=metrics)
+    metrics.bind(sched, runtime.n_ctx)
+    before = scrape(metrics)
+    assert all(before[f"{name}_total"] == 0 for name in STEP_FAMILIES)
+    sched.start()
+    try:
+        # one request of each sampling path: argmax, a sampler chain, a grammar; together in the batch
+        params = [SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+                  SamplingParams(max_tokens=9, temperature=0.8, seed=3, ignore_eos=True),
+                  SamplingParams(max_tokens=7, temperature=0.0, grammar='root ::= "yes" | "no"')]
+        reqs, queues = [], []
+        for i, p in enumerate(params):
+            q: queue.Queue = queue.Queue()
+            prompt = runtime.tokenize(f"Question {i}: is the sky blue? Answer:", add_special=True)
+            reqs.append(Request(f"r{i}", prompt, p, q.put))
+            queues.append(q)
+            sched.submit(reqs[-1])
+        ends = [finish(q) for q in queues]
+    finally:
+        assert sched.stop(timeout=30)
+        sched.close()
+    assert [e[0] for e in ends] == ["done"] * 3, ends
+    got = scrape(metrics)
+    completion = sum(r.completion_tokens for r in reqs)
+    assert completion >= 12 + 9 + 1
+    # every sampled token is counted once, and they are the generated tokens /metrics reports
+    assert got["aibox_engine_sampled_tokens_total"] == completion == got["aibox_generated_tokens_total"]
+    # fed: each whole prompt (a fresh scheduler reuses no prefix), and each sampled token but the last
+    assert got["aibox_engine_batch_tokens_total"] == sum(len(r.prompt) + r.completion_tokens - 1 for r in reqs)
+    assert got["aibox_engine_steps_total"] >= 12  # one step per token of the longest reply at least
+    step, decode, sample, host = (got[f"aibox_engine_{k}_seconds_total"] for k in ("step", "decode", "sample", "host"))
+    assert decode > 0 and sample > 0 and host > 0
+    assert decode + sample <= step
+    assert host + decode + sample == pytest.approx(step, rel=1e-6)
