@@ -18,6 +18,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 FIXTURES = Path(__file__).parent / "fixtures" / "web"
 GOOD_KEY = "aibox-clerk-4f9a2c71e0"
 INTERNAL = "internal-web-51c2"
+STUB_USAGE = (42, 58)  # the stub engine's usage (prompt, completion) when a stream asks for it
 
 
 class ThreadServer:
@@ -64,13 +65,19 @@ def stub_r1_app(chunk_delay_s: float = 0.12):
     async def chat(request: Request):
         body = await request.json()
         question = str(body["messages"][-1]["content"])
-        events = recordings["r1-think-tags.sse" if "tags" in question else "r1-reasoning-field.sse"]
+        events = [e + "\n\n" for e in recordings["r1-think-tags.sse" if "tags" in question
+                                                 else "r1-reasoning-field.sse"] if e.strip()]
+        if (body.get("stream_options") or {}).get("include_usage"):  # as the engine does: before [DONE]
+            events.insert(-1, 'data: {"id": "chatcmpl-r1", "object": "chat.completion.chunk", "choices": [], '
+                          f'"usage": {{"prompt_tokens": {STUB_USAGE[0]}, "completion_tokens": {STUB_USAGE[1]}}}}}\n\n')
+        if "tail" in question:  # the last answer token, the end and [DONE] in one write, as an engine may
+            last = next(i for i, e in enumerate(events) if '"finish_reason": "stop"' in e) - 1
+            events[last:] = ["".join(events[last:])]
 
         async def replay():
             for event in events:
-                if event.strip():
-                    yield (event + "\n\n").encode()
-                    await asyncio.sleep(chunk_delay_s)
+                yield event.encode()
+                await asyncio.sleep(chunk_delay_s)
 
         return StreamingResponse(replay(), media_type="text/event-stream")
 
@@ -110,6 +117,37 @@ def web_stack(tmp: Path, *, max_tokens_cap: int = 200, stub_delay_s: float = 0.1
             internal_token_file=tmp / "engine-keys", health_interval_s=1.0)
         with ThreadServer(create_app(config, gate=key_gate()), free_port()) as front:
             yield f"http://127.0.0.1:{front.port}"
+
+
+@contextlib.contextmanager
+def admin_stack(tmp: Path, *, stub_delay_s: float = 0.01) -> Iterator[tuple[str, dict[str, str]]]:
+    """The front door with governed access on (a real AccessGate over a key file and the usage
+    ledger) and the stub ("deepseek-r1") alone behind it. Yields the base URL and the keys:
+    ``admin`` (an admin key), ``clerk`` and ``legal`` (user keys, legal in a department)."""
+    from test_engine_support import free_port
+
+    from aiboxctl.access.gate import AccessControl, AccessSettings
+    from aiboxctl.access.keys import KeyLimits, KeyStore
+    from aiboxctl.gateway.access import AccessGate
+    from aiboxctl.gateway.app import ROUTES, create_app
+    from aiboxctl.gateway.config import EngineEntry, GatewayConfig
+
+    (tmp / "engine-keys").write_text(f"gateway:{INTERNAL}\n")
+    store = KeyStore(tmp / "keys.json")
+    now = time.time()
+    keys = {"admin": store.add("it-admin", KeyLimits(admin=True), now=now).secret,
+            "clerk": store.add("clerk", KeyLimits(), now=now).secret,
+            "legal": store.add("legal-1", KeyLimits(department="legal"), now=now).secret}
+    access = AccessControl(AccessSettings(keys_file=tmp / "keys.json", ledger_file=tmp / "usage.db"))
+    try:
+        with ThreadServer(stub_r1_app(stub_delay_s), free_port()) as stub:
+            config = GatewayConfig(engines=(EngineEntry(name="r1-0", models=("deepseek-r1",),
+                                                        url=f"http://127.0.0.1:{stub.port}"),),
+                                   internal_token_file=tmp / "engine-keys", health_interval_s=1.0)
+            with ThreadServer(create_app(config, gate=AccessGate(access, routes=ROUTES)), free_port()) as front:
+                yield f"http://127.0.0.1:{front.port}", keys
+    finally:
+        access.close()
 
 
 def launch_chromium(playwright):

@@ -234,6 +234,9 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
     from aiboxctl.webui import mount as mount_page  # the chat page at / (issue 17)
 
     mount_page(app, guard=admitted)
+    from aiboxctl.gateway.admin import mount as mount_admin  # the page's admin view (admin keys)
+
+    mount_admin(app, holder, gate)
     return app
 
 
