@@ -231,6 +231,9 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
 
     for path in ROUTES:
         app.add_api_route(path, proxied, methods=["POST"])
+    from aiboxctl.gateway.docpick import mount as mount_docpick  # the page's long documents (issue 17)
+
+    mount_docpick(app, holder, guard=admitted, max_body_bytes=config.max_body_bytes)
     from aiboxctl.webui import mount as mount_page  # the chat page at / (issue 17)
 
     mount_page(app, guard=admitted)
