@@ -159,16 +159,10 @@ def test_unsupported_schema_is_400_naming_the_keyword(http, schema, keyword):
     ({"tool_choice": "required"}, "needs tools"),
     ({"top_logprobs": 3}, "logprobs"),
     ({"n": 2}, "n"),
-    ({"logprobs": True, "top_logprobs": 2}, "logprobs is not supported"),
 ])
 def test_bad_tool_and_format_fields_are_400(http, body, needle):
     r = http.post("/v1/chat/completions", json={"messages": ASK, **body})
     assert r.status_code == 400 and needle in r.json()["error"]["message"]
-
-
-def test_completion_logprobs_are_refused_not_ignored(http):
-    r = http.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 4, "logprobs": 2})
-    assert r.status_code == 400 and "logprobs is not supported" in r.json()["error"]["message"]
 
 
 def test_parse_returns_the_pydantic_object(client):

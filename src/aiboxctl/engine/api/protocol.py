@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 MAX_STOPS = 16
 LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value: -100 (ban) .. 100 (force)
 RETRY_AFTER_S = 1
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's cap for top_logprobs); more is a 400
 
 
 # --- request bodies ------------------------------------------------------------------------
@@ -44,6 +45,11 @@ class GenerationBody(BaseModel):
     n: int = Field(1, ge=1, le=1)
     ignore_eos: bool = False  # llama-server's extension: generate max_tokens whatever the model says
     user: Optional[str] = None
+
+    @property
+    def logprobs_wanted(self) -> int | None:
+        """Alternatives per token to report with each token's log-probability; None: none."""
+        return None
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> "GenerationBody":
@@ -132,7 +138,7 @@ class ChatBody(ThinkingControls, GenerationBody):
     parallel_tool_calls: bool = True
     response_format: Optional[ResponseFormat] = None
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @model_validator(mode="after")
     def _tools_consistent(self) -> "ChatBody":
@@ -146,22 +152,22 @@ class ChatBody(ThinkingControls, GenerationBody):
             raise ValueError("tool_choice 'required' needs tools")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
-        if self.logprobs:  # refused rather than ignored: no token log-probabilities come back yet
-            raise ValueError("logprobs is not supported by this server yet")
         return self
+
+    @property
+    def logprobs_wanted(self) -> int | None:
+        """Alternatives per token to report (0: the chosen token's alone); None: no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionBody(GenerationBody):
     prompt: Union[str, list[str], list[int]]
     echo: bool = False
-    logprobs: Optional[int] = None
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)  # the legacy field: alternatives per token
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: Optional[int]) -> Optional[int]:
-        if v is not None:
-            raise ValueError("logprobs is not supported by this server yet")
-        return v
+    @property
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @field_validator("echo")
     @classmethod
@@ -220,6 +226,44 @@ def chat_role_choice() -> dict:
 def text_choice(text: str | None, finish_reason: str | None) -> dict:
     """A completion's choice, whole or streamed (``text`` None: the closing chunk)."""
     return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+
+def logprob_token(piece: bytes) -> str:
+    """A token's text as OpenAI writes it in logprobs: the text, or ``bytes:\\xe4\\xbd`` for a
+    token that is part of a character (its bytes are in ``bytes``)."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
+
+
+def chat_logprobs(entries: list[tuple]) -> dict:
+    """``choices[].logprobs`` of a chat answer (or chunk) for the tokens in ``entries`` — each
+    ``(bytes, logprob, ((bytes, logprob), …))`` from the decode loop."""
+    def one(piece: bytes, lp: float) -> dict:
+        return {"token": logprob_token(piece), "logprob": lp, "bytes": list(piece)}
+
+    return {"content": [{**one(p, lp), "top_logprobs": [one(q, lq) for q, lq in top]} for p, lp, top in entries],
+            "refusal": None}
+
+
+class LegacyLogprobs:
+    """``choices[].logprobs`` of a completion (the legacy shape: parallel lists, the alternatives
+    as ``{token: logprob}``), one per request: ``text_offset`` runs on across a stream's chunks."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self, entries: list[tuple]) -> dict:
+        tokens, offsets = [], []
+        for piece, _, _ in entries:
+            text = piece.decode("utf-8", errors="replace")
+            tokens.append(logprob_token(piece))
+            offsets.append(self.offset)
+            self.offset += len(text)
+        return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [{logprob_token(q): lq for q, lq in top} for _, _, top in entries],
+                "text_offset": offsets}
 
 
 def usage(req: Any) -> dict:

@@ -24,7 +24,8 @@ from aiboxctl.engine.state import EngineState
 from aiboxctl.engine.template import TemplateError
 
 
-def sampling_params(body: GenerationBody, max_tokens: int, n_vocab: int, grammar: str | None = None) -> SamplingParams:
+def sampling_params(body: GenerationBody, max_tokens: int, n_vocab: int, grammar: str | None = None,
+                    triggers: tuple[str, ...] = ()) -> SamplingParams:
     """The request's sampling settings; ValueError (a 400) for a logit_bias token id outside
     the vocabulary."""
     stop = body.stop
@@ -37,7 +38,8 @@ def sampling_params(body: GenerationBody, max_tokens: int, n_vocab: int, grammar
                           top_k=min(body.top_k, n_vocab),  # more than the vocabulary is all of it
                           top_p=body.top_p, min_p=body.min_p, repeat_penalty=body.repeat_penalty,
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos, logit_bias=bias, grammar=grammar)
+                          seed=body.seed, stop=stops, ignore_eos=body.ignore_eos, logit_bias=bias, grammar=grammar,
+                          grammar_triggers=triggers if grammar else (), logprobs=body.logprobs_wanted)
 
 
 class OpenAIServing:
@@ -66,6 +68,16 @@ class OpenAIServing:
     def grammar(self, body: Any) -> str | None:
         """GBNF the reply must match (structured output, a forced tool call), or None. Raises
         Rejected (a 400) for what cannot be enforced."""
+        return None
+
+    def grammar_triggers(self, body: Any) -> tuple[str, ...]:
+        """Texts that make the grammar lazy: it holds only from the first of them on (the tool-call
+        marker under ``tool_choice: auto``; the end of the thinking); () holds from the first token."""
+        return ()
+
+    def logprobs(self, body: Any) -> Callable[[list[tuple]], dict] | None:
+        """The shape of ``choices[].logprobs`` for a list of the loop's logprobs entries (None:
+        the request did not ask; ``choices[].logprobs`` stays null)."""
         return None
 
     def reader(self, body: Any) -> Any:
@@ -141,7 +153,7 @@ class OpenAIServing:
         events: asyncio.Queue = asyncio.Queue()
         # runs on the event loop: the scheduler hands events over through deliver()
         try:
-            params = sampling_params(body, max_tokens, state.runtime.n_vocab, grammar)
+            params = sampling_params(body, max_tokens, state.runtime.n_vocab, grammar, self.grammar_triggers(body))
         except ValueError as exc:
             audit(key_id, endpoint, 400, started, error="invalid request")
             return error_response(400, str(exc), param="logit_bias", code="invalid_value")
@@ -156,16 +168,18 @@ class OpenAIServing:
         created = int(time.time())
         model_id = cfg.served_name
         reader = self.reader(body)
+        shape_logprobs = self.logprobs(body)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(
                 self._stream(req, events, sched, created=created, model_id=model_id, include_usage=include_usage,
-                             reader=reader,
+                             reader=reader, shape_logprobs=shape_logprobs,
                              on_end=lambda status, text, err: audit(key_id, endpoint, status, started, req,
                                                                      audit_prompt, text, err)),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         parts: list[str] = []
         thoughts: list[str] = []
+        logprobs: list[tuple] = []
         # Tokens keep arriving while the client is gone, so the disconnect is watched for on
         # its own: the watcher puts ("gone",) among the events and the slot is freed at once.
         watcher = asyncio.create_task(_watch_disconnect(request.receive, events.put_nowait))
@@ -178,6 +192,8 @@ class OpenAIServing:
                     parts.append(ev[1])
                 elif kind == "reasoning":
                     thoughts.append(ev[1])
+                elif kind == "logprobs":
+                    logprobs.append(ev[1])
                 elif kind == "done":
                     break
                 elif kind == "gone":
@@ -197,14 +213,27 @@ class OpenAIServing:
         choice = self.choice(text, req.finish_reason, reader)
         if req.reasoning is not None:
             choice = self.with_reasoning(choice, "".join(thoughts))
+        if shape_logprobs is not None:
+            choice["logprobs"] = shape_logprobs(logprobs)
         return answer(req, object_name=self.object_name, created=created, model_id=model_id, choice=choice)
 
     async def _stream(self, req: Request, events: asyncio.Queue, sched: Scheduler, *, created: int,
                       model_id: str, include_usage: bool, reader: Any,
-                      on_end: Callable[[int, str, str | None], None]) -> AsyncIterator[bytes]:
+                      on_end: Callable[[int, str, str | None], None],
+                      shape_logprobs: Callable[[list[tuple]], dict] | None = None) -> AsyncIterator[bytes]:
         """SSE chunks. Tokens that arrived together are sent as one chunk; a client that goes
-        away cancels this generator, and ``finally`` tells the loop to free the slot."""
+        away cancels this generator, and ``finally`` tells the loop to free the slot. Token
+        log-probabilities ride on the first chunk sent after their tokens (text held back by a
+        reader or a stop string waits, and its logprobs with it)."""
         base = {"id": req.id, "object": self.chunk_object_name, "created": created, "model": model_id}
+        pending: list[tuple] = []  # logprobs entries not yet sent
+
+        def chunk(choice: dict) -> bytes:
+            if shape_logprobs is not None and pending:
+                choice = {**choice, "logprobs": shape_logprobs(pending)}
+                pending.clear()
+            return sse({**base, "choices": [choice]})
+
         parts: list[str] = []
         finished = False
         status, error = 200, None
@@ -223,6 +252,8 @@ class OpenAIServing:
                         texts.append(ev[1])
                     elif kind == "reasoning":
                         thoughts.append(ev[1])
+                    elif kind == "logprobs":
+                        pending.append(ev[1])
                     else:
                         done = ev
                         break
@@ -231,13 +262,13 @@ class OpenAIServing:
                     except asyncio.QueueEmpty:
                         break
                 if thoughts:
-                    yield sse({**base, "choices": [self.reasoning_choice("".join(thoughts))]})
+                    yield chunk(self.reasoning_choice("".join(thoughts)))
                 if texts:
                     text = "".join(texts)
                     parts.append(text)
                     choice = self.chunk_choice(text, None, reader)
                     if choice is not None:
-                        yield sse({**base, "choices": [choice]})
+                        yield chunk(choice)
                 if done is None:
                     continue
                 finished = True
@@ -245,7 +276,7 @@ class OpenAIServing:
                     status, error = 500, done[1]
                     yield sse({"error": {"message": done[1], "type": "server_error", "code": "engine_error"}})
                 else:
-                    yield sse({**base, "choices": [self.chunk_choice(None, done[1], reader)]})
+                    yield chunk(self.chunk_choice(None, done[1], reader))
                     if include_usage:
                         yield sse({**base, "choices": [], "usage": usage(req)})
                 yield SSE_DONE

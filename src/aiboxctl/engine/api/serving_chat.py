@@ -10,7 +10,7 @@ from typing import Any
 
 from aiboxctl.engine.api.edge import Rejected
 from aiboxctl.engine.api.protocol import (
-    ChatBody, NamedToolChoice, chat_choice, chat_delta_choice, chat_reasoning_choice, chat_role_choice,
+    ChatBody, NamedToolChoice, chat_choice, chat_logprobs, chat_delta_choice, chat_reasoning_choice, chat_role_choice,
 )
 from aiboxctl.engine.api.serving import OpenAIServing
 
@@ -109,6 +109,9 @@ class ChatServing(OpenAIServing):
             raise Rejected(400, str(exc), param="response_format", code="invalid_value",
                            audit_error="invalid request") from None
         return None
+
+    def logprobs(self, body: ChatBody) -> Any:
+        return chat_logprobs if body.logprobs else None
 
     def reader(self, body: ChatBody) -> Any:
         from aiboxctl.engine.tools import ToolReader

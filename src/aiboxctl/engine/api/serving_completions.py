@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiboxctl.engine.api.protocol import CompletionBody, text_choice
+from aiboxctl.engine.api.protocol import CompletionBody, LegacyLogprobs, text_choice
 from aiboxctl.engine.api.serving import OpenAIServing
 
 
@@ -31,6 +31,9 @@ class CompletionServing(OpenAIServing):
         else:
             tokens = rt.tokenize(prompt, add_special=True, parse_special=False)
         return tokens, body.prompt
+
+    def logprobs(self, body: CompletionBody) -> Any:
+        return LegacyLogprobs() if body.logprobs is not None else None
 
     def choice(self, text: str, finish_reason: str | None, reader: Any = None) -> dict:
         return text_choice(text, finish_reason)
