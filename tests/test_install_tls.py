@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aiboxctl.access import tls
 from installprefix import InstallPrefix
@@ -54,7 +55,8 @@ def test_a_key_that_is_not_the_certificates_is_one_line_exit_2_and_writes_nothin
 
 
 def _lan_port() -> int:
-    """A port P free on 127.0.0.2 with P+1 free on 127.0.0.1 (the front door and its engine)."""
+    """A port P free on 127.0.0.2 with P+1 and P+1000 free on 127.0.0.1 (the front door, its engine
+    and the front door's plain-HTTP port for this box's own tools)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind((LAN, 0))
@@ -62,9 +64,10 @@ def _lan_port() -> int:
         if port > 60000:
             continue
         try:
-            with socket.socket() as a, socket.socket() as b:
+            with socket.socket() as a, socket.socket() as b, socket.socket() as c:
                 a.bind((LAN, port))
                 b.bind(("127.0.0.1", port + 1))
+                c.bind(("127.0.0.1", port + 1000))
             return port
         except OSError:
             continue
@@ -118,11 +121,17 @@ def test_lan_profile_installs_https_front_door_with_keys_renews_and_uninstalls(t
             _ask(url, key, None)
         with pytest.raises(openai.AuthenticationError):
             _ask(url, "sk-aibox-000000000000-wrong", ca)
-        # this box's tools find the endpoint, the key and the CA themselves
+        # this box's tools find the endpoint and the key themselves: plain HTTP on loopback (the
+        # rendered loopback_port), while the LAN address speaks HTTPS only
+        plain = f"http://127.0.0.1:{port + 1000}/v1"
+        assert yaml.safe_load((etc / "gateway.yaml").read_text())["loopback_port"] == port + 1000
+        assert _ask(plain, key, None)
+        with pytest.raises(openai.APIConnectionError):
+            _ask(f"http://{LAN}:{port}/v1", key, None)
         proc = _run(tmp_path, root, "chat", "-p", "Hi")
         assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
         st = _json(_run(tmp_path, root, "status", "--json"))
-        assert st["ok"] and st["data"]["healthy"] and st["data"]["endpoint"] == url
+        assert st["ok"] and st["data"]["healthy"] and st["data"]["endpoint"] == plain
         # the human summary prints the URL colleagues use with the CA's fingerprint
         again = _run(tmp_path, root, "install", "--profile", str(profile), "--port", str(port), "--yes",
                      timeout=600)

@@ -45,7 +45,13 @@ def endpoint_from_install(root: str | Path | None = None, *, url: str | None = N
                 from aiboxctl.deploy.access_files import admin_key_path
 
                 cfg["api_keys_file"] = str(admin_key_path(layout))
-            if doc.get("tls_dir"):  # HTTPS; the local CA when there is one, else the system's trust
+            from aiboxctl.gateway.config import LOOPBACK_HOST, effective_loopback_port
+
+            plain = effective_loopback_port(int(doc.get("port") or 8080), bool(doc.get("tls_dir")),
+                                            doc.get("loopback_port"))
+            if plain is not None:  # beside HTTPS, plain HTTP on loopback for this box's own tools
+                cfg.update(host=LOOPBACK_HOST, port=plain)
+            elif doc.get("tls_dir"):  # HTTPS; the local CA when there is one, else the system's trust
                 scheme = "https"
                 ca = Path(doc["tls_dir"]) / "ca.crt"
                 if ca.is_file():

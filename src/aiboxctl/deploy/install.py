@@ -402,6 +402,10 @@ def _apply_spec(layout: InstallLayout, spec: InstallSpec, files: tuple[RenderedF
         _check_port_free(spec.engine.host, spec.engine.port)
         for entry in spec.instances:  # every engine's loopback port too
             _check_port_free(str(entry["engine"]["host"]), int(entry["engine"]["port"]))
+        if spec.instances and spec.tls:  # the front door's plain-HTTP port for this box's own tools
+            from aiboxctl.gateway.config import LOOPBACK_HOST, default_loopback_port
+
+            _check_port_free(LOOPBACK_HOST, default_loopback_port(spec.engine.port))
     tx = Transaction(journal_path(layout), {"operation": "install", "profile": spec.profile, "root": str(layout.root)})
     created_users: list[str] = list(users_created)
     action = "unchanged"

@@ -161,8 +161,11 @@ def gateway_document(spec: Any) -> dict[str, Any]:
         doc.update({"keys_file": str(paths.keys), "ledger_file": str(paths.ledger), "secret_file": str(paths.secret)})
         if spec.engine.audit_log:  # the profile's audit_log: the hash-chained audit at the front door
             doc.update({"audit_file": str(paths.audit), "audit_content": bool(spec.engine.audit_content)})
-    if spec.tls:
+    if spec.tls:  # HTTPS for the LAN; plain HTTP on 127.0.0.1 for this box's own tools (docs/access.md)
+        from aiboxctl.gateway.config import default_loopback_port
+
         doc["tls_dir"] = str(paths.tls_dir)
+        doc["loopback_port"] = default_loopback_port(spec.engine.port)
     return doc
 
 
