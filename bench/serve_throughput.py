@@ -27,62 +27,17 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-
-
-def cache_dir() -> Path:
-    d = Path(os.environ.get("AIBOX_BENCH_CACHE") or Path.home() / ".cache" / "aiboxctl-bench")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def sdist() -> Path:
-    d = cache_dir() / "sdist"
-    d.mkdir(exist_ok=True)
-    found = sorted(d.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"))
-    if found:
-        return found[0]
-    print(f"fetching the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sdist (pip cache or PyPI)…", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-                    f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(d)], check=True)
-    return sorted(d.glob("llama_cpp_python-*.tar.gz"))[0]
-
-
-def llama_server() -> Path:
-    """The llama-server binary, built once from the vendored llama.cpp into the cache."""
-    root = cache_dir() / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}"
-    exe = root / "build" / "bin" / "llama-server"
-    if exe.is_file():
-        return exe
-    src = root / "src"
-    if not (src / "CMakeLists.txt").is_file():
-        with tarfile.open(sdist()) as tar, tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-            members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name]
-            tar.extractall(tmp, members=members, filter="data")
-            vendored = next(Path(tmp).glob("*/vendor/llama.cpp"))
-            shutil.rmtree(src, ignore_errors=True)
-            shutil.move(str(vendored), src)
-    jobs = str(os.cpu_count() or 2)
-    print(f"building llama-server from {src} (once; cmake -j{jobs})…", file=sys.stderr)
-    subprocess.run(["cmake", "-S", str(src), "-B", str(root / "build"), "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON",
-                    "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(root / "build"), "--target", "llama-server", "-j", jobs],
-                   check=True, stdout=subprocess.DEVNULL)
-    return exe
+from anchor import LLAMA_CPP_PYTHON_VERSION, cache_dir, llama_server, sdist  # noqa: E402,F401  (bench/anchor.py)
 
 
 # --- measurement ----------------------------------------------------------------------------
