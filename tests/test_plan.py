@@ -13,7 +13,8 @@ from aiboxctl.models.catalog import load_catalog
 from aiboxctl.sizing.hardware_profiles import hardware_profile_names, load_hardware_profile
 from aiboxctl.sizing.memory import estimate_memory
 from aiboxctl.sizing.box import box_from_profile
-from aiboxctl.sizing.planner import CANN_TYPES, plan
+from aiboxctl.hardware.backends import device_weight_problem
+from aiboxctl.sizing.planner import plan
 from aiboxctl.sizing.profiles import QUALITY_ORDER, load_use_case, use_case_names
 
 PROFILES = use_case_names()
@@ -27,7 +28,7 @@ def _plan(profile: str, hardware: str, model: str | None = None):
 @pytest.mark.parametrize("hardware", HARDWARE)
 def test_every_plan_fits_meets_speed_and_respects_the_backend(hardware):
     hw = load_hardware_profile(hardware)
-    cann = any(a.backend == "cann" for a in hw.accelerators)
+    box = box_from_profile(hw)
     catalog = load_catalog()
     for name in PROFILES:
         profile = load_use_case(name)
@@ -50,13 +51,18 @@ def test_every_plan_fits_meets_speed_and_respects_the_backend(hardware):
             assert p.engine.flash_attn == "on"  # a quantized V cache needs flash attention
         if not profile.model:
             assert QUALITY_ORDER[p.quality] >= QUALITY_ORDER[profile.min_quality]
-        if cann and p.engine.n_gpu_layers > 0:
-            assert p.file.main_type in CANN_TYPES, (name, p.quant)
-        if cann:
-            for r in p.rejected:
-                f = catalog.variant(r.variant).file_for(r.quant) if r.quant != "*" else None
-                if f is not None and r.kind == "backend":
-                    assert f.main_type not in CANN_TYPES and "CANN" in r.reason
+        # Never weights on a device whose chip would run their matmuls on the CPU.
+        experts = bool(catalog.variant(p.variant).architecture.expert_count) if p.family != "local" else False
+        for inst in p.instances:
+            for group in inst.device_groups:
+                for dev in (d for d in box.accelerators if d.name in group):
+                    assert device_weight_problem(dev.backend, dev.chip, inst.file.main_type) is None, (name, inst)
+                    if inst.role == "chat" and experts:
+                        assert device_weight_problem(dev.backend, dev.chip, inst.file.main_type, True) is None
+        for r in p.rejected:
+            f = catalog.variant(r.variant).file_for(r.quant) if r.quant != "*" else None
+            if f is not None and r.kind == "backend":
+                assert "supports_op, ggml/src/" in r.reason and f.main_type in r.reason
         assert all(r.reason for r in p.rejected)
 
 
@@ -83,7 +89,7 @@ def test_demo_runs_the_embedded_smollm2_everywhere(hardware):
     if hardware.startswith("ascend"):
         # Q4_1 is not a CANN type: the demo runs on the host CPU and says why.
         assert p.engine.n_gpu_layers == 0
-        assert any("CANN backend runs only F16, Q8_0 and Q4_0" in n for n in p.notes)
+        assert any("CANN backend runs Q4_1 weight matmuls on the CPU" in n for n in p.notes)
 
 
 def test_h800_x8_serves_full_deepseek_r1_for_finance():
@@ -109,9 +115,10 @@ def test_two_a100s_take_a_dynamic_low_bit_r1_with_partial_offload():
 
 def test_ascend_never_gets_a_k_quant_on_the_npu():
     p = _plan("gov-office", "ascend-910b-x8")
-    assert p.file.main_type in CANN_TYPES and p.engine.n_gpu_layers > 0
+    assert p.file.main_type in ("F16", "Q8_0", "Q4_0") and p.engine.n_gpu_layers > 0
     k_quants = [r for r in p.rejected if r.kind == "backend"]
-    assert k_quants and all("CANN backend runs only F16, Q8_0 and Q4_0" in r.reason for r in k_quants)
+    assert k_quants and all("on ascend910b chips" in r.reason and "BF16, F16, F32, Q4_0, Q8_0" in r.reason
+                            for r in k_quants)
     assert {r.quant for r in k_quants} >= {"Q4_K_M"}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiboxctl.hardware.backends import ACCELERATOR_BACKENDS, backend_key, device_prefix
+from aiboxctl.hardware.backends import ACCELERATOR_BACKENDS, backend_key, device_chip, device_prefix
 from aiboxctl.sizing.cpu_buffers import CpuBuffers
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
 from aiboxctl.sizing.throughput import DeviceSpeed
@@ -53,6 +53,11 @@ class BoxDevice:
     # The decode efficiency η is an assumption (no published llama.cpp figures for this class):
     # speed predictions on this device are estimates with a wide range.
     eta_assumed: bool = False
+
+    @property
+    def chip(self) -> str | None:
+        """The chip generation the backend's per-chip facts name ("ascend310p", "mp_22")."""
+        return device_chip(self.backend, self.model, self.soc)
 
     @property
     def margin(self) -> int:

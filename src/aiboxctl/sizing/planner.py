@@ -13,7 +13,9 @@ then partial offload — and keeps the first that
   buffer when the plan is for this box), and
 * gives each of the profile's concurrent users at least the target decode speed at half
   their context (:mod:`aiboxctl.sizing.throughput`),
-* on a backend that can run it (llama.cpp's CANN backend runs F16, Q8_0 and Q4_0 only).
+* on devices whose chip runs its weight type's matmuls itself (each backend's supports_op per
+  chip generation, :mod:`aiboxctl.hardware.backends`: a 310P runs only F16, a 910B F16, BF16,
+  Q8_0 and Q4_0); where no file of a variant runs there, it is planned on the CPU and says why.
 
 Every candidate that lost says why. When none fits, :class:`~aiboxctl.errors.DoesNotFit`
 carries the closest option and what would make it fit.
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.engine_settings import EngineSettings
+from aiboxctl.hardware.backends import device_weight_problem
 from aiboxctl.models.catalog import Catalog, QuantFile, Variant, facts_for, load_catalog
 from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.advice import does_not_fit
@@ -46,10 +49,6 @@ from aiboxctl.sizing.knowledge_base import plan_companions
 from aiboxctl.sizing.memory import MemoryEstimate
 from aiboxctl.sizing.plan_result import DeviceUse, Plan, Rejected
 from aiboxctl.sizing.profiles import UseCaseProfile
-
-# llama.cpp's CANN backend (docs/backend/CANN.md) runs these weight types; K-quants and
-# i-quants would fall back to the CPU op by op.
-CANN_TYPES = frozenset({"F16", "F32", "Q8_0", "Q4_0"})
 
 # How far an assumed decode efficiency may be off either way: measured η for one device class
 # spans 0.31–0.53 (H100, memory-model.md §6.3), ±40 % around an assumed midpoint.
@@ -69,11 +68,17 @@ def _header_facts(path: Path, name: str) -> ModelFacts | None:
         return None
 
 
-def _backend_ok(f: QuantFile, devices: tuple[BoxDevice, ...]) -> str | None:
-    if any(d.backend == "cann" for d in devices) and f.main_type not in CANN_TYPES:
-        what = f"this file is {f.quant}" if f.quant == f.main_type else \
-            f"{f.quant} stores most weights as {f.main_type}"
-        return f"llama.cpp's CANN backend runs only F16, Q8_0 and Q4_0 weights; {what}"
+def _backend_ok(f: QuantFile, devices: tuple[BoxDevice, ...], experts: bool = False) -> str | None:
+    """Why the devices would run this file's matmuls on the CPU (its main weight type, and for a
+    MoE model its experts', by each chip's supports_op: hardware/backends.py); None when they run
+    them. A plan never puts weights on such a device."""
+    for d in devices:
+        why = device_weight_problem(d.backend, d.chip, f.main_type, False) or \
+            (device_weight_problem(d.backend, d.chip, f.main_type, True) if experts else None)
+        if why:
+            stored = f"this file is {f.quant}" if f.quant == f.main_type else \
+                f"{f.quant} stores most weights as {f.main_type}"
+            return f"{why}; {stored}"
     return None
 
 
@@ -104,8 +109,9 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
     for v, f in preference_order(variants, families):
         if quant and f.quant.upper() != quant.upper():
             continue
-        why = _backend_ok(f, devices)
-        if why and any(_backend_ok(g, devices) is None for g in v.files):
+        experts = bool(v.architecture.expert_count)
+        why = _backend_ok(f, devices, experts)
+        if why and any(_backend_ok(g, devices, experts) is None for g in v.files):
             rejected.append(Rejected(v.name, f.quant, why, "backend"))
             continue
         if chosen is not None and (chosen[2].meets or (chosen[0].name, degraded(chosen[0], chosen[1]))
@@ -114,6 +120,9 @@ def plan(profile: UseCaseProfile, hardware: Box | HardwareProfile | Any, model: 
                                      "(quality tier, quantization, family order, size)", "preference"))
             continue
         # A variant with no file the accelerators can run (the PyPI demo models) runs on the CPU.
+        if why:
+            why += (f"; no file of {v.name} has a weight type the devices run (the catalog has "
+                    f"{', '.join(g.quant for g in v.files)})")
         use = () if why else devices
         ctx_train = v.architecture.context_length
         if profile.context_per_request > ctx_train:
