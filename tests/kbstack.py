@@ -35,6 +35,7 @@ def kb_box(tmp: Path, *, chat: bool = False, rerank: bool = True) -> Iterator[Kb
     from aiboxctl.gateway.app import create_app
     from aiboxctl.gateway.config import EngineEntry, GatewayConfig
 
+    tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "engine-keys").write_text(f"gateway:{INTERNAL}\n")
     wanted = [(EMBED, "embedding", bertgguf.embedding_gguf())]
     if rerank:
@@ -52,7 +53,8 @@ def kb_box(tmp: Path, *, chat: bool = False, rerank: bool = True) -> Iterator[Kb
             d = tmp / CHAT
             d.mkdir(exist_ok=True)
             cfg = {"model": smollm2_path(), "model_name": CHAT, "n_ctx": 2048, "parallel": 2, "threads": 1,
-                   "repack": False, "selftest": False, "flash_attn": "off", "api_keys_file": tmp / "engine-keys"}
+                   "repack": False, "selftest": False, "flash_attn": "off", "api_keys_file": tmp / "engine-keys",
+                   "max_tokens_cap": 24}
             srv = stack.enter_context(running_server(d, cfg))
             box.engine_configs[CHAT], box.engines[CHAT] = d / "engine.yaml", srv.base
             entries.append(EngineEntry(name="chat-0", models=(CHAT,), url=srv.base))

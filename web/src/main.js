@@ -3,6 +3,7 @@ import { LANGS, getLang, setLang, t } from "./i18n.js";
 import { renderMarkdown } from "./markdown.js";
 import { ApiError, apiError, splitThink, sseEvents } from "./stream.js";
 import { deleteAll, getConversation, listConversations, newId, saveConversation } from "./store.js";
+import { dt, hasRetrieval, pickParts } from "./docpick.js";
 
 const KEY = "aibox.key";
 const LANG = "aibox.lang";
@@ -210,7 +211,9 @@ function renderMessage(conv, m, index) {
   const el = h("article", { class: `msg ${m.role}`, "data-index": index });
   el.append(h("div", { class: "who" }, m.role === "user" ? t("you") : t("assistant")));
   if (m.role === "user" && m.doc) {
-    el.append(h("div", { class: "doc-note" }, m.doc.cut ? t("docTruncated", m.doc.name, m.doc.text.length, m.doc.chars)
+    el.append(h("div", { class: "doc-note" }, m.doc.picked ? dt("picked", m.doc.name, m.doc.picked, m.doc.total)
+      : m.doc.cut ? (m.doc.pickError ? dt("failed", m.doc.pickError) + " " : "")
+        + t("docTruncated", m.doc.name, m.doc.text.length, m.doc.chars)
       : t("docReady", m.doc.name, m.doc.chars)));
   }
   if (m.role === "assistant") {
@@ -292,7 +295,8 @@ async function send(text) {
     state.current = conv;
   }
   conv.preset = state.preset;
-  conv.messages.push({ role: "user", content: text, doc: state.doc });
+  const doc = state.doc?.full ? await pickDocument(state.doc, text) : state.doc;
+  conv.messages.push({ role: "user", content: text, doc });
   state.doc = null;
   state.docNotice = "";
   await generate(conv);
@@ -442,16 +446,14 @@ async function attachDocument(file) {
     const response = await api(`/v1/aibox/extract?name=${encodeURIComponent(file.name)}`, {
       method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file });
     const doc = await response.json();
-    let text = doc.text;
     const budget = documentBudget();
-    if (estimateTokens(text) > budget) {
-      let lo = 0, hi = text.length;
-      while (lo < hi) {
-        const mid = Math.ceil((lo + hi) / 2);
-        if (estimateTokens(text.slice(0, mid)) <= budget) lo = mid; else hi = mid - 1;
-      }
-      text = text.slice(0, lo);
+    if (estimateTokens(doc.text) > budget && await hasRetrieval(api)) {
+      // Kept whole until the question is known: send() picks the relevant parts (docpick.js).
+      state.doc = { name: doc.name, full: doc.text, text: "", chars: doc.chars };
+      state.docNotice = dt("long", doc.name, doc.chars);
+      return render();
     }
+    const text = fitToBudget(doc.text, budget);
     const cut = text.length < doc.chars;
     state.doc = { name: doc.name, text, chars: doc.chars, cut };
     state.docNotice = cut ? t("docTruncated", doc.name, text.length, doc.chars) : t("docReady", doc.name, doc.chars);
@@ -460,6 +462,30 @@ async function attachDocument(file) {
     state.docNotice = sentenceFor(err);
   }
   render();
+}
+
+// The start of a text that fits the budget (estimated tokens).
+function fitToBudget(text, budget) {
+  if (estimateTokens(text) <= budget) return text;
+  let lo = 0, hi = text.length;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (estimateTokens(text.slice(0, mid)) <= budget) lo = mid; else hi = mid - 1;
+  }
+  return text.slice(0, lo);
+}
+
+// A long document's parts for this question (docpick.js); the start of it if that fails.
+async function pickDocument(doc, question) {
+  const budget = documentBudget();
+  state.docNotice = dt("picking", doc.name);
+  render();
+  try {
+    return await pickParts(api, doc, question, budget);
+  } catch (err) {
+    const text = fitToBudget(doc.full, budget);
+    return { name: doc.name, text, chars: doc.chars, cut: text.length < doc.chars, pickError: sentenceFor(err) };
+  }
 }
 
 // --- start -------------------------------------------------------------------------------------
