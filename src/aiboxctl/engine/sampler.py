@@ -54,18 +54,53 @@ def _fill_chain(L: Any, n_vocab: int, chain: Any, p: SamplingParams, prompt: lis
     add(L.llama_sampler_init_dist(seed), "dist")
 
 
+_REGEX_SPECIAL = frozenset("\\^$.|?*+()[]{}")
+
+
+def _split_triggers(L: Any, vocab: Any, triggers: tuple[str, ...]) -> tuple[list[int], list[bytes]]:
+    """(trigger tokens, trigger patterns): a text the vocabulary writes as one token is watched
+    as that token; any other becomes an ECMAScript regex matching the text literally."""
+    tokens: list[int] = []
+    patterns: list[bytes] = []
+    for text in triggers:
+        data = text.encode()
+        arr = (L.llama_token * (len(data) + 8))()
+        n = L.llama_tokenize(vocab, data, len(data), arr, len(arr), False, True)
+        if n == 1:
+            tokens.append(int(arr[0]))
+        else:
+            patterns.append("".join("\\" + c if c in _REGEX_SPECIAL else c for c in text).encode())
+    return tokens, patterns
+
+
 class GrammarSampling:
     """A grammar-constrained draw, as llama.cpp's common sampler does it: the request's own
     chain (or argmax) picks a token; when the grammar accepts it, that is the token (one cheap
     check of one candidate). Only when the grammar rejects it is the grammar applied to the whole
     vocabulary and the chain run again over what is left. The grammar and the chain then both
-    accept the token. One per constrained slot; ``free`` releases the grammar sampler."""
+    accept the token. One per constrained slot; ``free`` releases the grammar sampler.
 
-    def __init__(self, L: Any, vocab: Any, n_vocab: int, gbnf: str) -> None:
+    ``triggers`` make the grammar lazy (llama.cpp's own lazy grammar sampler, as llama-server
+    uses it for tool calls): until one of these texts is written the reply is free (the sampler
+    lets every token through and only watches); from the trigger on the grammar holds, fed the
+    text from the trigger's first character — so the grammar starts with the trigger text. A
+    trigger that is one token of the vocabulary is watched as that token (no text search); any
+    other as a literal pattern searched in the reply so far."""
+
+    def __init__(self, L: Any, vocab: Any, n_vocab: int, gbnf: str, triggers: tuple[str, ...] = ()) -> None:
         import numpy
 
         self.L = L
-        self.grammar = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        if triggers:
+            import ctypes
+
+            tokens, patterns = _split_triggers(L, vocab, triggers)
+            pats = (ctypes.c_char_p * max(1, len(patterns)))(*patterns)
+            toks = (L.llama_token * max(1, len(tokens)))(*tokens)
+            self.grammar = L.llama_sampler_init_grammar_lazy_patterns(
+                vocab, gbnf.encode(), b"root", pats, len(patterns), toks, len(tokens))
+        else:
+            self.grammar = L.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
         if not self.grammar:
             raise RuntimeError("llama.cpp refused the request's grammar (see the engine log)")
         self.n_vocab = n_vocab

@@ -104,6 +104,10 @@ class Scheduler:
         self.timing = StepTiming()
         self._sample_ns = 0  # this step's time inside the samplers
         self._sampled = 0  # this step's sampled tokens
+        self._n_out = 0  # rows of logits the step's batch asks for
+        self._logits: Any = None  # this step's logits (numpy, n_out × n_vocab), made on first use
+        self._picks: list[int] | None = None  # the step's argmax per row when every row is greedy
+        self._gaps: list[float] = []  # seconds between tokens of a request, this step
 
     # --- HTTP side (any thread) ----------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -328,7 +332,8 @@ class Scheduler:
         s.forced = []
         s.argmax = p.plain_greedy
         s.sampler = None if s.argmax else self._make_sampler(p, prompt)
-        s.grammar = GrammarSampling(L, self.rt.vocab, self._n_vocab, p.grammar) if p.grammar else None
+        s.grammar = (GrammarSampling(L, self.rt.vocab, self._n_vocab, p.grammar, p.grammar_triggers)
+                     if p.grammar else None)
 
     def _make_sampler(self, p: SamplingParams, prompt: list[int]) -> Any:
         return make_sampler(self.L, self._n_vocab, p, prompt)
@@ -337,6 +342,7 @@ class Scheduler:
         b = self.batch
         tok, pos, logits, rows = b.token, b.pos, b.logits, self._seq_rows
         i = 0
+        n_out = 0  # rows of logits: llama.cpp keeps them in the batch's order
         prefilling = []
         for s in self.slots:
             if s.req is None:
@@ -348,6 +354,8 @@ class Scheduler:
                 rows[i][0] = s.seq
                 logits[i] = 1
                 s.out_idx = i
+                s.out_row = n_out
+                n_out += 1
                 s.cached.append(t)
                 i += 1
             else:
@@ -375,20 +383,41 @@ class Scheduler:
             if s.n_fed == len(prompt):
                 logits[i - 1] = 1
                 s.out_idx = i - 1
+                s.out_row = n_out
+                n_out += 1
             else:
                 s.out_idx = -1
         b.n_tokens = i
+        self._n_out = n_out
         return i
 
     def _sample_all(self) -> None:
         now = time.monotonic()
-        for s in self.slots:
-            if s.req is None or s.out_idx < 0:
-                continue
+        self._logits = None
+        self._picks = None
+        sampling = [s for s in self.slots if s.req is not None and s.out_idx >= 0]
+        if len(sampling) > 1 and len(sampling) == self._n_out and all(s.argmax and s.grammar is None for s in sampling):
+            # every row is a plain greedy pick: one argmax over the step's logits, not one per slot
+            ts = perf_counter_ns()
+            self._picks = self._step_logits().argmax(axis=1).tolist()
+            self._sample_ns += perf_counter_ns() - ts
+        for s in sampling:
             try:
                 self._sample_one(s, now)
             except Exception as exc:  # noqa: BLE001 - one request's failure is that request's alone
                 self._fail_one(s, exc, "sampling")
+        if self._gaps:
+            if self.metrics is not None:
+                self.metrics.token_latencies(self._gaps)
+            self._gaps = []
+
+    def _step_logits(self) -> Any:
+        """This step's logits, one row per output in the batch's order (a numpy view into
+        llama.cpp's buffer, made once per step: a view per token costs more than the rest of
+        the token's host work)."""
+        if self._logits is None:
+            self._logits = self._as_array(self.L.llama_get_logits(self.rt.ctx), shape=(self._n_out, self._n_vocab))
+        return self._logits
 
     def _fail_one(self, s: Slot, exc: Exception, stage: str, req: Request | None = None) -> None:
         """A per-request step raised: end that request with an error event, free its slot and
@@ -412,19 +441,18 @@ class Scheduler:
         if t >= 0:
             pass  # the thinking budget is spent: its close is written, not sampled
         elif s.grammar is not None:
-            logits = self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,))
-            t = s.grammar.sample(s.sampler, logits)
+            t = s.grammar.sample(s.sampler, self._step_logits()[s.out_row])
         elif s.argmax:
             # greedy through llama_sampler_sample builds a candidate array over the whole
             # vocabulary (262k entries for gemma) for every token; numpy's argmax reads the
             # logits in place at a tenth of the cost and picks the same (first) maximum
-            t = int(self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,)).argmax())
+            t = self._picks[s.out_row] if self._picks is not None else int(self._step_logits()[s.out_row].argmax())
         else:
             t = L.llama_sampler_sample(s.sampler, ctx, s.out_idx)
         self._sample_ns += perf_counter_ns() - ts
         self._sampled += 1
         if req.params.logprobs is not None and (req.params.ignore_eos or not rt.is_eog(t)):
-            row = self._as_array(L.llama_get_logits_ith(ctx, s.out_idx), shape=(self._n_vocab,))
+            row = self._step_logits()[s.out_row]
             self._out.append((req.emit, ("logprobs", token_logprobs(row, t, req.params.logprobs, rt.piece))))
         s.out_idx = -1
         req.completion_tokens += 1
@@ -432,8 +460,8 @@ class Scheduler:
             req.t_first = now
             if metrics is not None:
                 metrics.first_token(now - req.t_submit)
-        elif metrics is not None:
-            metrics.token_latency(now - req.t_last)
+        else:
+            self._gaps.append(now - req.t_last)  # observed together after the step
         req.t_last = now
         if not req.params.ignore_eos and rt.is_eog(t):
             self._finish(s, "stop")

@@ -195,6 +195,15 @@ class GrammarBuilder:
         return self._conv.format_grammar()
 
 
+def after_marker(gbnf: str, marker: str) -> str:
+    """``gbnf`` behind ``marker`` and a few blanks: the grammar a lazy sampler triggered by
+    ``marker`` holds (it is fed the text from the marker on) — JSON after ``</think>``."""
+    body = [("after-marker ::= " + line[len("root ::= "):]) if line.startswith("root ::= ") else line
+            for line in gbnf.splitlines()]
+    return "\n".join([f"root ::= {json.dumps(marker, ensure_ascii=False)} [ \\t\\n]{{0,8}} after-marker",
+                      *body]) + "\n"
+
+
 def schema_grammar(schema: Any) -> str:
     """GBNF for exactly one JSON value of ``schema``; SchemaError when it cannot be enforced."""
     b = GrammarBuilder()
