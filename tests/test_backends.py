@@ -209,10 +209,11 @@ def test_cuda_without_cublas_is_caught_before_building(bare_env, tmp_path):
     _exe(cuda / "bin" / "nvcc")
     _touch(cuda / "include" / "cuda_runtime.h")
     env = {**bare_env, "CUDA_HOME": str(cuda)}
-    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS)
-    assert not tc.ok and tc.missing == (f"cuBLAS (libcublas.so) under {cuda}",)
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=())
+    assert not tc.ok and len(tc.missing) == 1 and tc.missing[0].startswith(f"cuBLAS (libcublas.so) under {cuda}, or ")
+    assert "pip install nvidia-cublas" in tc.install_hint
     _touch(cuda / "targets" / "x86_64-linux" / "lib" / "libcublas.so.13")
-    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS)
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=())
     assert tc.ok and dict(tc.build_env) == {"CUDACXX": str(cuda / "bin" / "nvcc")}
 
 
@@ -324,3 +325,107 @@ def test_one_vendor_table_drives_the_probe_and_the_build(monkeypatch):
     assert needed_backend([{"vendor_key": "acme", "memory_total_bytes": 2**30}]) == "musa"
     assert needed_backend([{"vendor": "Acme Corp"}]) == "musa"
     assert build_spec("auto", [{"vendor_key": "acme", "model": "S4000"}]).key == "musa-22"
+
+
+# --- cuBLAS from PyPI's nvidia-cublas wheel; the CUDA driver link stub ---------------------
+
+def _cuda13_without_cublas(tmp_path: Path) -> Path:
+    """A toolkit like this machine's /usr/local/cuda-13.0: nvcc, runtime headers, no cuBLAS."""
+    cuda = tmp_path / "cuda-13.0"
+    _exe(cuda / "bin" / "nvcc")
+    _touch(cuda / "include" / "cuda_runtime.h")
+    (cuda / "include" / "cuda_runtime_api.h").write_text("#define CUDART_VERSION 13000\n")
+    return cuda
+
+
+def _cublas_wheel(site: Path, folder: str = "nvidia/cu13", so: str = "13") -> Path:
+    """The files nvidia-cublas puts into site-packages (no unversioned .so links)."""
+    root = site / folder
+    _touch(root / "include" / "cublas_v2.h")
+    _touch(root / "lib" / f"libcublas.so.{so}")
+    _touch(root / "lib" / f"libcublasLt.so.{so}")
+    return root
+
+
+def test_cublas_from_the_nvidia_wheel_in_site_packages(bare_env, tmp_path):
+    cuda = _cuda13_without_cublas(tmp_path)
+    site = tmp_path / "site-packages"
+    env = {**bare_env, "CUDA_HOME": str(cuda)}
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=[site])
+    assert not tc.ok and "nvidia/cu13" in tc.missing[0] and str(site) in tc.missing[0]
+    assert tc.install_hint.startswith("pip install nvidia-cublas")
+    wheel = _cublas_wheel(site)
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=[site])
+    assert tc.ok, tc.missing
+    lib = wheel / "lib"
+    assert tc.cmake_args[:3] == (f"-DCUDA_cublas_LIBRARY={lib / 'libcublas.so.13'}",
+                                 f"-DCUDA_cublasLt_LIBRARY={lib / 'libcublasLt.so.13'}",
+                                 f"-DCMAKE_CUDA_FLAGS=-I{wheel / 'include'}")
+    # At run time libggml-cuda.so (site-packages/llama_cpp/lib and site-packages/bin) finds the
+    # cuBLAS of its own site-packages.
+    rpath = "-Wl,-rpath,'$ORIGIN/../../nvidia/cu13/lib:$ORIGIN/../nvidia/cu13/lib'"
+    assert f"-DCMAKE_MODULE_LINKER_FLAGS={rpath}" in tc.cmake_args
+    assert f"-DCMAKE_SHARED_LINKER_FLAGS={rpath}" in tc.cmake_args
+
+
+def test_cublas_wheel_for_another_cuda_major_is_not_used(bare_env, tmp_path):
+    cuda = _cuda13_without_cublas(tmp_path)
+    site = tmp_path / "site-packages"
+    _cublas_wheel(site, "nvidia/cublas", "12")  # nvidia-cublas-cu12 beside a CUDA 13 toolkit
+    tc = check_toolchain("cuda", env={**bare_env, "CUDA_HOME": str(cuda)}, defaults=NO_DEFAULTS, site_dirs=[site])
+    assert not tc.ok and "nvidia/cu13" in tc.missing[0]
+
+
+def test_cublas_dir_named_by_environment(bare_env, tmp_path):
+    cuda = _cuda13_without_cublas(tmp_path)
+    mine = _cublas_wheel(tmp_path / "elsewhere")
+    env = {**bare_env, "CUDA_HOME": str(cuda), "AIBOX_CUBLAS_DIR": str(mine)}
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=())
+    assert tc.ok and f"-DCUDA_cublas_LIBRARY={mine / 'lib' / 'libcublas.so.13'}" in tc.cmake_args
+    # An explicit folder is the only one looked at.
+    env["AIBOX_CUBLAS_DIR"] = str(tmp_path / "empty")
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=[tmp_path / "elsewhere"])
+    assert not tc.ok and "AIBOX_CUBLAS_DIR=" in tc.missing[0]
+
+
+def test_cuda_driver_stub_only_when_no_libcuda_to_link(bare_env, tmp_path, monkeypatch):
+    from aiboxctl.engine.build import toolchain
+
+    monkeypatch.setattr(toolchain, "DRIVER_DIRS", ())
+    cuda = _cuda13_without_cublas(tmp_path)
+    _touch(cuda / "lib64" / "libcublas.so")
+    env = {**bare_env, "CUDA_HOME": str(cuda)}
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=())
+    assert tc.ok and tc.cuda_stub_include == str(cuda / "include")
+    _touch(cuda / "lib64" / "stubs" / "libcuda.so")
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=())
+    assert tc.ok and tc.cuda_stub_include is None and not tc.cmake_args
+    driver = tmp_path / "driver"
+    _touch(driver / "libcuda.so.1")  # the driver without its -dev symlink: named to CMake
+    (cuda / "lib64" / "stubs" / "libcuda.so").unlink()
+    monkeypatch.setattr(toolchain, "DRIVER_DIRS", (str(driver),))
+    tc = check_toolchain("cuda", env=env, defaults=NO_DEFAULTS, site_dirs=())
+    assert tc.cuda_stub_include is None and tc.cmake_args == (f"-DCUDA_cuda_driver_LIBRARY={driver / 'libcuda.so.1'}",)
+
+
+def test_cuda_driver_stub_exports_the_versioned_driver_names(tmp_path):
+    import ctypes
+    import subprocess
+
+    from aiboxctl.engine.build.cudastub import SONAME, make_libcuda_stub
+
+    inc = tmp_path / "include"
+    inc.mkdir()
+    (inc / "cuda.h").write_text(
+        "typedef int CUresult;\n#define cuMemAlloc cuMemAlloc_v2\n"
+        "#if defined(CUDA_API_PER_THREAD_DEFAULT_STREAM)\n#define cuMemcpy cuMemcpy_ptds\n#endif\n"
+        "/* cuInComment(x) is not a function */\n"
+        "CUresult cuMemAlloc(void **p, unsigned long n);\nCUresult cuMemCreate(void *h);\n"
+        "CUresult cuMemcpy(void *a, void *b);\n")
+    lib = make_libcuda_stub(inc, tmp_path / "stub")
+    so = ctypes.CDLL(str(lib))
+    for name in ("cuMemAlloc_v2", "cuMemCreate", "cuMemcpy", "cuMemcpy_ptds"):
+        assert hasattr(so, name), name
+    assert not hasattr(so, "cuInComment") and not hasattr(so, "cuMemAlloc")
+    dyn = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True).stdout
+    assert f"[{SONAME}]" in dyn

@@ -246,3 +246,21 @@ def test_appliance_install_asks_to_build_the_engine_the_accelerators_need(monkey
     with pytest.raises(ConfirmationRequired, match="no CUDA backend"):
         deploy_install.install("demo", root=root, confirm=lambda q: output.confirm(q, yes=False))
     assert not (root / "etc" / "aibox").exists()
+
+
+def test_build_adds_the_toolchains_cmake_args_quoted_for_scikit_build(tmp_path):
+    """cuBLAS from the nvidia-cublas wheel reaches CMake through CMAKE_ARGS, which
+    scikit-build-core shlex-splits: a `$ORIGIN` run path in quotes must arrive as one argument."""
+    import shlex
+
+    cache = WheelCache(tmp_path / "cache")
+    spec = build_spec("cuda", [], architectures=["90"])
+    extra = ("-DCUDA_cublas_LIBRARY=/site/nvidia/cu13/lib/libcublas.so.13",
+             "-DCMAKE_MODULE_LINKER_FLAGS=-Wl,-rpath,'$ORIGIN/../../nvidia/cu13/lib:$ORIGIN/../nvidia/cu13/lib'")
+    sdist = _tiny_sdist(tmp_path / "src", "0.0.3", RECORDING_SETUP)
+    built = build_wheel(spec, version="0.0.3", cache=cache, sdist=sdist, extra_cmake_args=extra)
+    with zipfile.ZipFile(built.path) as zf:
+        seen = json.loads(zf.read("llama_cpp/build_env.json"))
+    assert shlex.split(seen["CMAKE_ARGS"]) == [*spec.cmake_args, *extra]
+    assert built.cmake_args == (*spec.cmake_args, *extra)
+    assert json.loads((built.path.parent / "build.json").read_text())["cmake_args"] == [*spec.cmake_args, *extra]

@@ -6,6 +6,7 @@ leaves the whole log next to the cache entry."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.engine.build.cache import DIST, WHEEL_PREFIX, CachedWheel, WheelCache, pinned_version
+from aiboxctl.engine.build.cudastub import make_libcuda_stub
 from aiboxctl.engine.build.specs import BuildSpec, build_spec
 from aiboxctl.engine.build.toolchain import require_toolchain
 from aiboxctl.errors import AiboxError
@@ -76,9 +78,13 @@ def fetch_sdist(version: str, cache: WheelCache, *, python: str = sys.executable
 
 def build_wheel(spec: BuildSpec, *, version: str | None = None, cache: WheelCache | None = None,
                 python: str = sys.executable, build_env: Sequence[tuple[str, str]] = (),
+                extra_cmake_args: Sequence[str] = (), cuda_stub_include: str | None = None,
                 jobs: int | None = None, sdist: Path | None = None,
                 progress: Progress = no_progress) -> CachedWheel:
     """Compile llama-cpp-python for ``spec`` into the cache; a cached wheel is returned as is.
+    ``extra_cmake_args``: what this machine's toolchain adds (cuBLAS from a wheel), recorded
+    with the wheel beside the spec's own arguments. ``cuda_stub_include``: no CUDA driver library
+    to link here, so one is stubbed from that folder's cuda.h (kept beside the wheel).
 
     pip's own wheel cache is bypassed (``--no-cache-dir``): it keys wheels by the source
     archive only, so a CPU wheel would come back for a CUDA build."""
@@ -93,15 +99,20 @@ def build_wheel(spec: BuildSpec, *, version: str | None = None, cache: WheelCach
     log_path = folder / "build.log"
     env = dict(os.environ)
     env.update(dict(build_env))
-    env["CMAKE_ARGS"] = spec.cmake_args_string
+    if cuda_stub_include:
+        stub = make_libcuda_stub(Path(cuda_stub_include), folder / "cuda-driver-stub")
+        extra_cmake_args = (*extra_cmake_args, f"-DCUDA_cuda_driver_LIBRARY={stub}")
+    cmake_args = (*spec.cmake_args, *extra_cmake_args)
+    cmake_args_string = shlex.join(cmake_args)  # scikit-build-core shlex-splits CMAKE_ARGS
+    env["CMAKE_ARGS"] = cmake_args_string
     env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(jobs or os.cpu_count() or 2)
-    progress(f"building llama-cpp-python {version} for {spec.key} (CMAKE_ARGS={spec.cmake_args_string}); "
+    progress(f"building llama-cpp-python {version} for {spec.key} (CMAKE_ARGS={cmake_args_string}); "
              f"this takes minutes (CPU) to an hour (CUDA, many architectures)")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aibox-build-") as out:
         res = run_pip(python, "wheel", "--no-deps", "--no-cache-dir", "-v", "-w", out, str(sdist),
                    timeout=BUILD_TIMEOUT_S, env=env)
-        log_path.write_text(f"$ CMAKE_ARGS={spec.cmake_args_string!r} pip wheel {sdist}\n"
+        log_path.write_text(f"$ CMAKE_ARGS={cmake_args_string!r} pip wheel {sdist}\n"
                             f"{res.stdout}\n--- stderr ---\n{res.stderr}\n")
         built = sorted(Path(out).glob(f"{WHEEL_PREFIX}*.whl"))
         if not res.ok or not built:
@@ -110,7 +121,7 @@ def build_wheel(spec: BuildSpec, *, version: str | None = None, cache: WheelCach
         seconds = round(time.monotonic() - started, 1)
         return cache.add(built[0], CachedWheel(
             path=built[0], version=version, key=spec.key, backend=spec.backend,
-            architectures=spec.architectures, cmake_args=spec.cmake_args, origin="built",
+            architectures=spec.architectures, cmake_args=cmake_args, origin="built",
             build_seconds=seconds))
 
 
@@ -132,5 +143,6 @@ def build_engine_wheel(backend: str = "auto", *, accelerators: Sequence[Any],
     if confirm:
         confirm(f"Build llama-cpp-python {version} for {spec.key} (minutes to an hour)?")
     return build_wheel(spec, version=version, cache=cache, python=python, build_env=tc.build_env,
-                       jobs=jobs, progress=progress)
+                       extra_cmake_args=getattr(tc, "cmake_args", ()),
+                       cuda_stub_include=getattr(tc, "cuda_stub_include", None), jobs=jobs, progress=progress)
 

@@ -172,7 +172,8 @@ def install_engine(backend: str = "auto", *, accelerators: Sequence[Any], wheel:
             confirm(f"Build llama-cpp-python {version} for {spec.key} (minutes to an hour) and install it "
                     f"into {Path(python).parent.parent}?")
         target = build_wheel(spec, version=version, cache=cache, python=python, build_env=tc.build_env,
-                             jobs=jobs, progress=progress)
+                             extra_cmake_args=getattr(tc, "cmake_args", ()),
+                             cuda_stub_include=getattr(tc, "cuda_stub_include", None), jobs=jobs, progress=progress)
         built = True
     elif confirm:
         confirm(f"Install llama-cpp-python {target.version} ({target.key}) into {Path(python).parent.parent}?")

@@ -18,6 +18,7 @@ table (:mod:`aiboxctl.hardware.backends`).
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,8 @@ class BuildSpec:
 
     @property
     def cmake_args_string(self) -> str:
-        """The value of CMAKE_ARGS as a shell would pass it."""
-        return " ".join(self.cmake_args)
+        """The value of CMAKE_ARGS (scikit-build-core splits it with shlex)."""
+        return shlex.join(self.cmake_args)
 
     @property
     def offload(self) -> bool:

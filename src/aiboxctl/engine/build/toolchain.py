@@ -5,12 +5,27 @@ check that names the missing piece in one line costs milliseconds. Each backend 
 ggml's CMake needs (compiler, BLAS library, headers), where vendors install it by default,
 and the one line that says what to install. The environment a found toolchain needs for the
 build (CUDACXX, HIPCXX/HIP_PATH, MUSA_PATH, ASCEND_TOOLKIT_HOME) comes back with the result.
+
+cuBLAS need not come with the CUDA toolkit: PyPI's ``nvidia-cublas`` wheel (CUDA 13; the CUDA 12
+one is ``nvidia-cublas-cu12``) ships its headers and ``libcublas.so.13``/``libcublasLt.so.13``
+under ``site-packages/nvidia/cu13`` (``nvidia/cublas`` for CUDA 12). When the toolkit has none,
+the running python's site-packages (or the folder ``AIBOX_CUBLAS_DIR`` names) is searched, and
+the CMake arguments that make ggml-cuda use it come back in :attr:`Toolchain.cmake_args`:
+FindCUDAToolkit's ``CUDA_cublas_LIBRARY``/``CUDA_cublasLt_LIBRARY`` cache entries (it looks for
+an unversioned ``libcublas.so``, which the wheel lacks), the include folder for nvcc, and a
+run-time search path ``$ORIGIN/../../nvidia/cu13/lib:$ORIGIN/../nvidia/cu13/lib``: the
+engine's ``libggml-cuda.so`` (installed both in ``site-packages/llama_cpp/lib`` and, by ggml's
+rule for backend modules, ``site-packages/bin``) then finds the cuBLAS of the same site-packages
+wherever that environment lives (CMake also records the build folder's absolute path).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import site
+import sysconfig
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +58,9 @@ INSTALL_HINTS: dict[str, str] = {
     "compiler": "install a C/C++ compiler (apt install build-essential, or dnf install gcc-c++)",
     "cuda": "install the CUDA toolkit with cuBLAS (apt install nvidia-cuda-toolkit, or NVIDIA's "
             "cuda-toolkit package) or set CUDA_HOME to it",
+    "cublas": "pip install nvidia-cublas (CUDA 13; nvidia-cublas-cu12 for CUDA 12) into aiboxctl's "
+              "python, or install cuBLAS with the CUDA toolkit, or set AIBOX_CUBLAS_DIR to a folder "
+              "holding include/cublas_v2.h and lib/libcublas.so*",
     "hip": "install ROCm with hipBLAS and rocBLAS (apt install rocm-hip-sdk) or set ROCM_PATH to it",
     "hygon": "install Hygon's DTK (it brings hipcc, hipBLAS and rocBLAS) and `source /opt/dtk/env.sh`",
     "musa": "install the Moore Threads MUSA SDK (musa_toolkits with muBLAS) into /usr/local/musa "
@@ -67,6 +85,10 @@ class Toolchain:
     missing: tuple[str, ...]  # "cuBLAS (libcublas.so) under /usr/local/cuda", ...
     install_hint: str | None  # one line: what to install
     build_env: tuple[tuple[str, str], ...] = ()  # extra environment for the build
+    cmake_args: tuple[str, ...] = ()  # extra CMake arguments for the build (cuBLAS from a wheel)
+    # CUDA without a driver library to link (no driver, no toolkit stub): the build makes a
+    # link stub from the cuda.h in this folder (:mod:`aiboxctl.engine.build.cudastub`)
+    cuda_stub_include: str | None = None
 
     @property
     def message(self) -> str:
@@ -129,6 +151,95 @@ def _lib(root: Path, name: str) -> list[Path]:
     return [d / f"lib{name}.so*" for d in _libdirs(root)]
 
 
+# Where the NVIDIA PyPI wheels put cuBLAS, relative to site-packages, by CUDA major version
+# (nvidia-cublas 13.x: nvidia/cu13; nvidia-cublas-cu12: nvidia/cublas).
+CUBLAS_WHEEL_DIRS: dict[int, str] = {13: "nvidia/cu13", 12: "nvidia/cublas"}
+CUBLAS_DIR_ENV = "AIBOX_CUBLAS_DIR"
+# Where a driver install puts libcuda.so (the toolkit's own lib64/stubs is searched first).
+DRIVER_DIRS: tuple[str, ...] = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+
+
+def find_cuda_driver(root: Path, driver_dirs: Sequence[str] | None = None) -> Path | None:
+    """The libcuda.so the build can link: the toolkit's stub, else the driver's library."""
+    extra = DRIVER_DIRS if driver_dirs is None else driver_dirs
+    dirs = [d / "stubs" for d in _libdirs(root)] + _libdirs(root) + [Path(d) for d in extra]
+    for d in dirs:
+        hits = sorted(d.glob("libcuda.so*"), key=lambda q: (len(q.name), q.name)) if d.is_dir() else []
+        if hits:
+            return hits[0]
+    return None
+
+
+def python_site_dirs() -> list[Path]:
+    """The running python's site-packages folders (where ``pip install nvidia-cublas`` puts it)."""
+    dirs = [sysconfig.get_paths()[k] for k in ("platlib", "purelib")]
+    try:
+        dirs += site.getsitepackages()
+    except AttributeError:  # some embedded pythons lack it
+        pass
+    out: list[Path] = []
+    for d in dirs:
+        if d and Path(d) not in out:
+            out.append(Path(d))
+    return out
+
+
+def cuda_major(root: Path) -> int | None:
+    """The toolkit's CUDA major version, from CUDART_VERSION in its cuda_runtime_api.h."""
+    for inc in [root / "include", *(d.parent / "include" for d in _libdirs(root))]:
+        header = inc / "cuda_runtime_api.h"
+        if header.is_file():
+            m = re.search(r"#define\s+CUDART_VERSION\s+(\d+)", header.read_text(errors="replace"))
+            if m:
+                return int(m.group(1)) // 1000
+    return None
+
+
+def _wheel_cublas(folder: Path) -> tuple[Path, Path, Path] | None:
+    """(include dir, libcublas, libcublasLt) in a folder shaped like the nvidia-cublas wheel's."""
+    inc, lib = folder / "include", folder / "lib"
+    if not (inc / "cublas_v2.h").is_file():
+        return None
+    libs = []
+    for name in ("cublas", "cublasLt"):
+        hits = sorted(lib.glob(f"lib{name}.so*"), key=lambda q: (len(q.name), q.name))
+        if not hits:
+            return None
+        libs.append(hits[0])
+    return inc, libs[0], libs[1]
+
+
+def find_wheel_cublas(p: _Probe, major: int | None, site_dirs: Sequence[Path]) -> tuple[str, ...] | None:
+    """cuBLAS from ``AIBOX_CUBLAS_DIR`` or a pip-installed nvidia-cublas wheel: the CMake arguments
+    that make ggml-cuda link it, or None (with the reason added to ``p.missing``)."""
+    explicit = p.env.get(CUBLAS_DIR_ENV)
+    majors = [major] if major in CUBLAS_WHEEL_DIRS else sorted(CUBLAS_WHEEL_DIRS, reverse=True)
+    if explicit:
+        candidates = [(Path(explicit), major)]
+    else:
+        candidates = [(d / CUBLAS_WHEEL_DIRS[m], m) for d in site_dirs for m in majors]
+    for folder, m in candidates:
+        found = _wheel_cublas(folder)
+        if found is None:
+            continue
+        inc, cublas, cublas_lt = found
+        p.found.append(f"cuBLAS: {cublas}")
+        args = [f"-DCUDA_cublas_LIBRARY={cublas}", f"-DCUDA_cublasLt_LIBRARY={cublas_lt}",
+                f"-DCMAKE_CUDA_FLAGS=-I{inc}"]
+        rel = CUBLAS_WHEEL_DIRS.get(m or 0)
+        if rel:  # the wheel's place in the same site-packages, seen from llama_cpp/lib/ and bin/
+            rpath = f"-Wl,-rpath,'$ORIGIN/../../{rel}/lib:$ORIGIN/../{rel}/lib'"
+            args += [f"-DCMAKE_MODULE_LINKER_FLAGS={rpath}", f"-DCMAKE_SHARED_LINKER_FLAGS={rpath}"]
+        return tuple(args)
+    if explicit:
+        p.missing.append(f"cuBLAS (include/cublas_v2.h, lib/libcublas.so*) under {CUBLAS_DIR_ENV}={explicit}")
+    else:
+        wanted = " or ".join(CUBLAS_WHEEL_DIRS[m] for m in majors)
+        where = ", ".join(str(d) for d in site_dirs) or "no site-packages"
+        p.missing.append(f"the nvidia-cublas wheel ({wanted}) in {where}")
+    return None
+
+
 def _compilers(p: _Probe) -> None:
     p.need_exe("C compiler", ("cc", "gcc", "clang"))
     p.need_exe("C++ compiler", ("c++", "g++", "clang++"))
@@ -152,9 +263,14 @@ def _first_root(kind: str, env: Mapping[str, str], defaults: Mapping[str, Sequen
 
 
 def check_toolchain(backend: str, *, env: Mapping[str, str] | None = None, hygon: bool = False,
-                    defaults: Mapping[str, Sequence[str]] | None = None) -> Toolchain:
-    """What the ``backend`` build needs, found or missing. Never raises."""
+                    defaults: Mapping[str, Sequence[str]] | None = None,
+                    site_dirs: Sequence[Path] | None = None) -> Toolchain:
+    """What the ``backend`` build needs, found or missing. Never raises. ``site_dirs``: where
+    to look for pip-installed NVIDIA libraries (default: this python's site-packages)."""
     env = dict(os.environ if env is None else env)
+    site_dirs = python_site_dirs() if site_dirs is None else [Path(d) for d in site_dirs]
+    cmake_args: tuple[str, ...] = ()
+    stub_include: str | None = None
     defaults = DEFAULT_ROOTS if defaults is None else defaults
     p = _Probe(env)
     _compilers(p)
@@ -170,10 +286,26 @@ def check_toolchain(backend: str, *, env: Mapping[str, str] | None = None, hygon
             p.missing.append(f"nvcc (the CUDA compiler) in {where}")
         else:
             p.found.append(f"nvcc: {root / 'bin' / 'nvcc'}")
-            p.need_file("cuBLAS (libcublas.so)", _lib(root, "cublas"), str(root))
-            p.need_file("CUDA runtime headers (cuda_runtime.h)",
-                        [root / "include" / "cuda_runtime.h", *[d.parent / "include" / "cuda_runtime.h"
-                                                               for d in _libdirs(root)]], str(root))
+            toolkit_cublas = [hit for pat in _lib(root, "cublas") for hit in sorted(pat.parent.glob(pat.name))]
+            if toolkit_cublas and not env.get(CUBLAS_DIR_ENV):
+                p.found.append(f"cuBLAS (libcublas.so): {toolkit_cublas[0]}")
+            else:
+                before = len(p.missing)
+                cmake_args = find_wheel_cublas(p, cuda_major(root), site_dirs) or ()
+                if len(p.missing) > before:  # say the toolkit lacks it too, in the same line
+                    p.missing[-1] = f"cuBLAS (libcublas.so) under {root}, or " + p.missing[-1]
+            headers = p.need_file("CUDA runtime headers (cuda_runtime.h)",
+                                  [root / "include" / "cuda_runtime.h",
+                                   *[d.parent / "include" / "cuda_runtime.h" for d in _libdirs(root)]], str(root))
+            driver = find_cuda_driver(root)
+            if driver is not None:
+                p.found.append(f"CUDA driver library: {driver}")
+                if driver.name != "libcuda.so":  # FindCUDAToolkit looks for the unversioned name only
+                    cmake_args = (*cmake_args, f"-DCUDA_cuda_driver_LIBRARY={driver}")
+            elif headers is not None:
+                p.found.append("CUDA driver library: none here; the build links a stub made from cuda.h "
+                               "(the box's driver is used at run time)")
+                stub_include = str(headers.parent)
             p.build_env["CUDACXX"] = str(root / "bin" / "nvcc")
     elif backend == "hip":
         root = _first_root(kind, env, defaults, ("bin/hipcc", "bin/hipconfig"), p, from_path="hipcc",
@@ -234,10 +366,11 @@ def check_toolchain(backend: str, *, env: Mapping[str, str] | None = None, hygon
     if compiler_misses:
         hints.append(INSTALL_HINTS["compiler"])
     if len(p.missing) > compiler_misses:
-        hints.append(INSTALL_HINTS[kind])
+        cublas_only = backend == "cuda" and all("cuBLAS" in m for m in p.missing[compiler_misses:])
+        hints.append(INSTALL_HINTS["cublas" if cublas_only else kind])
     hint = "; ".join(hints) or None
     return Toolchain(backend, not p.missing, str(root) if root else None, tuple(p.found), tuple(p.missing),
-                     hint, tuple(sorted(p.build_env.items())))
+                     hint, tuple(sorted(p.build_env.items())), cmake_args, stub_include)
 
 
 def require_toolchain(backend: str, **kwargs) -> Toolchain:
