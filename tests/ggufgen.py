@@ -8,14 +8,17 @@ compute-buffer terms that matter in practice (vocabulary, heads, context) domina
 real models. Only the header is written; the tensor data region is a sparse hole of zeros
 (``truncate``), so a "1B" file costs a few MB of disk and sizing never looks at weights anyway.
 ``write_model(path, arch, ...)`` returns the path; ``split_max_tensors`` writes a split model
-and returns its first shard (``-00001-of-0000N.gguf``).
+and returns its first shard (``-00001-of-0000N.gguf``). ``tokenizer`` puts a real tokenizer's
+keys (``r1tiny.read_tokenizer``) in place of the placeholder vocabulary, ``tensor_type`` picks each
+matrix's type (a quantisation mix such as Q4_K_M), and ``fill`` writes the data region instead of
+leaving the hole (``bench/synth_models.py``: random quantised blocks, for speed runs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
 @dataclass(frozen=True)
@@ -96,12 +99,15 @@ def _tokens(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 
 def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 0, chat_template: str | None = None,
-                **overrides: Any) -> Path:
+                tokenizer: dict[str, Any] | None = None, tensor_type: Callable[[str, Any], Any] | None = None,
+                fill: Callable[[BinaryIO, str, Any], None] | None = None, **overrides: Any) -> Path:
     import numpy as np
     from gguf import GGML_QUANT_SIZES, ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter
 
     if isinstance(spec, str):
         spec = SPECS[spec]
+    if tokenizer is not None:
+        overrides["n_vocab"] = len(tokenizer["tokenizer.ggml.tokens"])
     if overrides:
         spec = spec.with_(**overrides)
     s = spec
@@ -116,6 +122,8 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
     wtype = getattr(GGMLQuantizationType, s.weight_type)
 
     def info(name: str, ne: tuple[int, ...], qtype: Any) -> None:
+        if tensor_type is not None and len(ne) > 1 and qtype != GGMLQuantizationType.F32:
+            qtype = tensor_type(name, qtype)
         block, type_size = GGML_QUANT_SIZES[qtype]
         if ne[0] % block:
             qtype, (block, type_size) = GGMLQuantizationType.F16, GGML_QUANT_SIZES[GGMLQuantizationType.F16]
@@ -182,14 +190,17 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
     for k, v in s.extra.items():
         w.add_key_value(k, *v) if isinstance(v, tuple) else w.add_uint32(k, v)
 
-    tokens, scores, types = _tokens(s.n_vocab)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    if tokenizer is not None:
+        add_tokenizer(w, tokenizer)
+    else:
+        tokens, scores, types = _tokens(s.n_vocab)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
     if chat_template:
         w.add_chat_template(chat_template)
 
@@ -286,13 +297,39 @@ def write_model(path: str | Path, spec: Spec | str, *, split_max_tensors: int = 
     for fout, tensors in zip(w.fout, w.tensors):
         # The data region: aligned start, each tensor padded to the alignment; left as a hole.
         size = GGUFWriter.ggml_pad(fout.tell(), w.data_alignment)
-        for ti in tensors.values():
-            size += GGUFWriter.ggml_pad(ti.nbytes, w.data_alignment)
+        if fill is not None:
+            fout.write(bytes(size - fout.tell()))
+        for name, ti in tensors.items():
+            padded = GGUFWriter.ggml_pad(ti.nbytes, w.data_alignment)
+            if fill is not None:
+                fill(fout, name, ti)  # writes exactly ti.nbytes
+                fout.write(bytes(padded - ti.nbytes))
+            size += padded
         fout.truncate(size)
     w.close()
     if split_max_tensors:
         return path.with_name(path.name[: -len(".gguf")] + f"-00001-of-{_count_shards(path):05d}.gguf")
     return path
+
+
+def add_tokenizer(w: Any, tok: dict[str, Any]) -> None:
+    """A real tokenizer's keys (``r1tiny.read_tokenizer``'s dict), chat template included."""
+    w.add_tokenizer_model(tok["tokenizer.ggml.model"])
+    if "tokenizer.ggml.pre" in tok:
+        w.add_tokenizer_pre(tok["tokenizer.ggml.pre"])
+    w.add_token_list(tok["tokenizer.ggml.tokens"])
+    w.add_token_types(tok["tokenizer.ggml.token_type"])
+    if "tokenizer.ggml.merges" in tok:
+        w.add_token_merges(tok["tokenizer.ggml.merges"])
+    for key, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
+                     ("padding_token_id", w.add_pad_token_id)):
+        if f"tokenizer.ggml.{key}" in tok:
+            add(tok[f"tokenizer.ggml.{key}"])
+    for key, add in (("add_bos_token", w.add_add_bos_token), ("add_eos_token", w.add_add_eos_token)):
+        if f"tokenizer.ggml.{key}" in tok:
+            add(bool(tok[f"tokenizer.ggml.{key}"]))
+    if "tokenizer.chat_template" in tok:
+        w.add_chat_template(tok["tokenizer.chat_template"])
 
 
 def _count_shards(path: Path) -> int:

