@@ -54,7 +54,7 @@ def kb_box(tmp: Path, *, chat: bool = False, rerank: bool = True) -> Iterator[Kb
             d.mkdir(exist_ok=True)
             cfg = {"model": smollm2_path(), "model_name": CHAT, "n_ctx": 2048, "parallel": 2, "threads": 1,
                    "repack": False, "selftest": False, "flash_attn": "off", "api_keys_file": tmp / "engine-keys",
-                   "max_tokens_cap": 24}
+                   "max_tokens_cap": 24, "kv_unified": False}  # slots laid out as alone: greedy equal (test_engine_gemma)
             srv = stack.enter_context(running_server(d, cfg))
             box.engine_configs[CHAT], box.engines[CHAT] = d / "engine.yaml", srv.base
             entries.append(EngineEntry(name="chat-0", models=(CHAT,), url=srv.base))
