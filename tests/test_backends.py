@@ -11,6 +11,7 @@ import pytest
 
 from aiboxctl.engine.build.specs import (
     PORTABLE_CPU_ARGS,
+    cuda_architecture,
     build_spec,
     load_accelerators,
     needed_backend,
@@ -64,8 +65,10 @@ def test_cuda_architectures_from_compute_capability():
 
 def test_cuda_blackwell_and_unknown_capability():
     assert args_dict(build_spec("auto", box("nvidia-blackwell")))["CMAKE_CUDA_ARCHITECTURES"] == "120"
-    # No SMI answered: no capability, so ggml's own default list (no -DCMAKE_CUDA_ARCHITECTURES).
-    spec = build_spec("auto", box("nvidia-no-smi"))
+    # No SMI answered: the PCI name (GA102 [GeForce RTX 3090]) still says Ampere 8.6.
+    assert build_spec("auto", box("nvidia-no-smi")).key == "cuda-86"
+    # Neither capability nor a known name: ggml's own default list (no -DCMAKE_CUDA_ARCHITECTURES).
+    spec = build_spec("auto", [{"vendor": "nvidia", "model": "NVIDIA Device 2bff"}])
     assert spec.key == "cuda" and "CMAKE_CUDA_ARCHITECTURES" not in args_dict(spec)
     assert "default list" in spec.reason
 
@@ -429,3 +432,30 @@ def test_cuda_driver_stub_exports_the_versioned_driver_names(tmp_path):
     assert not hasattr(so, "cuInComment") and not hasattr(so, "cuMemAlloc")
     dyn = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True).stdout
     assert f"[{SONAME}]" in dyn
+
+
+@pytest.mark.parametrize("profile,key,devices", [
+    ("a100-80g-x2", "cuda-80", "2 × A100-SXM4-80GB"),
+    ("h800-x8", "cuda-90", "8 × H800 SXM5 80GB"),
+    ("rtx4090", "cuda-89", "1 × GeForce RTX 4090"),
+])
+def test_catalog_profiles_build_for_their_gpus_arch(profile, key, devices):
+    """A profile names the GPU, not its compute capability: without the name table the build
+    fell back to ggml's list of every architecture (hours on few cores, a far bigger wheel)."""
+    from aiboxctl.engine.build.specs import load_accelerators
+
+    root = Path(__file__).resolve().parent.parent
+    spec = build_spec("auto", load_accelerators(root / "profiles" / "hardware" / f"{profile}.yaml"))
+    assert spec.key == key and devices in spec.reason
+
+
+@pytest.mark.parametrize("model,arch", [
+    ("NVIDIA H200", "90"), ("NVIDIA GH200 480GB", "90"), ("NVIDIA H20", "90"), ("NVIDIA L40S", "89"),
+    ("NVIDIA RTX 6000 Ada Generation", "89"), ("NVIDIA A10", "86"), ("NVIDIA RTX A6000", "86"),
+    ("NVIDIA A800 80GB PCIe", "80"), ("NVIDIA B200", "100"), ("NVIDIA GeForce RTX 5090", "120"),
+    ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "120"), ("Tesla T4", "75"), ("NVIDIA Mystery 9", None),
+])
+def test_cuda_arch_from_the_product_name(model, arch):
+    assert cuda_architecture({"vendor": "nvidia", "model": model}) == arch
+    # what nvidia-smi reports wins over the name
+    assert cuda_architecture({"vendor": "nvidia", "model": model, "compute_capability": "8.7"}) == "87"

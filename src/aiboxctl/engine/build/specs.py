@@ -51,6 +51,24 @@ MUSA_ARCH: tuple[tuple[str, str], ...] = (
 )
 MUSA_DEFAULT_ARCHS: tuple[str, ...] = ("21", "22", "31")
 
+# NVIDIA product name → compute capability, for a recorded probe or a hardware profile that names
+# the GPU but not its capability (nvidia-smi's compute_cap is preferred when present). First
+# match wins, so the more specific names come first. (NVIDIA's CUDA GPUs list; CUDA 13 builds
+# 75 and newer only.)
+NVIDIA_CC: tuple[tuple[str, str], ...] = (
+    (r"\bGB10\b|DGX SPARK", "12.1"),
+    (r"RTX PRO \d+ BLACKWELL|RTX 50\d0|\bB40\b", "12.0"),
+    (r"\bG?B300\b", "10.3"),
+    (r"\bG?B[12]00\b", "10.0"),
+    (r"\bG?H[12]00\b|\bH800\b|\bH20\b", "9.0"),
+    (r"\bL40S?\b|\bL4\b|\bL20\b|RTX 40\d0|RTX \d+ ADA|RTX 6000 ADA", "8.9"),
+    (r"\bA100\b|\bA800\b|\bA30\b", "8.0"),
+    (r"\bA10G?\b|\bA40\b|\bA16\b|\bA2\b|RTX 30\d0|RTX A\d+", "8.6"),
+    (r"\bT4\b|RTX 20\d0|QUADRO RTX", "7.5"),
+    (r"\bV100\b|TITAN V\b", "7.0"),
+)
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     """One llama.cpp build: what to compile and how."""
@@ -117,6 +135,9 @@ def cuda_architecture(acc: Any) -> str | None:
             if m:
                 cap = f"{m.group(1)}.{m.group(2)}"
                 break
+    if cap is None:
+        model = str(_get(acc, "model", "name") or "").upper()
+        cap = next((cc for pattern, cc in NVIDIA_CC if re.search(pattern, model)), None)
     if cap is None:
         return None
     m = re.fullmatch(r"\s*(?:sm_?)?(\d+)\.?(\d)?\s*", str(cap))
@@ -208,7 +229,8 @@ def build_spec(backend: str, accelerators: Sequence[Any] = (), *,
                          hint="aiboxctl engine install --help")
     mine = [a for a in accelerators if accelerator_backend(a) == backend]
     names = _unique(str(_get(a, "model", "name") or "?") for a in mine)
-    seen = f"{len(mine)} × {', '.join(names)}" if mine else "no matching device in the probe"
+    devices = sum(int(_get(a, "count") or 1) for a in mine)  # a hardware profile's entry has a count
+    seen = f"{devices} × {', '.join(names)}" if mine else "no matching device in the probe"
     args = list(PORTABLE_CPU_ARGS)
     archs: tuple[str, ...] = tuple(architectures or ())
     hygon = False
