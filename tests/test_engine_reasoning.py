@@ -198,11 +198,34 @@ def test_current_template_starts_inside_the_thinking(tiny_r1, grammar_seam):
         deltas = srv.stream("inside", max_tokens=6)  # cut inside the thinking
         assert "".join(d.get("content") or "" for d in deltas) == ""
         assert REASONING.startswith("".join(d.get("reasoning_content") or "" for d in deltas))
-        # structured output holds from the first token: the thinking is closed in the prompt and
-        # the JSON is the answer (else it would be written inside <think>)
-        structured = srv.chat("", response_format={"type": "json_object"}, max_tokens=24)
-        msg = structured["choices"][0]["message"]
-        assert msg["reasoning_content"] is None and msg["content"].startswith("{")
+
+
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["four", "five"]}, "sure": {"type": "boolean"}},
+                 "required": ["answer", "sure"], "additionalProperties": False}
+
+
+def test_json_output_after_thinking(tiny_r1, grammar_seam, no_natural_close):
+    """response_format with a thinking model: the thinking stays free and the grammar holds from
+    its end (a lazy grammar triggered by </think>), so the answer is the JSON. The noise model
+    may not close its thinking (</think> and newlines banned): the budget closes it."""
+    import jsonschema
+
+    bias = {**no_natural_close, str(END_THINK): -100, str(THINK): -100}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": ANSWER_SCHEMA, "strict": True}}
+    with InProcessServer(tiny_r1, chat_template="deepseek-r1") as srv:
+        a = srv.chat("", response_format=fmt, thinking_budget_tokens=6, max_tokens=60, logit_bias=bias)
+        msg = a["choices"][0]["message"]
+        assert msg["reasoning_content"] and a["usage"]["completion_tokens_details"]["reasoning_tokens"] >= 6
+        jsonschema.validate(json.loads(msg["content"]), ANSWER_SCHEMA)
+        assert a["choices"][0]["finish_reason"] == "stop"
+        deltas = srv.stream("", response_format=fmt, thinking_budget_tokens=6, max_tokens=60, logit_bias=bias)
+        assert "".join(d.get("content") or "" for d in deltas) == msg["content"]
+        assert "".join(d.get("reasoning_content") or "" for d in deltas) == msg["reasoning_content"]
+        # thinking off: the grammar holds from the first token, the reply is the JSON alone
+        off = srv.chat("", response_format=fmt, reasoning_effort="none", max_tokens=60, logit_bias=bias)
+        msg = off["choices"][0]["message"]
+        assert msg["reasoning_content"] is None
+        jsonschema.validate(json.loads(msg["content"]), ANSWER_SCHEMA)
 
 
 def test_raw_setting_keeps_the_tags_in_content(tiny_r1, grammar_seam):

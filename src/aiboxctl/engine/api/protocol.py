@@ -120,6 +120,8 @@ class ThinkingControls(BaseModel):
     thinking_budget_tokens: Optional[int] = Field(None, ge=0)
     reasoning_budget: Optional[int] = Field(None, ge=-1)
     _reasoning: Any = PrivateAttr(None)  # the request's reasoning decision, set with the prompt
+    _think_end: Optional[str] = PrivateAttr(None)  # the end-of-thinking tag when this reply thinks
+    _triggers: tuple = PrivateAttr(())  # the lazy grammar's triggers, set with the grammar
 
     @field_validator("chat_template_kwargs")
     @classmethod

@@ -6,6 +6,7 @@ required/named ``tool_choice`` become a grammar (engine/structured) the sampler 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiboxctl.engine.api.edge import Rejected
@@ -13,6 +14,8 @@ from aiboxctl.engine.api.protocol import (
     ChatBody, NamedToolChoice, chat_choice, chat_logprobs, chat_delta_choice, chat_reasoning_choice, chat_role_choice,
 )
 from aiboxctl.engine.api.serving import OpenAIServing
+
+log = logging.getLogger("aiboxctl.engine")
 
 
 class ChatServing(OpenAIServing):
@@ -52,10 +55,6 @@ class ChatServing(OpenAIServing):
                 effort=body.reasoning_effort,
                 budget=body.thinking_budget_tokens if body.thinking_budget_tokens is not None else body.reasoning_budget,
                 enable=variables.get("enable_thinking", body.enable_thinking))
-            if self._constrained(body):
-                # the grammar holds from the first token, so a thinking would be written in its
-                # shape (JSON inside <think>): the reply is answer only
-                thinking = Thinking(False, None)
             switch, thinking_on = template_kwargs(parser, thinking, messages)
             variables.update(switch)
             messages_in = strip_history(messages, parser)
@@ -72,6 +71,8 @@ class ChatServing(OpenAIServing):
             text = decided.prompt
             close = tuple(rt.tokenize(decided.close_text, add_special=False, parse_special=True))
             body._reasoning = {"reasoning": decided.parser, "think_budget": decided.budget, "think_close": close}
+            # a grammar (JSON, a forced call) holds from the end of the thinking, not before it
+            body._think_end = parser.end_tag if thinking_on else None
         add_bos = rt.add_bos and not (template.spec.bos_token and text.startswith(template.spec.bos_token))
         return rt.tokenize(text, add_special=add_bos, parse_special=True), messages
 
@@ -80,35 +81,57 @@ class ChatServing(OpenAIServing):
         choice = body.tool_choice
         return self._tools_on(body) and (choice == "required" or isinstance(choice, NamedToolChoice))
 
-    def _constrained(self, body: ChatBody) -> bool:
-        """A grammar will hold the reply: response_format JSON, or a required/named tool call."""
-        fmt = body.response_format
-        return self._forced_call(body) or (fmt is not None and fmt.type != "text")
-
     def max_tokens_wanted(self, body: ChatBody) -> int | None:
         return body.max_completion_tokens or body.max_tokens
 
     def grammar(self, body: ChatBody) -> str | None:
-        from aiboxctl.engine.structured import SchemaError, response_format_grammar
+        """The reply's grammar. Required/named calls and JSON output hold from the first token —
+        or, when the reply thinks first, lazily from the end of the thinking (the thinking is
+        free, the answer is held). ``tool_choice: auto`` with a format whose calls open with a
+        marker gets the calls' grammar lazily from that marker: free text, but a call, once
+        begun, is a valid call of one of the tools."""
+        from aiboxctl.engine.structured import SchemaError, after_marker, response_format_grammar
         from aiboxctl.engine.tools import forced_grammar
 
         choice = body.tool_choice
         forced = self._forced_call(body)
+        tools = [t.model_dump(exclude_none=True) for t in body.tools or ()]
         try:
             if forced:
                 fmt, _ = self._tool_format()
                 only = choice.function.name if isinstance(choice, NamedToolChoice) else None
-                return forced_grammar(fmt, [t.model_dump(exclude_none=True) for t in body.tools],
-                                      only=only, parallel=body.parallel_tool_calls)
-            if body.response_format is not None:
-                return response_format_grammar(body.response_format.model_dump(exclude_none=True))
+                g = forced_grammar(fmt, tools, only=only, parallel=body.parallel_tool_calls)
+            elif body.response_format is not None:
+                g = response_format_grammar(body.response_format.model_dump(exclude_none=True))
+            else:
+                g = None
         except SchemaError as exc:
             raise Rejected(400, str(exc), param="tools" if forced else "response_format",
                            code="unsupported_schema", audit_error="invalid request") from None
         except ValueError as exc:
             raise Rejected(400, str(exc), param="response_format", code="invalid_value",
                            audit_error="invalid request") from None
+        if g is not None:
+            if body._think_end:
+                body._triggers = (body._think_end,)
+                return after_marker(g, body._think_end)
+            return g
+        if self._tools_on(body):
+            fmt, _ = self._tool_format()
+            if fmt.start:
+                try:
+                    g = forced_grammar(fmt, tools, only=None, parallel=body.parallel_tool_calls)
+                except SchemaError as exc:
+                    # auto never refused a tool before: a schema the grammar cannot hold leaves the
+                    # calls unconstrained (parsed as written, text when they do not parse)
+                    log.info("tool_choice auto: calls not held by a grammar (%s)", exc)
+                    return None
+                body._triggers = (fmt.start,)
+                return g
         return None
+
+    def grammar_triggers(self, body: ChatBody) -> tuple[str, ...]:
+        return body._triggers
 
     def logprobs(self, body: ChatBody) -> Any:
         return chat_logprobs if body.logprobs else None
