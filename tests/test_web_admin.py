@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from webstack import STUB_USAGE, admin_stack
+from webstack import CHROMIUM, STUB_USAGE, admin_stack, launch_chromium
 
 from aiboxctl.gateway.admin import local_midnight, read_ledger
 
@@ -87,3 +87,40 @@ def test_ledger_reading_online_window_and_local_day(tmp_path):
     assert [k.key for k in view.online] == ["a"]
     assert view.tokens_today == 17
     assert read_ledger(tmp_path / "absent.db", now).online == ()  # no request recorded yet: empty
+
+
+@pytest.mark.slow
+def test_the_page_shows_the_admin_view_to_an_admin_key_only(stack, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    base, keys = stack
+    _ask(base, keys["clerk"])
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            ctx = browser.new_context(locale="zh-CN", viewport={"width": 1200, "height": 800})
+            page = ctx.new_page()
+            page.goto(f"{base}/#key={keys['clerk']}")
+            page.locator("#prompt").wait_for()
+            assert page.locator("#admin").count() == 0  # a user key: no admin button
+            page.goto(f"{base}/#key={keys['admin']}")
+            page.locator("#admin").click()
+            view = page.locator("#admin-view")
+            view.wait_for()
+            assert "deepseek-r1" in view.locator(".admin-models").inner_text()
+            assert "clerk" in view.locator(".admin-users").inner_text()
+            today = _admin(base, keys["admin"]).json()["tokens_today"]
+            shown = view.locator(".admin-tokens").inner_text().replace(",", "")
+            assert str(today["by_model"][0]["prompt_tokens"]) in shown
+            assert str(today["total"]) in view.locator(".admin-cards").inner_text().replace(",", "")
+            assert "今日用量" in view.inner_text()
+            page.screenshot(path=str(tmp_path / "admin.png"))
+            page.locator("button.lang").click()
+            view.locator(".admin-tokens h2").get_by_text("Tokens today").wait_for()  # re-rendered in English
+            page.locator("#back-to-chat").click()
+            page.locator("#prompt").wait_for()
+            ctx.close()
+        finally:
+            browser.close()

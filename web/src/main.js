@@ -22,6 +22,8 @@ const state = {
   doc: null, // the attached document waiting to be sent
   docNotice: "",
   signInError: "",
+  admin: false, // the key is an admin key: the admin view is offered
+  view: "chat", // or "admin"
 };
 
 const app = document.getElementById("app");
@@ -75,6 +77,18 @@ async function signIn(key) {
   if (!state.models.some((m) => m.id === state.model)) state.model = state.models[0].id;
   localStorage.setItem(KEY, state.key);
   localStorage.setItem(MODEL, state.model);
+  state.admin = await isAdmin();
+  state.view = "chat";
+}
+
+// An admin key gets the admin view (200); any other key 403: then the page does not offer it.
+async function isAdmin() {
+  try {
+    await api("/v1/aibox/admin");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function signOut(message = "") {
@@ -121,13 +135,15 @@ function langButton() {
 // --- chat view ---------------------------------------------------------------------------------
 async function openChat() {
   state.conversations = await listConversations();
-  if (!state.current && state.conversations.length) state.current = state.conversations[0];
+  if (!state.current && state.conversations.length) state.current = await getConversation(state.conversations[0].id);
   render();
 }
 
 function render() {
   document.title = t("title");
+  stopAdminRefresh();
   if (!state.key) return renderSignIn();
+  if (state.view === "admin") return renderAdmin();
   renderChat();
 }
 
@@ -161,6 +177,8 @@ function renderChat() {
     h("div", { class: "side-foot" },
       h("button", { type: "button", class: "link", id: "export", disabled: !conv, onclick: exportMarkdown }, t("exportMd")),
       h("button", { type: "button", class: "link danger", id: "clear-all", onclick: clearAll }, t("clearAll")),
+      state.admin ? h("button", { type: "button", class: "link", id: "admin", onclick: () => { if (state.streaming) return;
+        state.view = "admin"; render(); } }, t("adminView")) : null,
       h("button", { type: "button", class: "link", id: "sign-out", onclick: () => signOut() }, t("signOut"))));
 
   const bar = h("header", { class: "bar" }, h("h1", {}, t("title")),
@@ -248,30 +266,114 @@ function thinkLabel(m) {
 
 // Updates only the answer being streamed, at most once per frame.
 // requestAnimationFrame alone can stall (a hidden or throttled tab): a timer backs it up.
+// The stream's end flushes a pending update at once (flushUpdate), so no paint of an answer
+// happens after its stream is over: one used to, and marked the first token "shown" a second
+// time, at the end of the answer (bench/web.py then read the whole answer's time as a stall).
+const MARKS = ["aibox:request-sent", "aibox:first-token-received", "aibox:first-token-shown"]; // bench/web.py reads these
 let frame = 0;
 let timer = 0;
-function scheduleUpdate(m) {
+let pending = null; // the stream (state.streaming) whose answer waits to be painted
+function scheduleUpdate(stream) {
+  pending = stream;
   if (frame) return;
-  const run = () => {
-    cancelAnimationFrame(frame);
-    clearTimeout(timer);
-    frame = 0;
-    const el = document.querySelector("#log article.msg.assistant:last-of-type");
-    if (!el) return;
-    const details = el.querySelector("details.think");
-    details.hidden = !m.reasoning;
-    details.querySelector("summary").textContent = thinkLabel(m);
-    details.querySelector(".think-body").textContent = m.reasoning;
-    el.querySelector(".body").innerHTML = renderMarkdown(m.content);
-    if (m.content && !m.painted) {
-      m.painted = true;
-      performance.mark("aibox:first-token-shown");
-    }
-    const log = document.getElementById("log");
-    log.scrollTop = log.scrollHeight;
-  };
-  frame = requestAnimationFrame(run);
-  timer = setTimeout(run, 40);
+  frame = requestAnimationFrame(flushUpdate);
+  timer = setTimeout(flushUpdate, 40);
+}
+
+function flushUpdate() {
+  cancelAnimationFrame(frame);
+  clearTimeout(timer);
+  frame = 0;
+  const stream = pending;
+  pending = null;
+  const el = document.querySelector("#log article.msg.assistant:last-of-type");
+  if (!stream || !el) return;
+  const m = stream.message;
+  const details = el.querySelector("details.think");
+  details.hidden = !m.reasoning;
+  details.querySelector("summary").textContent = thinkLabel(m);
+  details.querySelector(".think-body").textContent = m.reasoning;
+  el.querySelector(".body").innerHTML = renderMarkdown(m.content);
+  if (m.content && !stream.painted) {
+    stream.painted = true;
+    performance.mark("aibox:first-token-shown");
+  }
+  const log = document.getElementById("log");
+  log.scrollTop = log.scrollHeight;
+}
+
+// --- admin view (admin keys) --------------------------------------------------------------------
+// The box's state for IT: models and replicas, queue, users online, tokens today. Read from
+// GET /v1/aibox/admin, refreshed every 10 s while the view is open.
+const ADMIN_REFRESH_MS = 10_000;
+let adminTimer = 0;
+
+function stopAdminRefresh() {
+  clearInterval(adminTimer);
+  adminTimer = 0;
+}
+
+function renderAdmin() {
+  const content = h("div", { class: "admin-content", "aria-live": "polite" }, h("p", { class: "hint" }, t("adminLoading")));
+  const bar = h("header", { class: "bar" }, h("h1", {}, t("adminView")),
+    h("div", { class: "pickers" },
+      h("button", { type: "button", class: "link", id: "admin-refresh", onclick: () => loadAdmin(content) }, t("refresh")),
+      h("button", { type: "button", class: "link", id: "back-to-chat", onclick: () => { state.view = "chat"; render(); } },
+        t("backToChat"))),
+    langButton());
+  app.replaceChildren(h("main", { class: "main admin", id: "admin-view" }, bar, content));
+  loadAdmin(content);
+  adminTimer = setInterval(() => loadAdmin(content), ADMIN_REFRESH_MS);
+}
+
+async function loadAdmin(content) {
+  let data;
+  try {
+    data = await (await api("/v1/aibox/admin")).json();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) return signOut(t("keyWrong"));
+    content.replaceChildren(h("p", { class: "error", role: "alert" }, sentenceFor(err)));
+    return;
+  }
+  if (!content.isConnected) return; // the view was left while this was loading
+  content.replaceChildren(...adminSections(data));
+}
+
+const num = (n) => Number(n).toLocaleString(getLang());
+
+function table(cls, caption, head, rows, empty) {
+  if (!rows.length) return h("section", { class: cls }, h("h2", {}, caption), h("p", { class: "hint" }, empty));
+  return h("section", { class: cls }, h("h2", {}, caption), h("table", {},
+    h("thead", {}, h("tr", {}, head.map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c)))))));
+}
+
+function adminSections(d) {
+  const tokens = d.tokens_today;
+  const users = d.users_online;
+  const cards = h("ul", { class: "admin-cards" },
+    h("li", {}, h("span", { class: "figure" }, users ? num(users.length) : "–"), t("usersOnline", d.online_minutes)),
+    h("li", {}, h("span", { class: "figure" }, num(d.queue_depth)), t("queueDepth")),
+    h("li", {}, h("span", { class: "figure" }, num(d.in_flight)), t("inFlight")),
+    h("li", {}, h("span", { class: "figure" }, tokens ? num(tokens.total) : "–"), t("tokensToday")));
+  const models = table("admin-models", t("models"), [t("model"), t("role"), t("replicas"), t("queue")],
+    d.models.map((m) => [m.id, m.role, h("ul", { class: "replicas" }, m.replicas.map((r) => h("li", {},
+      h("span", { class: r.healthy ? "ok" : "down" }, r.healthy ? t("healthy") : t("down")), ` ${r.name} · `,
+      t("slotsInFlight", r.slots, r.in_flight), r.reason ? ` — ${r.reason}` : ""))), num(m.queue)]), t("noData"));
+  const sections = [cards, models];
+  if (!d.ledger) sections.push(h("p", { class: "notice" }, t("noLedger")));
+  if (d.ledger_error) sections.push(h("p", { class: "error", role: "alert" }, t("ledgerError", d.ledger_error)));
+  if (users) {
+    sections.push(table("admin-users", t("usersOnline", d.online_minutes), [t("keyName"), t("requests"), t("errors"), "tokens"],
+      users.map((u) => [u.key, num(u.requests), num(u.errors), num(u.tokens)]), t("nobodyOnline")));
+  }
+  if (tokens) {
+    sections.push(table("admin-tokens", t("tokensToday"), [t("model"), t("requests"), t("promptTokens"), t("completionTokens")],
+      tokens.by_model.map((m) => [m.model, num(m.requests), num(m.prompt_tokens), num(m.completion_tokens)]),
+      t("noUsageToday")));
+  }
+  sections.push(h("p", { class: "hint" }, t("adminUpdated", new Date(d.time * 1000).toLocaleTimeString(getLang()))));
+  return sections;
 }
 
 // --- conversation actions ----------------------------------------------------------------------
@@ -307,13 +409,14 @@ async function generate(conv) {
   conv.messages.push(m);
   conv.model = state.model;
   const controller = new AbortController();
-  state.streaming = { controller, message: m };
+  const stream = state.streaming = { controller, message: m, painted: false };
   render();
   let raw = "";
   let fieldReasoning = "";
   let thinkStart = null;
   const started = performance.now();
-  performance.mark("aibox:request-sent"); // bench/web.py reads these marks
+  for (const name of MARKS) performance.clearMarks(name); // this answer's marks only: they would pile up
+  performance.mark("aibox:request-sent");
   try {
     const response = await api("/v1/chat/completions", {
       method: "POST",
@@ -333,7 +436,7 @@ async function generate(conv) {
       if (split.answer && m.reasoning && m.thinkMs === null) m.thinkMs = performance.now() - (thinkStart ?? started);
       if (split.answer && !m.content) performance.mark("aibox:first-token-received");
       m.content = split.answer;
-      scheduleUpdate(m);
+      scheduleUpdate(stream);
     }
   } catch (err) {
     if (err.name === "AbortError") m.stopped = true;
@@ -346,7 +449,7 @@ async function generate(conv) {
     }
   } finally {
     if (m.reasoning && m.thinkMs === null) m.thinkMs = performance.now() - (thinkStart ?? started);
-    delete m.painted;
+    if (pending === stream) flushUpdate();
     state.streaming = null;
   }
   conv.updated = Date.now();

@@ -8,9 +8,11 @@ const dbPromise = openDB("aibox-chat", 1, {
   },
 });
 
+// The side list needs only titles: the page keeps the one open conversation in memory, not every
+// conversation's messages (those stay in IndexedDB until opened).
 export async function listConversations() {
   const all = await (await dbPromise).getAllFromIndex("conversations", "updated");
-  return all.reverse();
+  return all.reverse().map(({ id, title, updated }) => ({ id, title, updated }));
 }
 
 export async function saveConversation(conv) {
