@@ -94,3 +94,37 @@ def test_kill_9_mid_load_loses_no_acknowledged_record(tmp_path):
     assert len(acked) >= 1500, "the writer did not get going"
     stored = {int(r.time) for r in iter_records(path)}  # opening recovers the WAL
     assert not set(acked) - stored
+
+
+def test_a_failed_commit_is_raised_kept_as_failure_and_cleared_by_a_probe(tmp_path):
+    """Another process holds the database's write lock past the busy timeout: record raises (the
+    row is not acknowledged), ``failure`` says why, the writer thread lives on, and once the lock
+    is gone a probe write succeeds and clears it."""
+    import pytest
+
+    from aiboxctl.access.gate import AccessControl, AccessSettings, NotRecorded
+    from aiboxctl.access.keys import KeyLimits, KeyStore
+    from aiboxctl.access.refusal import AccessDenied
+
+    secret = KeyStore(tmp_path / "keys.json").add("k", KeyLimits(), now=time.time()).secret
+    access = AccessControl(AccessSettings(keys_file=tmp_path / "keys.json", ledger_file=tmp_path / "usage.db"))
+    access.ledger.close()
+    access.ledger = ledger = Ledger(tmp_path / "usage.db", busy_timeout_s=0.2)
+    admission = access.admit(f"Bearer {secret}", "m", "chat", 10)
+    holder = sqlite3.connect(tmp_path / "usage.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(NotRecorded, match="database is locked"):
+        access.finish(admission, 200, prompt_tokens=3, completion_tokens=4)
+    assert "locked" in ledger.failure and not ledger.probe()
+    problems = access.problems()
+    assert len(problems) == 1 and "usage ledger" in problems[0] and "cannot be written" in problems[0]
+    with pytest.raises(AccessDenied) as denied:  # fail closed: no governed request while it cannot record
+        access.admit(f"Bearer {secret}", "m", "chat", 10)
+    assert denied.value.status == 503 and denied.value.code == "recording_unavailable"
+    holder.execute("ROLLBACK")
+    holder.close()
+    access._probed = float("-inf")  # the probe interval has passed
+    assert access.problems() == () and ledger.failure is None
+    access.finish(access.admit(f"Bearer {secret}", "m", "chat", 10), 200, prompt_tokens=1, completion_tokens=2)
+    access.close()
+    assert [(r.status, r.prompt_tokens) for r in iter_records(tmp_path / "usage.db")] == [(200, 1)]

@@ -382,3 +382,70 @@ def test_plain_http_on_loopback_beside_https_on_the_lan(box):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (box.tmp / "lan-gateway.log").read_text()[-3000:]
     assert f"http://127.0.0.1:{lp}" in (box.tmp / "lan-gateway.log").read_text()
+
+
+def _health(base: str) -> tuple[int, dict]:
+    r = httpx.get(base + "/health", timeout=10)
+    return r.status_code, r.json()
+
+
+def test_a_ledger_or_audit_that_cannot_be_written_is_degraded_and_fails_closed(box):
+    """While the front door runs, its audit file is replaced with a folder, then the process may
+    write no byte past the start of a file (RLIMIT_FSIZE: what a full disk looks like to it). The
+    answer whose record failed never gets its end (a stream: an error event, no [DONE]; a JSON
+    body: cut), /health is 503 naming the store and the error, new requests get 503 — and all
+    of it clears once the store can be written again."""
+    import resource
+
+    tmp = box.tmp / "failing"
+    tmp.mkdir()
+    (tmp / "engine-keys").write_text(f"gateway:{TOKEN}\n")
+    audit = tmp / "access/access-audit.jsonl"
+    secret = KeyStore(tmp / "access/keys.json").add("load", KeyLimits(), now=time.time()).secret
+    proc, port = _start_gateway(tmp, "gw", int(box.engine.base.rsplit(":", 1)[1]), access_dir="access")
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {secret}"}
+    seen_whole = []
+
+    def ask_stream() -> list[str]:
+        with httpx.stream("POST", base + CHAT, json=_ask(4, stream=True), headers=headers, timeout=300) as r:
+            return [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+
+    try:
+        assert wait_until(lambda: proc.poll() is None and _up(base), timeout=60), (tmp / "gw.log").read_text()
+        assert ask_stream()[-1] == "[DONE]"
+        seen_whole.append(200)
+        # 1. the audit file becomes a folder
+        audit.rename(tmp / "audit.moved")
+        audit.mkdir()
+        events = ask_stream()
+        assert "[DONE]" not in events and json.loads(events[-1])["error"]["code"] == "recording_unavailable"
+        code, body = _health(base)
+        assert code == 503 and body["status"] == "degraded"
+        assert any("audit log" in p and "IsADirectoryError" in p for p in body["problems"]), body
+        r = httpx.post(base + CHAT, json=_ask(), headers=headers, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "recording_unavailable", r.text
+        audit.rmdir()
+        (tmp / "audit.moved").rename(audit)
+        assert wait_until(lambda: _health(base)[0] == 200, timeout=10)
+        assert httpx.post(base + CHAT, json=_ask(), headers=headers, timeout=300).status_code == 200
+        seen_whole.append(200)
+        # 2. no file of the process may grow past its first byte (ENOSPC / EFBIG for the ledger's WAL)
+        limits = resource.prlimit(proc.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1, limits[1]))
+        try:
+            with pytest.raises(httpx.HTTPError):  # the JSON body is cut: never a whole 200 answer
+                httpx.post(base + CHAT, json=_ask(), headers=headers, timeout=300).json()
+            code, body = _health(base)
+            assert code == 503 and any("usage ledger" in p for p in body["problems"]), body
+            assert httpx.post(base + CHAT, json=_ask(), headers=headers, timeout=60).status_code == 503
+        finally:
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, limits)
+        assert wait_until(lambda: _health(base)[0] == 200, timeout=10)
+        assert httpx.post(base + CHAT, json=_ask(), headers=headers, timeout=300).status_code == 200
+        seen_whole.append(200)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp / "gw.log").read_text()[-3000:]
+    rows = [r for r in iter_records(tmp / "access/usage.db") if r.status == 200]
+    assert len(rows) >= len(seen_whole)
+    assert _cli("audit", "verify", str(audit), "--secret", str(tmp / "access/box-secret")).returncode == 0

@@ -127,6 +127,12 @@ class AuditChain:
         with self._lock:
             return self._rotate()
 
+    def probe(self) -> None:
+        """Raises when the log or its signed head cannot be written (opens both for writing, no record)."""
+        with self._lock:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            self._write_head()
+
     def _write(self, body: dict[str, Any]) -> dict:
         record = {**body, "seq": self.seq + 1, "time": round(self.now(), 6), "prev": self.last_hash}
         if record["type"] == "checkpoint":

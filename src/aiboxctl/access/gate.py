@@ -5,6 +5,11 @@ the audit chain; the gateway adapts it to HTTP (the gateway's ``access`` module)
 admit:  authenticate (401) → model allowed (403) → limits (429) → a reservation held
 finish: settle the reservation with the engine's usage → ledger row (acknowledged: fsynced) →
         audit record
+
+Fail closed: when the ledger or the audit chain cannot be written, ``finish`` raises
+:class:`NotRecorded` (the front door then never sends the answer's end, so nothing unrecorded is
+acknowledged) and ``admit`` refuses governed requests with 503 until a probe write succeeds
+(at most one probe per ``PROBE_INTERVAL_S``); :meth:`AccessControl.problems` says why, for /health.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from aiboxctl.access.limits import Limiter, Ticket
 from aiboxctl.access.refusal import AccessDenied
 
 DEFAULT_RESERVE_TOKENS = 1024  # when a request names no max_tokens
+PROBE_INTERVAL_S = 1.0  # while failing, how often admit or /health retries a write
+
+
+class NotRecorded(Exception):
+    """The ledger row or the audit record of a finished request could not be written."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,31 @@ class AccessControl:
             secret = box_secret(settings.secret_file or Path(settings.audit_file).with_name("box-secret"))
             self.audit = AuditChain(settings.audit_file, secret, content=settings.audit_content,
                                     max_bytes=settings.audit_max_bytes, syslog=settings.syslog, now=now)
+        self.audit_failure: str | None = None
+        self._probed = float("-inf")
+
+    def problems(self, *, probe: bool = True) -> tuple[str, ...]:
+        """Why requests cannot be recorded now (empty: they can). While failing, ``probe`` retries
+        one write of each failing store (at most once per PROBE_INTERVAL_S)."""
+        if probe and (self._failing()) and time.monotonic() - self._probed >= PROBE_INTERVAL_S:
+            self._probed = time.monotonic()
+            if self.ledger is not None and self.ledger.failure:
+                self.ledger.probe()
+            if self.audit is not None and self.audit_failure:
+                try:
+                    self.audit.probe()
+                    self.audit_failure = None
+                except Exception as exc:  # noqa: BLE001 - why, for /health
+                    self.audit_failure = f"{type(exc).__name__}: {exc}"
+        out = []
+        if self.ledger is not None and self.ledger.failure:
+            out.append(f"usage ledger {self.ledger.path} cannot be written ({self.ledger.failure})")
+        if self.audit is not None and self.audit_failure:
+            out.append(f"audit log {self.audit.path} cannot be written ({self.audit_failure})")
+        return tuple(out)
+
+    def _failing(self) -> bool:
+        return bool((self.ledger is not None and self.ledger.failure) or self.audit_failure)
 
     def admit(self, authorization: str | None, model: str, endpoint: str, reserve_tokens: int = 0) -> Admission:
         arrived = self.now()
@@ -82,6 +117,10 @@ class AccessControl:
         try:
             key = self.keys.authenticate(authorization)
             self.keys.authorize(key, model)
+            if self._failing() and (problems := self.problems()):  # fail closed: nothing unrecorded is served
+                raise AccessDenied(503, f"requests cannot be recorded: {'; '.join(problems)}; refused until they "
+                                   "can (aiboxctl status)", code="recording_unavailable", type_="server_error",
+                                   retry_after=5, limit="recording")
             ticket = self.limiter.admit(key, reserve_tokens)
         except AccessDenied as denied:
             self._denied(denied, key, authorization, model, endpoint, arrived)
@@ -90,29 +129,50 @@ class AccessControl:
 
     def _denied(self, denied: AccessDenied, key: KeyRecord | None, authorization: str | None, model: str,
                 endpoint: str, arrived: float) -> None:
-        if key is not None and self.ledger is not None:
-            self.ledger.record(UsageRecord(arrived, key.name, key.department, model, endpoint, denied.status))
-        if self.audit is not None:
+        # A refusal is answered whether or not it can be recorded (a failure shows in problems()).
+        if key is not None and self.ledger is not None and not (denied.limit == "recording" and self.ledger.failure):
+            try:
+                self.ledger.record(UsageRecord(arrived, key.name, key.department, model, endpoint, denied.status))
+            except Exception:  # noqa: BLE001 - Ledger.failure says why
+                pass
+        if self.audit is not None and not (denied.limit == "recording" and self.audit_failure):
             who = {"key": key.name, "department": key.department} if key else {"key_fingerprint": fingerprint(authorization)}
-            self.audit.append({"event": "denied", **who, "model": model, "endpoint": endpoint,
-                               "status": denied.status, "code": denied.code, "limit": denied.limit})
+            try:
+                self._audit({"event": "denied", **who, "model": model, "endpoint": endpoint,
+                             "status": denied.status, "code": denied.code, "limit": denied.limit})
+            except NotRecorded:
+                pass
+
+    def _audit(self, event: dict[str, Any], content: dict[str, Any] | None = None) -> None:
+        assert self.audit is not None
+        try:
+            self.audit.append(event, content=content)
+        except Exception as exc:  # noqa: BLE001 - disk full, a read-only file, a folder in its place…
+            self.audit_failure = f"{type(exc).__name__}: {exc}"
+            raise NotRecorded(f"audit log {self.audit.path} cannot be written ({self.audit_failure})") from exc
+        self.audit_failure = None
 
     def finish(self, admission: Admission, status: int, *, prompt_tokens: int = 0, completion_tokens: int = 0,
                content: dict[str, Any] | None = None) -> None:
-        """Settle, record (returns once the ledger row is fsynced) and audit one request."""
+        """Settle, record (returns once the ledger row is fsynced) and audit one request; raises
+        NotRecorded when either cannot be written (the reservation is settled all the same)."""
         used = max(0, int(prompt_tokens)) + max(0, int(completion_tokens))
         self.limiter.settle(admission.ticket, used)
         duration_ms = round((self.now() - admission.arrived) * 1000.0, 3)
         k = admission.key
         if self.ledger is not None:
-            self.ledger.record(UsageRecord(admission.arrived, k.name, k.department, admission.model,
-                                           admission.endpoint, int(status), int(prompt_tokens),
-                                           int(completion_tokens), duration_ms))
+            try:
+                self.ledger.record(UsageRecord(admission.arrived, k.name, k.department, admission.model,
+                                               admission.endpoint, int(status), int(prompt_tokens),
+                                               int(completion_tokens), duration_ms))
+            except Exception as exc:  # noqa: BLE001 - Ledger.failure keeps why
+                raise NotRecorded(f"usage ledger {self.ledger.path} cannot be written "
+                                  f"({type(exc).__name__}: {exc})") from exc
         if self.audit is not None:
-            self.audit.append({"event": "request", "key": k.name, "department": k.department,
-                               "model": admission.model, "endpoint": admission.endpoint, "status": int(status),
-                               "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
-                               "duration_ms": duration_ms}, content=content)
+            self._audit({"event": "request", "key": k.name, "department": k.department,
+                         "model": admission.model, "endpoint": admission.endpoint, "status": int(status),
+                         "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
+                         "duration_ms": duration_ms}, content)
 
     def close(self) -> None:
         if self.ledger is not None:

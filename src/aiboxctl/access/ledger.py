@@ -6,6 +6,11 @@ that holds the row has been fsynced — that is what "acknowledged" means here, 
 records a request before it sends the answer's last bytes. To keep that affordable, one writer
 thread commits everything that is waiting in one transaction (group commit): 16 requests that
 finish together cost one fsync, not 16 (bench/access.py measures records/s).
+
+A commit that fails (disk full, an I/O error, the database locked past ``busy_timeout_s``) fails
+every ``record`` of its group and leaves :attr:`Ledger.failure` set until a later commit (or
+:meth:`Ledger.probe`) succeeds: the front door refuses governed requests meanwhile and its
+/health says why (docs/access.md, "When the ledger or the audit cannot be written").
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE INDEX IF NOT EXISTS requests_key_time ON requests(key, time);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, time REAL NOT NULL);  -- Ledger.probe's one row
 """
+_PROBE = "INSERT OR REPLACE INTO probe (id, time) VALUES (1, ?)"
+BUSY_TIMEOUT_S = 5.0  # a commit waits this long for a lock another process holds, then fails
 
 BY = ("key", "department", "model")
 
@@ -76,11 +84,11 @@ class UsageReport:
     rows: tuple[UsageRow, ...]
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, timeout: float = 30) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
@@ -99,13 +107,15 @@ def connect(path: Path) -> sqlite3.Connection:
 class Ledger:
     """Appends usage records from any thread; one writer thread commits them in groups."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
-        self._conn = connect(self.path)
-        self._queue: "queue.Queue[tuple[list[UsageRecord], threading.Event, list] | None]" = queue.Queue()
+        self._conn = connect(self.path, busy_timeout_s)
+        # (records, done, outcome); records None: a probe (one write of the probe row)
+        self._queue: "queue.Queue[tuple[list[UsageRecord] | None, threading.Event, list] | None]" = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="aibox-ledger", daemon=True)
         self._writer.start()
         self.commits = 0
+        self.failure: str | None = None  # why the last commit failed; None once one succeeds
 
     def _write_loop(self) -> None:
         while True:
@@ -123,10 +133,14 @@ class Ledger:
                 try:
                     with self._conn:  # BEGIN … COMMIT (fsync of the WAL: synchronous=FULL)
                         self._conn.execute("BEGIN")
-                        self._conn.executemany(_INSERT, [astuple(r) for recs, _, _ in batch for r in recs])
+                        self._conn.executemany(_INSERT, [astuple(r) for recs, _, _ in batch for r in recs or ()])
+                        if any(recs is None for recs, _, _ in batch):
+                            self._conn.execute(_PROBE, (time.time(),))
                     self.commits += 1
-                except sqlite3.Error as exc:
+                    self.failure = None
+                except Exception as exc:  # noqa: BLE001 - any failure fails the group; the thread lives on
                     error = exc
+                    self.failure = f"{type(exc).__name__}: {exc}"
                 for _, done, outcome in batch:
                     outcome.append(error)
                     done.set()
@@ -135,8 +149,20 @@ class Ledger:
 
     def record(self, *records: UsageRecord) -> None:
         """Returns once the rows are committed and fsynced; raises if they could not be."""
+        self._commit(list(records))
+
+    def probe(self) -> bool:
+        """One fsynced write (the probe row): True, and :attr:`failure` cleared, when the ledger
+        can be written again."""
+        try:
+            self._commit(None)
+        except Exception:  # noqa: BLE001 - failure says why
+            return False
+        return True
+
+    def _commit(self, records: list[UsageRecord] | None) -> None:
         done, outcome = threading.Event(), []
-        self._queue.put((list(records), done, outcome))
+        self._queue.put((records, done, outcome))
         done.wait()
         if outcome and outcome[0] is not None:
             raise outcome[0]

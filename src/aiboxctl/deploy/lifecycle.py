@@ -86,6 +86,7 @@ def status(root: str | Path | None = None) -> StatusResult:
         problems.append("the engine serves an earlier copy of its model file (replaced since it started)")
     if problems:
         problems[-1] += f": {_reinstall_hint(layout, spec)}"
+    problems += [str(p) for p in body.get("problems") or ()]  # the front door's: a ledger it cannot write
     e = spec.engine.to_dict()
     plan = {k: e.get(k) for k in ("n_ctx", "parallel", "n_batch", "threads", "cache_type_k", "cache_type_v",
                                   "flash_attn", "n_gpu_layers", "repack")}

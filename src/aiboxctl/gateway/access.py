@@ -53,8 +53,13 @@ class AccessGate:
         request.state.aibox_admission = admission
         return None
 
+    async def problems(self) -> tuple[str, ...]:
+        """Why requests cannot be recorded now (a probe write while failing): /health reports them."""
+        return await asyncio.to_thread(self.access.problems)
+
     async def finish(self, admission: Admission | None, status: int, meter: "UsageMeter") -> None:
-        """After the last byte: settle, and the ledger row fsynced (off the event loop)."""
+        """Before the last bytes: settle, and the ledger row fsynced (off the event loop); raises
+        NotRecorded (access.gate) when the row or the audit record could not be written."""
         if admission is not None:
             content = None
             if admission.request_content is not None:

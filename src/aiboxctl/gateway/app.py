@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from fastapi import Request  # a module global: FastAPI reads the routes' annotations from here
 from starlette.responses import Response as _AsgiResponse
 
+from aiboxctl.access.gate import NotRecorded
 from aiboxctl.gateway.access import UsageMeter, with_usage_in_stream
 from aiboxctl.gateway.balance import affinity_key
 from aiboxctl.gateway.config import GatewayConfig
@@ -177,8 +178,11 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
                                  "down": {r.name: r.reason for r in pool.replicas if not r.healthy}}
             if not healthy:
                 down.append(pool.name)
-        body = {"status": "ok" if not down else "degraded", "models": models, "models_down": down}
-        return JSONResponse(body, status_code=200 if not down else 503)
+        # Governed access that cannot record (ledger/audit not writable) refuses requests: degraded.
+        problems = list(await gate.problems()) if hasattr(gate, "problems") else []
+        body = {"status": "ok" if not down and not problems else "degraded", "models": models, "models_down": down,
+                **({"problems": problems} if problems else {})}
+        return JSONResponse(body, status_code=200 if not down and not problems else 503)
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Any:
@@ -402,7 +406,17 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                 raise
             if access is not None:  # recorded (ledger row fsynced) before the client gets the end
                 self.status = response.status_code
-                await access.finish(response.status_code)
+                try:
+                    await access.finish(response.status_code)
+                except NotRecorded as exc:  # never acknowledged: a stream ends in an error event, a body is cut
+                    log.error("answer not acknowledged: %s", exc)
+                    if not sse:
+                        raise
+                    status = "500"
+                    await _send(send, {"type": "http.response.body", "more_body": False, "body": b"data: " + json.dumps(
+                        {"error": {"message": f"the answer could not be recorded: {exc}", "type": "server_error",
+                                   "param": None, "code": "recording_unavailable"}}).encode() + b"\n\n"})
+                    return
             await _send(send, {"type": "http.response.body", "body": held, "more_body": False})
             status = str(response.status_code)
         except _ClientGone:
