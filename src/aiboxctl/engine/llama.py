@@ -186,6 +186,7 @@ class LlamaRuntime:
         self.n_swa = int(L.llama_model_n_swa(self.model)) if hasattr(L, "llama_model_n_swa") else 0
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self._piece_cache: dict[int, bytes] = {}
+        self._eog_cache: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
 
     def _context_params(self, config: "EngineConfig", L: Any) -> Any:
@@ -248,7 +249,11 @@ class LlamaRuntime:
         return out
 
     def is_eog(self, token: int) -> bool:
-        return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+        """Whether ``token`` ends a generation (cached like ``piece``: asked for every token)."""
+        known = self._eog_cache.get(token)
+        if known is None:
+            known = self._eog_cache[token] = bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+        return known
 
     def close(self) -> None:
         L = self.lib

@@ -9,6 +9,7 @@ per request.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,9 @@ class EngineMetrics:
                                             "Prompt tokens served from a slot's cached prefix", registry=r)
         self.ttft = Histogram("aibox_time_to_first_token_seconds", "Time from arrival to the first token",
                               buckets=_TTFT_BUCKETS, registry=r)
-        self.tpot = Histogram("aibox_time_per_output_token_seconds", "Time between successive tokens of a request",
-                              buckets=_TPOT_BUCKETS, registry=r)
+        self.tpot = _StepHistogram("aibox_time_per_output_token_seconds",
+                                   "Time between successive tokens of a request", _TPOT_BUCKETS)
+        r.register(self.tpot)
         self.queue_depth = Gauge("aibox_queue_depth", "Requests waiting for a slot", registry=r)
         self.slots_busy = Gauge("aibox_slots_busy", "Slots generating or prefilling", registry=r)
         self.slots_total = Gauge("aibox_slots_total", "Slots (parallel sequences)", registry=r)
@@ -55,8 +57,9 @@ class EngineMetrics:
     def first_token(self, seconds: float) -> None:
         self.ttft.observe(seconds)
 
-    def token_latency(self, seconds: float) -> None:
-        self.tpot.observe(seconds)
+    def token_latencies(self, seconds: list[float]) -> None:
+        """One step's gaps between successive tokens, one per request that generated."""
+        self.tpot.observe_many(seconds)
 
     def prefix_reused(self, n: int) -> None:
         self.prefix_reused_tokens.inc(n)
@@ -98,3 +101,32 @@ class _StepCollector:
                  t.batch_tokens),
                 ("aibox_engine_sampled_tokens", "Tokens sampled by the decode steps", t.sampled)):
             yield CounterMetricFamily(name, doc, value=value)
+
+
+class _StepHistogram:
+    """A Prometheus histogram the decode loop fills a step at a time: a bisect and an add per
+    value (prometheus_client's ``Histogram.observe`` takes a lock and walks every bucket for each
+    one, several times the rest of a token's host work). Only the loop writes; a scrape copies the
+    counts whole, so its buckets always agree with its count."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.doc = name, doc
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe_many(self, values: list[float]) -> None:
+        counts, bounds = self.counts, self.bounds
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1  # a bucket's bound is inclusive (le)
+        self.sum += sum(values)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        counts = list(self.counts)
+        cumulative, total = [], 0
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], counts):
+            total += n
+            cumulative.append((bound, total))
+        yield HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.sum)

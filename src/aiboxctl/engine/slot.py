@@ -81,7 +81,7 @@ class SlotText:
 
 
 class Slot:
-    __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "text", "last", "out_idx", "generating",
+    __slots__ = ("seq", "cached", "req", "n_fed", "sampler", "text", "last", "out_idx", "out_row", "generating",
                  "max_tokens", "argmax", "grammar", "forced")
 
     def __init__(self, seq: int) -> None:
@@ -93,6 +93,7 @@ class Slot:
         self.text = SlotText()
         self.last = -1  # sampled token still to be fed
         self.out_idx = -1  # batch row whose logits belong to this slot in the current step
+        self.out_row = -1  # and the row of the step's logits holding them (outputs only, in batch order)
         self.generating = False
         self.max_tokens = 0
         self.argmax = False  # plain greedy: argmax over the logits, no sampler chain
