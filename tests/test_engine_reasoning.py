@@ -233,3 +233,36 @@ def test_raw_setting_keeps_the_tags_in_content(tiny_r1, grammar_seam):
         msg = srv.chat("opens")["choices"][0]["message"]
         assert "reasoning_content" not in msg
         assert msg["content"] == f"<think>\n{REASONING}\n</think>\n\n2 + 2 = 4."
+
+
+# a Qwen-style (Hermes) template: the R1-Distill-Qwen vocabulary writes <tool_call> as one token
+HERMES_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}{# <tool_call> #}")
+TOOL_CALL = 151657
+PICK = {"type": "function", "function": {"name": "pick", "parameters": {
+    "type": "object", "properties": {"colour": {"enum": ["red", "green"]}, "n": {"enum": [1, 2, 3]}},
+    "required": ["colour", "n"], "additionalProperties": False}}}
+
+
+def test_auto_tool_call_is_held_by_a_lazy_grammar_from_its_marker(tiny_r1, grammar_seam):
+    """tool_choice auto: the reply is free until the model writes <tool_call> (here pushed by a
+    bias), then the grammar holds it to a valid call — whole and streamed (the arguments in
+    pieces), and the same calls either way."""
+    import jsonschema
+
+    bias = {str(TOOL_CALL): 100}
+    with InProcessServer(tiny_r1, chat_template=HERMES_TEMPLATE) as srv:
+        a = srv.chat("", tools=[PICK], tool_choice="auto", logit_bias=bias, max_tokens=60)
+        choice = a["choices"][0]
+        assert choice["finish_reason"] == "tool_calls", choice
+        (call,) = choice["message"]["tool_calls"]
+        jsonschema.validate(json.loads(call["function"]["arguments"]), PICK["function"]["parameters"])
+        deltas = srv.stream("", tools=[PICK], tool_choice="auto", logit_bias=bias, max_tokens=60)
+        parts = [tc for d in deltas for tc in d.get("tool_calls") or ()]
+        assert parts[0]["function"]["name"] == "pick" and all(p["index"] == 0 for p in parts)
+        assert "".join(p["function"].get("arguments") or "" for p in parts) == call["function"]["arguments"]
+        assert sum(1 for p in parts if p["function"].get("arguments")) > 1
+        # without the marker the reply is free text (the grammar never started)
+        free = srv.chat("", tools=[PICK], tool_choice="auto", max_tokens=8,
+                        logit_bias={str(TOOL_CALL): -100, **BIAS})
+        assert not free["choices"][0]["message"].get("tool_calls")

@@ -95,8 +95,10 @@ def _chat(http, **body) -> dict:
 
 
 def _stream(http, **body) -> tuple[str, list[dict], str | None]:
-    """(content, tool calls reassembled by index, finish_reason) from the SSE stream."""
+    """(content, tool calls reassembled by index, finish_reason) from the SSE stream; the number
+    of deltas that carried each call's arguments is left in ``_stream.fragments``."""
     content, calls, finish = [], {}, None
+    fragments: dict[int, int] = {}
     with http.stream("POST", "/v1/chat/completions", json={"stream": True, **body}) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
@@ -109,7 +111,9 @@ def _stream(http, **body) -> tuple[str, list[dict], str | None]:
                     slot = calls.setdefault(tc["index"], {"name": "", "arguments": ""})
                     slot["name"] += tc.get("function", {}).get("name") or ""
                     slot["arguments"] += tc.get("function", {}).get("arguments") or ""
+                    fragments[tc["index"]] = fragments.get(tc["index"], 0) + bool(tc.get("function", {}).get("arguments"))
                 finish = ch["finish_reason"] or finish
+    _stream.fragments = [fragments[i] for i in sorted(calls)]
     return "".join(content), [calls[i] for i in sorted(calls)], finish
 
 
@@ -229,6 +233,8 @@ def test_streaming_reassembles_to_the_whole_answer(http, extra):
     assert content == (whole["message"]["content"] or "")
     assert calls == [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
                      for c in whole["message"].get("tool_calls") or ()]
+    if extra.get("tool_choice") == "required":  # the arguments arrive as they are written
+        assert calls and all(n > 1 for n in _stream.fragments), _stream.fragments
 
 
 def test_constrained_and_free_requests_side_by_side(http):

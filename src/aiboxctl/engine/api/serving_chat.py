@@ -179,19 +179,52 @@ class ChatServing(OpenAIServing):
 
 class _CallStream:
     """A ToolReader's results as OpenAI shapes: whole (content, tool_calls) or deltas, with the
-    calls numbered in order as the SDK reassembles them."""
+    calls numbered in order as the SDK reassembles them. Where the format allows (Hermes), a
+    call is streamed as OpenAI does: ``{index, id, type, function{name, arguments: ""}}`` once
+    its name is written, then ``function.arguments`` fragments as the arguments grow; when its
+    block closes, what is left of the arguments. Other formats send each call whole."""
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
         self.n = 0
+        self.open: tuple[int, str] | None = None  # the call being streamed: (index, arguments sent)
 
-    def _shape(self, content: str, calls: list) -> dict:
+    def _shape(self, content: str, calls: list, partial: tuple[str, str] | None) -> dict:
+        from aiboxctl.engine.tools.base import new_call_id
+
         delta: dict[str, Any] = {}
         if content:
             delta["content"] = content
-        if calls:
-            delta["tool_calls"] = [c.wire(self.n + i) for i, c in enumerate(calls)]
-            self.n += len(calls)
+        out: list[dict[str, Any]] = []
+        for c in calls:
+            if self.open is not None:  # the streamed call's block closed: the rest of its arguments
+                index, sent = self.open
+                self.open = None
+                rest = c.arguments[len(sent):] if c.arguments.startswith(sent) else ""
+                if rest:
+                    out.append({"index": index, "function": {"arguments": rest}})
+            else:
+                out.append(c.wire(self.n))
+                self.n += 1
+        if partial is not None:
+            name, args = partial
+            if self.open is None and name in self.reader.names:
+                self.open = (self.n, "")
+                out.append({"index": self.n, "id": new_call_id(), "type": "function",
+                            "function": {"name": name, "arguments": ""}})
+                self.n += 1
+            if self.open is not None:
+                index, sent = self.open
+                if len(args) > len(sent) and args.startswith(sent):
+                    self.open = (index, args)
+                    if out and out[-1]["index"] == index:
+                        out[-1]["function"]["arguments"] += args[len(sent):]
+                    else:
+                        out.append({"index": index, "function": {"arguments": args[len(sent):]}})
+        elif self.open is not None and not self.reader.in_block and not calls:
+            self.open = None  # its block closed without parsing: the text went out as content
+        if out:
+            delta["tool_calls"] = out
         return delta
 
     def whole(self, text: str) -> tuple[str, list[dict]]:
@@ -200,10 +233,11 @@ class _CallStream:
         return c1 + c2, [c.wire() for c in k1 + k2]
 
     def delta(self, text: str) -> dict:
-        return self._shape(*self.reader.feed(text))
+        content, calls = self.reader.feed(text)
+        return self._shape(content, calls, self.reader.partial())
 
     def closing(self) -> dict:
-        return self._shape(*self.reader.finish())
+        return self._shape(*self.reader.finish(), None)
 
     def finish_reason(self, reason: str | None) -> str | None:
         return "tool_calls" if self.reader.calls and reason == "stop" else reason

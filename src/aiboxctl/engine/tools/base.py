@@ -33,9 +33,10 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
-def call(name: Any, args: Any, names: frozenset[str]) -> ToolCall | None:
+def call(name: Any, args: Any, names: frozenset[str], raw: str | None = None) -> ToolCall | None:
     """A ToolCall when ``name`` is one of the request's functions and ``args`` a JSON object (or
-    its text); else None (the block stays text)."""
+    its text); else None (the block stays text). ``raw``: the object's text as the model wrote it,
+    kept as the arguments (what a piecewise stream sent) when it is that object."""
     if not isinstance(name, str) or name not in names:
         return None
     if isinstance(args, str):
@@ -47,7 +48,46 @@ def call(name: Any, args: Any, names: frozenset[str]) -> ToolCall | None:
         args = {}
     if not isinstance(args, dict):
         return None
+    if raw is not None:
+        try:
+            if json.loads(raw) == args:
+                return ToolCall(name, raw, new_call_id())
+        except ValueError:
+            pass
     return ToolCall(name, json.dumps(args, ensure_ascii=False), new_call_id())
+
+
+_JSON_OUTSIDE = frozenset(' \t\r\n{}[],:-+.0123456789eEtruefalsn"')
+
+
+def json_object_prefix(text: str) -> str:
+    """The part of ``text`` that is so far a JSON object being written: from its ``{`` up to the
+    closing brace when it has come, else up to the first character that cannot be JSON outside a
+    string (a closing marker, say) — what a piecewise stream may send of a call's arguments."""
+    if not text.startswith("{"):
+        return ""
+    depth = 0
+    in_str = esc = False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch not in _JSON_OUTSIDE:
+            return text[:i]
+        if ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return text[: i + 1]
+    return text
 
 
 def json_prefix(text: str) -> tuple[Any, int] | None:
@@ -77,6 +117,12 @@ class ToolFormat:
     def parse_block(self, block: str, names: frozenset[str]) -> list[ToolCall] | None:
         """The calls in one block (markers included), or None when it is not valid calls."""
         raise NotImplementedError
+
+    def partial(self, block: str) -> tuple[str, str] | None:
+        """For a call block still being written (its start marker first): (function name,
+        the arguments' text so far) once the name is complete, for formats that stream the
+        arguments piecewise; None: the call goes out whole when its block closes."""
+        return None
 
     def opens(self, text: str, names: frozenset[str]) -> bool | None:
         """For whole-reply formats: whether a reply starting with ``text`` is a call (None: not
@@ -156,6 +202,10 @@ class ToolReader:
             else:
                 out.append(self._content(block))
         return "".join(out), made
+
+    def partial(self) -> tuple[str, str] | None:
+        """The call being written now (see ToolFormat.partial), or None."""
+        return self.fmt.partial(self.buf) if self.in_block else None
 
     def finish(self) -> tuple[str, list[ToolCall]]:
         rest, self.buf = self.buf, ""

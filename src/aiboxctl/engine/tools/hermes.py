@@ -5,9 +5,13 @@ whose template knows nothing of tools."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from aiboxctl.engine.tools.base import ToolCall, ToolFormat, call, json_prefix
+from aiboxctl.engine.tools.base import ToolCall, ToolFormat, call, json_object_prefix, json_prefix
+
+# a call as written: the name first, then the arguments object (its text follows the match)
+_HEAD = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 
 
 class Hermes(ToolFormat):
@@ -27,8 +31,20 @@ class Hermes(ToolFormat):
         obj = got[0]
         if not isinstance(obj, dict):
             return None
-        one = call(obj.get("name"), obj.get("arguments", obj.get("parameters")), names)
+        head = _HEAD.match(block)
+        raw = json_object_prefix(block[head.end():]) if head else None
+        one = call(obj.get("name"), obj.get("arguments", obj.get("parameters")), names, raw)
         return [one] if one else None
+
+    def partial(self, block: str) -> tuple[str, str] | None:
+        head = _HEAD.match(block)
+        if head is None:
+            return None
+        try:
+            name = json.loads(f'"{head.group(1)}"')
+        except ValueError:
+            return None
+        return name, json_object_prefix(block[head.end():])
 
     def call_rule(self, b: Any, name: str, args_rule: str) -> str:
         head = '{"name": ' + json.dumps(name) + ', "arguments": '
