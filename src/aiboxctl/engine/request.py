@@ -64,7 +64,7 @@ class Request:
 
     __slots__ = ("id", "prompt", "params", "emit", "cancelled", "t_submit", "t_first", "t_last",
                  "prompt_tokens", "completion_tokens", "finish_reason", "reasoning", "think_budget",
-                 "think_close", "reasoning_tokens")
+                 "think_close", "reasoning_tokens", "stop_sequence")
 
     def __init__(self, id: str, prompt: list[int], params: SamplingParams, emit: Callable[[Event], Any], *,
                  reasoning: Any = None, think_budget: int | None = None, think_close: tuple[int, ...] = ()) -> None:
@@ -85,3 +85,4 @@ class Request:
         self.think_budget = think_budget
         self.think_close = think_close
         self.reasoning_tokens = 0  # completion tokens written inside the thinking
+        self.stop_sequence: str | None = None  # the stop string that ended the reply (Anthropic reports it)

@@ -476,6 +476,7 @@ class Scheduler:
             if req.think_budget is not None and not s.forced and req.reasoning_tokens >= req.think_budget:
                 s.forced = list(req.think_close)
         if stopped:
+            req.stop_sequence = s.text.stopped_by
             self._finish(s, "stop", flush=False)
             return
         if req.completion_tokens >= s.max_tokens or len(s.cached) + 1 >= self.slot_ctx:

@@ -21,7 +21,7 @@ class SlotText:
     with a reasoning parser (``engine.reasoning``) what passed the stop strings is split into
     thinking and answer, and ``push``/``tail`` return the thinking apart."""
 
-    __slots__ = ("decoder", "held", "stops", "reasoning", "thought")
+    __slots__ = ("decoder", "held", "stops", "reasoning", "thought", "stopped_by")
 
     def __init__(self, stops: tuple[str, ...] = (), reasoning: Any = None) -> None:
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -29,6 +29,7 @@ class SlotText:
         self.held = ""  # text held back because it may be the start of a stop string
         self.reasoning = reasoning
         self.thought = ""  # the thinking the last push/tail produced (reasoning parser only)
+        self.stopped_by: str | None = None  # the stop string that ended the reply
 
     @property
     def thinking(self) -> bool:
@@ -59,7 +60,7 @@ class SlotText:
         for stop in self.stops:
             k = held.find(stop)
             if k >= 0 and (cut < 0 or k < cut):
-                cut = k
+                cut, self.stopped_by = k, stop
         if cut >= 0:
             self.held = ""
             return held[:cut], True

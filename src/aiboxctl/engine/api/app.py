@@ -23,7 +23,9 @@ from aiboxctl.engine.api.protocol import RETRY_AFTER_S
 from aiboxctl.engine.api.serving_chat import ChatServing
 from aiboxctl.engine.api.serving_completions import CompletionServing
 from aiboxctl.engine.api.serving_embeddings import EmbeddingServing
+from aiboxctl.engine.api.serving_messages import MessagesServing
 from aiboxctl.engine.api.serving_rerank import RerankServing
+from aiboxctl.engine.api.serving_responses import ResponsesServing
 from aiboxctl.engine.state import EngineState, boot, engine_problem, shutdown
 
 
@@ -45,6 +47,7 @@ def create_app(state: EngineState) -> Any:
     app.add_middleware(CatchAll, on_error=edge.unexpected)
     chat, completions = ChatServing(state, edge), CompletionServing(state, edge)
     embeddings, rerank = EmbeddingServing(state, edge), RerankServing(state, edge)
+    responses, messages = ResponsesServing(state, edge), MessagesServing(state, edge)
 
     @app.get("/health")
     async def health() -> Any:
@@ -101,6 +104,14 @@ def create_app(state: EngineState) -> Any:
     @app.post("/v1/completions")
     async def text_completions(request: HttpRequest) -> Any:
         return await (completions.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
+
+    @app.post("/v1/responses")
+    async def create_response(request: HttpRequest) -> Any:
+        return await (responses.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
+
+    @app.post("/v1/messages")
+    async def create_message(request: HttpRequest) -> Any:
+        return await (messages.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
 
     @app.post("/v1/embeddings")
     async def create_embeddings(request: HttpRequest) -> Any:

@@ -25,7 +25,8 @@ log = logging.getLogger("aiboxctl.engine")
 # path → the endpoint label in metrics and the audit log
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/models": "models",
              "/metrics": "metrics", "/health": "health", "/v1/embeddings": "embeddings",
-             "/v1/rerank": "rerank", "/rerank": "rerank", "/v1/reranking": "rerank"}
+             "/v1/rerank": "rerank", "/rerank": "rerank", "/v1/reranking": "rerank",
+             "/v1/responses": "responses", "/v1/messages": "messages"}
 
 
 access = logging.getLogger("aiboxctl.engine.access")
@@ -99,6 +100,8 @@ class Edge:
         if state.keys is None:
             return "anonymous", None
         presented = request.headers.get("authorization")
+        if presented is None and "x-api-key" in request.headers:  # how Anthropic's clients send the key
+            presented = "Bearer " + request.headers["x-api-key"]
         key_id = state.keys.check(presented)
         if key_id is None:
             client = request.client.host if request.client else None

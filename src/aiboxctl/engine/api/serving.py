@@ -111,11 +111,26 @@ class OpenAIServing:
         """A chunk's choice sent before any token, or None."""
         return None
 
+    def whole(self, body: Any, req: Request, created: int, model_id: str, choice: dict) -> Any:
+        """A whole answer's body: OpenAI's object with its one choice (the Responses and Messages
+        families translate it into their shapes)."""
+        return answer(req, object_name=self.object_name, created=created, model_id=model_id, choice=choice)
+
+    def frames(self, body: Any, req: Request, created: int, model_id: str) -> "StreamFrames":
+        """How a stream's chunks go on the wire (the Responses and Messages families translate
+        the same chunks into their typed events)."""
+        return StreamFrames()
+
+    def body_from(self, raw: bytes) -> Any:
+        """The validated request body (the Responses and Messages families translate theirs into
+        a chat body here); ``Rejected`` for a bad one."""
+        return parse_body(raw, self.body_type)
+
     # --- the path ------------------------------------------------------------------------------
     def parse(self, raw: bytes) -> tuple[Any, list[int], Any, str | None]:
         """JSON → validated body → prompt tokens. CPU-bound (a large body, a long template, a
         long prompt), so it runs on a worker thread and the event loop keeps answering."""
-        body = parse_body(raw, self.body_type)
+        body = self.body_from(raw)
         try:
             tokens, audit_prompt = self.prompt_tokens(body)
         except (TemplateError, ValueError, RecursionError) as exc:
@@ -174,6 +189,7 @@ class OpenAIServing:
             return StreamingResponse(
                 self._stream(req, events, sched, created=created, model_id=model_id, include_usage=include_usage,
                              reader=reader, shape_logprobs=shape_logprobs,
+                             frames=self.frames(body, req, created, model_id),
                              on_end=lambda status, text, err: audit(key_id, endpoint, status, started, req,
                                                                      audit_prompt, text, err)),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -215,16 +231,18 @@ class OpenAIServing:
             choice = self.with_reasoning(choice, "".join(thoughts))
         if shape_logprobs is not None:
             choice["logprobs"] = shape_logprobs(logprobs)
-        return answer(req, object_name=self.object_name, created=created, model_id=model_id, choice=choice)
+        return self.whole(body, req, created, model_id, choice)
 
     async def _stream(self, req: Request, events: asyncio.Queue, sched: Scheduler, *, created: int,
                       model_id: str, include_usage: bool, reader: Any,
                       on_end: Callable[[int, str, str | None], None],
-                      shape_logprobs: Callable[[list[tuple]], dict] | None = None) -> AsyncIterator[bytes]:
+                      shape_logprobs: Callable[[list[tuple]], dict] | None = None,
+                      frames: "StreamFrames | None" = None) -> AsyncIterator[bytes]:
         """SSE chunks. Tokens that arrived together are sent as one chunk; a client that goes
         away cancels this generator, and ``finally`` tells the loop to free the slot. Token
         log-probabilities ride on the first chunk sent after their tokens (text held back by a
         reader or a stop string waits, and its logprobs with it)."""
+        frames = frames or StreamFrames()
         base = {"id": req.id, "object": self.chunk_object_name, "created": created, "model": model_id}
         pending: list[tuple] = []  # logprobs entries not yet sent
 
@@ -232,7 +250,7 @@ class OpenAIServing:
             if shape_logprobs is not None and pending:
                 choice = {**choice, "logprobs": shape_logprobs(pending)}
                 pending.clear()
-            return sse({**base, "choices": [choice]})
+            return frames.chunk({**base, "choices": [choice]})
 
         parts: list[str] = []
         finished = False
@@ -240,7 +258,7 @@ class OpenAIServing:
         try:
             opening = self.opening_choice()
             if opening is not None:
-                yield sse({**base, "choices": [opening]})
+                yield frames.chunk({**base, "choices": [opening]})
             while True:
                 ev = await events.get()
                 texts: list[str] = []
@@ -274,18 +292,32 @@ class OpenAIServing:
                 finished = True
                 if done[0] == "error":
                     status, error = 500, done[1]
-                    yield sse({"error": {"message": done[1], "type": "server_error", "code": "engine_error"}})
+                    yield frames.error(done[1])
                 else:
                     yield chunk(self.chunk_choice(None, done[1], reader))
                     if include_usage:
-                        yield sse({**base, "choices": [], "usage": usage(req)})
-                yield SSE_DONE
+                        yield frames.chunk({**base, "choices": [], "usage": usage(req)})
+                yield frames.end()
                 return
         finally:
             if not finished:
                 sched.cancel(req)
                 status, error = 499, "client gone"
             on_end(status, "".join(parts), error)
+
+
+class StreamFrames:
+    """A stream's chunks on the wire, OpenAI's way: each chunk one ``data:`` event, an engine
+    error as ``{"error": …}``, then ``data: [DONE]``."""
+
+    def chunk(self, obj: dict) -> bytes:
+        return sse(obj)
+
+    def error(self, message: str) -> bytes:
+        return sse({"error": {"message": message, "type": "server_error", "code": "engine_error"}})
+
+    def end(self) -> bytes:
+        return SSE_DONE
 
 
 async def _watch_disconnect(receive: Callable[[], Any], put: Callable[[Event], None]) -> None:
