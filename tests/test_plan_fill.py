@@ -57,7 +57,8 @@ def profile_users(name: str) -> int:
 
 @pytest.mark.parametrize("hardware,replicas,per_group,env", [
     ("ascend-910b-x8", 4, 2, ("ASCEND_RT_VISIBLE_DEVICES", ["0,1", "2,3", "4,5", "6,7"])),
-    ("hygon-k100-x8", 8, 1, ("HIP_VISIBLE_DEVICES", [str(i) for i in range(8)])),
+    # Q8_0 over 4 copies of 2 cards reaches gov-office's target: it beats Q6_K on 8 copies of 1.
+    ("hygon-k100-x8", 4, 2, ("HIP_VISIBLE_DEVICES", ["0,1", "2,3", "4,5", "6,7"])),
     ("h800-x8", 8, 1, ("CUDA_VISIBLE_DEVICES", [str(i) for i in range(8)])),
     ("mthreads-s4000-x8", 4, 2, ("MUSA_VISIBLE_DEVICES", ["0,1", "2,3", "4,5", "6,7"])),
     ("a100-80g-x2", 2, 1, ("CUDA_VISIBLE_DEVICES", ["0", "1"])),
@@ -70,7 +71,9 @@ def test_gov_office_fills_every_card_of_the_flagship_boxes(hardware, replicas, p
     assert _used(p) == replicas * per_group and not p.idle
     var, values = env
     assert [chat.visible_env(i) for i in range(chat.replicas)] == [{var: v} for v in values]
-    assert chat.per_user_tok_s > p.throughput.per_user_tok_s  # 20 users spread over the replicas
+    # The search judged the speed with the 20 users spread over the replicas (copies in the search).
+    assert chat.per_user_tok_s == pytest.approx(p.throughput.per_user_tok_s)
+    assert p.throughput.streams == chat.streams_per_replica == -(-20 // replicas)
     assert any(f"{replicas} replicas" in n for n in p.notes)
     # the companions stay on host memory: no device was left
     assert [i.device_groups for i in p.instances[1:]] == [((),), ((),)]
@@ -113,11 +116,11 @@ def test_plan_json_lists_the_instances(cli):
     data = r.json()["data"]
     assert (data["devices_used"], data["devices_total"]) == (8, 8)
     chat = data["instances"][0]
-    assert chat["replica_names"] == [f"chat-{i}" for i in range(8)]
-    assert chat["visible_env"][3] == {"HIP_VISIBLE_DEVICES": "3"}
+    assert chat["replica_names"] == [f"chat-{i}" for i in range(4)]
+    assert chat["visible_env"][3] == {"HIP_VISIBLE_DEVICES": "6,7"}
     assert [i["role"] for i in data["instances"]] == ["chat", "embedding", "rerank"]
     human = cli("plan", "--profile", "gov-office", "--hardware", "hygon-k100-x8")
-    assert "instance chat (chat): deepseek-r1-distill-qwen-32b" in human.stdout and "x 8 on ROCm0" in human.stdout
+    assert "instance chat (chat): deepseek-r1-distill-qwen-32b" in human.stdout and "x 4 on ROCm0" in human.stdout
 
 
 def test_one_replica_on_the_cpu_reports_the_plan_s_own_speed(monkeypatch):

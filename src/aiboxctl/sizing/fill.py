@@ -94,6 +94,18 @@ def _fits_group(estimate: MemoryEstimate, group: tuple[BoxDevice, ...]) -> bool:
     return all(dm.total <= dev.budget for dm, dev in zip(estimate.devices[1:], group))
 
 
+def copies_that_fit(estimate: MemoryEstimate, devices: tuple[BoxDevice, ...], k: int, users: int) -> int:
+    """How many copies of a configuration with all layers on ``k`` devices the box holds: the
+    first on ``devices[:k]``, then one per further group of ``k`` that fits, at most one per user.
+    The model search judges speed with the users spread over these copies (docs/planning.md
+    "Copies in the search"), and :func:`fill_box` makes the same groups."""
+    copies, rest = 1, list(devices[k:]) if k else []
+    while k and len(rest) >= k and copies < max(users, 1) and _fits_group(estimate, tuple(rest[:k])):
+        copies += 1
+        rest = rest[k:]
+    return copies
+
+
 def fill_box(*, profile: UseCaseProfile, box: Box, catalog: Catalog, variant: str, quant: str, file: QuantFile,
              facts: ModelFacts, engine: EngineSettings, estimate: MemoryEstimate, placement: str, k: int,
              used: tuple[BoxDevice, ...], active_params: float, companions: tuple = (),
