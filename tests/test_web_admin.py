@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from webstack import CHROMIUM, STUB_USAGE, admin_stack, launch_chromium
+from webstack import CHROMIUM, STUB_USAGE, admin_stack, launch_chromium, screenshot
 
 from aiboxctl.gateway.admin import local_midnight, read_ledger
 
@@ -116,7 +116,7 @@ def test_the_page_shows_the_admin_view_to_an_admin_key_only(stack, tmp_path):
             assert str(today["by_model"][0]["prompt_tokens"]) in shown
             assert str(today["total"]) in view.locator(".admin-cards").inner_text().replace(",", "")
             assert "今日用量" in view.inner_text()
-            page.screenshot(path=str(tmp_path / "admin.png"))
+            screenshot(page, tmp_path, "admin")
             page.locator("button.lang").click()
             view.locator(".admin-tokens h2").get_by_text("Tokens today").wait_for()  # re-rendered in English
             page.locator("#back-to-chat").click()

@@ -1,20 +1,21 @@
 """The chat page in a real browser (issue 17): Debian's Chromium driven by Playwright, against the
 front door with a real SmolLM2 engine behind it and a stub replaying recorded DeepSeek-R1
 streams. Every test records the page's requests and ends by checking that each one went to the
-front door's origin. Screenshots of the main states go to docs/web/ (docs/web.md shows them)."""
+front door's origin. Screenshots of the main states are taken in the test's temporary folder and
+checked there; AIBOX_WEB_SCREENSHOTS=1 also copies them to docs/web/ (docs/web.md shows them)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from webstack import CHROMIUM, FIXTURES, GOOD_KEY, launch_chromium, web_stack
+from webstack import CHROMIUM, DOC_SHOTS, FIXTURES, GOOD_KEY, SHOTS_ENV, launch_chromium, screenshot, web_stack
 
 pytestmark = pytest.mark.slow
 
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "web"
 SEND_TIMEOUT = 600_000  # ms; a hang guard: on a loaded 2-core box SmolLM2 took 120 s for 57 events
 
 
@@ -39,8 +40,8 @@ def browser():
 class Page:
     """A fresh browser profile on the page, with every request it makes recorded."""
 
-    def __init__(self, browser, base: str, **context) -> None:
-        self.base = base
+    def __init__(self, browser, base: str, shots: Path | None = None, **context) -> None:
+        self.base, self.shots = base, shots
         self.context = browser.new_context(locale="zh-CN", viewport={"width": 1200, "height": 800},
                                            accept_downloads=True, **context)
         self.page = self.context.new_page()
@@ -70,8 +71,7 @@ class Page:
         return self.page.locator("article.msg.assistant .body")
 
     def shot(self, name: str) -> None:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SHOTS / f"{name}.png"))
+        screenshot(self.page, self.shots, name)
 
     def close(self) -> None:
         self.context.close()
@@ -80,9 +80,21 @@ class Page:
         assert self.requests, "no request was recorded"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def docs_untouched():
+    """Without AIBOX_WEB_SCREENSHOTS=1 a test run leaves docs/web/*.png as they are."""
+    def state() -> dict:
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(DOC_SHOTS.glob("*.png"))}
+
+    before = state()
+    yield
+    if os.environ.get(SHOTS_ENV) != "1":
+        assert state() == before, "a test rewrote docs/web/*.png (only AIBOX_WEB_SCREENSHOTS=1 may)"
+
+
 @pytest.fixture
-def web(browser, base):
-    p = Page(browser, base)
+def web(browser, base, tmp_path):
+    p = Page(browser, base, shots=tmp_path)
     yield p
     p.close()
 

@@ -7,6 +7,9 @@ tests/test_web_page.py and bench/web.py; Chromium is Debian's, driven by Playwri
 
 import asyncio
 import contextlib
+import os
+import shutil
+import struct
 import threading
 import time
 from pathlib import Path
@@ -148,6 +151,48 @@ def admin_stack(tmp: Path, *, stub_delay_s: float = 0.01) -> Iterator[tuple[str,
                 yield f"http://127.0.0.1:{front.port}", keys
     finally:
         access.close()
+
+
+DOC_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "web"
+# Set to 1 to refresh docs/web/*.png from a test run (the explicit step docs/web.md names);
+# otherwise the screenshots stay in the test's temporary folder.
+SHOTS_ENV = "AIBOX_WEB_SCREENSHOTS"
+
+
+def screenshot(page, folder: Path, name: str) -> Path:
+    """The page's viewport as ``folder/name.png``, checked to be a PNG of the viewport's size and
+    to render its Chinese text in a CJK font (a box without one shows boxes: .ci/run installs
+    fonts-wqy-microhei); copied to docs/web/ only when AIBOX_WEB_SCREENSHOTS=1."""
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path))
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    size = page.viewport_size
+    assert struct.unpack(">II", head[16:24]) == (size["width"], size["height"]), f"{path}: not the viewport's size"
+    assert_cjk_font(page)
+    if os.environ.get(SHOTS_ENV) == "1":
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOC_SHOTS / path.name)
+    return path
+
+
+def assert_cjk_font(page) -> None:
+    """Every platform font Chromium used for the page's title (Chinese in zh-CN) has the glyphs:
+    without a CJK font the text falls back to one that draws boxes (.notdef)."""
+    if page.evaluate("document.documentElement.lang") != "zh-CN":
+        return
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("DOM.enable")
+        cdp.send("CSS.enable")
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "h1"})["nodeId"]
+        fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    finally:
+        cdp.detach()
+    cjk = ("WenQuanYi", "Noto Sans CJK", "Noto Serif CJK", "Source Han", "Droid Sans Fallback", "AR PL")
+    assert any(f["familyName"].startswith(cjk) for f in fonts), \
+        f"the Chinese title is drawn in {fonts}: no CJK font (apt-get install fonts-wqy-microhei)"
 
 
 def launch_chromium(playwright):
