@@ -95,7 +95,7 @@ def main() -> None:
             page.press("#prompt", "Enter")
             page.locator("#send").wait_for(timeout=300_000)
             marks = page.evaluate("Object.fromEntries(['aibox:request-sent', 'aibox:first-token-received', "
-                                  "'aibox:first-token-shown'].map(n => [n, performance.getEntriesByName(n)]"
+                                  "'aibox:first-token-shown'].map(n => [n, performance.getEntriesByName(n)"
                                   ".map(e => e.startTime)]))")
             assert all(len(v) <= 1 for v in marks.values()), f"a mark was set twice in one answer: {marks}"
             marks = {k: v[0] for k, v in marks.items() if v}
