@@ -205,6 +205,8 @@ def write(shape: Shape, out_dir: Path, tokenizer: dict[str, Any], *, small: bool
 CHECK_CHILD = r"""
 import json, sys
 import llama_cpp as L
+from aiboxctl.engine.llama import load_backends
+load_backends(L)  # a portable/CUDA wheel (GGML_BACKEND_DL) loads no backend by itself
 L.llama_backend_init()
 p = L.llama_model_default_params()
 p.n_gpu_layers = 0

@@ -1,0 +1,886 @@
+#!/usr/bin/env python3
+"""The prepared device check (issue 18): one command that proves, on a GPU box lent for minutes,
+the CUDA engine, full offload, the memory model and the speed against llama-server — and its CPU
+rehearsal (``--cpu``), which CI runs (tests/test_device_check.py).
+
+Steps, in order of what matters most, each time-boxed (a step that fails or runs out of time is
+recorded and the next one runs; the JSON is rewritten after every step, so a killed run still
+leaves what it measured):
+
+1. ``install``: the carried wheels (``--prepare`` made them) into a private prefix
+   (``pip install --no-index --no-deps --prefix``): the engine wheel, aiboxctl, the packages the
+   device's Python lacks; ``probe``: ``aiboxctl probe --json`` (NVML and nvidia-smi) and NVML
+   read directly; ``synth-7b``: the Qwen2.5-7B-shaped Q4_K_M (``bench/synth_models.py``);
+   ``selftest``: the engine's self-test with full offload.
+2. ``sizing-7b`` / ``sizing-32b``: per model × three settings (context, slots, KV type)
+   ``estimate`` and ``estimate --exact`` against what a real ``aiboxctl serve`` uses once loaded:
+   llama.cpp's buffers per device (its load log) and the GPU memory NVML sees taken (on the CPU,
+   the process RSS stands in). Goal ≤ 3 % and never under.
+3. ``speed``: ``aiboxctl serve`` against llama-server (``bench/anchor.py``; on the device the
+   shared build running on the engine wheel's own libraries) at 1/8/32/64 streams, full offload,
+   ``ignore_eos``: aggregate tok/s, TTFT, the ratio, and the engine's host time per step and per
+   token from its /metrics.
+4. ``plan``: ``aiboxctl plan --profile gov-office`` on the probed box, and the same profile for
+   the synthetic 7B at each stream count, against what ``speed`` measured.
+5. ``device-check.json`` and ``device-check.md`` in ``$OUT`` (or ``--out``).
+
+Here, once, before the device (prints the carry folder's size; the tree that travels ≤ 64 MiB):
+
+    .venv/bin/python bench/device_check.py --prepare .carry [--engine-wheel WHEEL]
+
+On the device (docs/gpu.md has the exact ``run`` call, carry list and timeout):
+
+    python3 bench/device_check.py --carry .carry --budget 450
+
+Here, the rehearsal (small shapes, CPU engine and CPU llama-server, a few minutes on 2 cores):
+
+    .venv/bin/python bench/device_check.py --cpu --out /tmp/device-check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
+
+GOAL_SIZING = 0.03  # ≤ 3 % and never under
+GOAL_SPEED = {1: 1.0, 64: 0.95}  # aiboxctl / llama-server aggregate, at that many streams
+MiB = 2**20
+
+# The packages the device's python3 (/opt/torch/.venv, Python 3.12) already has, from
+# /work/.library/device/KINDS.md (read 2026-11-17); --prepare carries every other runtime
+# dependency of aiboxctl as a cp312 manylinux wheel. typer is carried anyway: aiboxctl pins a
+# range (Typer 0.26 moved Click into a private module) and the device's version is not known.
+DEVICE_HAS = frozenset("""
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
+charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
+cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock
+flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx
+huggingface-hub humanize hypothesis idna imageio interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib
+jaxtyping jinja2 joblib kiwisolver lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml
+markdown markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict
+multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda numpy numpyro nvidia-cublas
+nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile
+nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py nvidia-nccl-cu13
+nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript opencv-python-headless
+optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint packaging pandas pathspec patsy peft pillow pip
+pluggy portalocker prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments
+pyparsing pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout
+pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors
+scikit-build-core scikit-image scikit-learn scipy seaborn sentencepiece sentence-transformers setuptools
+shellingham simplejson six sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server
+tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric
+torchmetrics torchvision tqdm transformers treescope triton typing-extensions typing-inspect urllib3 uvloop
+wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
+""".split())
+ALWAYS_CARRY = frozenset({"typer"})
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_24_x86_64")
+TREE_LIMIT = 64 * MiB
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What differs between the device run and the CPU rehearsal."""
+
+    cpu: bool
+    gpu_layers: int
+    streams: tuple[int, ...]
+    tokens: int
+    settings: tuple[dict, ...]  # sizing: ctx, parallel, kv
+    models: tuple[str, ...]  # synth_models keys
+    small: bool = False  # the small shapes (always with --cpu)
+
+    @staticmethod
+    def device() -> Mode:
+        return Mode(False, -1, (1, 8, 32, 64), 128,
+                    ({"ctx": 8192, "parallel": 1, "kv": "f16"}, {"ctx": 65536, "parallel": 16, "kv": "f16"},
+                     {"ctx": 131072, "parallel": 64, "kv": "q8_0"}), ("7b", "32b"))
+
+    @staticmethod
+    def rehearsal() -> Mode:
+        return Mode(True, 0, (1, 4), 16,
+                    ({"ctx": 2048, "parallel": 1, "kv": "f16"}, {"ctx": 8192, "parallel": 4, "kv": "f16"},
+                     {"ctx": 8192, "parallel": 8, "kv": "q8_0"}), ("7b", "32b"), small=True)
+
+
+@dataclass
+class Run:
+    mode: Mode
+    out: Path
+    deadline: float
+    carry: Path
+    work: Path  # models, site-packages, configs, logs
+    threads: int
+    python: str = sys.executable
+    aiboxctl: list[str] = field(default_factory=list)
+    site: Path | None = None  # where the carried wheels were installed (device)
+    models: dict[str, dict] = field(default_factory=dict)  # key -> synth_models.write() result
+    steps: dict[str, dict] = field(default_factory=dict)
+    step_deadline: float = 0.0
+    started: str = ""
+
+    def left(self) -> float:
+        return min(self.deadline, self.step_deadline) - time.monotonic()
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rel_error(est: float, measured: float) -> float | None:
+    """(estimate − measured) / measured; 0 within two log lines' 0.01 MiB rounding."""
+    if not measured:
+        return None
+    if abs(est - measured) <= 0.02 * MiB:
+        return 0.0
+    return (est - measured) / measured
+
+
+def cli(run: Run, *args: str, timeout: float | None = None) -> dict:
+    """One ``aiboxctl --json`` command: its envelope (exit code added), never raising on a failure."""
+    t = max(1.0, min(timeout or run.left(), run.left()))
+    try:
+        p = subprocess.run([*run.aiboxctl, "--json", *args], capture_output=True, text=True, timeout=t,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "exit_code": None, "errors": [{"message": f"timed out after {t:.0f} s"}], "data": {}}
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        doc = {"ok": False, "data": {}, "errors": [{"message": (p.stderr.strip().splitlines() or ["no output"])[-1]}]}
+    doc["exit_code"] = p.returncode
+    return doc
+
+
+def nvml_gpus() -> list[dict]:
+    """Every GPU's name and memory (bytes) through NVML; [] without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no library: a CPU box
+        return []
+    out = []
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+        name = pynvml.nvmlDeviceGetName(h)
+        out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                    "total": int(mem.total), "used": int(mem.used)})
+    return out
+
+
+def gpu_used() -> int | None:
+    gpus = nvml_gpus()
+    return sum(g["used"] for g in gpus) if gpus else None
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class Server:
+    """A server process (aiboxctl or llama-server) with its log, up once /health answers 200."""
+
+    def __init__(self, name: str, argv: list[str], port: int, timeout: float, env: dict | None = None,
+                 cwd: Path | None = None, log_dir: Path | None = None) -> None:
+        import httpx
+
+        self.name, self.port = name, port
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=log_dir)[1])
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=cwd, start_new_session=True)
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} not healthy within {timeout:.0f} s: {self.tail()}")
+            try:
+                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, n: int = 3) -> str:
+        lines = [ln.strip() for ln in self.log().splitlines() if ln.strip()]
+        return " | ".join(lines[-n:])[-600:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def metrics(self) -> dict[str, float]:
+        import httpx
+
+        out: dict[str, float] = {}
+        try:
+            text = httpx.get(self.base + "/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return out
+        for line in text.splitlines():
+            m = re.match(r"^(aibox_engine_\w+?)(?:_total)?(?:\{[^}]*\})?\s+([-\d.e+]+)$", line)
+            if m:
+                out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+        return out
+
+
+def engine_yaml(run: Run, model: str, *, ctx: int, parallel: int, kv: str = "f16", port: int) -> Path:
+    import yaml
+
+    cfg = {"model": model, "port": port, "n_ctx": ctx, "parallel": parallel, "cache_type_k": kv,
+           "cache_type_v": kv, "flash_attn": "on", "n_gpu_layers": run.mode.gpu_layers, "repack": False,
+           "threads": run.threads, "threads_batch": run.threads, "selftest": False,
+           "max_tokens_cap": 4096, "queue_size": 256}
+    path = run.work / f"engine-{Path(model).stem}-{ctx}-{parallel}-{kv}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def serve(run: Run, model: str, *, ctx: int, parallel: int, kv: str = "f16") -> Server:
+    port = free_port()
+    cfg = engine_yaml(run, model, ctx=ctx, parallel=parallel, kv=kv, port=port)
+    return Server("aiboxctl", [*run.aiboxctl, "--verbose", "serve", "--config", str(cfg)], port,
+                  timeout=max(5.0, run.left() - 5), log_dir=run.work)
+
+
+def llama_buffers(log: str) -> dict[str, dict[str, int]]:
+    """llama.cpp's buffers per device from a real load's log (aiboxctl's log prefixes each of
+    llama.cpp's lines with 'llama.cpp: '), read by sizing's own parser."""
+    from aiboxctl.sizing.dryrun import parse_buffer_lines
+
+    lines = [ln.split("llama.cpp: ", 1)[1] for ln in log.splitlines() if "llama.cpp: " in ln]
+    return parse_buffer_lines(lines, mode="real")["devices"]
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+def step_install(run: Run) -> dict:
+    """Device: the carried wheels into ``work/prefix``; children find them through PYTHONPATH."""
+    if run.mode.cpu:
+        run.aiboxctl = [str(Path(sys.executable).with_name("aiboxctl"))]
+        info = subprocess.run([sys.executable, "-c", "import llama_cpp as L; print(L.__version__, "
+                               "bool(L.llama_supports_gpu_offload()))"], capture_output=True, text=True,
+                              timeout=max(1, run.left()))
+        return {"skipped_install": "--cpu uses this environment's engine", "engine": info.stdout.strip()}
+    wheels = sorted((run.carry / "wheels").glob("*.whl"))
+    if not wheels:
+        raise RuntimeError(f"no wheels in {run.carry / 'wheels'} (run --prepare here first, and carry it)")
+    # --prefix, not --target: llama-cpp-python keeps its backend modules in site-packages/bin,
+    # which --target shares with every wheel's scripts (the last wheel's bin/ replaces the others)
+    prefix = run.work / "prefix"
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--prefix", str(prefix), *map(str, wheels)],
+                       capture_output=True, text=True, timeout=max(1, run.left()))
+    if p.returncode:
+        raise RuntimeError(f"pip install failed: {p.stderr.strip()[-500:]}")
+    import sysconfig
+
+    site = Path(sysconfig.get_path("purelib", "posix_prefix", vars={"base": str(prefix), "platbase": str(prefix)}))
+    if not (site / "llama_cpp").is_dir():
+        raise RuntimeError(f"the engine wheel did not land in {site}")
+    run.site = site
+    # CUDA runtime and cuBLAS: the toolkit's, and the nvidia-* wheels of the device's python
+    libs = [str(site / "llama_cpp" / "lib")]
+    libs += [str(d) for base in map(Path, sys.path) if base.is_dir() for d in sorted(base.glob("nvidia/*/lib"))]
+    libs += [d for d in ("/usr/local/cuda/lib64", "/usr/local/nvidia/lib64") if Path(d).is_dir()]
+    old = os.environ.get("LD_LIBRARY_PATH")
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([*dict.fromkeys(libs), *([old] if old else [])])
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PATH"] = os.pathsep.join([str(prefix / "bin"), os.environ.get("PATH", "")])
+    sys.path.insert(0, str(site))
+    import importlib
+
+    importlib.invalidate_caches()
+    exe = prefix / "bin" / "aiboxctl"
+    run.aiboxctl = [str(exe)] if exe.is_file() else [sys.executable, "-c",
+                                                        "import sys; from aiboxctl.cli.app import main; sys.exit(main())"]
+    info = subprocess.run([sys.executable, "-c", "import llama_cpp as L, aiboxctl, fastapi, gguf; "
+                           "print(L.__version__, bool(L.llama_supports_gpu_offload()), aiboxctl.__version__)"],
+                          capture_output=True, text=True, timeout=max(1, run.left()))
+    if info.returncode:
+        raise RuntimeError(f"the installed engine does not import: {info.stderr.strip()[-500:]}")
+    return {"wheels": [w.name for w in wheels], "site": str(site), "engine": info.stdout.strip(),
+            "ld_library_path": os.environ["LD_LIBRARY_PATH"]}
+
+
+def step_probe(run: Run) -> dict:
+    doc = cli(run, "probe", timeout=60)
+    data = doc.get("data") or {}
+    gpus = nvml_gpus()
+    out = {"exit_code": doc["exit_code"], "errors": doc.get("errors"), "nvml": gpus,
+           "accelerators": data.get("accelerators"), "engine": data.get("engine"), "cpu": data.get("cpu"),
+           "memory": data.get("memory"), "warnings": data.get("warnings")}
+    if doc["exit_code"] != 0:
+        raise StepFailed("aiboxctl probe failed", out)
+    if not run.mode.cpu and not gpus:
+        raise StepFailed("NVML sees no GPU", out)
+    return out
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, message: str, data: dict) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+def models_dir(run: Run, need: int) -> Path:
+    """/dev/shm when it has room (no disk in the way), else the work folder."""
+    shm = Path("/dev/shm")
+    if not run.mode.cpu and shm.is_dir() and shutil.disk_usage(shm).free > need * 1.2:
+        d = shm / "aibox-synth"
+        d.mkdir(exist_ok=True)
+        return d
+    d = run.work / "models"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def step_synth(key: str) -> Callable[[Run], dict]:
+    def go(run: Run) -> dict:
+        import synth_models as sm
+
+        tok_file = run.carry / sm.TOKENIZER_FILE
+        tok = sm.load_tokenizer(tok_file if tok_file.is_file() else None)
+        shapes = sm.SMALL if run.mode.small else sm.SHAPES
+        need = 2**30 if run.mode.small else {"7b": 5 * 2**30, "32b": 19 * 2**30}[key]
+        written = sm.write(shapes[key], models_dir(run, need), tok, small=run.mode.small)
+        written["check"] = sm.check(written, timeout=max(5, run.left()))
+        run.models[key] = written
+        if not (written["check"].get("loaded") and written["check"].get("sizes_match")):
+            raise StepFailed("llama.cpp did not load it with the written sizes", written)
+        return written
+
+    return go
+
+
+def step_selftest(run: Run) -> dict:
+    model = run.models["7b"]["path"]
+    code = ("import json, sys\n"
+            "from aiboxctl.engine.config import engine_config_from_mapping\n"
+            "from aiboxctl.engine.selftest import run_selftest\n"
+            f"cfg = engine_config_from_mapping({{'model': {model!r}, 'n_ctx': 4096, 'parallel': 1, "
+            f"'n_gpu_layers': {run.mode.gpu_layers}, 'threads': {run.threads}}})\n"
+            f"print(json.dumps(run_selftest(cfg, timeout={max(5.0, run.left() - 5):.0f}).to_dict()))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=max(1, run.left()))
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"self-test produced no result: {p.stderr.strip()[-500:]}")
+    res = json.loads(lines[-1])
+    out = {"ok": res["ok"], "fallback": res.get("fallback"), "fallback_reason": res.get("fallback_reason"),
+           "attempts": [{k: a.get(k) for k in ("name", "ok", "reason", "signal", "seconds", "tokens")}
+                        for a in res.get("attempts", [])],
+           "n_gpu_layers": (res.get("config") or {}).get("n_gpu_layers")}
+    if not res["ok"]:
+        raise StepFailed("the self-test failed", out)
+    if run.mode.gpu_layers and out["n_gpu_layers"] != run.mode.gpu_layers:
+        # a CPU-side fallback (repack off on a CPU whose AMX faults) keeps the offload: not a failure
+        raise StepFailed(f"full offload did not pass (fallback {res['fallback']}: {res.get('fallback_reason')})", out)
+    return out
+
+
+def step_sizing(key: str) -> Callable[[Run], dict]:
+    def go(run: Run) -> dict:
+        model = run.models[key]["path"]
+        cells = []
+        for s in run.mode.settings:
+            if run.left() < 10:
+                cells.append({**s, "skipped": "no time left"})
+                continue
+            args = ["estimate", model, "--ctx", str(s["ctx"]), "--parallel", str(s["parallel"]),
+                    "--cache-type-k", s["kv"], "--cache-type-v", s["kv"], "--flash-attn", "on",
+                    "--gpu-layers", str(run.mode.gpu_layers)]
+            est = cli(run, *args, timeout=60)
+            exact = cli(run, *args, "--exact", timeout=120)
+            cell: dict[str, Any] = {**s, "estimate": (est.get("data") or {}).get("devices"),
+                                    "exact": (exact.get("data") or {}).get("devices"),
+                                    "errors": [e.get("message") for d in (est, exact) for e in d.get("errors") or []]}
+            before = gpu_used()
+            try:
+                srv = serve(run, model, ctx=s["ctx"], parallel=s["parallel"], kv=s["kv"])
+            except (RuntimeError, OSError) as e:
+                cell["measured_error"] = str(e)
+                cells.append(cell)
+                continue
+            try:
+                after = gpu_used()
+                cell["measured"] = llama_buffers(srv.log())
+                cell["rss"] = rss_bytes(srv.proc.pid)
+                if before is not None and after is not None:
+                    cell["nvml_used"] = after - before
+            finally:
+                srv.stop()
+            cell["compare"] = compare(run, cell)
+            cells.append(cell)
+        worst = [c["compare"] for c in cells if "compare" in c]
+        if not any(e is not None for c in worst for src in c.values() for e in src["errors"].values()):
+            raise StepFailed("no buffer compared (no device in the load log or the estimate matching "
+                             f"{'the host' if run.mode.cpu else 'a GPU'})", {"model": key, "cells": cells})
+        return {"model": key, "cells": cells,
+                "worst": max((abs(e) for c in worst for src in c.values() for e in src["errors"].values()
+                              if e is not None), default=None),
+                "under": [f"{key} ctx={c['ctx']} par={c['parallel']} {c['kv']}: {src}.{k}"
+                          for c in cells if "compare" in c for src, v in c["compare"].items()
+                          for k, e in v["errors"].items() if e is not None and e < 0]}
+
+    return go
+
+
+BUFFERS = ("weights", "kv_cache", "compute", "output")
+
+
+def compare(run: Run, cell: dict) -> dict:
+    """Per buffer and in total: estimate and --exact against the real load. On a GPU the
+    accelerator (its buffers, and NVML's used memory against the device's estimated total); on the
+    CPU the host's buffers (repack off in both), and its total against the process RSS."""
+    measured = cell["measured"]
+    gpu_names = [d for d in measured if d != "host"]
+    out = {}
+    for src in ("estimate", "exact"):
+        devs = cell.get(src) or {}
+        if not devs:
+            continue
+        if run.mode.cpu:
+            est_dev, meas_dev = devs.get("host", {}), measured.get("host", {})
+            total_est = est_dev.get("total", 0) - est_dev.get("repack", 0)
+            total_meas = cell.get("rss")
+        else:
+            est_name = next((d for d in devs if d != "host"), None)
+            est_dev = devs.get(est_name, {}) if est_name else {}
+            meas_dev = measured.get(gpu_names[0], {}) if gpu_names else {}
+            total_est = est_dev.get("total", 0)
+            total_meas = cell.get("nvml_used")
+        errors = {b: rel_error(est_dev.get(b, 0), meas_dev.get(b, 0)) for b in BUFFERS if meas_dev.get(b)}
+        total = rel_error(total_est, total_meas) if total_meas else None
+        if not run.mode.cpu and total is not None:
+            errors["total"] = total  # NVML counts what cudaMalloc committed: the device's real use
+        out[src] = {"errors": errors, "estimated": {b: est_dev.get(b) for b in (*BUFFERS, "total")},
+                    "measured": {**{b: meas_dev.get(b) for b in BUFFERS},
+                                 "total": total_meas, "total_is": "process RSS" if run.mode.cpu else "NVML used"},
+                    # RSS counts only touched pages (mmapped weights, an untouched compute buffer):
+                    # shown, never a goal
+                    "total_vs_measured": total}
+    return out
+
+
+def step_speed(run: Run) -> dict:
+    import anchor
+    from serve_throughput import run_level
+
+    model = run.models["7b"]["path"]
+    streams = run.mode.streams
+    slots = max(streams)
+    slot_ctx = 512
+    if run.mode.cpu:
+        exe, env, cwd = anchor.llama_server(), None, None
+        if not exe.is_file():
+            raise RuntimeError("the CPU llama-server did not build")
+    else:
+        exe = run.carry / "llama-server"
+        if not exe.is_file():
+            raise RuntimeError(f"{exe} missing (--prepare copies bench/anchor.py's shared build)")
+        env, cwd = anchor.anchor_env(run.site)
+    ls_argv = [str(exe), "-m", model, "--host", "127.0.0.1", "-t", str(run.threads), "-tb", str(run.threads),
+               "-c", str(slots * slot_ctx), "-np", str(slots), "-b", "512", "-ub", "512", "--kv-unified",
+               "-fa", "on", "--metrics", "--no-repack", "-ngl", "999" if run.mode.gpu_layers else "0"]
+    results: dict[str, dict] = {}
+    notes = []
+    for name in ("llama-server", "aiboxctl"):
+        if run.left() < 15:
+            notes.append(f"{name}: skipped, no time left")
+            continue
+        try:
+            if name == "llama-server":
+                port = free_port()
+                srv = Server(name, [*ls_argv, "--port", str(port)], port, timeout=max(5.0, run.left() - 5),
+                             env=env, cwd=cwd, log_dir=run.work)
+            else:
+                srv = serve(run, model, ctx=slots * slot_ctx, parallel=slots)
+        except (RuntimeError, OSError) as e:  # did not start or not healthy: the other server still runs
+            notes.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        try:
+            run_level(srv.base, 1, 8)  # warm-up
+            results[name] = {"levels": {}, "gpu_used": gpu_used(), "rss": rss_bytes(srv.proc.pid)}
+            for n in streams:
+                if run.left() < 5:
+                    notes.append(f"{name}: {n} streams skipped, no time left")
+                    continue
+                m0 = srv.metrics() if name == "aiboxctl" else {}
+                r = run_level(srv.base, n, run.mode.tokens)
+                if m0:
+                    m1 = srv.metrics()
+                    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
+                    steps, toks = d.get("aibox_engine_steps", 0), d.get("aibox_engine_sampled_tokens", 0)
+                    r["host_us_per_step"] = 1e6 * d.get("aibox_engine_host_seconds", 0) / steps if steps else None
+                    r["host_us_per_token"] = 1e6 * d.get("aibox_engine_host_seconds", 0) / toks if toks else None
+                    r["decode_ms_per_step"] = 1e3 * d.get("aibox_engine_decode_seconds", 0) / steps if steps else None
+                results[name]["levels"][str(n)] = r
+        except Exception as e:  # a level that breaks ends this server's levels, not the step
+            notes.append(f"{name}: {type(e).__name__}: {e}")
+        finally:
+            srv.stop()
+    ratios = {}
+    for n in streams:
+        ls = results.get("llama-server", {}).get("levels", {}).get(str(n))
+        ab = results.get("aiboxctl", {}).get("levels", {}).get(str(n))
+        if ls and ab:
+            ratios[str(n)] = {"aggregate": ab["aggregate"] / ls["aggregate"],
+                              "ttft_p50": ab["ttft_p50"] / ls["ttft_p50"] if ls["ttft_p50"] else None}
+    out = {"streams": list(streams), "tokens": run.mode.tokens, "servers": results, "ratios": ratios, "notes": notes}
+    if not ratios:
+        raise StepFailed("no stream level measured on both servers", out)
+    return out
+
+
+def step_plan(run: Run) -> dict:
+    box = cli(run, "plan", "--profile", "gov-office", timeout=60)
+    data = box.get("data") or {}
+    chosen = {"exit_code": box["exit_code"], "variant": data.get("variant"), "quant": data.get("quant"),
+              "engine": {k: (data.get("engine") or {}).get(k) for k in ("n_ctx", "parallel", "n_gpu_layers",
+                                                                        "cache_type_k", "flash_attn")},
+              "throughput": data.get("throughput") or (data.get("closest") or {}),
+              "errors": box.get("errors")}
+    measured = (run.steps.get("speed", {}).get("data") or {}).get("servers", {}).get("aiboxctl", {}).get("levels", {})
+    levels = {}
+    for n in run.mode.streams:
+        if run.left() < 5:
+            break
+        doc = cli(run, "plan", "--profile", "gov-office", "--model", run.models["7b"]["path"], "--users", str(n),
+                  "--target-tok-s", "0.01", timeout=60)
+        tp = (doc.get("data") or {}).get("throughput") or {}
+        got = measured.get(str(n))
+        levels[str(n)] = {"exit_code": doc["exit_code"], "predicted_aggregate": tp.get("aggregate_tok_s"),
+                          "predicted_per_user": tp.get("per_user_tok_s"), "depth": tp.get("depth"),
+                          "measured_aggregate": got["aggregate"] if got else None,
+                          "error": (tp["aggregate_tok_s"] - got["aggregate"]) / got["aggregate"]
+                          if got and tp.get("aggregate_tok_s") else None}
+    return {"box": chosen, "synthetic_7b": levels}
+
+
+# --- running, recording, reporting ------------------------------------------------------------
+
+STEPS: tuple[tuple[str, float, Callable[[Run], dict]], ...] = (
+    ("install", 90, step_install),
+    ("probe", 60, step_probe),
+    ("synth-7b", 90, step_synth("7b")),
+    ("selftest", 90, step_selftest),
+    ("speed", 150, step_speed),
+    ("plan", 40, step_plan),
+    ("sizing-7b", 90, step_sizing("7b")),
+    ("synth-32b", 90, step_synth("32b")),
+    ("sizing-32b", 120, step_sizing("32b")),
+)
+NEEDS = {"selftest": "synth-7b", "speed": "synth-7b", "plan": "synth-7b", "sizing-7b": "synth-7b",
+         "sizing-32b": "synth-32b"}
+
+
+def run_steps(run: Run) -> None:
+    for name, box, fn in STEPS:
+        t0 = time.monotonic()
+        record: dict[str, Any] = {"status": "ok", "seconds": 0.0, "box_s": box, "error": None, "data": {}}
+        need = NEEDS.get(name)
+        if need and run.steps.get(need, {}).get("status") != "ok":
+            record.update(status="skipped", error=f"needs {need}")
+        elif name != "install" and not run.aiboxctl:
+            record.update(status="skipped", error="needs install")
+        elif run.deadline - t0 < 10:
+            record.update(status="skipped", error="no time left in the budget")
+        else:
+            run.step_deadline = t0 + box
+            print(f"[{name}] (≤ {min(box, run.deadline - t0):.0f} s)…", file=sys.stderr, flush=True)
+            try:
+                record["data"] = fn(run)
+            except StepFailed as e:
+                record.update(status="failed", error=str(e), data=e.data)
+            except BaseException as e:  # recorded, and the next step runs (Ctrl-C still stops)
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                record.update(status="failed", error=f"{type(e).__name__}: {e}"[:800],
+                              traceback=traceback.format_exc()[-2000:])
+            if time.monotonic() > min(run.deadline, t0 + box) and record["status"] == "ok":
+                record["over_box"] = True
+        record["seconds"] = round(time.monotonic() - t0, 1)
+        run.steps[name] = record
+        print(f"[{name}] {record['status']} in {record['seconds']} s" + (f": {record['error']}" if record["error"] else ""),
+              file=sys.stderr, flush=True)
+        write_report(run)
+
+
+def summary(run: Run) -> dict:
+    s: dict[str, Any] = {"steps": {n: r["status"] for n, r in run.steps.items()}}
+    sizing = [run.steps[n]["data"] for n in ("sizing-7b", "sizing-32b") if run.steps.get(n, {}).get("data")]
+    worst = [d["worst"] for d in sizing if d.get("worst") is not None]
+    s["sizing_worst_error"] = max(worst) if worst else None
+    s["sizing_under"] = [u for d in sizing for u in d.get("under", [])]
+    speed = (run.steps.get("speed") or {}).get("data") or {}
+    s["speed_ratios"] = {n: r["aggregate"] for n, r in (speed.get("ratios") or {}).items()}
+    plan = ((run.steps.get("plan") or {}).get("data") or {}).get("synthetic_7b") or {}
+    s["plan_errors"] = {n: v["error"] for n, v in plan.items() if v.get("error") is not None}
+    goals = {}
+    if s["sizing_worst_error"] is not None:
+        goals["sizing ≤ 3 % and never under"] = s["sizing_worst_error"] <= GOAL_SIZING and not s["sizing_under"]
+    for n, goal in GOAL_SPEED.items():
+        if str(n) in s["speed_ratios"]:
+            goals[f"speed ≥ {goal}× at {n} stream(s)"] = s["speed_ratios"][str(n)] >= goal
+    s["goals"] = goals
+    return s
+
+
+def write_report(run: Run) -> None:
+    doc = {"version": 1, "mode": "cpu" if run.mode.cpu else "device", "started": run.started,
+           "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                       "cores": os.cpu_count(), "loadavg": Path("/proc/loadavg").read_text().split()[:3]
+                       if Path("/proc/loadavg").exists() else None, "gpus": nvml_gpus()},
+           "settings": {"streams": list(run.mode.streams), "tokens": run.mode.tokens,
+                        "sizing": list(run.mode.settings), "gpu_layers": run.mode.gpu_layers, "threads": run.threads},
+           "steps": run.steps, "summary": summary(run)}
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "device-check.json").write_text(json.dumps(doc, indent=1, default=str))
+    (run.out / "device-check.md").write_text(markdown(doc))
+
+
+def _pct(e: float | None) -> str:
+    return "-" if e is None else f"{e:+.1%}"
+
+
+def markdown(doc: dict) -> str:
+    m = doc["machine"]
+    gpus = ", ".join(f"{g['name']} ({g['total'] / 2**30:.0f} GiB)" for g in m["gpus"]) or "none"
+    lines = [f"# Device check ({doc['mode']}), {doc['started']}", "",
+             f"Machine: {m['host']}, {m['cores']} cores, load {' '.join(m['loadavg'] or [])}, GPUs: {gpus}.", "",
+             "| step | status | seconds | note |", "|---|---|---|---|"]
+    for name, r in doc["steps"].items():
+        lines.append(f"| {name} | {r['status']} | {r['seconds']} | {(r.get('error') or '').replace('|', '/')[:160]} |")
+    steps = doc["steps"]
+    for key in ("sizing-7b", "sizing-32b"):
+        data = (steps.get(key) or {}).get("data") or {}
+        if not data.get("cells"):
+            continue
+        total_is = "process RSS: touched pages only, not a goal" if doc["mode"] == "cpu" else "NVML used"
+        lines += ["", f"## {key}: estimate / --exact vs the real load (total against {total_is})", "",
+                  "| ctx | slots | KV | " + " | ".join(f"{b} est/exact" for b in (*BUFFERS, "total")) + " |",
+                  "|---|---|---|" + "---|" * (len(BUFFERS) + 1)]
+        for c in data["cells"]:
+            cmp_ = c.get("compare") or {}
+            row = [str(c["ctx"]), str(c["parallel"]), c["kv"]]
+            for b in BUFFERS:
+                row.append(" / ".join(_pct((cmp_.get(src) or {}).get("errors", {}).get(b)) for src in ("estimate", "exact")))
+            row.append(" / ".join(_pct((cmp_.get(src) or {}).get("total_vs_measured")) for src in ("estimate", "exact")))
+            if not cmp_:
+                row[-1] = c.get("measured_error") or c.get("skipped") or "not measured"
+            lines.append("| " + " | ".join(row) + " |")
+    speed = (steps.get("speed") or {}).get("data") or {}
+    if speed.get("servers"):
+        lines += ["", f"## speed: 7B shape, {speed['tokens']} tokens per stream, ignore_eos", "",
+                  "| streams | llama-server tok/s | aiboxctl tok/s | ratio | TTFT p50 ls/ab ms | host µs/token |",
+                  "|---|---|---|---|---|---|"]
+        for n in speed["streams"]:
+            ls = speed["servers"].get("llama-server", {}).get("levels", {}).get(str(n)) or {}
+            ab = speed["servers"].get("aiboxctl", {}).get("levels", {}).get(str(n)) or {}
+            ratio = (speed.get("ratios") or {}).get(str(n), {}).get("aggregate")
+            host = ab.get("host_us_per_token")
+            lines.append(f"| {n} | {ls.get('aggregate', float('nan')):.1f} | {ab.get('aggregate', float('nan')):.1f} | "
+                         f"{'-' if ratio is None else f'{ratio:.3f}'} | "
+                         f"{ls.get('ttft_p50', float('nan')) * 1e3:.0f}/{ab.get('ttft_p50', float('nan')) * 1e3:.0f} | "
+                         f"{'-' if host is None else f'{host:.1f}'} |")
+        for note in speed.get("notes") or []:
+            lines.append(f"- {note}")
+    plan = (steps.get("plan") or {}).get("data") or {}
+    if plan:
+        box = plan.get("box") or {}
+        lines += ["", "## plan --profile gov-office", "",
+                  (f"On this box: {box.get('variant')} {box.get('quant')}, " if box.get("exit_code") == 0 else
+                   f"On this box nothing fits the profile (exit {box.get('exit_code')}); the closest option: ")
+                  + f"{(box.get('throughput') or {}).get('per_user_tok_s')} tok/s per user predicted. For the synthetic "
+                  "7B at each stream count (the profile's context, the prediction at its depth):", "",
+                  "| streams | predicted aggregate | measured | error |", "|---|---|---|---|"]
+        for n, v in (plan.get("synthetic_7b") or {}).items():
+            lines.append(f"| {n} | {v.get('predicted_aggregate')} | "
+                         f"{'-' if v.get('measured_aggregate') is None else round(v['measured_aggregate'], 1)} | "
+                         f"{_pct(v.get('error'))} |")
+    s = doc["summary"]
+    lines += ["", "## goals", ""] + [f"- {g}: {'met' if ok else 'NOT met'}" for g, ok in s["goals"].items()]
+    if s["sizing_under"]:
+        lines.append(f"- under-estimates: {', '.join(s['sizing_under'][:8])}")
+    return "\n".join(lines) + "\n"
+
+
+# --- --prepare: the carry folder --------------------------------------------------------------
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def missing_requirements(python_version: str = "3.12") -> dict[str, str]:
+    """{distribution: version installed here} for every runtime dependency of aiboxctl (its
+    pyproject.toml, the truth even when the installed metadata is older) that the device's python
+    lacks, and theirs in turn; a package the device has brings its own."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen: dict[str, str] = {}
+    todo = list(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    todo += metadata.requires("llama-cpp-python") or []  # the engine wheel travels; its needs too
+    while todo:
+        req = Requirement(todo.pop())
+        key = _norm(req.name)
+        if key in seen or key == "llama-cpp-python" or (key in DEVICE_HAS and key not in ALWAYS_CARRY):
+            continue
+        if req.marker and not req.marker.evaluate({"extra": "", "python_version": python_version}):
+            continue
+        try:
+            seen[key] = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            raise SystemExit(f"{req.name} is not installed here: pip install it first") from None
+        todo += metadata.requires(req.name) or []
+    return seen
+
+
+def find_engine_wheel() -> Path | None:
+    """The newest CUDA wheel in aiboxctl's engine cache (``aiboxctl engine install --backend cuda
+    --build-only``)."""
+    from aiboxctl.engine.build.cache import WheelCache, wheel_backend
+
+    found = [e.path for e in WheelCache().entries() if (e.backend or wheel_backend(e.path)) == "cuda"]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def tree_bytes() -> int:
+    """What travels besides the carry folder: tracked files and untracked files git does not ignore."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    return sum((ROOT / n).stat().st_size for n in names if n and (ROOT / n).is_file())
+
+
+def prepare(dest: Path, engine_wheel: Path | None, llama_server: Path | None, python_version: str = "3.12") -> int:
+    import synth_models as sm
+
+    dest = dest.resolve()
+    wheels = dest / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    engine_wheel = engine_wheel or find_engine_wheel()
+    if engine_wheel is None:
+        print("no CUDA engine wheel: build one (aiboxctl engine install --backend cuda --build-only) "
+              "or pass --engine-wheel", file=sys.stderr)
+        return 2
+    shutil.copy2(engine_wheel, wheels / engine_wheel.name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], check=True)
+    missing = missing_requirements(python_version)
+    if missing:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+               "--python-version", python_version, "--implementation", "cp", "-d", str(wheels)]
+        for plat in PLATFORMS:
+            cmd += ["--platform", plat]
+        subprocess.run(cmd + [f"{k}=={v}" for k, v in sorted(missing.items())], check=True)
+    if llama_server is None:
+        import anchor
+
+        llama_server = anchor.llama_server_shared()
+    shutil.copy2(llama_server, dest / "llama-server")
+    tok = dest / sm.TOKENIZER_FILE
+    if not tok.is_file():
+        src = sm.default_tokenizer()
+        shutil.copy2(src, tok) if src.is_file() else sm.export_tokenizer(tok)
+    sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in sorted(dest.rglob("*")) if p.is_file()}
+    carry, tree = sum(sizes.values()), tree_bytes()
+    for name, size in sizes.items():
+        print(f"{size / MiB:8.2f} MiB  {name}")
+    print(f"carry {carry / MiB:.1f} MiB + tree {tree / MiB:.1f} MiB = {(carry + tree) / MiB:.1f} MiB "
+          f"(limit {TREE_LIMIT / MiB:.0f} MiB); carried for the device: {', '.join(sorted(missing))}")
+    return 0 if carry + tree <= TREE_LIMIT else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu", action="store_true", help="the rehearsal: small shapes, CPU engine and llama-server")
+    ap.add_argument("--out", type=Path, help="where the JSON and Markdown go (default: $OUT, else ./device-check-out)")
+    ap.add_argument("--budget", type=float, default=450, help="seconds for the whole check (default 450)")
+    ap.add_argument("--carry", type=Path, default=ROOT / ".carry", help="the folder --prepare made")
+    ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 2, 16))
+    ap.add_argument("--streams", help="comma-separated stream counts (default: 1,8,32,64; --cpu 1,4)")
+    ap.add_argument("--tokens", type=int, help="tokens per stream (default 128; --cpu 16)")
+    ap.add_argument("--small", action="store_true",
+                    help="the rehearsal's shapes and settings in device mode (rehearse the install path)")
+    ap.add_argument("--prepare", type=Path, metavar="DIR", help="make the carry folder here and stop")
+    ap.add_argument("--python-version", default="3.12", help="--prepare: the device's Python (default 3.12)")
+    ap.add_argument("--engine-wheel", type=Path, help="--prepare: the CUDA engine wheel (default: the engine cache's)")
+    ap.add_argument("--llama-server", type=Path, help="--prepare: llama-server (default: bench/anchor.py's shared build)")
+    args = ap.parse_args(argv)
+    if args.prepare:
+        return prepare(args.prepare, args.engine_wheel, args.llama_server, args.python_version)
+    mode = Mode.rehearsal() if args.cpu else Mode.device()
+    if args.small and not args.cpu:
+        small = Mode.rehearsal()
+        mode = Mode(False, mode.gpu_layers, small.streams, small.tokens, small.settings, small.models, small=True)
+    if args.streams or args.tokens:
+        mode = Mode(mode.cpu, mode.gpu_layers,
+                    tuple(int(x) for x in args.streams.split(",")) if args.streams else mode.streams,
+                    args.tokens or mode.tokens, mode.settings, mode.models, mode.small)
+    out = args.out or Path(os.environ.get("OUT") or "device-check-out")
+    with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("AIBOX_HOME", str(work / "aibox-home"))
+        run = Run(mode=mode, out=out, deadline=time.monotonic() + args.budget, carry=args.carry.resolve(), work=work,
+                  threads=args.threads,
+                  started=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        try:
+            run_steps(run)
+        finally:
+            write_report(run)
+            shm = Path("/dev/shm/aibox-synth")
+            if not mode.cpu and shm.is_dir():
+                shutil.rmtree(shm, ignore_errors=True)
+    s = summary(run)
+    print(json.dumps(s, indent=1, default=str))
+    print(f"wrote {out / 'device-check.json'} and {out / 'device-check.md'}", file=sys.stderr)
+    return 0 if all(v == "ok" for v in s["steps"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""bench/device_check.py: the GPU check's CPU rehearsal end to end (small synthetic shapes, the
+real engine, the real CPU llama-server from bench/anchor.py), so the script's logic is proven
+before any device time is spent; and its carry list for the device."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "device_check.py"
+STEPS = ("install", "probe", "synth-7b", "selftest", "speed", "plan", "sizing-7b", "synth-32b", "sizing-32b")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    out = tmp_path_factory.mktemp("device-check-out")
+    env = {**os.environ, "AIBOX_HOME": str(tmp_path_factory.mktemp("aibox-home"))}
+    env.pop("OUT", None)
+    # a cold run builds the CPU llama-server into the bench cache first (see docs/gpu.md)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--out", str(out), "--budget", "1500"],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    doc = json.loads((out / "device-check.json").read_text())
+    return proc, doc, out
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_step(rehearsal):
+    proc, doc, out = rehearsal
+    assert doc["mode"] == "cpu"
+    assert tuple(doc["steps"]) == STEPS
+    failed = {n: s["error"] for n, s in doc["steps"].items() if s["status"] != "ok"}
+    assert not failed, (failed, proc.stderr[-3000:])
+    assert proc.returncode == 0
+    md = (out / "device-check.md").read_text()
+    for heading in ("## sizing-7b", "## sizing-32b", "## speed", "## plan --profile gov-office", "## goals"):
+        assert heading in md
+
+
+@pytest.mark.slow
+def test_rehearsal_compares_every_buffer(rehearsal):
+    _, doc, _ = rehearsal
+    for key in ("sizing-7b", "sizing-32b"):
+        cells = doc["steps"][key]["data"]["cells"]
+        assert len(cells) == 3
+        for cell in cells:
+            for src in ("estimate", "exact"):
+                cmp_ = cell["compare"][src]
+                assert set(cmp_["errors"]) == {"weights", "kv_cache", "compute", "output"}, (key, cell)
+                assert all(_number(e) for e in cmp_["errors"].values()), cmp_
+                assert all(_number(v) and v > 0 for v in cmp_["measured"].values() if not isinstance(v, str))
+    s = doc["summary"]
+    assert _number(s["sizing_worst_error"])
+    assert "sizing ≤ 3 % and never under" in s["goals"]
+
+
+@pytest.mark.slow
+def test_rehearsal_measures_both_servers_and_the_plan(rehearsal):
+    _, doc, _ = rehearsal
+    speed = doc["steps"]["speed"]["data"]
+    assert set(speed["ratios"]) == {"1", "4"}
+    for n, r in speed["ratios"].items():
+        assert _number(r["aggregate"]) and r["aggregate"] > 0
+        ab = speed["servers"]["aiboxctl"]["levels"][n]
+        assert _number(ab["host_us_per_token"]) and ab["host_us_per_token"] > 0  # from the engine's /metrics
+    assert "speed ≥ 1.0× at 1 stream(s)" in doc["summary"]["goals"]
+    plan = doc["steps"]["plan"]["data"]["synthetic_7b"]
+    assert set(plan) == {"1", "4"}
+    assert all(_number(v["predicted_aggregate"]) and _number(v["error"]) for v in plan.values())
+
+
+def test_device_mode_without_carry_records_the_failure_and_writes_the_report(tmp_path):
+    """A step that fails is recorded (one line, no traceback on stdout) and the report is still
+    written; the steps that need it say so."""
+    out = tmp_path / "out"
+    env = {**os.environ, "AIBOX_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--carry", str(tmp_path / "nothing"), "--out", str(out),
+                           "--budget", "60"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    doc = json.loads((out / "device-check.json").read_text())
+    assert doc["mode"] == "device"
+    assert doc["steps"]["install"]["status"] == "failed"
+    assert "--prepare" in doc["steps"]["install"]["error"]
+    assert {s["status"] for n, s in doc["steps"].items() if n != "install"} == {"skipped"}
+    assert "| install | failed |" in (out / "device-check.md").read_text()
+
+
+def test_prepare_carries_what_the_device_lacks():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+
+    missing = device_check.missing_requirements()
+    for name in ("fastapi", "uvicorn", "pydantic", "pydantic-core", "gguf", "typer", "starlette"):
+        assert name in missing, name
+    for name in ("numpy", "httpx", "jinja2", "rich", "llama-cpp-python"):
+        assert name not in missing, name
