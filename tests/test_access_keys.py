@@ -131,3 +131,17 @@ def test_compare_is_constant_time():
     compares = [n for n in ast.walk(fn) if isinstance(n, ast.Compare) and any(isinstance(o, (ast.Eq, ast.NotEq))
                                                                             for o in n.ops)]
     assert not [ast.unparse(c) for c in compares if "hash" in ast.unparse(c)]
+
+
+def test_an_imported_wave1_key_keeps_its_secret_and_only_its_hash_is_stored(tmp_path):
+    from aiboxctl.access.keys import KeyLimits, KeyRing, KeyStore
+
+    store = KeyStore(tmp_path / "keys.json")
+    old = "sk-aibox-Zq3_plaintext-from-wave-one-0123456789"
+    record = store.import_key("alice", old, KeyLimits(), now=1.0)
+    assert record is not None and store.import_key("again", old, KeyLimits(), now=2.0) is None  # once
+    assert old not in (tmp_path / "keys.json").read_text()
+    ring = KeyRing(tmp_path / "keys.json")
+    assert ring.authenticate(f"Bearer {old}").name == "alice"
+    with pytest.raises(AccessDenied):
+        ring.authenticate(f"Bearer {old}x")

@@ -172,3 +172,49 @@ def test_lan_profile_installs_https_front_door_with_keys_renews_and_uninstalls(t
     assert str(root / "var/lib/aibox/usage.db") in _json(un)["data"]["kept"]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(root) not in ps
+
+
+@pytest.mark.slow
+def test_upgrading_a_single_engine_install_to_the_front_door_keeps_its_plaintext_keys_as_hashed_named_keys(tmp_path):
+    """Wave 1 kept the engine's keys in plain text (etc/aibox/api_keys, named by engine.yaml). The
+    upgrade to a departmental install behind the front door imports each as a named key (a salted
+    hash in keys.json): the old secret still gets 200, and no file of the installation holds it."""
+    root, port = tmp_path / "root", _lan_port()
+    etc = root / "etc/aibox"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the single engine's port on loopback
+    try:
+        proc = _run(tmp_path, root, "install", "--profile", "demo", "--port", str(port), "--yes", "--json",
+                    timeout=600)
+        assert proc.returncode == 0, _json(proc)["errors"]
+        (etc / "api_keys").write_text((etc / "api_keys").read_text() + "alice:my-old-team-key-1234567890\n")
+        old = [line.split(":", 1)[1] for line in (etc / "api_keys").read_text().splitlines()
+               if line and not line.startswith("#")]
+        assert len(old) == 2 and _ask(f"http://127.0.0.1:{port}/v1", old[0], None)
+        proc = _run(tmp_path, root, "install", "--profile", str(_office_profile(tmp_path)), "--port", str(port),
+                    "--yes", "--json", timeout=600)
+        data = _json(proc)
+        assert proc.returncode == 0, data["errors"]
+        ca = etc / "tls/ca.crt"
+        for secret in old:  # the old secrets keep working, over HTTPS and on loopback
+            assert _ask(f"https://{LAN}:{port}/v1", secret, ca)
+            assert _ask(f"http://127.0.0.1:{port + 1000}/v1", secret, None)
+        names = {k["name"] for k in json.loads((etc / "keys.json").read_text())["keys"]}
+        assert names == {"admin", "wave1-1", "alice"}  # wave 1's 'admin' is not the new admin key
+        assert not (etc / "api_keys").exists()
+        kept = root / "var/lib/aibox/generations"  # the previous generation, byte for byte, for rollback
+        for f in root.rglob("*"):
+            if f.is_file() and f.stat().st_size < 1 << 20 and any(s.encode() in f.read_bytes() for s in old):
+                assert kept in f.parents and f.stat().st_mode & 0o077 == 0, f
+    finally:
+        un = _run(tmp_path, root, "uninstall", "--yes", "--json")
+    assert un.returncode == 0, un.stderr
+
+
+def _office_profile(tmp_path: Path) -> Path:
+    demo = (Path(__file__).resolve().parents[1] / "profiles" / "demo.yaml").read_text()
+    profile = tmp_path / "office.yaml"
+    profile.write_text(demo.replace("name: demo", "name: office").replace("users: 4", "users: 2").replace(
+        "security: {bind: 127.0.0.1, api_key: true, audit_log: false,",
+        f"security: {{bind: {LAN}, tls: true, api_key: true, audit_log: true,"))
+    return profile

@@ -116,6 +116,16 @@ def split_token(token: str) -> str | None:
     return key_id
 
 
+def legacy_id(token: str) -> str:
+    """The record id of an imported wave-1 key (any string, not ``sk-aibox-<id>-…``): a prefix of its
+    sha256, so the front door finds the record without the id being part of the key."""
+    return "legacy-" + hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def record_id(token: str) -> str:
+    return split_token(token) or legacy_id(token)
+
+
 class KeyStore:
     """The key file: read, and changed under a lock (the CLI side)."""
 
@@ -171,6 +181,24 @@ class KeyStore:
             records = [r for r in records if r.name != name] + [issued.record]
             self._save(records)
         return issued
+
+    def import_key(self, name: str, token: str, limits: KeyLimits, *, now: float) -> KeyRecord | None:
+        """Keep an existing secret (a wave-1 plaintext key) as a named key: only its salted hash is
+        stored. None when a key with that secret is already in the file."""
+        if not _NAME.match(name):
+            raise UsageError(f"key name {name!r} is not valid", hint="letters, digits and . _ @ -")
+        with self._lock():
+            records = list(self.load())
+            key_id = record_id(token)
+            if any(r.key_id == key_id for r in records):
+                return None
+            if any(r.name == name and r.revoked_at is None for r in records):
+                raise UsageError(f"a key named {name!r} exists", hint="import it under another name")
+            salt = secrets.token_bytes(16)
+            record = KeyRecord(name=name, key_id=key_id, salt=salt.hex(), hash=_digest(salt, token), created_at=now,
+                               **asdict(limits))
+            self._save([r for r in records if r.name != name] + [record])
+        return record
 
     def _change(self, name: str, fn: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
         with self._lock():
@@ -251,7 +279,7 @@ class KeyRing:
                                code="missing_api_key")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
-        key_id = split_token(token) if scheme.lower() == "bearer" else None
+        key_id = record_id(token) if scheme.lower() == "bearer" and token else None
         record = self._current().get(key_id) if key_id else None
         # One HMAC whether or not the id exists: an unknown id takes as long as a wrong secret.
         salt = bytes.fromhex(record.salt) if record else self._dummy_salt

@@ -59,6 +59,17 @@ def _keys(layout: InstallLayout, work: Path) -> tuple[bytes, str, str | None]:
 
     paths = AccessPaths.for_layout(layout)
     keys, admin = _read(paths.keys), _read(admin_key_path(layout))
+    legacy = wave1_keys(layout)
+    if legacy:  # the single engine's plaintext keys: kept working as named keys (salted hashes)
+        if keys is not None:
+            (work / "legacy.json").write_bytes(keys)
+        store = KeyStore(work / "legacy.json")
+        taken = {r.name for r in store.load()} | {ADMIN_KEY_NAME}
+        for i, (name, token) in enumerate(legacy, 1):
+            name = name if name not in taken and _valid_name(name) else f"wave1-{i}"
+            if store.import_key(name, token, KeyLimits(), now=time.time()) is not None:
+                taken.add(name)
+        keys = _read(work / "legacy.json")
     if keys is not None and admin is not None:
         token = first_key(admin.decode("utf-8", "replace"))
         (work / "check.json").write_bytes(keys)
@@ -79,6 +90,34 @@ def _keys(layout: InstallLayout, work: Path) -> tuple[bytes, str, str | None]:
     text = ("# aibox: the first admin key (made by install; shown once). Local tools (chat, bench, status) "
             "use it.\n" f"{ADMIN_KEY_NAME}:{issued.secret}\n")
     return (work / "keys.json").read_bytes(), text, issued.secret
+
+
+def wave1_keys(layout: InstallLayout) -> list[tuple[str, str]]:
+    """(name, key) of every key the single-engine install kept in plain text: the file its
+    engine.yaml names as ``api_keys_file`` (``id:key`` or bare ``key`` lines). Upgraded to the front
+    door they become named keys in keys.json, and the plaintext file is no longer rendered."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(layout.engine_config.read_text(encoding="utf-8")) or {}
+        text = Path(str(cfg.get("api_keys_file"))).read_text(encoding="utf-8") if cfg.get("api_keys_file") else ""
+    except (FileNotFoundError, yaml.YAMLError, AttributeError):
+        return []
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, token = line.partition(":")
+            name, token = (name.strip(), token.strip()) if sep else ("", line)
+            if token:
+                out.append((name, token))
+    return out
+
+
+def _valid_name(name: str) -> bool:
+    from aiboxctl.access.keys import _NAME
+
+    return bool(_NAME.match(name))
 
 
 def cert_names(host: str) -> tuple[str, ...]:
