@@ -74,7 +74,7 @@ Block = Annotated[Union[TextBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock]
 class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["user", "assistant"]
-    content: Union[str, list[Block]]
+    content: Union[list[Block], str]  # the list first: its errors name the block
 
 
 class AnthropicTool(BaseModel):

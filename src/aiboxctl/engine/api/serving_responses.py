@@ -81,7 +81,7 @@ class ResponsesFrames(StreamFrames):
     opens a reasoning item, answer text a message item, each tool call a function_call item;
     a new kind closes the open one (its ``*.done`` events and ``output_item.done``). The stream
     opens with ``response.created``/``response.in_progress`` and ends with ``response.completed``
-    (or ``response.incomplete`` at the token limit) carrying every item and the usage."""
+    carrying every item, the status (``incomplete`` at the token limit) and the usage."""
 
     def __init__(self, source: ResponsesBody, req: Any, created: int, model_id: str) -> None:
         self.source, self.req, self.created, self.model_id = source, req, created, model_id
@@ -183,8 +183,10 @@ class ResponsesFrames(StreamFrames):
         out = self._close()
         if not self.output:  # an empty answer is still a message
             out += self._text("message", "") + self._close()
+        # response.completed whatever the status (incomplete at the token limit, as vLLM does): the
+        # openai SDK's stream helper takes its final response from that event alone
         status = _terminal_status(self.finish)
-        return out + self._event(f"response.{status}", response=self._response(status, response_usage(self.req)))
+        return out + self._event("response.completed", response=self._response(status, response_usage(self.req)))
 
     def error(self, message: str) -> bytes:
         error = {"code": "server_error", "message": message}
