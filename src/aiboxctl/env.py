@@ -8,6 +8,9 @@ class Env:
     MODELS = "AIBOX_MODELS"  # model store override
     DEBUG = "AIBOX_DEBUG"  # 1: show tracebacks
     SYSFS_ROOT = "AIBOX_SYSFS_ROOT"  # tests: a fake /sys
+    # an engine instance's CPUs (engines/<name>.env; systemd pins with CPUAffinity=, the built-in
+    # supervisor with sched_setaffinity before the engine starts)
+    CPU_AFFINITY = "AIBOX_CPU_AFFINITY"
     PROC_ROOT = "AIBOX_PROC_ROOT"  # tests: a fake /proc
     TOOL_TIMEOUT = "AIBOX_TOOL_TIMEOUT"  # seconds for a vendor tool
     HF_ENDPOINT = "HF_ENDPOINT"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiboxctl.engine_settings import EngineSettings
+from aiboxctl.env import Env
 from aiboxctl.errors import UsageError
 from aiboxctl.paths import InstallLayout
 
@@ -117,6 +118,7 @@ class PlannedInstance:
     env: dict[str, str]
     devices: tuple[str, ...]
     local_file: str | None  # the GGUF when the plan names a file on this box
+    cpu_pin: dict[str, Any] | None = None  # {"numa_node": 0, "cpus": "0-15"}: its devices' node
 
 
 def planned_instances(plan: Any) -> list[PlannedInstance]:
@@ -125,8 +127,9 @@ def planned_instances(plan: Any) -> list[PlannedInstance]:
     for inst in plan.instances:
         local = inst.file.file if inst.file.source == "local" else None
         for i, name in enumerate(inst.replica_names()):
+            pin = inst.cpu_pins[i] if i < len(inst.cpu_pins) else None
             out.append(PlannedInstance(name, inst.role, inst.variant, inst.quant, inst.engine, inst.visible_env(i),
-                                       inst.device_groups[i], local))
+                                       inst.device_groups[i], local, pin.to_dict() if pin else None))
     return out
 
 
@@ -140,7 +143,8 @@ def instance_entries(layout: InstallLayout, planned: list[PlannedInstance], mode
                                   port=service_port + 1 + i, api_keys_file=internal_keys_path(layout),
                                   audit_log=None, audit_content=False)
         entries.append({"name": p.name, "role": p.role, "model_variant": p.variant, "quant": p.quant,
-                        "engine": engine.to_dict(), "env": dict(p.env), "devices": list(p.devices)})
+                        "engine": engine.to_dict(), "env": dict(p.env), "devices": list(p.devices),
+                        **({"cpu_pin": dict(p.cpu_pin)} if p.cpu_pin else {})})
     return tuple(entries)
 
 
@@ -189,6 +193,14 @@ def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], comm
         env_lines = [f"# aiboxctl {common['version']}: the devices engine {e['name']} may see "
                      f"({', '.join(e['devices']) or 'none: it runs on the CPU'})."]
         env_lines += [f"{k}={sh_quote(v)}" for k, v in sorted(e["env"].items())]
+        pin = e.get("cpu_pin")
+        if pin:  # the NUMA node of its devices: the supervisor reads this line, systemd the drop-in
+            env_lines.append(f"{Env.CPU_AFFINITY}={sh_quote(pin['cpus'])}")
+            files.append(RenderedFile(str(layout.unit_dir / f"{engine_unit(e['name'])}.d" / "numa.conf"), (
+                f"# aiboxctl {common['version']}: engine {e['name']} on NUMA node {pin['numa_node']}, "
+                "the node of its devices.\n"
+                f"[Service]\nCPUAffinity={pin['cpus']}\nNUMAPolicy=bind\nNUMAMask={pin['numa_node']}\n").encode(),
+                0o644, *root_owned))
         files.append(RenderedFile(str(engines_dir(layout) / f"{e['name']}.env"), ("\n".join(env_lines) + "\n").encode(),
                                   0o644, *root_owned))
     files.append(RenderedFile(str(internal_keys_path(layout)), internal_keys.encode(), 0o600, *svc_owner, secret=True))
@@ -199,7 +211,7 @@ def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], comm
     files.append(RenderedFile(str(gateway_config_path(layout)), text.encode(), 0o640, owner, group))
     engine_cfg = str(engines_dir(layout) / f"{_INSTANCE}.yaml")
     safe_path(str(engines_dir(layout)))
-    engine_unit = render_template("aiboxctl.service.j2", {
+    engine_text = render_template("aiboxctl.service.j2", {
         **unit_context,
         "description": f"aiboxctl engine {_INSTANCE} ({spec.profile})",
         "engine_config": engine_cfg, "engine_log": str(layout.log / f"{_INSTANCE}.log"),
@@ -208,7 +220,7 @@ def render_set(spec: Any, internal_keys: str, unit_context: dict[str, Any], comm
         # an engine on accelerators needs their device nodes; the CPU-only ones do not
         "private_devices": all(not e["devices"] for e in spec.instances),
     }).replace(_INSTANCE, "%i")
-    files.append(RenderedFile(str(layout.unit_dir / ENGINE_UNIT_TEMPLATE), engine_unit.encode(), 0o644, *root_owned))
+    files.append(RenderedFile(str(layout.unit_dir / ENGINE_UNIT_TEMPLATE), engine_text.encode(), 0o644, *root_owned))
     gw_cfg = str(gateway_config_path(layout))
     gateway_unit = render_template("aiboxctl.service.j2", {
         **unit_context,

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiboxctl.env import Env
 from aiboxctl.paths import InstallLayout
 
 BACKOFF_START_S = 1.0
@@ -410,6 +411,23 @@ class _Child:
     due: float = 0.0  # monotonic time of the next start
 
 
+def _pinned(preexec: Callable[[], None] | None, cpus: str | None) -> Callable[[], None] | None:
+    """``preexec`` plus pinning the child to ``cpus`` (the kernel's list format) before it runs,
+    like systemd's CPUAffinity= (every thread the engine starts inherits it)."""
+    if not cpus:
+        return preexec
+    from aiboxctl.hardware.cpu import parse_cpulist
+
+    ids = set(parse_cpulist(cpus))
+
+    def run() -> None:
+        if preexec is not None:
+            preexec()
+        os.sched_setaffinity(0, ids)
+
+    return run
+
+
 class _Several(_Daemon):
     """One supervisor over a multi-instance installation: every engine (engines/<name>.yaml, its
     devices from engines/<name>.env) and the front door, each restarted on its own with backoff;
@@ -443,7 +461,9 @@ class _Several(_Daemon):
         self.log(f"starting {c.name}: {' '.join(c.argv)}")
         with open(c.log, "ab") as log:
             c.proc = subprocess.Popen(c.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
-                                      env={**os.environ, **c.env}, preexec_fn=_die_with_parent(), **identity)
+                                      env={**os.environ, **c.env},
+                                      preexec_fn=_pinned(_die_with_parent(), c.env.get(Env.CPU_AFFINITY)),
+                                      **identity)
         c.began = time.monotonic()
 
     def run(self) -> int:

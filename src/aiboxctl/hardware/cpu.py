@@ -149,15 +149,18 @@ def read_cpu(proc_root: Path, sysfs_root: Path, warnings: list[str]) -> CpuInfo:
     sockets, cores = _topology(blocks, sysfs_root)
     nodes_dir = sysfs_root / "devices" / "system" / "node"
     try:
-        numa = sum(1 for p in nodes_dir.iterdir() if re.fullmatch(r"node\d+", p.name)) or None
+        nodes = sorted((p for p in nodes_dir.iterdir() if re.fullmatch(r"node\d+", p.name)),
+                       key=lambda p: int(p.name[4:]))
     except OSError:
-        numa = None
+        nodes = []
+    numa = len(nodes) or None
+    numa_cpus = tuple((_read(n / "cpulist") or "").strip() for n in nodes)
 
     isa = tuple(IsaPath(name, needs, all(f in all_flags for f in needs))
                 for name, needs in _RISKY if arch.startswith(("x86", "amd64")))
     return CpuInfo(
         model=model or "unknown", vendor=vendor or "unknown", arch=arch, sockets=sockets, cores=cores,
-        threads=threads, numa_nodes=numa, flags=tuple(f for f in relevant if f in all_flags),
+        threads=threads, numa_nodes=numa, numa_cpus=numa_cpus if all(numa_cpus) else (), flags=tuple(f for f in relevant if f in all_flags),
         ggml_variant=ggml_cpu_variant(all_flags, arch), isa_paths=isa,
     )
 
@@ -181,3 +184,27 @@ def _topology(blocks: list[dict[str, str]], sysfs_root: Path) -> tuple[int | Non
     if not seen:
         return None, None
     return len({p for p, _ in seen}), len(seen)
+
+
+def parse_cpulist(text: str) -> tuple[int, ...]:
+    """The kernel's CPU list format ("0-3,8,10-11", sysfs cpulist, cpuset) → sorted CPU ids."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return tuple(sorted(out))
+
+
+def format_cpulist(cpus: tuple[int, ...] | list[int]) -> str:
+    """CPU ids → the kernel's list format, ranges collapsed ("0-3,8")."""
+    ids = sorted(set(cpus))
+    parts, i = [], 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(parts)

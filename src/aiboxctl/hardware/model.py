@@ -42,6 +42,9 @@ class CpuInfo:
     flags: tuple[str, ...]  # the ISA flags that matter to ggml, as /proc/cpuinfo spells them
     ggml_variant: str  # the GGML_CPU_ALL_VARIANTS backend ggml would pick for these flags
     isa_paths: tuple[IsaPath, ...] = ()
+    # Per NUMA node (node0, node1, …), its CPUs as sysfs lists them ("0-15,32-47"): what a
+    # plan pins an instance to (docs/planning.md "NUMA").
+    numa_cpus: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiboxctl.hardware.backends import ACCELERATOR_BACKENDS, backend_key, device_chip, device_prefix
+from aiboxctl.hardware.cpu import parse_cpulist
 from aiboxctl.sizing.cpu_buffers import CpuBuffers
 from aiboxctl.sizing.hardware_profiles import HardwareProfile
 from aiboxctl.sizing.throughput import DeviceSpeed
@@ -53,6 +54,7 @@ class BoxDevice:
     # The decode efficiency η is an assumption (no published llama.cpp figures for this class):
     # speed predictions on this device are estimates with a wide range.
     eta_assumed: bool = False
+    numa_node: int | None = None  # the probe's (sysfs numa_node); None: unknown or one node
 
     @property
     def chip(self) -> str | None:
@@ -89,6 +91,9 @@ class Box:
     notes: tuple[str, ...] = ()
     repack_ok: bool = True  # False: the probe's self-test saw AMX/repacked kernels fault here
     cpu_buffers: CpuBuffers = CpuBuffers.from_flags(("avx2",))  # llama.cpp's extra buffer types here
+    # The CPUs of each NUMA node (node order), from the probe; () when unknown (hardware profiles)
+    # or one node. An instance on several-node boxes is pinned to its devices' node (fill.py).
+    numa_cpus: tuple[tuple[int, ...], ...] = ()
 
     @property
     def os_reserve(self) -> int:
@@ -185,13 +190,15 @@ def box_from_report(report: Any) -> Box:
         counters[prefix] = i + 1
         assumed = not known or backend not in MEASURED_ETA_BACKENDS
         devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta, None,
-                                 assumed))
+                                 assumed, acc.numa_node))
     amx_failed = any(p.name == "amx" and p.verified == "failed" for p in cpu.isa_paths)
     if amx_failed:
         notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")
     return Box("this box", "probe of this box", ram, float(bw), cores, cpu_tflops, tuple(devices), tuple(idle),
                True, tuple(notes), repack_ok=not amx_failed,
-               cpu_buffers=CpuBuffers.from_flags(cpu.flags, cpu.arch).in_build(report.engine.system_info or ""))
+               cpu_buffers=CpuBuffers.from_flags(cpu.flags, cpu.arch).in_build(report.engine.system_info or ""),
+               numa_cpus=tuple(parse_cpulist(c) for c in getattr(cpu, "numa_cpus", ())) if len(
+                   getattr(cpu, "numa_cpus", ())) > 1 else ())
 
 
 def as_box(hardware: Box | HardwareProfile | Any) -> Box:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 from aiboxctl.engine_settings import EngineSettings
 from aiboxctl.hardware.backends import device_prefix, visible_devices_env
+from aiboxctl.hardware.cpu import format_cpulist
 from aiboxctl.jsonable import to_jsonable
 from aiboxctl.models.catalog import Catalog, QuantFile, facts_for
 from aiboxctl.models.facts import ModelFacts
@@ -38,6 +39,42 @@ from aiboxctl.sizing.throughput import estimate_throughput
 
 # Whether a backend can run a file's weights on its devices: None when it can, else why not.
 BackendCheck = Callable[[QuantFile, tuple[BoxDevice, ...]], "str | None"]
+
+
+@dataclass(frozen=True)
+class CpuPin:
+    """The NUMA node and CPUs one replica is pinned to (systemd CPUAffinity=/NUMAMask=, the
+    built-in supervisor's sched_setaffinity)."""
+
+    node: int
+    cpus: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {"numa_node": self.node, "cpus": format_cpulist(self.cpus)}
+
+
+def numa_pins(box: Box, groups: list[tuple[BoxDevice, ...]]) -> tuple[CpuPin | None, ...]:
+    """Per replica, the node its devices hang off and a share of that node's CPUs (replicas on
+    one node split its CPUs round-robin, which keeps a core and its SMT sibling, numbered N
+    apart, together when N is even); None for a replica on the CPU or over several nodes. ()
+    on a one-node box or when the probe did not see the nodes."""
+    if len(box.numa_cpus) < 2:
+        return ()
+    nodes: list[int | None] = []
+    for g in groups:
+        seen = {d.numa_node for d in g}
+        node = next(iter(seen)) if len(seen) == 1 else None
+        nodes.append(node if node is not None and 0 <= node < len(box.numa_cpus) else None)
+    pins: list[CpuPin | None] = []
+    for i, node in enumerate(nodes):
+        if node is None:
+            pins.append(None)
+            continue
+        sharing = [j for j, n in enumerate(nodes) if n == node]
+        cpus = box.numa_cpus[node]
+        share = cpus[sharing.index(i)::len(sharing)] if len(cpus) >= len(sharing) else cpus
+        pins.append(CpuPin(node, share))
+    return tuple(pins) if any(pins) else ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +92,7 @@ class Instance:
     per_user_tok_s: float | None = None  # chat: with the users spread over the replicas
     aggregate_tok_s: float | None = None
     streams_per_replica: int | None = None
+    cpu_pins: tuple[CpuPin | None, ...] = ()  # per replica; () = none pinned
 
     @property
     def replicas(self) -> int:
@@ -79,7 +117,8 @@ class Instance:
                 "visible_env": [self.visible_env(i) for i in range(self.replicas)],
                 "per_user_tok_s": None if self.per_user_tok_s is None else round(self.per_user_tok_s, 2),
                 "aggregate_tok_s": None if self.aggregate_tok_s is None else round(self.aggregate_tok_s, 2),
-                "streams_per_replica": self.streams_per_replica}
+                "streams_per_replica": self.streams_per_replica,
+                "cpu_pins": [p.to_dict() if p else None for p in self.cpu_pins]}
 
 
 @dataclass(frozen=True)
@@ -142,6 +181,18 @@ def fill_box(*, profile: UseCaseProfile, box: Box, catalog: Catalog, variant: st
     if groups[0]:
         # Each replica sees its own group renumbered from 0: its split is over k devices only.
         replica_engine = engine.replace(tensor_split=tensor_split(groups[0], len(groups[0])), main_gpu=0)
+    pins = numa_pins(box, groups)
+    if pins:
+        # The engine's threads match the cores of its share (logical CPUs x cores per thread).
+        logical = sum(len(n) for n in box.numa_cpus)
+        cores = min(len(p.cpus) for p in pins if p) * max(box.cpu_cores, 1) // max(logical, 1)
+        replica_engine = replica_engine.replace(threads=max(cores, 1), threads_batch=max(cores, 1))
+        notes.append("pinned to their devices' NUMA node: " + ", ".join(
+            f"{'chat' if len(groups) == 1 else f'chat-{i}'} node {p.node} CPUs {format_cpulist(p.cpus)}"
+            for i, p in enumerate(pins) if p))
+    elif len(box.numa_cpus) > 1 and not groups[0]:
+        notes.append(f"the chat model on the CPU spans all {len(box.numa_cpus)} NUMA nodes (one copy, every "
+                     "socket's memory bandwidth); it is not pinned")
     replicas = len(groups)
     streams = math.ceil(users / replicas)
     # The planner's own speed test (fit.judge) for ceil(users / R) streams: the same figure with one replica.
@@ -152,7 +203,7 @@ def fill_box(*, profile: UseCaseProfile, box: Box, catalog: Catalog, variant: st
                      f"{streams} per replica, {tp.per_user_tok_s:.1f} tok/s per user")
     chat = Instance("chat", "chat", variant, quant, file, replica_engine,
                     tuple(tuple(d.name for d in g) for g in groups), backend, tp.per_user_tok_s,
-                    tp.per_user_tok_s * users, streams)
+                    tp.per_user_tok_s * users, streams, pins)
     instances = [chat]
     for c in companions:
         placed = _on_device(c, free[0], catalog, box, backend_check) if free else None
