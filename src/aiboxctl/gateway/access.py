@@ -35,6 +35,8 @@ class AccessGate:
         """``body``: a routed request's JSON object (None for /metrics, /v1/models, the page's
         upload: those need only a valid key, /metrics an admin one)."""
         auth = request.headers.get("authorization")
+        if auth is None and "x-api-key" in request.headers:  # how Anthropic's clients send the key
+            auth = "Bearer " + request.headers["x-api-key"]
         path = request.url.path
         try:
             if body is None or path not in self.routes:
@@ -81,7 +83,7 @@ class UsageMeter:
         self._reasoning: list[str] = []
 
     def feed(self, chunk: bytes) -> None:
-        if not self._buf and chunk.lstrip().startswith(b"data:"):
+        if not self._buf and chunk.lstrip().startswith((b"data:", b"event:")):
             self._sse = True
         self._buf += chunk
         if self._sse:
@@ -95,7 +97,7 @@ class UsageMeter:
                         except ValueError:
                             continue
                         if isinstance(doc, dict):
-                            self._usage = doc.get("usage") or self._usage
+                            self._usage = _usage_of(doc) or self._usage
                             if self._capture:
                                 self._collect(doc, "delta")
         elif len(self._buf) > _METER_LIMIT:
@@ -127,10 +129,11 @@ class UsageMeter:
         usage = self._usage
         if usage is None:
             body = self._body()
-            usage = body.get("usage") if isinstance(body, dict) else None
+            usage = _usage_of(body) if isinstance(body, dict) else None
         usage = usage if isinstance(usage, dict) else {}
-        return {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        # OpenAI's chat/completions names, or input/output tokens (Responses API, Anthropic Messages)
+        return {"prompt_tokens": int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)}
 
     def text(self) -> dict[str, str]:
         """The answer relayed (content and, when the model thought, its reasoning)."""
@@ -141,6 +144,12 @@ class UsageMeter:
         if self._reasoning:
             out["reasoning_content"] = "".join(self._reasoning)
         return out
+
+
+def _usage_of(doc: dict[str, Any]) -> Any:
+    """``usage`` of an answer or stream event; a Responses API event carries it in ``response``."""
+    inner = doc.get("response")
+    return doc.get("usage") or (inner.get("usage") if isinstance(inner, dict) else None)
 
 
 def with_usage_in_stream(data: dict[str, Any]) -> dict[str, Any] | None:

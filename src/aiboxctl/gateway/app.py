@@ -45,7 +45,12 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/rerank": ("rerank", "rerank"),
     "/rerank": ("rerank", "rerank"),
     "/v1/reranking": ("rerank", "rerank"),  # the alias some RAG tools call (the engine serves all three)
+    "/v1/responses": ("responses", "chat"),  # OpenAI's Responses API
+    "/v1/messages": ("messages", "chat"),  # Anthropic's Messages API
 }
+# a stream's last event, held with governed access until the request is recorded
+_LAST_EVENTS = (b"data: [DONE]", b"event: response.completed", b"event: response.incomplete",
+                b"event: response.failed", b"event: message_stop")
 # Hop-by-hop and per-connection headers are not relayed (RFC 9110 §7.6.1).
 _DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate",
          "proxy-authorization", "date", "server"}
@@ -81,7 +86,7 @@ class _Access:
         *events, rest = buf.split(b"\n\n")
         out = []
         for i, ev in enumerate(events):
-            if ev.startswith(b"data: [DONE]"):
+            if ev.startswith(_LAST_EVENTS):
                 return b"".join(out), b"".join(e + b"\n\n" for e in events[i:]) + rest
             if not (self.strip_usage and _is_usage_event(ev)):
                 out.append(ev + b"\n\n")
@@ -224,7 +229,7 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
                 await settle(admission, refusal.status, UsageMeter())
             return _error_response(refusal)
         strip_usage = False
-        if admission is not None and role == "chat":
+        if admission is not None and endpoint in ("chat", "completions"):  # the others always carry usage
             asked = with_usage_in_stream(data)  # a stream's tokens are only known from its usage chunk
             if asked is not None:
                 body, strip_usage = json.dumps(asked, ensure_ascii=False).encode(), True
