@@ -107,7 +107,8 @@ _CHIP_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-GGML_BACKENDS: dict[str, GgmlBackend] = {b.key: replace(b, matmul=_MATMUL.get(b.key, ()), chip_names=_CHIP_NAMES.get(b.key, ())) for b in (
+GGML_BACKENDS: dict[str, GgmlBackend] = {
+    b.key: replace(b, matmul=_MATMUL.get(b.key, ()), chip_names=_CHIP_NAMES.get(b.key, ())) for b in (
     GgmlBackend("cpu", "CPU", ("CPU",)),
     GgmlBackend("cuda", "CUDA", ("CUDA",), "CUDA_VISIBLE_DEVICES"),
     # ROCm and Hygon's DTK both honour HIP_VISIBLE_DEVICES.

@@ -160,7 +160,8 @@ def read_cpu(proc_root: Path, sysfs_root: Path, warnings: list[str]) -> CpuInfo:
                 for name, needs in _RISKY if arch.startswith(("x86", "amd64")))
     return CpuInfo(
         model=model or "unknown", vendor=vendor or "unknown", arch=arch, sockets=sockets, cores=cores,
-        threads=threads, numa_nodes=numa, numa_cpus=numa_cpus if all(numa_cpus) else (), flags=tuple(f for f in relevant if f in all_flags),
+        threads=threads, numa_nodes=numa, numa_cpus=numa_cpus if all(numa_cpus) else (),
+        flags=tuple(f for f in relevant if f in all_flags),
         ggml_variant=ggml_cpu_variant(all_flags, arch), isa_paths=isa,
     )
 

@@ -81,7 +81,8 @@ def judge(est: MemoryEstimate, facts: ModelFacts, cfg: Config, box: Box, profile
     ttft = profile.document_tokens / tp.prefill_tok_s if profile.document_tokens and tp.prefill_tok_s > 0 else None
     if tp.per_user_tok_s < target * (1 - tol):
         return Outcome(False, f"too slow: {tp.per_user_tok_s:.1f} of {target:g} tok/s per user at {profile.users} "
-                              f"users{_spread(copies, streams)} ({cfg.label})", "speed", est, tp, cfg, worst, needed, first_token_s=ttft)
+                              f"users{_spread(copies, streams)} ({cfg.label})", "speed", est, tp, cfg, worst, needed,
+                       first_token_s=ttft)
     if ttft is not None and ttft > profile.max_first_token_s * (1 + tol):
         return Outcome(False, f"first token too late: {ttft:.0f} s to read a {profile.document_tokens}-token document "
                               f"(prefill ~{tp.prefill_tok_s:.0f} tok/s; the profile allows "
