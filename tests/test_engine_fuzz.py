@@ -170,13 +170,107 @@ COMPLETION_BODY = st.one_of(
                           optional=VALID_COMMON))
 
 
+# the Responses API and Anthropic Messages (issue 13): every field of their bodies, as above
+TEXT_PART = st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text", "input_image", "bogus"]),
+                                   "text": st.text(max_size=20)})
+RESPONSE_ITEM = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]),
+                           "content": st.one_of(st.text(max_size=30), st.lists(TEXT_PART, max_size=2), JUNK)},
+                          optional={"type": st.just("message")}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": st.text(max_size=6),
+                           "name": st.text(max_size=6), "arguments": st.one_of(st.just("{}"), JUNK)}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": st.text(max_size=6),
+                           "output": st.one_of(st.text(max_size=10), JUNK)}),
+    st.fixed_dictionaries({"type": st.sampled_from(["reasoning", "item_reference", "bogus"])}), JUNK)
+SCHEMA = st.sampled_from([{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                          {"type": "object", "properties": {"a": {"type": "string", "format": "bogus-x"}}},
+                          {"type": "string", "enum": ["x", "y"]}, {"not": {}}, {}])
+FN_TOOL = st.fixed_dictionaries({"type": st.just("function"), "name": st.sampled_from(["f", "g", "bad name"])},
+                                optional={"parameters": SCHEMA, "description": st.text(max_size=8),
+                                          "strict": st.booleans()})
+RESPONSES_FIELDS = {
+    "model": field(st.text(max_size=10)),
+    "input": field(st.one_of(st.text(max_size=40), st.lists(RESPONSE_ITEM, min_size=1, max_size=3)), "", []),
+    "instructions": field(st.text(max_size=30)),
+    "tools": field(st.lists(FN_TOOL, max_size=2), [], [{"type": "web_search"}]),
+    "tool_choice": field(st.sampled_from(["none", "auto", "required", {"type": "function", "name": "f"}])),
+    "parallel_tool_calls": field(st.booleans()),
+    "text": field(st.fixed_dictionaries({"format": st.one_of(
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object"])}),
+        st.fixed_dictionaries({"type": st.just("json_schema"), "name": st.just("x"), "schema": SCHEMA}))})),
+    "reasoning": field(st.fixed_dictionaries({}, optional={"effort": st.sampled_from(["low", "high", "bogus"])})),
+    "max_output_tokens": field(st.integers(1, 8), 0, -1, 10 ** 20),
+    "temperature": field(st.floats(0, 2), -0.1, 2.5, math.nan),
+    "top_p": field(st.floats(0, 1, exclude_min=True), 0.0, 1.5),
+    "stream": field(st.booleans()),
+    "store": field(st.booleans()),
+    "include": field(st.just([]), ["reasoning.encrypted_content"]),
+    "truncation": field(st.sampled_from(["disabled", "auto"])),
+    "metadata": field(st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2)),
+    "previous_response_id": field(st.text(max_size=6)),
+    "user": field(st.text(max_size=6)),
+}
+BLOCK = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)},
+                          optional={"cache_control": st.just({"type": "ephemeral"})}),
+    st.fixed_dictionaries({"type": st.just("tool_use"), "id": st.text(max_size=5), "name": st.just("f"),
+                           "input": st.one_of(st.just({}), JUNK)}),
+    st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": st.text(max_size=5)},
+                          optional={"content": st.one_of(st.text(max_size=10), JUNK), "is_error": st.booleans()}),
+    st.fixed_dictionaries({"type": st.sampled_from(["thinking", "image", "document"]), "thinking": st.text(max_size=5)}))
+ANTHROPIC_MESSAGES = field(st.lists(st.fixed_dictionaries({
+    "role": st.sampled_from(["user", "assistant", "system"]),
+    "content": st.one_of(st.text(max_size=30), st.lists(BLOCK, max_size=3), JUNK)}), min_size=1, max_size=3), [])
+MESSAGES_FIELDS = {
+    "model": field(st.text(max_size=10)),
+    "system": field(st.one_of(st.text(max_size=20), st.lists(st.fixed_dictionaries(
+        {"type": st.just("text"), "text": st.text(max_size=10)}), max_size=2))),
+    "temperature": field(st.floats(0, 1), -0.1, 1.5, math.inf),
+    "top_p": field(st.floats(0, 1, exclude_min=True), 0.0, 1.5),
+    "top_k": field(st.integers(0, 100), -1, 10 ** 30),
+    "stop_sequences": field(st.lists(STOP_TEXT, max_size=16), ["x"] * 17),
+    "stream": field(st.booleans()),
+    "metadata": field(st.fixed_dictionaries({}, optional={"user_id": st.text(max_size=5)})),
+    "tools": field(st.lists(st.fixed_dictionaries({"name": st.sampled_from(["f", "g", "bad name"]),
+                                                   "input_schema": SCHEMA}), max_size=2), [],
+                   [{"type": "web_search_20250305", "name": "web_search"}]),
+    "tool_choice": field(st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["auto", "any", "none"])}),
+                                   st.just({"type": "tool", "name": "f"}), st.just({"type": "tool"}))),
+    "thinking": field(st.one_of(st.just({"type": "disabled"}),
+                                st.fixed_dictionaries({"type": st.just("enabled"),
+                                                       "budget_tokens": st.integers(-1, 100)}))),
+    "service_tier": field(st.sampled_from(["auto", "standard_only", "priority"])),
+}
+RESPONSES_BODY = st.one_of(
+    st.fixed_dictionaries({}, optional=RESPONSES_FIELDS),
+    st.fixed_dictionaries({"input": st.text(min_size=1, max_size=40), "max_output_tokens": st.integers(1, 8)},
+                          optional={"stream": st.booleans(), "instructions": st.text(max_size=20),
+                                    "temperature": st.floats(0, 2)}))
+MESSAGES_BODY = st.one_of(
+    st.fixed_dictionaries({"max_tokens": field(st.integers(1, 8), 0, 10 ** 20), "messages": ANTHROPIC_MESSAGES},
+                          optional=MESSAGES_FIELDS),
+    st.fixed_dictionaries({"max_tokens": st.integers(1, 8), "messages": st.lists(st.fixed_dictionaries(
+        {"role": st.just("user"), "content": st.text(max_size=40)}), min_size=1, max_size=1)},
+                          optional={"stream": st.booleans(), "system": st.text(max_size=20),
+                                    "stop_sequences": st.lists(STOP_TEXT, max_size=3)}))
+
+
 def check(http: httpx.Client, path: str, body: dict) -> None:
     payload = json.dumps(body)
     with http.stream("POST", path, content=payload, headers={"Content-Type": "application/json"}) as r:
         raw = r.read()
     event(f"HTTP {r.status_code}")  # pytest --hypothesis-show-statistics shows how many reached the engine
     assert r.status_code < 500, (r.status_code, raw[:300], payload[:500])
-    if r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"):
+    if r.status_code == 200 and path in ("/v1/responses", "/v1/messages"):
+        if r.headers["content-type"].startswith("text/event-stream"):
+            kinds = [ev.split("\n", 1)[0] for ev in raw.decode("utf-8").split("\n\n") if ev]
+            last = "event: response.completed" if path == "/v1/responses" else "event: message_stop"
+            assert kinds and kinds[-1] == last and "event: error" not in kinds, (raw[-300:], payload[:500])
+        else:
+            answer = json.loads(raw)
+            assert answer.get("status") in ("completed", "incomplete") or answer.get("stop_reason") in (
+                "end_turn", "max_tokens", "stop_sequence", "tool_use"), raw[:300]
+    elif r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"):
         events = [line[6:] for line in raw.decode("utf-8").split("\n\n") if line.startswith("data: ")]
         assert events and events[-1] == "[DONE]", raw[-300:]
         assert not any('"error"' in e[:10] for e in events), (raw[-300:], payload[:500])
@@ -197,3 +291,15 @@ def test_fuzz_chat_completions(http, body):
 @given(body=COMPLETION_BODY)
 def test_fuzz_completions(http, body):
     check(http, "/v1/completions", body)
+
+
+@FUZZ
+@given(body=RESPONSES_BODY)
+def test_fuzz_responses(http, body):
+    check(http, "/v1/responses", body)
+
+
+@FUZZ
+@given(body=MESSAGES_BODY)
+def test_fuzz_messages(http, body):
+    check(http, "/v1/messages", body)
