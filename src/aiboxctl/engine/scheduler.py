@@ -15,6 +15,7 @@ the samplers; the rest is the host's own work) for ``/metrics`` and ``bench/serv
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import queue
 import threading
@@ -106,6 +107,7 @@ class Scheduler:
         self._sampled = 0  # this step's sampled tokens
         self._n_out = 0  # rows of logits the step's batch asks for
         self._logits: Any = None  # this step's logits (numpy, n_out × n_vocab), made on first use
+        self._views: dict[tuple[int, int], Any] = {}  # (buffer address, rows) → numpy view
         self._picks: list[int] | None = None  # the step's argmax per row when every row is greedy
         self._gaps: list[float] = []  # seconds between tokens of a request, this step
 
@@ -412,11 +414,18 @@ class Scheduler:
             self._gaps = []
 
     def _step_logits(self) -> Any:
-        """This step's logits, one row per output in the batch's order (a numpy view into
-        llama.cpp's buffer, made once per step: a view per token costs more than the rest of
-        the token's host work)."""
+        """This step's logits, one row per output in the batch's order: a numpy view into
+        llama.cpp's buffer, looked up once per step and kept while the buffer and the number of
+        rows stay the same (making a view costs more than the rest of a token's host work)."""
         if self._logits is None:
-            self._logits = self._as_array(self.L.llama_get_logits(self.rt.ctx), shape=(self._n_out, self._n_vocab))
+            ptr = self.L.llama_get_logits(self.rt.ctx)
+            key = (ctypes.addressof(ptr.contents), self._n_out)
+            view = self._views.get(key)
+            if view is None:
+                if len(self._views) >= 4 * self.parallel:  # bounded: a buffer that moved leaves old keys
+                    self._views.clear()
+                view = self._views[key] = self._as_array(ptr, shape=(self._n_out, self._n_vocab))
+            self._logits = view
         return self._logits
 
     def _fail_one(self, s: Slot, exc: Exception, stage: str, req: Request | None = None) -> None:
