@@ -130,6 +130,10 @@ def llama_server(backend: str = "cpu", *, archs: Sequence[str] = (), jobs: int |
     return exe
 
 
+# What the shared llama-server needs besides the engine wheel's libllama/libggml (SONAME names).
+SERVER_LIBS = ("libllama-server-impl.so", "libllama-common.so.0", "libmtmd.so.0")
+
+
 def llama_server_shared(*, jobs: int | None = None) -> Path:
     """llama-server alone (``dist/llama-server``), linked against shared llama/ggml libraries with
     backends as loadable modules and no run-time search path of its own: run it with
@@ -140,7 +144,11 @@ def llama_server_shared(*, jobs: int | None = None) -> Path:
         _build(build, ["-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=ON", "-DGGML_BACKEND_DL=ON",
                        "-DGGML_CPU_ALL_VARIANTS=OFF", "-DCMAKE_SKIP_RPATH=ON"], jobs=jobs)
         exe.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(build / "bin" / "llama-server", exe)  # alone: no ggml modules beside it
+        # The server's own code (libllama-server-impl, llama-common, mtmd) goes beside it, under
+        # the names the loader asks for; no ggml library or backend module does.
+        for name in SERVER_LIBS:
+            shutil.copy2((build / "bin" / name).resolve(), exe.parent / name)
+        shutil.copy2(build / "bin" / "llama-server", exe)
     return exe
 
 
@@ -151,13 +159,14 @@ def engine_site(python: str = sys.executable) -> Path:
     return Path(out).parent.parent
 
 
-def anchor_env(site: Path) -> tuple[dict[str, str], Path]:
-    """(environment, working directory) that make :func:`llama_server_shared`'s binary run on the
-    engine wheel installed in ``site``: its libllama/libggml/libmtmd (``llama_cpp/lib``) and
-    libllama-common (``lib``) through LD_LIBRARY_PATH, and its backend modules (``bin/``:
-    libggml-cpu-*.so, libggml-cuda.so), which ggml looks for beside the executable and in the
-    working directory."""
-    libs = [str(site / "llama_cpp" / "lib"), str(site / "lib")]
+def anchor_env(site: Path, exe: Path | None = None) -> tuple[dict[str, str], Path]:
+    """(environment, working directory) that make :func:`llama_server_shared`'s binary ``exe``
+    run on the engine wheel installed in ``site``: the server's own libraries beside ``exe``,
+    then the wheel's libllama/libggml (``llama_cpp/lib``) through LD_LIBRARY_PATH, and its backend
+    modules (``bin/``: libggml-cpu-*.so, libggml-cuda.so), which ggml looks for beside the
+    executable and in the working directory."""
+    exe = exe or llama_server_shared()
+    libs = [str(exe.parent), str(site / "llama_cpp" / "lib"), str(site / "lib")]
     old = os.environ.get("LD_LIBRARY_PATH")
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join([*libs, *([old] if old else [])])}
     modules = site / "bin" if any((site / "bin").glob("libggml-*.so")) else site / "llama_cpp" / "lib"
