@@ -136,6 +136,7 @@ class Run:
     steps: dict[str, dict] = field(default_factory=dict)
     step_deadline: float = 0.0
     started: str = ""
+    anchor_build: dict | None = None  # --cpu: the CPU llama-server and the seconds it took to get
 
     def left(self) -> float:
         return min(self.deadline, self.step_deadline) - time.monotonic()
@@ -503,9 +504,35 @@ def compare(run: Run, cell: dict) -> dict:
     return out
 
 
+def bounded_level(run: Run, srv: Server, streams: int, tokens: int) -> dict:
+    """serve_throughput.run_level within the step's time: a server that hangs is stopped (its
+    clients then fail) instead of holding the whole check."""
+    import threading
+
+    from serve_throughput import run_level
+
+    box: dict[str, Any] = {}
+
+    def go() -> None:
+        try:
+            box["result"] = run_level(srv.base, streams, tokens)
+        except Exception as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(max(1.0, run.left()))
+    if t.is_alive():
+        srv.stop()
+        t.join(30)
+        raise TimeoutError(f"{streams} streams did not finish within the step's time")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def step_speed(run: Run) -> dict:
     import anchor
-    from serve_throughput import run_level
 
     model = run.models["7b"]["path"]
     streams = run.mode.streams
@@ -540,14 +567,14 @@ def step_speed(run: Run) -> dict:
             notes.append(f"{name}: {type(e).__name__}: {e}")
             continue
         try:
-            run_level(srv.base, 1, 8)  # warm-up
+            bounded_level(run, srv, 1, 8)  # warm-up
             results[name] = {"levels": {}, "gpu_used": gpu_used(), "rss": rss_bytes(srv.proc.pid)}
             for n in streams:
                 if run.left() < 5:
                     notes.append(f"{name}: {n} streams skipped, no time left")
                     continue
                 m0 = srv.metrics() if name == "aiboxctl" else {}
-                r = run_level(srv.base, n, run.mode.tokens)
+                r = bounded_level(run, srv, n, run.mode.tokens)
                 if m0:
                     m1 = srv.metrics()
                     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
@@ -674,6 +701,7 @@ def write_report(run: Run) -> None:
                        if Path("/proc/loadavg").exists() else None, "gpus": nvml_gpus()},
            "settings": {"streams": list(run.mode.streams), "tokens": run.mode.tokens,
                         "sizing": list(run.mode.settings), "gpu_layers": run.mode.gpu_layers, "threads": run.threads},
+           "anchor_build": run.anchor_build,
            "steps": run.steps, "summary": summary(run)}
     run.out.mkdir(parents=True, exist_ok=True)
     (run.out / "device-check.json").write_text(json.dumps(doc, indent=1, default=str))
@@ -862,12 +890,19 @@ def main(argv: list[str] | None = None) -> int:
                     tuple(int(x) for x in args.streams.split(",")) if args.streams else mode.streams,
                     args.tokens or mode.tokens, mode.settings, mode.models, mode.small)
     out = args.out or Path(os.environ.get("OUT") or "device-check-out")
+    anchor_build = None
+    if mode.cpu:  # the CPU llama-server is built once into the bench cache, outside the budget
+        import anchor
+
+        t0 = time.monotonic()
+        exe = anchor.llama_server()
+        anchor_build = {"exe": str(exe), "seconds": round(time.monotonic() - t0, 1)}
     with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("AIBOX_HOME", str(work / "aibox-home"))
         run = Run(mode=mode, out=out, deadline=time.monotonic() + args.budget, carry=args.carry.resolve(), work=work,
-                  threads=args.threads,
+                  threads=args.threads, anchor_build=anchor_build,
                   started=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
         try:
             run_steps(run)
