@@ -94,6 +94,7 @@ ALWAYS_CARRY = frozenset({"typer"})
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_24_x86_64")
 TREE_LIMIT = 64 * MiB
+ANCHOR_TAR = "llama-server.tar.xz"  # bench/anchor.py's shared llama-server, in the carry folder
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,11 @@ def step_install(run: Run) -> dict:
     if not (site / "llama_cpp").is_dir():
         raise RuntimeError(f"the engine wheel did not land in {site}")
     run.site = site
+    if (run.carry / ANCHOR_TAR).is_file():
+        import tarfile
+
+        with tarfile.open(run.carry / ANCHOR_TAR) as tar:
+            tar.extractall(run.work, filter="data")
     # CUDA runtime and cuBLAS: the toolkit's, and the nvidia-* wheels of the device's python
     libs = [str(site / "llama_cpp" / "lib")]
     libs += [str(d) for base in map(Path, sys.path) if base.is_dir() for d in sorted(base.glob("nvidia/*/lib"))]
@@ -543,10 +549,10 @@ def step_speed(run: Run) -> dict:
         if not exe.is_file():
             raise RuntimeError("the CPU llama-server did not build")
     else:
-        exe = run.carry / "llama-server"
+        exe = run.work / "llama-server" / "llama-server"
         if not exe.is_file():
-            raise RuntimeError(f"{exe} missing (--prepare copies bench/anchor.py's shared build)")
-        env, cwd = anchor.anchor_env(run.site)
+            raise RuntimeError(f"{exe} missing (install unpacks {ANCHOR_TAR}: --prepare makes it)")
+        env, cwd = anchor.anchor_env(run.site, exe)  # its own libraries beside it, ggml the engine's
     ls_argv = [str(exe), "-m", model, "--host", "127.0.0.1", "-t", str(run.threads), "-tb", str(run.threads),
                "-c", str(slots * slot_ctx), "-np", str(slots), "-b", "512", "-ub", "512", "--kv-unified",
                "-fa", "on", "--metrics", "--no-repack", "-ngl", "999" if run.mode.gpu_layers else "0"]
@@ -828,7 +834,8 @@ def prepare(dest: Path, engine_wheel: Path | None, llama_server: Path | None, py
 
     dest = dest.resolve()
     wheels = dest / "wheels"
-    shutil.rmtree(wheels, ignore_errors=True)
+    for old in (wheels, dest / "llama-server"):  # what an earlier --prepare left
+        shutil.rmtree(old, ignore_errors=True)
     wheels.mkdir(parents=True)
     engine_wheel = engine_wheel or find_engine_wheel()
     if engine_wheel is None:
@@ -848,7 +855,14 @@ def prepare(dest: Path, engine_wheel: Path | None, llama_server: Path | None, py
         import anchor
 
         llama_server = anchor.llama_server_shared()
-    shutil.copy2(llama_server, dest / "llama-server")
+    # the shared build's folder (the executable and the server's own libraries beside it),
+    # compressed: 11 MiB of libraries are 4 in a tar.xz, and every MiB counts against the 64
+    import tarfile
+
+    with tarfile.open(dest / ANCHOR_TAR, "w:xz") as tar:
+        for f in sorted(llama_server.parent.iterdir()):
+            if f.is_file():
+                tar.add(f, arcname=f"llama-server/{f.name}")
     tok = dest / sm.TOKENIZER_FILE
     if not tok.is_file():
         src = sm.default_tokenizer()
@@ -877,7 +891,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare", type=Path, metavar="DIR", help="make the carry folder here and stop")
     ap.add_argument("--python-version", default="3.12", help="--prepare: the device's Python (default 3.12)")
     ap.add_argument("--engine-wheel", type=Path, help="--prepare: the CUDA engine wheel (default: the engine cache's)")
-    ap.add_argument("--llama-server", type=Path, help="--prepare: llama-server (default: bench/anchor.py's shared build)")
+    ap.add_argument("--llama-server", type=Path,
+                    help="--prepare: llama-server; its folder travels (default: bench/anchor.py's shared build)")
     args = ap.parse_args(argv)
     if args.prepare:
         return prepare(args.prepare, args.engine_wheel, args.llama_server, args.python_version)
