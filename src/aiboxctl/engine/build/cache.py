@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass, replace
@@ -69,12 +68,17 @@ class CachedWheel:
     size_bytes: int = 0
     sha256: str = ""
     created: str = ""
+    # the wheel as built or given, before :mod:`.slim` dropped the library copies nothing asks
+    # for (None: not slimmed by this cache, e.g. an entry written before slimming existed)
+    original_size_bytes: int | None = None
+    slim_dropped: tuple[str, ...] = ()
 
     def meta(self) -> dict[str, Any]:
         return {"file": self.path.name, "version": self.version, "key": self.key, "backend": self.backend,
                 "architectures": list(self.architectures), "cmake_args": list(self.cmake_args),
                 "origin": self.origin, "build_seconds": self.build_seconds, "size_bytes": self.size_bytes,
-                "sha256": self.sha256, "created": self.created}
+                "sha256": self.sha256, "created": self.created, "original_size_bytes": self.original_size_bytes,
+                "slim_dropped": list(self.slim_dropped)}
 
 
 class WheelCache:
@@ -106,7 +110,8 @@ class WheelCache:
             backend=meta.get("backend"), architectures=tuple(meta.get("architectures") or ()),
             cmake_args=tuple(meta.get("cmake_args") or ()), origin=meta.get("origin") or "built",
             build_seconds=meta.get("build_seconds"), size_bytes=wheel.stat().st_size,
-            sha256=meta.get("sha256") or "", created=meta.get("created") or "")
+            sha256=meta.get("sha256") or "", created=meta.get("created") or "",
+            original_size_bytes=meta.get("original_size_bytes"), slim_dropped=tuple(meta.get("slim_dropped") or ()))
 
     def find(self, version: str, key: str) -> CachedWheel | None:
         folder = self.dir_for(version, key)
@@ -125,7 +130,11 @@ class WheelCache:
         return out
 
     def add(self, wheel: Path, entry: CachedWheel) -> CachedWheel:
-        """Copy ``wheel`` in under ``entry``'s version and key (replacing what was there)."""
+        """Copy ``wheel`` in under ``entry``'s version and key (replacing what was there),
+        slimmed (:func:`~aiboxctl.engine.build.slim.slim_wheel`): its size before and the
+        members dropped are recorded in ``build.json``."""
+        from aiboxctl.engine.build.slim import slim_wheel
+
         folder = self.dir_for(entry.version, entry.key)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / wheel.name
@@ -133,10 +142,25 @@ class WheelCache:
             for old in folder.glob(f"{WHEEL_PREFIX}*.whl"):
                 old.unlink()
             tmp = target.with_suffix(".partial")
-            shutil.copyfile(wheel, tmp)
-            os.replace(tmp, target)
+            try:
+                slim = slim_wheel(wheel, tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            slim = slim_wheel(target)
+        dropped = slim.dropped or entry.slim_dropped
+        original = entry.original_size_bytes or slim.original_bytes
         stored = replace(entry, path=target, size_bytes=target.stat().st_size, sha256=sha256_file(target),
-                         created=entry.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                         created=entry.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         original_size_bytes=original, slim_dropped=dropped)
         (folder / "build.json").write_text(json.dumps(stored.meta(), indent=2) + "\n")
         return stored
+
+    def slim(self, entry: CachedWheel) -> CachedWheel:
+        """Slim a wheel already in the cache (one stored before slimming existed), in place;
+        its record keeps what it had (origin, build time, creation) and gains the sizes."""
+        if entry.original_size_bytes is not None:
+            return entry
+        return self.add(entry.path, replace(entry, original_size_bytes=entry.path.stat().st_size))
 

@@ -175,8 +175,10 @@ def install_engine(backend: str = "auto", *, accelerators: Sequence[Any], wheel:
                              extra_cmake_args=getattr(tc, "cmake_args", ()),
                              cuda_stub_include=getattr(tc, "cuda_stub_include", None), jobs=jobs, progress=progress)
         built = True
-    elif confirm:
-        confirm(f"Install llama-cpp-python {target.version} ({target.key}) into {Path(python).parent.parent}?")
+    else:
+        if confirm:
+            confirm(f"Install llama-cpp-python {target.version} ({target.key}) into {Path(python).parent.parent}?")
+        target = cache.slim(target)  # an entry cached before slimming existed
 
     # What to put back if the new engine fails: the recorded wheel when it is what is
     # installed, else a snapshot of the installed files.
