@@ -283,6 +283,13 @@ def sse(obj: Any) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+def sse_event(kind: str, payload: dict) -> bytes:
+    """One typed SSE event (the Responses API's and Anthropic's streams): ``event: <type>`` and
+    its JSON, which carries ``type`` too."""
+    data = json.dumps({"type": kind, **payload}, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
 # --- pooled outputs: embeddings and rerank (engine/api/serving_embeddings.py, serving_rerank.py)
 
 MAX_POOLED_INPUTS = 2048  # inputs per embeddings request, documents per rerank request (OpenAI's limit)

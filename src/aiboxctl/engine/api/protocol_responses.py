@@ -9,7 +9,6 @@ so a client never believes a setting took effect when it did not."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -234,9 +233,3 @@ def message_item(item_id: str, text: str, status: str = "completed") -> dict:
 def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict:
     return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
             "status": status}
-
-
-def sse_event(kind: str, payload: dict) -> bytes:
-    """One typed SSE event: ``event: <type>`` and its JSON (which carries ``type`` too)."""
-    data = json.dumps({"type": kind, **payload}, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {kind}\ndata: {data}\n\n".encode()

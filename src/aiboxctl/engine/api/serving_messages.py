@@ -12,8 +12,9 @@ from typing import Any
 from fastapi import Request as HttpRequest
 
 from aiboxctl.engine.api.edge import Rejected, parse_body
+from aiboxctl.engine.api.protocol import sse_event
 from aiboxctl.engine.api.protocol_messages import (
-    MessagesBody, anthropic_error, messages_usage, sse_event, stop_reason, tool_input,
+    MessagesBody, anthropic_error, messages_usage, stop_reason, tool_input,
 )
 from aiboxctl.engine.api.serving import StreamFrames
 from aiboxctl.engine.api.serving_chat import ChatServing

@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import PrivateAttr, ValidationError
 
 from aiboxctl.engine.api.edge import Rejected, parse_body
-from aiboxctl.engine.api.protocol import ChatBody, validation_message
+from aiboxctl.engine.api.protocol import ChatBody, sse_event, validation_message
 from aiboxctl.engine.api.protocol_responses import (
-    ResponsesBody, function_call_item, message_item, reasoning_item, response_object, response_usage, sse_event,
+    ResponsesBody, function_call_item, message_item, reasoning_item, response_object, response_usage,
 )
 from aiboxctl.engine.api.serving import StreamFrames
 from aiboxctl.engine.api.serving_chat import ChatServing
