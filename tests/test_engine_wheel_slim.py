@@ -64,6 +64,8 @@ def _llama_layout_wheel(tmp: Path, *, drop: tuple[str, ...] = ()) -> Path:
                needed=("libllama.so.0",), libdir=build)
     cpu = _cc(build / "libggml-cpu-x64.so", "int gb(void); int c(void){return gb();}", soname=None,
               needed=("libggml-base.so.0",), libdir=build, origin=False)
+    gpu = _cc(build / "libggml-cuda.so", "int gb(void); int d(void){return gb();}", soname=None,
+              needed=("libggml-base.so.0",), libdir=build, origin=False)
     members: dict[str, bytes] = {
         "llama_cpp/__init__.py": b"",
         "llama_cpp/llama_cpp.py": b'_lib_base_name = "llama"\n_lib = load_shared_library(_lib_base_name, p)\n',
@@ -71,6 +73,8 @@ def _llama_layout_wheel(tmp: Path, *, drop: tuple[str, ...] = ()) -> Path:
         "llama_cpp/mtmd_cpp.py": b'_libmtmd_base_name = "mtmd"\n',
         "llama_cpp/llava_cpp.py": b'_libllava_base_name = "llava"\n',  # not in the wheel: nothing kept
         "bin/libggml-cpu-x64.so": cpu,
+        "bin/libggml-cuda.so": gpu,  # ggml loads the modules of the folder it is handed: bin/
+        "llama_cpp/lib/libggml-cuda.so": gpu,  # ... so this copy is never loaded
         "lib/cmake/llama/llama-config.cmake": b"# points at lib/libllama.so\n",
         "include/llama.h": b"int l(void);\n",
     }
@@ -158,12 +162,12 @@ def test_slim_keeps_the_names_ctypes_and_the_loader_ask_for(tmp_path):
     assert {n for n in names if "/lib/" in f"/{n}"} == {
         "llama_cpp/lib/libllama.so", "llama_cpp/lib/libggml.so", "llama_cpp/lib/libmtmd.so",
         "llama_cpp/lib/libllama.so.0", "llama_cpp/lib/libggml.so.0", "llama_cpp/lib/libggml-base.so.0"}
-    assert "bin/libggml-cpu-x64.so" in names and "include/llama.h" in names
+    assert {"bin/libggml-cpu-x64.so", "bin/libggml-cuda.so", "include/llama.h"} <= names
     assert not any(n.startswith("lib/") for n in names)  # its CMake file went with its libraries
     assert mode == 0o755
     assert res.changed and res.slim_bytes == slim.stat().st_size < res.original_bytes == fat.stat().st_size
     assert "lib/libllama.so" in res.dropped and "llama_cpp/lib/libllama.so.0.5.0" in res.dropped
-    assert "lib/cmake/llama/llama-config.cmake" in res.dropped
+    assert "lib/cmake/llama/llama-config.cmake" in res.dropped and "llama_cpp/lib/libggml-cuda.so" in res.dropped
     _record_is_exact(slim)
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(slim).extractall(unpacked)
@@ -173,9 +177,9 @@ def test_slim_keeps_the_names_ctypes_and_the_loader_ask_for(tmp_path):
     lib = unpacked / "llama_cpp" / "lib"
     probe = (f"import ctypes; ctypes.CDLL({str(lib / 'libllama.so')!r}); ctypes.CDLL({str(lib / 'libggml.so')!r}); "
              f"m = ctypes.CDLL({str(lib / 'libmtmd.so')!r}); c = ctypes.CDLL({str(unpacked / 'bin' / 'libggml-cpu-x64.so')!r}); "
-             "print(m.m() + c.c())")
+             f"d = ctypes.CDLL({str(unpacked / 'bin' / 'libggml-cuda.so')!r}); print(m.m() + c.c() + d.d())")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
+    assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr
 
     # slimming a slim wheel changes nothing, and leaves the file as it was
     before = slim.read_bytes()

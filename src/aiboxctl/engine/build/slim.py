@@ -7,7 +7,8 @@ What a program asks for is known exactly, so only those names stay:
 
 * the names llama_cpp's modules hand to ctypes (``load_shared_library("ggml", …)``,
   ``_lib_base_name = "llama"``): ``llama_cpp/lib/lib<name>.so``;
-* the backend modules ggml loads from a folder by name (``libggml-<backend>[-<variant>].so``);
+* the backend modules ggml loads from a folder by name (``libggml-<backend>[-<variant>].so``
+  in the folder of the CPU modules, ``bin/``: the only one the engine hands to ggml);
 * every ``DT_NEEDED`` name of a kept library that its ``RUNPATH``/``RPATH`` (``$ORIGIN``…)
   finds inside the wheel, and, for a library without a run path (the backend modules), the
   library kept under that ``DT_SONAME`` (the loader matches a loaded object by its soname),
@@ -120,6 +121,18 @@ def ctypes_roots(zf: zipfile.ZipFile, members: set[str]) -> list[str]:
     return roots
 
 
+def backend_modules(elves: dict[str, ElfEntry]) -> list[str]:
+    """The backend modules ggml loads: ``libggml-<backend>[-<variant>].so`` in the folders the
+    engine hands to ``ggml_backend_load_all_from_path`` — those holding a CPU backend module
+    (``site-packages/bin`` of a ``GGML_BACKEND_DL`` build; see
+    :func:`aiboxctl.engine.llama.backend_variant_dirs`). ggml loads only from the folder it is
+    given, so another folder's copy (``llama_cpp/lib/libggml-cuda.so``) is never loaded. With
+    no such folder, every backend module is kept."""
+    modules = [m for m in elves if _BACKEND_MODULE.fullmatch(posixpath.basename(m))]
+    scanned = {posixpath.dirname(m) for m in modules if posixpath.basename(m).startswith("libggml-cpu")}
+    return [m for m in modules if posixpath.dirname(m) in scanned] if scanned else modules
+
+
 def plan_slim(zf: zipfile.ZipFile) -> tuple[list[str], dict[str, ElfEntry], list[str]]:
     """(members to keep, the ELF members read, the roots) for the wheel open in ``zf``."""
     members = [i.filename for i in zf.infolist() if not i.is_dir()]
@@ -139,7 +152,7 @@ def plan_slim(zf: zipfile.ZipFile) -> tuple[list[str], dict[str, ElfEntry], list
         except Exception as exc:  # pyelftools raises its own and struct errors on a damaged file
             raise AiboxError(f"cannot read the shared library {info.filename} in the engine wheel: {exc}",
                              code="wheel_slim_failed") from exc
-    roots += [m for m in elves if _BACKEND_MODULE.fullmatch(posixpath.basename(m)) and m not in roots]
+    roots += [m for m in backend_modules(elves) if m not in roots]
 
     kept: dict[str, None] = {}
     queue = list(roots)
