@@ -64,3 +64,21 @@ def test_pooled_prediction_scales_with_tokens_threads_and_decodes():
     split = predict_pooled(facts, cpu, batch=64, input_tokens=100, n_ctx=2048, parallel=64, threads=1, cores=2)
     assert split.decodes == 4  # 20 inputs of 100 tokens per 2048-token decode
     assert split.tokens_per_s == pytest.approx(one.tokens_per_s, rel=0.2)  # longer inputs: attention costs more
+
+
+def test_an_engine_config_is_read_as_the_engine_reads_it(cli, box, tmp_path):
+    """--engine-config is read with the engine's own reader: a key it leaves out takes the
+    engine's default (parallel 4: 16 passages are 4 decodes), a relative model path is the
+    config file's folder's, as `aiboxctl serve` resolves it."""
+    import shutil
+
+    import yaml
+
+    shutil.copy(bertgguf.embedding_gguf(), tmp_path / "embed.gguf")
+    (tmp_path / "engine.yaml").write_text(yaml.safe_dump({"model": "embed.gguf", "model_name": EMBED,
+                                                          "role": "embedding", "n_ctx": 2048, "threads": 1}))
+    r = cli("bench", "--url", box.url, "--runs", "1", "--json", "--role", "embedding",
+            "--engine-config", str(tmp_path / "engine.yaml"))
+    assert r.code == 0, r.stdout + r.stderr
+    (emb,) = r.json()["data"]["pooled"]
+    assert emb["predicted"]["decodes"] == 4 and emb["predicted"]["batch"] == 16

@@ -94,34 +94,24 @@ def bench(
     return output.emit(result, human)
 
 
-def _pooled_configs(root: Any, files: list[Path]) -> list[dict]:
-    """engine.yaml documents of pooled engines: the installed set's (engines/*.yaml) and the
-    files given with --engine-config."""
-    import yaml
-
+def _pooled_configs(root: Any, files: list[Path]) -> list[Any]:
+    """The pooled engines' configurations, read as the engine reads them (its defaults, a relative
+    model path against the file's folder): the installed set's (engines/*.yaml) and the files
+    given with --engine-config."""
     from aiboxctl.deploy.instances import engines_dir, instance_names, is_multi
     from aiboxctl.deploy.spec import install_layout
-    from aiboxctl.errors import UsageError
+    from aiboxctl.engine.config import load_engine_config
 
     paths = list(files)
     if root is not None or not files:
         layout = install_layout(root)
         if is_multi(layout):
             paths += [engines_dir(layout) / f"{name}.yaml" for name in instance_names(layout)]
-    out = []
-    for p in paths:
-        try:
-            doc = yaml.safe_load(Path(p).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise UsageError(f"--engine-config {p}: no such file") from None
-        except (OSError, yaml.YAMLError) as exc:
-            raise UsageError(f"--engine-config {p}: cannot read it ({type(exc).__name__})") from None
-        if isinstance(doc, dict) and doc.get("role") in ("embedding", "rerank") and doc.get("model"):
-            out.append(doc)
-    return out
+    configs = [load_engine_config(p) for p in paths]
+    return [c for c in configs if c.role in ("embedding", "rerank")]
 
 
-def _predictors(configs: list[dict], models: list[str]) -> dict[str, Any]:
+def _predictors(configs: list[Any], models: list[str]) -> dict[str, Any]:
     if not configs or not models:
         return {}
     from aiboxctl.hardware.probe import probe_box
@@ -131,9 +121,8 @@ def _predictors(configs: list[dict], models: list[str]) -> dict[str, Any]:
     box = as_box(probe_box())
     out = {}
     for cfg in configs:
-        name = str(cfg.get("model_name") or Path(str(cfg["model"])).stem)
-        if name in models and name not in out:
-            out[name] = predictor_for(cfg, box)
+        if cfg.served_name in models and cfg.served_name not in out:
+            out[cfg.served_name] = predictor_for(cfg, box)
     return out
 
 

@@ -25,6 +25,7 @@ from aiboxctl.models.facts import ModelFacts
 from aiboxctl.sizing.throughput import T0_ACCEL, T0_CPU, DeviceSpeed
 
 if TYPE_CHECKING:
+    from aiboxctl.engine_settings import EngineSettings
     from aiboxctl.sizing.box import Box
 
 UNGATED_FFN = frozenset({"bert", "nomic-bert"})  # BERT/XLM-R: up and down only; the others gate
@@ -92,25 +93,21 @@ def predict_pooled(facts: ModelFacts, device: DeviceSpeed, *, batch: int, input_
                        "compute" if compute_bound else "memory")
 
 
-def predictor_for(config: dict, box: "Box"):
-    """The bench's predictor for the pooled engine an engine.yaml (``config``) describes on
-    ``box``: (role, inputs, tokens per input) -> {"texts_per_s", "tokens_per_s", "latency_s", …}.
-    The device is the box's first accelerator when the engine offloads layers, else the host."""
-    from pathlib import Path
-
+def predictor_for(config: "EngineSettings", box: "Box"):
+    """The bench's predictor for the pooled engine ``config`` (an engine.yaml as the engine reads
+    it: engine.config.load_engine_config) on ``box``: (role, inputs, tokens per input) ->
+    {"texts_per_s", "tokens_per_s", "latency_s", …}. The device is the box's first accelerator when
+    the engine offloads layers, else the host."""
     from aiboxctl.models.gguf import read_header
 
-    path = Path(str(config["model"]))
-    facts = ModelFacts.from_header(read_header(path))
-    on_accel = bool(config.get("n_gpu_layers")) and bool(box.accelerators)
+    facts = ModelFacts.from_header(read_header(config.model))
+    on_accel = bool(config.n_gpu_layers) and bool(box.accelerators)
     device = box.accelerators[0].speed if on_accel else box.host_speed
-    n_ctx = int(config.get("n_ctx") or 4096)
-    parallel = int(config.get("parallel") or 64)
-    threads = config.get("threads")
+    threads = config.threads
 
     def predict(role: str, inputs: int, tokens: float) -> dict:
-        p = predict_pooled(facts, device, batch=inputs, input_tokens=max(1, round(tokens)), n_ctx=n_ctx,
-                           parallel=parallel, threads=int(threads) if threads else None, cores=box.cpu_cores)
+        p = predict_pooled(facts, device, batch=inputs, input_tokens=max(1, round(tokens)), n_ctx=config.n_ctx,
+                           parallel=config.parallel, threads=threads, cores=box.cpu_cores)
         return {**p.to_dict(), "latency_s": round(p.seconds, 6), "device": device.name,
                 "basis": f"sizing/pooled_speed.py on {device.name} ({device.tflops:g} TFLOPS peak"
                          + (f", {threads} of {box.cpu_cores} cores" if device.kind == "cpu" and threads else "") + ")"}
