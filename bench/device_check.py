@@ -12,16 +12,17 @@ leaves what it measured):
    device's Python lacks; ``probe``: ``aiboxctl probe --json`` (NVML and nvidia-smi) and NVML
    read directly; ``synth-7b``: the Qwen2.5-7B-shaped Q4_K_M (``bench/synth_models.py``);
    ``selftest``: the engine's self-test with full offload.
-2. ``sizing-7b`` / ``sizing-32b``: per model × three settings (context, slots, KV type)
-   ``estimate`` and ``estimate --exact`` against what a real ``aiboxctl serve`` uses once loaded:
-   llama.cpp's buffers per device (its load log) and the GPU memory NVML sees taken (on the CPU,
-   the process RSS stands in). Goal ≤ 3 % and never under.
-3. ``speed``: ``aiboxctl serve`` against llama-server (``bench/anchor.py``; on the device the
+2. ``speed``: ``aiboxctl serve`` against llama-server (``bench/anchor.py``; on the device the
    shared build running on the engine wheel's own libraries) at 1/8/32/64 streams, full offload,
    ``ignore_eos``: aggregate tok/s, TTFT, the ratio, and the engine's host time per step and per
    token from its /metrics.
-4. ``plan``: ``aiboxctl plan --profile gov-office`` on the probed box, and the same profile for
+3. ``plan``: ``aiboxctl plan --profile gov-office`` on the probed box, and the same profile for
    the synthetic 7B at each stream count, against what ``speed`` measured.
+4. ``sizing-7b`` / ``sizing-32b`` (``synth-32b`` writes the 32B shape between them): per model
+   × three settings (context, slots, KV type) ``estimate`` and ``estimate --exact`` against what
+   a real ``aiboxctl serve`` uses once loaded: llama.cpp's buffers per device (its load log) and
+   the GPU memory NVML sees taken (on the CPU, the process RSS stands in). Goal ≤ 3 % and never
+   under.
 5. ``device-check.json`` and ``device-check.md`` in ``$OUT`` (or ``--out``).
 
 Here, once, before the device (prints the carry folder's size; the tree that travels ≤ 64 MiB):
@@ -30,7 +31,7 @@ Here, once, before the device (prints the carry folder's size; the tree that tra
 
 On the device (docs/gpu.md has the exact ``run`` call, carry list and timeout):
 
-    python3 bench/device_check.py --carry .carry --budget 450
+    python3 bench/device_check.py --carry .carry --budget 420
 
 Here, the rehearsal (small shapes, CPU engine and CPU llama-server, a few minutes on 2 cores):
 
@@ -47,18 +48,19 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
+
+from serve_throughput import counters, free_port, run_level, step_costs  # noqa: E402  (bench/serve_throughput.py)
 
 GOAL_SIZING = 0.03  # ≤ 3 % and never under
 GOAL_SPEED = {1: 1.0, 64: 0.95}  # aiboxctl / llama-server aggregate, at that many streams
@@ -106,20 +108,19 @@ class Mode:
     streams: tuple[int, ...]
     tokens: int
     settings: tuple[dict, ...]  # sizing: ctx, parallel, kv
-    models: tuple[str, ...]  # synth_models keys
     small: bool = False  # the small shapes (always with --cpu)
 
     @staticmethod
     def device() -> Mode:
         return Mode(False, -1, (1, 8, 32, 64), 128,
                     ({"ctx": 8192, "parallel": 1, "kv": "f16"}, {"ctx": 65536, "parallel": 16, "kv": "f16"},
-                     {"ctx": 131072, "parallel": 64, "kv": "q8_0"}), ("7b", "32b"))
+                     {"ctx": 131072, "parallel": 64, "kv": "q8_0"}))
 
     @staticmethod
     def rehearsal() -> Mode:
         return Mode(True, 0, (1, 4), 16,
                     ({"ctx": 2048, "parallel": 1, "kv": "f16"}, {"ctx": 8192, "parallel": 4, "kv": "f16"},
-                     {"ctx": 8192, "parallel": 8, "kv": "q8_0"}), ("7b", "32b"), small=True)
+                     {"ctx": 8192, "parallel": 8, "kv": "q8_0"}), small=True)
 
 
 @dataclass
@@ -130,7 +131,6 @@ class Run:
     carry: Path
     work: Path  # models, site-packages, configs, logs
     threads: int
-    python: str = sys.executable
     aiboxctl: list[str] = field(default_factory=list)
     site: Path | None = None  # where the carried wheels were installed (device)
     models: dict[str, dict] = field(default_factory=dict)  # key -> synth_models.write() result
@@ -144,12 +144,6 @@ class Run:
 
 
 # --- small helpers ----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def rel_error(est: float, measured: float) -> float | None:
     """(estimate − measured) / measured; 0 within two log lines' 0.01 MiB rounding."""
@@ -251,20 +245,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-
-    def metrics(self) -> dict[str, float]:
-        import httpx
-
-        out: dict[str, float] = {}
-        try:
-            text = httpx.get(self.base + "/metrics", timeout=10).text
-        except httpx.HTTPError:
-            return out
-        for line in text.splitlines():
-            m = re.match(r"^(aibox_engine_\w+?)(?:_total)?(?:\{[^}]*\})?\s+([-\d.e+]+)$", line)
-            if m:
-                out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
-        return out
 
 
 def engine_yaml(run: Run, model: str, *, ctx: int, parallel: int, kv: str = "f16", port: int) -> Path:
@@ -515,8 +495,6 @@ def bounded_level(run: Run, srv: Server, streams: int, tokens: int) -> dict:
     clients then fail) instead of holding the whole check."""
     import threading
 
-    from serve_throughput import run_level
-
     box: dict[str, Any] = {}
 
     def go() -> None:
@@ -579,15 +557,12 @@ def step_speed(run: Run) -> dict:
                 if run.left() < 5:
                     notes.append(f"{name}: {n} streams skipped, no time left")
                     continue
-                m0 = srv.metrics() if name == "aiboxctl" else {}
+                m0 = counters(srv.base) if name == "aiboxctl" else {}
                 r = bounded_level(run, srv, n, run.mode.tokens)
-                if m0:
-                    m1 = srv.metrics()
-                    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
-                    steps, toks = d.get("aibox_engine_steps", 0), d.get("aibox_engine_sampled_tokens", 0)
-                    r["host_us_per_step"] = 1e6 * d.get("aibox_engine_host_seconds", 0) / steps if steps else None
-                    r["host_us_per_token"] = 1e6 * d.get("aibox_engine_host_seconds", 0) / toks if toks else None
-                    r["decode_ms_per_step"] = 1e3 * d.get("aibox_engine_decode_seconds", 0) / steps if steps else None
+                if m0:  # the engine's own split (serve_throughput's parse of /metrics)
+                    c = step_costs(m0, counters(srv.base), r["wall"])
+                    r["host_us_per_step"], r["host_us_per_token"] = c["host"], c["host_per_token"]
+                    r["decode_ms_per_step"] = c["decode"] / 1e3
                 results[name]["levels"][str(n)] = r
         except Exception as e:  # a level that breaks ends this server's levels, not the step
             notes.append(f"{name}: {type(e).__name__}: {e}")
@@ -898,12 +873,11 @@ def main(argv: list[str] | None = None) -> int:
         return prepare(args.prepare, args.engine_wheel, args.llama_server, args.python_version)
     mode = Mode.rehearsal() if args.cpu else Mode.device()
     if args.small and not args.cpu:
-        small = Mode.rehearsal()
-        mode = Mode(False, mode.gpu_layers, small.streams, small.tokens, small.settings, small.models, small=True)
-    if args.streams or args.tokens:
-        mode = Mode(mode.cpu, mode.gpu_layers,
-                    tuple(int(x) for x in args.streams.split(",")) if args.streams else mode.streams,
-                    args.tokens or mode.tokens, mode.settings, mode.models, mode.small)
+        mode = replace(Mode.rehearsal(), cpu=False, gpu_layers=mode.gpu_layers)
+    if args.streams:
+        mode = replace(mode, streams=tuple(int(x) for x in args.streams.split(",")))
+    if args.tokens:
+        mode = replace(mode, tokens=args.tokens)
     out = args.out or Path(os.environ.get("OUT") or "device-check-out")
     anchor_build = None
     if mode.cpu:  # the CPU llama-server is built once into the bench cache, outside the budget
