@@ -87,3 +87,64 @@ def test_step_counters_exist_and_add_up(runtime):
     assert decode > 0 and sample > 0 and host > 0
     assert decode + sample <= step
     assert host + decode + sample == pytest.approx(step, rel=1e-6)
+
+
+
+def _submit(sched: Scheduler, runtime, prompts: list[str], params: list[SamplingParams]) -> tuple[list, list]:
+    """(requests, their event queues), submitted."""
+    reqs, queues = [], []
+    for i, (text, p) in enumerate(zip(prompts, params)):
+        q: queue.Queue = queue.Queue()
+        reqs.append(Request(f"g{i}", runtime.tokenize(text, add_special=True), p, q.put))
+        queues.append(q)
+        sched.submit(reqs[-1])
+    return reqs, queues
+
+
+def _events(q: queue.Queue) -> list:
+    got: list = []
+    while not got or got[-1][0] not in ("done", "error"):
+        got.append(q.get(timeout=EVENT_TIMEOUT_S))
+    return got
+
+
+def _text(events: list) -> str:
+    return "".join(e[1] for e in events if e[0] == "text")
+
+
+def test_batched_greedy_rows_are_each_requests_own(runtime):
+    """Plain greedy slots decoding together take one argmax over the step's logits rows and read
+    their logprobs from the same rows (Slot.out_row): each request's reply and log-probabilities
+    must be its own, as when it runs alone. Distinct prompts, so a row mix-up changes the text.
+    The per-step histogram of the gaps between tokens counts one gap per token after the first."""
+    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land"]
+    params = [SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True, logprobs=2 if i == 0 else None)
+              for i in range(3)]
+    alone_sched = Scheduler(runtime, parallel=3, n_batch=512, slot_ctx=340, queue_size=4)
+    alone_sched.start()
+    try:
+        alone = [_events(_submit(alone_sched, runtime, [t], [p])[1][0]) for t, p in zip(prompts, params)]
+    finally:
+        assert alone_sched.stop(timeout=30)
+        alone_sched.close()
+    metrics = EngineMetrics()
+    sched = Scheduler(runtime, parallel=3, n_batch=512, slot_ctx=340, queue_size=4, metrics=metrics)
+    metrics.bind(sched, runtime.n_ctx)
+    reqs, queues = _submit(sched, runtime, prompts, params)  # before the loop runs: admitted together
+    sched.start()
+    try:
+        together = [_events(q) for q in queues]
+    finally:
+        assert sched.stop(timeout=30)
+        sched.close()
+    assert [e[-1][0] for e in together] == ["done"] * 3, together
+    assert [_text(e) for e in together] == [_text(e) for e in alone]
+    assert len({_text(e) for e in together}) == 3
+    lps = [e[1] for e in together[0] if e[0] == "logprobs"]
+    assert len(lps) == 10
+    for piece, lp, top in lps:  # greedy: the token written is its row's most likely one
+        assert top[0] == (piece, lp)
+    assert [lp for _, lp, _ in lps] == pytest.approx([e[1][1] for e in alone[0] if e[0] == "logprobs"], abs=1e-3)
+    assert b"".join(p for p, _, _ in lps).decode() == _text(together[0])
+    got = scrape(metrics)
+    assert got["aibox_time_per_output_token_seconds_count"] == sum(r.completion_tokens - 1 for r in reqs) == 27
