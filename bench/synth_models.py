@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import subprocess
 import sys
 import time
@@ -168,8 +167,9 @@ def export_tokenizer(dest: Path) -> Path:
 
 
 def default_tokenizer() -> Path:
-    d = Path(os.environ.get("AIBOX_BENCH_CACHE") or Path.home() / ".cache" / "aiboxctl-bench")
-    return d / TOKENIZER_FILE
+    from anchor import cache_dir  # bench/anchor.py: the one bench cache ($AIBOX_BENCH_CACHE)
+
+    return cache_dir() / TOKENIZER_FILE
 
 
 def load_tokenizer(path: Path | None) -> dict[str, Any]:
