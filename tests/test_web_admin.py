@@ -41,6 +41,9 @@ def test_only_an_admin_key_gets_the_admin_view(stack):
     assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
     assert _admin(base, "sk-aibox-000000000000-nope").status_code == 401
     assert _admin(base, keys["admin"]).status_code == 200
+    # the key as Anthropic's clients send it counts as it does on every other route
+    assert httpx.get(base + "/v1/aibox/admin", headers={"x-api-key": keys["admin"]}, timeout=30).status_code == 200
+    assert httpx.get(base + "/v1/aibox/admin", headers={"x-api-key": keys["clerk"]}, timeout=30).status_code == 403
 
 
 def test_admin_view_shows_models_users_online_and_tokens_today(stack):

@@ -20,6 +20,7 @@ from aiboxctl.gateway.pool import Refusal
 
 _METER_LIMIT = 1 << 20  # a JSON answer larger than this is not parsed for usage (counted as 0)
 _REQUEST_TEXT = ("messages", "prompt", "input", "query", "documents", "system", "instructions")
+ADMIN_PATHS = ("/metrics", "/v1/aibox/admin")  # an admin key only
 
 
 def as_refusal(denied: AccessDenied) -> Refusal:
@@ -33,7 +34,7 @@ class AccessGate:
 
     async def __call__(self, request: Any, body: dict[str, Any] | None = None, body_bytes: int = 0) -> Refusal | None:
         """``body``: a routed request's JSON object (None for /metrics, /v1/models, the page's
-        upload: those need only a valid key, /metrics an admin one)."""
+        upload: those need only a valid key, ADMIN_PATHS an admin one)."""
         auth = request.headers.get("authorization")
         if auth is None and "x-api-key" in request.headers:  # how Anthropic's clients send the key
             auth = "Bearer " + request.headers["x-api-key"]
@@ -41,7 +42,7 @@ class AccessGate:
         try:
             if body is None or path not in self.routes:
                 key = self.access.keys.authenticate(auth)
-                if path == "/metrics":
+                if path in ADMIN_PATHS:
                     self.access.keys.require_admin(key)
                 return None
             model = body.get("model")

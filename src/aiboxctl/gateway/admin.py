@@ -93,24 +93,15 @@ def _refusal_response(refusal: Refusal) -> Any:
 
 
 async def admin_refusal(gate: Any, request: Any) -> Optional[Refusal]:
-    """None for an admin key; else the Refusal (401 no/wrong key, 403 not an admin key)."""
-    access = getattr(gate, "access", None)
-    if access is None:
-        if gate is not None:  # another key check: it may say 401, but it cannot say who is an admin
-            refusal = await gate(request, None, 0)
-            if refusal is not None:
-                return refusal
-        return Refusal(403, "the admin view needs keys on this front door: set keys_file in gateway.yaml and "
-                       "make an admin key (aiboxctl keys add NAME --admin)", code="admin_required",
-                       type_="permission_error")
-    from aiboxctl.access.refusal import AccessDenied
-    from aiboxctl.gateway.access import as_refusal
-
-    try:
-        access.keys.require_admin(access.keys.authenticate(request.headers.get("authorization")))
-    except AccessDenied as denied:
-        return as_refusal(denied)
-    return None
+    """None for an admin key; else the Refusal (401 no/wrong key, 403 not an admin key): the
+    front door's gate decides, as for /metrics (gateway/access.py ADMIN_PATHS)."""
+    refusal = await gate(request, None, 0) if gate is not None else None
+    if refusal is not None or getattr(gate, "access", None) is not None:
+        return refusal
+    # another key check (or none) may say 401, but it cannot say who is an admin
+    return Refusal(403, "the admin view needs keys on this front door: set keys_file in gateway.yaml and "
+                   "make an admin key (aiboxctl keys add NAME --admin)", code="admin_required",
+                   type_="permission_error")
 
 
 def mount(app: Any, holder: dict[str, Any], gate: Any, *, now: Callable[[], float] = time.time) -> None:
