@@ -197,8 +197,7 @@ def box_from_report(report: Any) -> Box:
     return Box("this box", "probe of this box", ram, float(bw), cores, cpu_tflops, tuple(devices), tuple(idle),
                True, tuple(notes), repack_ok=not amx_failed,
                cpu_buffers=CpuBuffers.from_flags(cpu.flags, cpu.arch).in_build(report.engine.system_info or ""),
-               numa_cpus=tuple(parse_cpulist(c) for c in getattr(cpu, "numa_cpus", ())) if len(
-                   getattr(cpu, "numa_cpus", ())) > 1 else ())
+               numa_cpus=tuple(parse_cpulist(c) for c in cpu.numa_cpus) if len(cpu.numa_cpus) > 1 else ())
 
 
 def as_box(hardware: Box | HardwareProfile | Any) -> Box:
