@@ -268,8 +268,10 @@ def check(http: httpx.Client, path: str, body: dict) -> None:
             assert kinds and kinds[-1] == last and "event: error" not in kinds, (raw[-300:], payload[:500])
         else:
             answer = json.loads(raw)
-            assert answer.get("status") in ("completed", "incomplete") or answer.get("stop_reason") in (
-                "end_turn", "max_tokens", "stop_sequence", "tool_use"), raw[:300]
+            if path == "/v1/responses":
+                assert answer["status"] in ("completed", "incomplete"), raw[:300]
+            else:
+                assert answer["stop_reason"] in ("end_turn", "max_tokens", "stop_sequence", "tool_use"), raw[:300]
     elif r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"):
         events = [line[6:] for line in raw.decode("utf-8").split("\n\n") if line.startswith("data: ")]
         assert events and events[-1] == "[DONE]", raw[-300:]
