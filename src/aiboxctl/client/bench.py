@@ -208,14 +208,15 @@ def served_models(endpoint: Endpoint, timeout: float = 30.0) -> list[tuple[str, 
     return [(str(m["id"]), role) for m in data]
 
 
-def _post(endpoint: Endpoint, path: str, body: dict[str, Any], timeout: float) -> tuple[float, dict[str, Any]]:
+def _post(c: Any, endpoint: Endpoint, path: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """One timed request on the bench's client ``c`` (its connection kept from the warm-up, so no
+    connect or TLS handshake is in the figure)."""
     import httpx
 
     try:
-        with _client(timeout, endpoint.url, endpoint.ca_file, endpoint.pinned) as c:
-            t0 = time.perf_counter()
-            r = c.post(f"{endpoint.url}{path}", json=body, headers=endpoint.headers())
-            took = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r = c.post(f"{endpoint.url}{path}", json=body, headers=endpoint.headers())
+        took = time.perf_counter() - t0
     except httpx.ConnectError as exc:
         raise ServiceDown(f"the service at {endpoint.url} is not answering", hint=endpoint.command("status")) from exc
     except httpx.HTTPError as exc:
@@ -245,13 +246,14 @@ def run_pooled_bench(endpoint: Endpoint, model: str, role: str, *, batch: int = 
         path, body = "/v1/rerank", {"model": model, "query": RERANK_QUERY, "documents": texts, "return_documents": False}
     else:
         raise UsageError(f"model {model!r} is a {role} model: only embedding and rerank models are measured here")
-    _post(endpoint, path, {**body, "input": texts[:1]} if role == "embedding" else {**body, "documents": texts[:2]},
-          timeout)  # warm-up: page faults of the weights, the graph build
     times, usage_tokens = [], 0
-    for _ in range(max(1, rounds)):
-        took, answer = _post(endpoint, path, body, timeout)
-        times.append(took)
-        usage_tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
+    with _client(timeout, endpoint.url, endpoint.ca_file, endpoint.pinned) as c:
+        # warm-up: the connection, page faults of the weights, the graph build
+        _post(c, endpoint, path, {**body, "input": texts[:1]} if role == "embedding" else {**body, "documents": texts[:2]})
+        for _ in range(max(1, rounds)):
+            took, answer = _post(c, endpoint, path, body)
+            times.append(took)
+            usage_tokens = int((answer.get("usage") or {}).get("prompt_tokens") or 0)
     seconds = statistics.median(times)
     per_input = usage_tokens / n if usage_tokens else 0.0
     texts_s = n / seconds if seconds > 0 else 0.0
