@@ -77,9 +77,11 @@ def test_responses_text_whole_and_streamed_agree(oai):
 
 
 def test_responses_hits_max_output_tokens_as_incomplete(server):
-    r = post(server, "/v1/responses", {"input": "Tell me a long story.", "max_output_tokens": 3})
+    r = post(server, "/v1/responses", {"input": "Tell me a long story.", "max_output_tokens": 3,
+                                        "metadata": {"ticket": "T-1"}})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert body["metadata"] == {"ticket": "T-1"}  # echoed, as the API does
     assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
     assert body["usage"]["output_tokens"] == 3
 
@@ -130,6 +132,7 @@ def test_responses_json_schema_output_validates(oai):
     ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "schema"),
     ({"seed": 1}, "seed"),  # not a Responses API field: refused, never silently ignored
     ({"temperature": 2.5}, "temperature"),
+    ({"stream": True, "stream_options": {"include_usage": True}}, "stream_options"),  # chat's, not this API's
 ])
 def test_responses_fields_not_honoured_are_400(server, fields, needle):
     r = post(server, "/v1/responses", {"input": "Hi", "max_output_tokens": 2, **fields})

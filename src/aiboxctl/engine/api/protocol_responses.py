@@ -61,6 +61,11 @@ class ResponseText(BaseModel):
     verbosity: Optional[Literal["medium"]] = None  # the model writes as it writes: only the default
 
 
+class ResponseStreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_obfuscation: Optional[bool] = None  # accepted: nothing is obfuscated here
+
+
 class ResponseReasoning(BaseModel):
     model_config = ConfigDict(extra="forbid")
     effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
@@ -81,7 +86,7 @@ class ResponsesBody(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stream: bool = False
-    stream_options: Optional[dict[str, Any]] = None  # include_obfuscation: nothing is obfuscated here
+    stream_options: Optional[ResponseStreamOptions] = None
     store: Optional[Literal[False]] = None  # stateless: a response that asks to be stored is refused
     include: Optional[list[Literal["reasoning.encrypted_content"]]] = Field(None, max_length=0)
     truncation: Optional[Literal["disabled"]] = None  # a prompt too long is a 400, never cut
