@@ -133,16 +133,22 @@ def _fits_group(estimate: MemoryEstimate, group: tuple[BoxDevice, ...]) -> bool:
     return all(dm.total <= dev.budget for dm, dev in zip(estimate.devices[1:], group))
 
 
-def copies_that_fit(estimate: MemoryEstimate, devices: tuple[BoxDevice, ...], k: int, users: int) -> int:
-    """How many copies of a configuration with all layers on ``k`` devices the box holds: the
-    first on ``devices[:k]``, then one per further group of ``k`` that fits, at most one per user.
-    The model search judges speed with the users spread over these copies (docs/planning.md
-    "Copies in the search"), and :func:`fill_box` makes the same groups."""
-    copies, rest = 1, list(devices[k:]) if k else []
-    while k and len(rest) >= k and copies < max(users, 1) and _fits_group(estimate, tuple(rest[:k])):
-        copies += 1
+def replica_groups(estimate: MemoryEstimate, devices: tuple[BoxDevice, ...] | list[BoxDevice], k: int,
+                   users: int) -> list[tuple[BoxDevice, ...]]:
+    """The device groups of the copies of a configuration with all layers on ``k`` devices: the
+    first on ``devices[:k]``, then one per further group of ``k`` that fits, at most one per user."""
+    groups, rest = [tuple(devices[:k])], list(devices[k:]) if k else []
+    while k and len(rest) >= k and len(groups) < max(users, 1) and _fits_group(estimate, tuple(rest[:k])):
+        groups.append(tuple(rest[:k]))
         rest = rest[k:]
-    return copies
+    return groups
+
+
+def copies_that_fit(estimate: MemoryEstimate, devices: tuple[BoxDevice, ...], k: int, users: int) -> int:
+    """How many copies the box holds (:func:`replica_groups`, which :func:`fill_box` makes): the
+    model search judges speed with the users spread over them (docs/planning.md "Copies in the
+    search")."""
+    return len(replica_groups(estimate, devices, k, users))
 
 
 def fill_box(*, profile: UseCaseProfile, box: Box, catalog: Catalog, variant: str, quant: str, file: QuantFile,
@@ -163,13 +169,8 @@ def fill_box(*, profile: UseCaseProfile, box: Box, catalog: Catalog, variant: st
     elif placement != "full":  # partial offload: every accelerator and the host hold layers of one copy
         groups, free, free_why = [tuple(used)], [], ""
     else:
-        groups, free = [tuple(used[:k])], list(used[k:])
-        while len(free) >= k and len(groups) < users:
-            group = tuple(free[:k])
-            if not _fits_group(estimate, group):
-                break
-            groups.append(group)
-            free = free[k:]
+        groups = replica_groups(estimate, used, k, users)
+        free = list(used[k * len(groups):])
         if len(groups) == users and len(free) >= k:
             free_why = f"the profile's {users} users already have a replica each ({len(groups)} replicas)"
         elif free and len(free) >= k:
