@@ -220,15 +220,6 @@ def messages_usage(req: Any) -> dict:
             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
 
 
-def tool_input(arguments: str) -> dict:
-    """A call's JSON-string arguments as tool_use ``input`` (an object)."""
-    try:
-        value = json.loads(arguments) if arguments else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
-
-
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
 

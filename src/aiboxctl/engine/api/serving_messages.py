@@ -14,7 +14,7 @@ from fastapi import Request as HttpRequest
 from aiboxctl.engine.api.edge import Rejected, parse_body
 from aiboxctl.engine.api.protocol import sse_event
 from aiboxctl.engine.api.protocol_messages import (
-    MessagesBody, anthropic_error, messages_usage, stop_reason, tool_input,
+    MessagesBody, anthropic_error, messages_usage, stop_reason,
 )
 from aiboxctl.engine.api.serving import StreamFrames
 from aiboxctl.engine.api.serving_chat import ChatServing
@@ -63,7 +63,7 @@ class MessagesServing(ChatServing):
         for call in msg.get("tool_calls") or ():
             fn = call["function"]
             content.append({"type": "tool_use", "id": call["id"], "name": fn["name"],
-                            "input": tool_input(fn["arguments"])})
+                            "input": json.loads(fn["arguments"])})  # a JSON object: tools.base.call made it
         return {"id": req.id, "type": "message", "role": "assistant", "model": model_id, "content": content,
                 "stop_reason": stop_reason(choice["finish_reason"], req.stop_sequence),
                 "stop_sequence": req.stop_sequence, "usage": messages_usage(req)}
