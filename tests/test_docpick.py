@@ -5,6 +5,8 @@ door — a needle sentence in a long text is found for a question about it."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -158,3 +160,136 @@ def test_bad_bodies_are_one_line_errors(bare_door, body, status, words):
     r = httpx.post(bare_door, content=body, timeout=60) if isinstance(body, bytes) else \
         httpx.post(bare_door, json=body, timeout=60)
     assert r.status_code == status and words in r.json()["error"]["message"], r.text
+
+
+# --- governed access: each engine call of a pick is a request to that model (issue 16) ----------
+
+class Governed:
+    url: str
+    keys: dict[str, str]
+    ledger: object  # Path of usage.db
+    audit: object  # Path of the audit chain
+    engines: dict[str, str]
+
+    def pick(self, key: str, **body):
+        body = {"text": long_text(paragraphs=12, needle_at=5), "question": QUESTION, "budget_tokens": 200, **body}
+        return httpx.post(self.url + "/v1/aibox/docpick", json=body,
+                          headers={"Authorization": f"Bearer {self.keys[key]}"}, timeout=600)
+
+    def rows(self, key: str) -> list:
+        from aiboxctl.access.ledger import iter_records
+
+        return [r for r in iter_records(self.ledger) if r.key == key]
+
+
+@pytest.fixture(scope="module")
+def governed(tmp_path_factory):
+    """The rerank box's engines behind a second front door with keys, the ledger and the audit
+    chain (AccessGate over AccessControl, as `aiboxctl gateway` builds it)."""
+    import time
+
+    from test_engine_support import free_port
+    from webstack import ThreadServer
+
+    from aiboxctl.access.gate import AccessControl, AccessSettings
+    from aiboxctl.access.keys import KeyLimits, KeyStore
+    from aiboxctl.gateway.access import AccessGate
+    from aiboxctl.gateway.app import ROUTES, create_app
+    from aiboxctl.gateway.config import EngineEntry, GatewayConfig
+
+    tmp = tmp_path_factory.mktemp("docpick-governed")
+    g = Governed()
+    store, now = KeyStore(tmp / "keys.json"), time.time()
+    g.keys = {"chat-only": store.add("chat-only", KeyLimits(models=("smollm2",)), now=now).secret,
+              "reader": store.add("reader", KeyLimits(models=("smollm2", RERANK)), now=now).secret,
+              "embedder": store.add("embedder", KeyLimits(models=(EMBED,)), now=now).secret,
+              "once": store.add("once", KeyLimits(rpm=1), now=now).secret,
+              "any": store.add("any", KeyLimits(), now=now).secret}
+    g.ledger, g.audit = tmp / "usage.db", tmp / "access-audit.jsonl"
+    access = AccessControl(AccessSettings(keys_file=tmp / "keys.json", ledger_file=g.ledger, audit_file=g.audit,
+                                          secret_file=tmp / "box-secret"))
+    try:
+        with kb_box(tmp / "engines") as kb:
+            g.engines = kb.engines
+            config = GatewayConfig(engines=(EngineEntry(name="embedding-0", models=(EMBED,), role="embedding",
+                                                        url=kb.engines[EMBED]),
+                                            EngineEntry(name="rerank-0", models=(RERANK,), role="rerank",
+                                                        url=kb.engines[RERANK])),
+                                   internal_token_file=tmp / "engines" / "engine-keys", health_interval_s=1.0)
+            with ThreadServer(create_app(config, gate=AccessGate(access, routes=ROUTES)), free_port()) as front:
+                g.url = f"http://127.0.0.1:{front.port}"
+                yield g
+    finally:
+        access.close()
+
+
+@needs_model
+def test_a_key_without_a_retrieval_model_in_its_scope_is_refused_naming_it(governed):
+    """Any valid key once made the reranker work through docpick; now the key's scope decides, in
+    OpenAI's shape, and the refusal is recorded like any other."""
+    r = governed.pick("chat-only")
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["code"] == "model_not_allowed" and RERANK in error["message"] and error["param"] == "model"
+    assert [(row.model, row.endpoint, row.status) for row in governed.rows("chat-only")] == [(RERANK, "rerank", 403)]
+
+
+@needs_model
+def test_a_pick_is_recorded_as_the_rerank_requests_it_made_with_the_engines_tokens(governed):
+    r = governed.pick("reader")
+    assert r.status_code == 200, r.text
+    assert r.json()["method"] == "rerank"
+    rows = governed.rows("reader")
+    assert rows and all((row.model, row.endpoint, row.status) == (RERANK, "rerank", 200) for row in rows)
+    # the tokens are the engine's own count for the same rerank request
+    from aiboxctl.gateway.docpick import chunk_limit, chunk_text
+
+    chunks = chunk_text(long_text(paragraphs=12, needle_at=5), chunk_limit(200))
+    assert len(chunks) <= 64 and len(rows) == 1  # one batch: one engine call, one row
+    direct = httpx.post(governed.engines[RERANK] + "/v1/rerank",
+                        json={"query": QUESTION, "documents": chunks, "return_documents": False, "truncate": True},
+                        headers={"Authorization": "Bearer internal-kb-7d13"}, timeout=600).json()
+    assert rows[0].prompt_tokens == direct["usage"]["prompt_tokens"] > 0
+    events = [json.loads(line) for line in governed.audit.read_text().splitlines()]
+    assert any(e.get("event") == "request" and e.get("key") == "reader" and e.get("model") == RERANK
+               and e.get("prompt_tokens") == rows[0].prompt_tokens for e in events), events[-3:]
+
+
+@needs_model
+def test_the_model_the_key_may_use_is_the_one_asked(governed):
+    """A key allowed the embedding model only is served by it, not refused for the reranker."""
+    r = governed.pick("embedder")
+    assert r.status_code == 200, r.text
+    assert r.json()["method"] == "embedding" and r.json()["model"] == EMBED
+    assert {(row.model, row.endpoint, row.status) for row in governed.rows("embedder")} == {(EMBED, "embeddings", 200)}
+
+
+@needs_model
+def test_the_keys_limits_apply_to_the_engine_calls(governed):
+    assert governed.pick("once").status_code == 200
+    r = governed.pick("once")
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded", r.text
+    assert "1 requests per minute" in r.json()["error"]["message"] and r.headers.get("retry-after")
+
+
+@needs_model
+def test_a_ledger_that_cannot_be_written_fails_the_pick_closed(governed):
+    """Another process holds the ledger's write lock past its busy timeout (what a stuck or full
+    store looks like to the front door): the pick is 503 recording_unavailable, never an answer."""
+    import sqlite3
+
+    blocker = sqlite3.connect(governed.ledger, isolation_level=None, timeout=1)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        for _ in range(2):  # the answer whose record failed, then a refusal at admission
+            r = governed.pick("any")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "recording_unavailable", r.text
+    finally:
+        blocker.rollback()
+        blocker.close()
+    import time
+
+    deadline = time.monotonic() + 30
+    while (r := governed.pick("any")).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)  # the front door probes the ledger again at most once a second
+    assert r.status_code == 200, r.text

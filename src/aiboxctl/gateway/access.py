@@ -28,17 +28,24 @@ def as_refusal(denied: AccessDenied) -> Refusal:
                    retry_after=denied.retry_after, reason=denied.limit or f"auth_{denied.status}")
 
 
+def _authorization(request: Any) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth is None and "x-api-key" in request.headers:  # how Anthropic's clients send the key
+        auth = "Bearer " + request.headers["x-api-key"]
+    return auth
+
+
 class AccessGate:
     def __init__(self, access: AccessControl, *, routes: dict[str, tuple[str, str]]) -> None:
         self.access, self.routes = access, routes
 
-    async def __call__(self, request: Any, body: dict[str, Any] | None = None, body_bytes: int = 0) -> Refusal | None:
+    async def __call__(self, request: Any, body: dict[str, Any] | None = None, body_bytes: int = 0,
+                       path: str | None = None) -> Refusal | None:
         """``body``: a routed request's JSON object (None for /metrics, /v1/models, the page's
-        upload: those need only a valid key, ADMIN_PATHS an admin one)."""
-        auth = request.headers.get("authorization")
-        if auth is None and "x-api-key" in request.headers:  # how Anthropic's clients send the key
-            auth = "Bearer " + request.headers["x-api-key"]
-        path = request.url.path
+        upload: those need only a valid key, ADMIN_PATHS an admin one). ``path``: the route the
+        body is for when it is not the request's own (the document picker's engine calls)."""
+        auth = _authorization(request)
+        path = path or request.url.path
         try:
             if body is None or path not in self.routes:
                 key = self.access.keys.authenticate(auth)
@@ -55,6 +62,15 @@ class AccessGate:
             admission = replace(admission, request_content={k: body[k] for k in _REQUEST_TEXT if k in body})
         request.state.aibox_admission = admission
         return None
+
+    def allows(self, request: Any, model: str) -> bool:
+        """Whether the request's key may use ``model`` (its scope only: nothing is admitted or
+        recorded), so that the document picker asks a retrieval model the key may use."""
+        try:
+            self.access.keys.authorize(self.access.keys.authenticate(_authorization(request)), model)
+        except AccessDenied:
+            return False
+        return True
 
     async def problems(self) -> tuple[str, ...]:
         """Why requests cannot be recorded now (a probe write while failing): /health reports them."""

@@ -57,8 +57,9 @@ _DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgr
 
 # The seam for client-facing keys, quotas and audit (gateway/access.py): called with the request,
 # and for a routed request with its JSON body (read once, within max_body_bytes) and its size in
-# bytes; a Refusal it returns is the answer. None admits everyone.
-ClientGate = Callable[[Any, "dict[str, Any] | None", int], Awaitable["Refusal | None"]]
+# bytes, and, for a request the front door makes on the client's behalf (docpick), the route's
+# path as a fourth argument; a Refusal it returns is the answer. None admits everyone.
+ClientGate = Callable[..., Awaitable["Refusal | None"]]
 
 
 class _Access:
@@ -164,14 +165,30 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
     app.state.metrics = metrics
     app.state.gateway = holder
 
-    async def admitted(request: Request, body: dict[str, Any] | None = None, body_bytes: int = 0) -> Any:
+    async def refused(request: Request, body: dict[str, Any] | None = None, body_bytes: int = 0,
+                      path: str | None = None) -> Refusal | None:
         if gate is None:
             return None
-        refusal = await gate(request, body, body_bytes)
-        if refusal is None:
-            return None
-        metrics.denied.labels(refusal.reason or str(refusal.status)).inc()
-        return _error_response(refusal)
+        refusal = await (gate(request, body, body_bytes) if path is None else gate(request, body, body_bytes, path))
+        if refusal is not None:
+            metrics.denied.labels(refusal.reason or str(refusal.status)).inc()
+        return refusal
+
+    async def admitted(request: Request, body: dict[str, Any] | None = None, body_bytes: int = 0) -> Any:
+        refusal = await refused(request, body, body_bytes)
+        return None if refusal is None else _error_response(refusal)
+
+    async def admit_inner(request: Request, path: str, data: dict[str, Any]) -> _Access | None:
+        """A request to the route ``path`` that the front door makes on a client's behalf (the
+        document picker's engine calls), admitted as if the client had sent ``data`` there: the
+        gate's scope, limits and fail-closed refusals (raised: the Refusal is the answer), and
+        the ``_Access`` that finishes it like a relayed answer (metrics, ledger row, audit)."""
+        refusal = await refused(request, data, len(json.dumps(data, ensure_ascii=False).encode()), path)
+        if refusal is not None:
+            raise refusal
+        admission = getattr(request.state, "aibox_admission", None) if finish is not None else None
+        request.state.aibox_admission = None  # one admission per inner request
+        return _Access(admission, settle, strip_usage=False) if admission is not None else None
 
     @app.get("/health")
     async def health() -> Any:
@@ -242,7 +259,8 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
         app.add_api_route(path, proxied, methods=["POST"])
     from aiboxctl.gateway.docpick import mount as mount_docpick  # the page's long documents (issue 17)
 
-    mount_docpick(app, holder, guard=admitted, max_body_bytes=config.max_body_bytes)
+    mount_docpick(app, holder, guard=admitted, admit=admit_inner, allows=getattr(gate, "allows", None),
+                  max_body_bytes=config.max_body_bytes)
     from aiboxctl.webui import mount as mount_page  # the chat page at / (issue 17)
 
     mount_page(app, guard=admitted)

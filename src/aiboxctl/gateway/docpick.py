@@ -32,13 +32,13 @@ _SENTENCE_END = re.compile(r"(?<=[。！？；!?])[”’」』）)]*\s*|(?<=[.;
 
 
 class DocPickError(Exception):
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.param = status, code, message, param
+        self.status, self.code, self.message, self.param, self.type = status, code, message, param, type_
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": "invalid_request_error", "param": self.param,
-                          "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def estimate_tokens(text: str) -> int:
@@ -182,27 +182,52 @@ def _body(raw: bytes) -> tuple[str, str, int]:
     return text, question, budget
 
 
-def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | None, max_body_bytes: int) -> None:
-    """Add ``POST /v1/aibox/docpick`` to the front door ``app``; ``holder["gw"]`` is its Gateway."""
+def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | None,
+          admit: Callable[[Any, str, dict], Awaitable[Any]] | None = None,
+          allows: Callable[[Any, str], bool] | None = None, max_body_bytes: int) -> None:
+    """Add ``POST /v1/aibox/docpick`` to the front door ``app``; ``holder["gw"]`` is its Gateway.
+    ``admit`` (app.py's ``admit_inner``): each engine call is admitted and finished as a request
+    of the caller's key to that model's route (scope, limits, ledger row, audit, fail closed);
+    ``allows`` (the gate's scope check): which retrieval models the caller's key may use."""
     from fastapi import Request
     from fastapi.responses import JSONResponse
 
+    from aiboxctl.access.gate import NotRecorded
     from aiboxctl.gateway.pool import Refusal
     from aiboxctl.net import read_body_limited
 
-    async def call(path: str, body: dict, model: str) -> dict:
+    async def call(request: Any, path: str, body: dict, model: str) -> dict:
         import httpx
 
         gw = holder["gw"]
         pool = gw.pools[model]
-        replica = await gw.acquire(pool, None)  # queued like any request; Refusal: 429/503
+        access = await admit(request, path, body) if admit is not None else None  # Refusal: 401/403/429/503
+        status = 499  # recorded unless the call learns better (as the relay does)
         try:
-            r = await replica.client.post(path, json=body)
-        except httpx.HTTPError as exc:
-            gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
-            raise DocPickError(502, "engine_error", f"the {pool.role} model {model!r} did not answer") from None
+            try:
+                replica = await gw.acquire(pool, None)  # queued like any request
+            except Refusal as refusal:
+                status = refusal.status
+                raise
+            try:
+                r = await replica.client.post(path, json=body)
+            except httpx.HTTPError as exc:
+                gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
+                status = 502
+                raise DocPickError(502, "engine_error", f"the {pool.role} model {model!r} did not answer",
+                                   type_="server_error") from None
+            finally:
+                gw.release(replica)
+            status = r.status_code
+            if access is not None:
+                access.meter.feed(r.content)  # the engine's usage: the ledger row's tokens
         finally:
-            gw.release(replica)
+            if access is not None:
+                try:
+                    await access.finish(status)  # once; the ledger row fsynced before anything is answered
+                except NotRecorded as exc:
+                    raise DocPickError(503, "recording_unavailable", f"the pick could not be recorded: {exc}",
+                                       type_="server_error") from None
         if r.status_code != 200:
             try:
                 message = r.json()["error"]["message"]
@@ -222,11 +247,16 @@ def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | No
             raw = await read_body_limited(request, max_body_bytes, too_large=DocPickError(
                 413, "request_too_large", f"the document is larger than the front door's limit of {max_body_bytes} bytes"))
             text, question, budget = _body(raw)
+            up = [p for p in holder["gw"].pools.values()
+                  if p.role in ("rerank", "embedding") and any(r.healthy for r in p.replicas)]
+            # the models the key may use; when it may use none, the first is asked and its refusal
+            # (403 naming the model, recorded) is the answer
+            usable = [p for p in up if allows is None or allows(request, p.name)] or up
             pools: dict[str, str] = {}
-            for p in holder["gw"].pools.values():
-                if p.role in ("rerank", "embedding") and p.role not in pools and any(r.healthy for r in p.replicas):
-                    pools[p.role] = p.name
-            result = await pick(text, question, budget, pools, call)
+            for p in usable:
+                pools.setdefault(p.role, p.name)
+            result = await pick(text, question, budget, pools,
+                                lambda path, body, model: call(request, path, body, model))
         except DocPickError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
         except Refusal as refusal:
