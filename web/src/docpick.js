@@ -10,18 +10,26 @@ const STRINGS = {
     picking: (name) => `正在从《${name}》中选取与问题最相关的部分…`,
     picked: (name, n, total) => `已选取文档中最相关的 ${n} 段（共 ${total} 段），来自《${name}》。`,
     failed: (why) => `未能选取相关部分（${why}），只使用了文档的开头部分。`,
+    forbidden: () => "此密钥无权使用文档检索模型",
   },
   en: {
     long: (name, chars) => `“${name}” (${chars} characters) is longer than the model can take: the parts most relevant to your question will be picked when you send it.`,
     picking: (name) => `Picking the parts of “${name}” most relevant to the question…`,
     picked: (name, n, total) => `Used the ${n} most relevant parts (of ${total}) of “${name}”.`,
     failed: (why) => `Could not pick the relevant parts (${why}); only the start of the document was used.`,
+    forbidden: () => "this key may not use the box's document search models",
   },
 };
 
 export function dt(key, ...args) {
   const table = STRINGS[getLang()] || STRINGS["zh-CN"];
   return table[key](...args);
+}
+
+// Why a pick was refused, when the reason is the pick's own: a key whose scope has no embedding or
+// rerank model gets 403 (it may still chat; the page's sentence for 403 says it may not). Else null.
+export function pickRefusal(err) {
+  return err && err.status === 403 ? dt("forbidden") : null;
 }
 
 // Does the box serve an embedding or rerank model (the front door's /v1/models names each role)?

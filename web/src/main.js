@@ -3,7 +3,7 @@ import { LANGS, getLang, setLang, t } from "./i18n.js";
 import { renderMarkdown } from "./markdown.js";
 import { ApiError, apiError, splitThink, sseEvents } from "./stream.js";
 import { deleteAll, getConversation, listConversations, newId, saveConversation } from "./store.js";
-import { dt, hasRetrieval, pickParts } from "./docpick.js";
+import { dt, hasRetrieval, pickParts, pickRefusal } from "./docpick.js";
 
 const KEY = "aibox.key";
 const LANG = "aibox.lang";
@@ -587,7 +587,8 @@ async function pickDocument(doc, question) {
     return await pickParts(api, doc, question, budget);
   } catch (err) {
     const text = fitToBudget(doc.full, budget);
-    return { name: doc.name, text, chars: doc.chars, cut: text.length < doc.chars, pickError: sentenceFor(err) };
+    return { name: doc.name, text, chars: doc.chars, cut: text.length < doc.chars,
+      pickError: pickRefusal(err) || sentenceFor(err) };
   }
 }
 
