@@ -1,7 +1,8 @@
 """The front door's document picker (issue 17: a document longer than the context is chunked and
 the relevant parts picked with the box's embedding/rerank models): chunking of Chinese and
 English text, and ``POST /v1/aibox/docpick`` against real MiniLM engines behind a real front
-door — a needle sentence in a long text is found for a question about it."""
+door — a needle sentence in a long text is found for a question about it; behind a governed front
+door each engine call is the key's request to that model (scope, limits, ledger, fail closed)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ it cuts the text into chunks along paragraphs and sentences (Chinese and Western
 scores every chunk against the question with the box's reranker (or, without one, by cosine
 between the embedding model's vectors), and returns the best chunks that fit the budget, in the
 document's order. The models are reached through the front door's own pools, so the request
-waits in their queues like any other and a busy engine answers 429.
+waits in their queues like any other and a busy engine answers 429; with governed access each
+engine call is the caller's own request to that model (scope, limits, ledger row, audit record,
+503 when it cannot be recorded: app.py's ``admit_inner``), so a pick of N batches is N requests.
 
     {"text": "...", "question": "...", "budget_tokens": 1500}
  →  {"method": "rerank", "model": "bge-reranker-v2-m3", "chunks_total": 40, "picked": 5,
