@@ -26,6 +26,7 @@ import pytest
 
 from aiboxctl.engine.build.cache import CachedWheel, WheelCache
 from aiboxctl.engine.build.slim import slim_wheel
+from aiboxctl.errors import AiboxError
 from engineenv import engine_wheel_cache_root, make_env
 
 NAME = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
@@ -127,8 +128,8 @@ def _readelf(path: Path) -> dict[str, list[str]]:
 
 def _loader_check(root: Path) -> list[str]:
     """readelf on every ELF file under ``root`` (an unpacked wheel): each needed name of the
-    wheel's own libraries must be found through the file's run path, or (no run path) be the
-    soname of a library in the ctypes folder. Returns the problems."""
+    wheel's own libraries must be found through the file's run path or, for a library ctypes does
+    not open itself (a backend module), be the soname of one it does. Returns the problems."""
     elves = {p: _readelf(p) for p in root.rglob("*") if p.is_file() and p.read_bytes()[:4] == b"\x7fELF"}
     own = {s for tags in elves.values() for s in tags.get("SONAME", [])}
     ctypes_sonames = {s for p, tags in elves.items() if p.parent == root / "llama_cpp" / "lib"
@@ -139,10 +140,12 @@ def _loader_check(root: Path) -> list[str]:
         for name in tags.get("NEEDED", []):
             if name not in own:
                 continue  # libc, libstdc++, libgomp, CUDA's libraries: the system's
-            if runpath and not any((Path(d) / name).is_file() for d in runpath):
-                problems.append(f"{path.relative_to(root)} needs {name}: not in {runpath}")
-            if not runpath and name not in ctypes_sonames:
-                problems.append(f"{path.relative_to(root)} needs {name}: no loaded library has that soname")
+            if any((Path(d) / name).is_file() for d in runpath):
+                continue
+            # ctypes opens its libraries first, so they find nothing loaded; a backend module
+            # loaded after them is handed the loaded library of that soname
+            if path.parent == root / "llama_cpp" / "lib" or name not in ctypes_sonames:
+                problems.append(f"{path.relative_to(root)} needs {name}: not in its run path {runpath}")
     return problems
 
 
@@ -185,6 +188,22 @@ def test_slim_keeps_the_names_ctypes_and_the_loader_ask_for(tmp_path):
     before = slim.read_bytes()
     again = slim_wheel(slim)
     assert not again.changed and slim.read_bytes() == before
+
+
+@needs_cc
+def test_the_safety_net_refuses_a_kept_library_losing_a_run_path_name(tmp_path):
+    """libllama.so finds libggml.so.0 through $ORIGIN; keeping libggml.so (same soname) instead
+    does not do: ctypes opens libllama.so before anything else is loaded."""
+    from aiboxctl.engine.build.slim import _check, read_elf
+
+    fat = _llama_layout_wheel(tmp_path)
+    with zipfile.ZipFile(fat) as zf:
+        elves = {n: read_elf(n, zf.read(n)) for n in zf.namelist() if n.startswith("llama_cpp/lib/libggml")
+                 or n.startswith("llama_cpp/lib/libllama")}
+    kept = dict.fromkeys(["llama_cpp/lib/libllama.so", "llama_cpp/lib/libggml.so", "llama_cpp/lib/libggml-base.so.0"])
+    with pytest.raises(AiboxError, match="would lose libggml.so.0, which llama_cpp/lib/libllama.so needs"):
+        _check(elves, kept, set(elves))
+    _check(elves, {**kept, "llama_cpp/lib/libggml.so.0": None}, set(elves))
 
 
 def test_slim_leaves_a_wheel_without_the_llama_cpp_layout_alone(tmp_path):

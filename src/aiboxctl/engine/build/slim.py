@@ -200,10 +200,13 @@ def _check(elves: dict[str, ElfEntry], kept: dict[str, None], members: set[str])
     for member in kept:
         entry = elves[member]
         for name in entry.needed:
-            before = _resolve(entry, name, members) or (name if any(e.soname == name for e in elves.values()) else None)
-            if before is None:
+            if _resolve(entry, name, members) is not None:  # found through the run path: still so
+                lost = _resolve(entry, name, kept_members) is None
+            elif any(e.soname == name for e in elves.values()):  # found loaded, by soname
+                lost = name not in kept_sonames
+            else:
                 continue  # a system library (libc, libcudart…): not the wheel's business
-            if _resolve(entry, name, kept_members) is None and name not in kept_sonames:
+            if lost:
                 raise AiboxError(f"slimming the engine wheel would lose {name}, which {member} needs",
                                  code="wheel_slim_failed")
 
