@@ -152,13 +152,6 @@ def llama_server_shared(*, jobs: int | None = None) -> Path:
     return exe
 
 
-def engine_site(python: str = sys.executable) -> Path:
-    """The site-packages holding ``python``'s installed llama_cpp (the engine wheel)."""
-    out = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('llama_cpp').origin)"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    return Path(out).parent.parent
-
-
 def anchor_env(site: Path, exe: Path | None = None) -> tuple[dict[str, str], Path]:
     """(environment, working directory) that make :func:`llama_server_shared`'s binary ``exe``
     run on the engine wheel installed in ``site``: the server's own libraries beside ``exe``,
