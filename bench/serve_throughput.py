@@ -46,7 +46,7 @@ import threading
 import time
 from pathlib import Path
 
-from anchor import LLAMA_CPP_PYTHON_VERSION, cache_dir, llama_server, sdist  # noqa: E402,F401  (bench/anchor.py)
+from anchor import cache_dir, llama_server  # noqa: E402  (bench/anchor.py)
 
 
 # --- measurement ----------------------------------------------------------------------------
@@ -311,11 +311,9 @@ def main() -> int:
     ap.add_argument("--host-overhead", action="store_true",
                     help="host µs per step and per token at 1, 16 and 64 streams on a 64-slot server, tiny model")
     args = ap.parse_args()
-    if args.host_overhead:
-        defaults = ap.parse_args([])  # what was not given on the command line takes this mode's defaults
-        for key, value in (("clients", "1,16,64"), ("slots", 64), ("slot_ctx", 256), ("tokens", 64)):
-            if getattr(args, key) == getattr(defaults, key):
-                setattr(args, key, value)
+    if args.host_overhead:  # this mode's defaults; what the command line gives still wins
+        ap.set_defaults(clients="1,16,64", slots=64, slot_ctx=256, tokens=64)
+        args = ap.parse_args()
     if args.model:
         model = Path(args.model)
     elif args.host_overhead:
