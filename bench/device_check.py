@@ -93,6 +93,10 @@ torchmetrics torchvision tqdm transformers treescope triton typing-extensions ty
 wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
 """.split())
 ALWAYS_CARRY = frozenset({"typer"})
+# Runtime dependencies no step of the check imports, left out to fit the 64 MiB (with their own
+# dependencies: cffi, pycparser): the front door's TLS alone imports cryptography, lazily; probe,
+# plan, estimate and serve were run here with it made unimportable (2026-11-30).
+NOT_CARRIED = frozenset({"cryptography"})
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_24_x86_64")
 TREE_LIMIT = 64 * MiB
@@ -776,7 +780,8 @@ def missing_requirements(python_version: str = "3.12") -> dict[str, str]:
     while todo:
         req = Requirement(todo.pop())
         key = _norm(req.name)
-        if key in seen or key == "llama-cpp-python" or (key in DEVICE_HAS and key not in ALWAYS_CARRY):
+        if (key in seen or key == "llama-cpp-python" or key in NOT_CARRIED
+                or (key in DEVICE_HAS and key not in ALWAYS_CARRY)):
             continue
         if req.marker and not req.marker.evaluate({"extra": "", "python_version": python_version}):
             continue
