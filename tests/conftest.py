@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -67,9 +68,16 @@ def cli_proc():
     def run(*args: str, env: dict | None = None, timeout: float = 120, input_text: str | None = None) -> CliResult:
         exe = Path(sys.executable).with_name("aiboxctl")
         full_env = {**os.environ, **(env or {})}
-        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env,
-                              timeout=timeout, input=input_text,
-                              stdin=None if input_text is not None else subprocess.DEVNULL)
+        # A program started from a terminal gets Ctrl-C; pytest launched in the background of a
+        # non-interactive shell (`nohup … &`) has SIGINT ignored, and a child inherits SIG_IGN
+        # across exec (a handler is reset to the default instead): the child starts as from a terminal.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env,
+                                  timeout=timeout, input=input_text,
+                                  stdin=None if input_text is not None else subprocess.DEVNULL)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
