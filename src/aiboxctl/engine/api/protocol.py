@@ -5,7 +5,7 @@ The serving module of each endpoint family decides which shape carries what."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -97,6 +97,22 @@ class Tool(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["function"]
     function: FunctionDef
+
+
+class TranslatedBody(BaseModel):
+    """A body of another API translated onto the chat path (Responses, Messages): the fields it
+    cannot honour are named in ``unsupported`` (field → why) and refused with a 400 naming them,
+    before any other check, so a client never believes a setting took effect."""
+    unsupported: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, why in cls.unsupported.items():
+                if data.get(name) is not None:
+                    raise ValueError(f"{name} is not supported: {why}")
+        return data
 
 
 class NamedFunction(BaseModel):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aiboxctl.engine.api.protocol import MAX_STOPS
+from aiboxctl.engine.api.protocol import MAX_STOPS, TranslatedBody
 
 UNSUPPORTED = {
     "mcp_servers": "MCP servers are not supported",
@@ -116,8 +116,9 @@ class Metadata(BaseModel):
     user_id: Optional[str] = None  # a label, as chat's user
 
 
-class MessagesBody(BaseModel):
+class MessagesBody(TranslatedBody):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    unsupported = UNSUPPORTED
     model: Optional[str] = None
     max_tokens: int = Field(ge=1)
     messages: list[AnthropicMessage] = Field(min_length=1)
@@ -132,15 +133,6 @@ class MessagesBody(BaseModel):
     tool_choice: Optional[AnthropicToolChoice] = None
     thinking: Optional[ThinkingConfig] = None
     service_tier: Optional[Literal["auto", "standard_only"]] = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name, why in UNSUPPORTED.items():
-                if data.get(name) is not None:
-                    raise ValueError(f"{name} is not supported: {why}")
-        return data
 
     def chat_request(self) -> dict[str, Any]:
         """The chat request this one is (validated as a chat body by the caller)."""

@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aiboxctl.engine.api.protocol import FunctionDef, TranslatedBody
+
 # fields of the Responses API this server cannot honour, and why (a 400 names them)
 UNSUPPORTED = {
     "previous_response_id": "this server keeps no responses: send the whole conversation in input",
@@ -25,13 +27,10 @@ UNSUPPORTED = {
 }
 
 
-class ResponseFunctionTool(BaseModel):
+class ResponseFunctionTool(FunctionDef):
+    """Chat's function definition, flat with its ``type`` (the Responses shape)."""
     model_config = ConfigDict(extra="forbid")
     type: Literal["function"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    description: Optional[str] = None
-    parameters: Optional[dict[str, Any]] = None
-    strict: Optional[bool] = None
 
 
 class ResponseNamedTool(BaseModel):
@@ -72,8 +71,9 @@ class ResponseReasoning(BaseModel):
     summary: None = None  # the thinking is returned whole (reasoning_text), never summarised
 
 
-class ResponsesBody(BaseModel):
+class ResponsesBody(TranslatedBody):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+    unsupported = UNSUPPORTED
     model: Optional[str] = None
     input: Union[str, list[dict[str, Any]]]
     instructions: Optional[str] = None
@@ -95,15 +95,6 @@ class ResponsesBody(BaseModel):
     safety_identifier: Optional[str] = None
     prompt_cache_key: Optional[str] = None  # prefixes are reused whatever the key
     service_tier: Optional[Literal["auto", "default"]] = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name, why in UNSUPPORTED.items():
-                if data.get(name) is not None:
-                    raise ValueError(f"{name} is not supported: {why}")
-        return data
 
     def chat_request(self) -> dict[str, Any]:
         """The chat request this one is (validated as a chat body by the caller): instructions as the system message, the input items as
