@@ -11,32 +11,21 @@ from typing import Any
 
 from fastapi import Request as HttpRequest
 
-from aiboxctl.engine.api.edge import Rejected, parse_body
 from aiboxctl.engine.api.protocol import sse_event
 from aiboxctl.engine.api.protocol_messages import (
     MessagesBody, anthropic_error, messages_usage, stop_reason,
 )
 from aiboxctl.engine.api.serving import StreamFrames
-from aiboxctl.engine.api.serving_chat import ChatServing
-from aiboxctl.engine.api.serving_responses import TranslatedChat, translated
+from aiboxctl.engine.api.serving_responses import TranslatedChat, TranslatedServing
 
 _KEEP_HEADERS = ("retry-after", "www-authenticate")
 
 
-class MessagesServing(ChatServing):
+class MessagesServing(TranslatedServing):
     endpoint = "messages"
     body_type = MessagesBody
     id_prefix = "msg"
     prompt_param = "messages"
-
-    def body_from(self, raw: bytes) -> TranslatedChat:
-        source = parse_body(raw, MessagesBody)
-        try:
-            chat = source.chat_request()
-        except ValueError as exc:
-            raise Rejected(400, str(exc), param="messages", code="invalid_value",
-                           audit_error="invalid request") from None
-        return translated(source, chat, "messages")
 
     async def handle(self, request: HttpRequest) -> Any:
         """Chat's path; an error answer (OpenAI's shape) is given Anthropic's shape."""

@@ -26,15 +26,24 @@ class TranslatedChat(ChatBody):
     _source: Any = PrivateAttr(None)
 
 
-def translated(source: Any, chat: dict[str, Any], param: str) -> TranslatedChat:
-    """``chat`` (made from ``source``) as a validated chat body; a field chat refuses is a 400."""
-    try:
-        body = TranslatedChat.model_validate(chat)
-    except ValidationError as exc:
-        message, _ = validation_message(exc)
-        raise Rejected(400, message, param=param, code="invalid_value", audit_error="invalid request") from None
-    body._source = source
-    return body
+class TranslatedServing(ChatServing):
+    """Chat's serving for a body of another API (``body_type``, a TranslatedBody): the body is
+    parsed in its own shape, turned into a chat request and validated as one; a field either
+    refuses is a 400 naming ``prompt_param``'s place."""
+
+    def body_from(self, raw: bytes) -> TranslatedChat:
+        source = parse_body(raw, self.body_type)
+        try:
+            body = TranslatedChat.model_validate(source.chat_request())
+        except ValidationError as exc:
+            message, _ = validation_message(exc)
+            raise Rejected(400, message, param=self.prompt_param, code="invalid_value",
+                           audit_error="invalid request") from None
+        except ValueError as exc:
+            raise Rejected(400, str(exc), param=self.prompt_param, code="invalid_value",
+                           audit_error="invalid request") from None
+        body._source = source
+        return body
 
 
 def _new_id(prefix: str) -> str:
@@ -45,19 +54,11 @@ def _terminal_status(finish_reason: str | None) -> str:
     return "incomplete" if finish_reason == "length" else "completed"
 
 
-class ResponsesServing(ChatServing):
+class ResponsesServing(TranslatedServing):
     endpoint = "responses"
     body_type = ResponsesBody
     id_prefix = "resp"
     prompt_param = "input"
-
-    def body_from(self, raw: bytes) -> TranslatedChat:
-        source = parse_body(raw, ResponsesBody)
-        try:
-            chat = source.chat_request()
-        except ValueError as exc:
-            raise Rejected(400, str(exc), param="input", code="invalid_value", audit_error="invalid request") from None
-        return translated(source, chat, "input")
 
     def whole(self, body: TranslatedChat, req: Any, created: int, model_id: str, choice: dict) -> dict:
         msg = choice["message"]
