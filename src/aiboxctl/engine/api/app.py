@@ -97,21 +97,15 @@ def create_app(state: EngineState) -> Any:
         return {"object": "list", "data": [{"id": state.config.served_name, "object": "model",
                                             "created": int(state.started), "owned_by": "aiboxctl"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: HttpRequest) -> Any:
-        return await (chat.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
+    def generation(serving: Any) -> Any:
+        """A generation endpoint: served by a chat engine, refused in OpenAI's shape by a pooled one."""
+        async def route(request: HttpRequest) -> Any:
+            return await (serving.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
+        return route
 
-    @app.post("/v1/completions")
-    async def text_completions(request: HttpRequest) -> Any:
-        return await (completions.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
-
-    @app.post("/v1/responses")
-    async def create_response(request: HttpRequest) -> Any:
-        return await (responses.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
-
-    @app.post("/v1/messages")
-    async def create_message(request: HttpRequest) -> Any:
-        return await (messages.handle(request) if state.config.role == "chat" else rerank.wrong_role(request))
+    for path, serving in (("/v1/chat/completions", chat), ("/v1/completions", completions),
+                          ("/v1/responses", responses), ("/v1/messages", messages)):
+        app.add_api_route(path, generation(serving), methods=["POST"])
 
     @app.post("/v1/embeddings")
     async def create_embeddings(request: HttpRequest) -> Any:
