@@ -6,6 +6,7 @@ process; the figures are checked for consistency, never for speed."""
 from __future__ import annotations
 
 import queue
+import time
 
 import pytest
 
@@ -57,6 +58,7 @@ def test_step_counters_exist_and_add_up(runtime):
     metrics.bind(sched, runtime.n_ctx)
     before = scrape(metrics)
     assert all(before[f"{name}_total"] == 0 for name in STEP_FAMILIES)
+    started = time.perf_counter()
     sched.start()
     try:
         # one request of each sampling path: argmax, a sampler chain, a grammar; together in the batch
@@ -74,6 +76,7 @@ def test_step_counters_exist_and_add_up(runtime):
     finally:
         assert sched.stop(timeout=30)
         sched.close()
+    ran = time.perf_counter() - started  # a bound on what the counters may hold, not a speed check
     assert [e[0] for e in ends] == ["done"] * 3, ends
     got = scrape(metrics)
     completion = sum(r.completion_tokens for r in reqs)
@@ -86,7 +89,9 @@ def test_step_counters_exist_and_add_up(runtime):
     step, decode, sample, host = (got[f"aibox_engine_{k}_seconds_total"] for k in ("step", "decode", "sample", "host"))
     assert decode > 0 and sample > 0 and host > 0
     assert decode + sample <= step
-    assert host + decode + sample == pytest.approx(step, rel=1e-6)
+    assert host + decode + sample == pytest.approx(step, rel=1e-6)  # host is the remainder by definition
+    # ...so the step clock itself is held to the wall time the loop ran (seconds, not ms or µs)
+    assert step <= ran
 
 
 
