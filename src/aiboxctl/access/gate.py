@@ -91,7 +91,7 @@ class AccessControl:
     def problems(self, *, probe: bool = True) -> tuple[str, ...]:
         """Why requests cannot be recorded now (empty: they can). While failing, ``probe`` retries
         one write of each failing store (at most once per PROBE_INTERVAL_S)."""
-        if probe and (self._failing()) and time.monotonic() - self._probed >= PROBE_INTERVAL_S:
+        if probe and self.failing() and time.monotonic() - self._probed >= PROBE_INTERVAL_S:
             self._probed = time.monotonic()
             if self.ledger is not None and self.ledger.failure:
                 self.ledger.probe()
@@ -108,7 +108,8 @@ class AccessControl:
             out.append(f"audit log {self.audit.path} cannot be written ({self.audit_failure})")
         return tuple(out)
 
-    def _failing(self) -> bool:
+    def failing(self) -> bool:
+        """Is a store (ledger, audit) failing now? (no I/O)"""
         return bool((self.ledger is not None and self.ledger.failure) or self.audit_failure)
 
     def admit(self, authorization: str | None, model: str, endpoint: str, reserve_tokens: int = 0) -> Admission:
@@ -117,7 +118,7 @@ class AccessControl:
         try:
             key = self.keys.authenticate(authorization)
             self.keys.authorize(key, model)
-            if self._failing() and (problems := self.problems()):  # fail closed: nothing unrecorded is served
+            if self.failing() and (problems := self.problems()):  # fail closed: nothing unrecorded is served
                 raise AccessDenied(503, f"requests cannot be recorded: {'; '.join(problems)}; refused until they "
                                    "can (aiboxctl status)", code="recording_unavailable", type_="server_error",
                                    retry_after=5, limit="recording")

@@ -73,7 +73,10 @@ class AccessGate:
         return True
 
     async def problems(self) -> tuple[str, ...]:
-        """Why requests cannot be recorded now (a probe write while failing): /health reports them."""
+        """Why requests cannot be recorded now (a probe write while failing): /health reports them.
+        Only a failing store's probe writes, so only then is the check taken off the event loop."""
+        if not self.access.failing():
+            return ()
         return await asyncio.to_thread(self.access.problems)
 
     async def finish(self, admission: Admission | None, status: int, meter: "UsageMeter") -> None:
