@@ -28,10 +28,24 @@ CACHE_TYPES: dict[str, tuple[int, int]] = {
 # Costs outside llama.cpp's buffers. Host, measured as RSS on llama-cpp-python 0.3.36: the
 # serving process (Python, llama_cpp, fastapi/uvicorn) ≈ 70 MiB before a model, and llama.cpp's
 # vocabulary and model structures ≈ 160 bytes per token (gemma-3's 262k vocabulary: +41 MiB).
-# Accelerator: a backend context (CUDA ≈ 0.3–0.5 GiB, memory-model.md §3.8).
+# Accelerator: what the serving process takes on the device beyond llama.cpp's buffers (the CUDA
+# context, cuBLAS, ggml-cuda's pools). It grows with the GPU's resident threads (SMs x threads per
+# SM: the driver reserves local memory for each), not with the model or the context:
+# * this project's device run, 2026-11-30, NVIDIA H200 (132 SMs x 2048 threads), CUDA 13.0,
+#   driver 580.159.04, llama-cpp-python 0.3.36: NVML used − llama.cpp's CUDA buffers =
+#   530.5–532.6 MiB in all six cells (7B and 32B shapes, 8k–128k cells; docs/gpu.md);
+# * llama.cpp PR #23604 (2026-05): a bare CUDA context (cudaMemGetInfo) takes 555 MiB on an RTX PRO
+#   6000 Blackwell (188 SMs x 1536) and 107 MiB on an RTX 4060 Ti (34 SMs): ≈ 8 MiB + 1.9 KiB per
+#   resident thread, which predicts 520 MiB for the H200's bare context (measured with the rest: 531);
+# * memory-model.md §3.8: llama.cpp's "unaccounted" 749 MiB on an RTX PRO 6000 (ggml-org#27953)
+#   includes other processes; 0.3–0.8 GiB on CUDA.
+# The estimate does not know the GPU's SM count, so it takes the largest per-process figure
+# measured on one GPU (the RTX PRO 6000's 555 MiB bare context + the ~11 MiB the H200 run shows
+# beyond its bare-context prediction), rounded up: 576 MiB. On the H200 that is ≤ 45 MiB over;
+# on small GPUs (a 4060 Ti: 107 MiB) it over-estimates by ~0.45 GiB, never under.
 HOST_OVERHEAD = 72 * MiB
 HOST_OVERHEAD_PER_TOKEN = 160
-ACCEL_OVERHEAD = 384 * MiB
+ACCEL_OVERHEAD = 576 * MiB
 
 
 _DEFAULT = EngineSettings()  # the engine's defaults, defined once (aiboxctl.engine_settings)
@@ -261,8 +275,37 @@ def output_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, pooled: bool
     return 4 * (facts.n_vocab + (facts.n_embd if pooled else 0)) * ctx.n_seq
 
 
+def fa_f16_copy_bytes(facts: ModelFacts, ctx: ResolvedContext, p: EngineParams, layers: Sequence[int]) -> int:
+    """The f16 copies of a non-f16 K/V cache that ggml-cuda's flash attention asks of the compute
+    buffer, on an accelerator holding ``layers`` (largest layer; the copy is freed after each).
+
+    ggml-cuda (fattn.cu ``ggml_cuda_flash_attn_ext_get_alloc_size``, through the buffer type's
+    ``get_alloc_size``) sizes the FLASH_ATTN_EXT node as its output plus f16 copies of K and V
+    whenever the kernel it picks reads only f16 (tile or MMA; the vector kernel reads q8_0 & co.
+    itself). llama.cpp's worst-case graph has ``n_ubatch / n_stream`` tokens per stream, so the MMA
+    kernel unless that is 1 (2 on Ada and newer: not relied on), and every KV cell visible: each copy
+    is ``2 · head_dim · n_head_kv · cells · n_stream`` bytes. MLA's V is a view of K and shares its
+    copy. HIP and MUSA build the same sources; other backends are assumed alike (never under).
+    """
+    if not ctx.flash_attn or not p.offload_kqv or not facts.causal or ctx.n_ubatch // ctx.n_stream <= 1:
+        return 0
+    k_copy = p.cache_type_k.lower() != "f16"
+    v_copy = p.cache_type_v.lower() != "f16" and not facts.is_mla
+    if not (k_copy or v_copy):
+        return 0
+    best = 0
+    for il in layers:
+        if not facts.has_kv(il):
+            continue
+        cells = (ctx.swa_cells if facts.is_swa(il) else ctx.n_ctx_seq) * ctx.n_stream
+        n = (facts.head_dim_k[il] * facts.n_head_kv[il] if k_copy else 0) + \
+            (facts.head_dim_v[il] * facts.n_head_kv[il] if v_copy else 0)
+        best = max(best, 2 * n * cells + 256)  # each copy starts 128-aligned
+    return best
+
+
 def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output: bool,
-                         layers: Sequence[int]) -> int:
+                         layers: Sequence[int], fa_copy: int = 0) -> int:
     """Peak of llama.cpp's worst-case graph on one backend.
 
     llama.cpp reserves a prompt graph of ``n_ubatch`` tokens, all of them outputs, with every KV
@@ -275,6 +318,12 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
       cache, ``3·T(n_embd) + 2·T(q) + 2·T(kv)``, and without flash attention the f32 score
       matrix ``4·n_kv·n_ubatch·n_head`` (MLA keeps two more latent-query tensors);
     * feed-forward: gate, up and their product ``3·T(n_ff)`` (MoE: per used expert).
+
+    * with ``fa_copy`` (:func:`fa_f16_copy_bytes`: a quantized KV cache on ggml-cuda), the
+      attention phase plus the attention node's f16 K/V copies (the 2026-11-30 H200 run,
+      Qwen2.5-7B/32B shapes, 131072 unified cells, q8_0: 412.09 and 680.09 MiB measured = the
+      256/512 MiB copies + the 128 MiB f16 mask + the layer's activations; 421 and 694 MiB
+      estimated; docs/gpu.md).
 
     Known misses (ggml-alloc fragmentation, not modelled): on an SWA model whose last layers are
     SWA, without flash attention at very long contexts the logits land above leftovers of the
@@ -329,13 +378,18 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
         if not ctx.flash_attn:
             peak += 4 * n_kv * n_ub * h
         phases.append(peak)
+    att_peak = max(phases[1 if has_output and not encoder else 0:], default=0)
+    ff_phases = []
     ff = max((facts.n_ff[il] for il in layers), default=0)
     if ff:
         # BERT's feed-forward is ungated (up, then GELU in place): one T(n_ff), not three
         # (all-MiniLM-L6-v2 at ubatch 4096: the attention phase, 75 MiB, is the peak)
-        phases.append(masks + 2 * T(E) + (T(ff) if facts.architecture == "bert" else 3 * T(ff)))
+        ff_phases.append(masks + 2 * T(E) + (T(ff) if facts.architecture == "bert" else 3 * T(ff)))
     if moe and layers:
-        phases.append(masks + 2 * T(E) + 3 * moe_act + 2 * T(facts.n_expert))
+        ff_phases.append(masks + 2 * T(E) + 3 * moe_act + 2 * T(facts.n_expert))
+    phases += ff_phases
+    if fa_copy and att:
+        phases.append(fa_copy + att_peak)
     if any(facts.is_recurrent(il) for il in layers):
         phases.append(3 * T(E))  # the scan's inputs stay below the logits in every case measured
     return max(phases, default=0)
@@ -419,7 +473,8 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *, accelerators: Se
         weights[0] -= moved
     compute = [0] * n_dev
     for d in range(n_dev):
-        compute[d] = compute_buffer_bytes(facts, ctx, has_output=(d == out_dev), layers=layers_on[d])
+        compute[d] = compute_buffer_bytes(facts, ctx, has_output=(d == out_dev), layers=layers_on[d],
+                                          fa_copy=fa_f16_copy_bytes(facts, ctx, params, layers_on[d]) if d else 0)
     if not compute[0]:
         # Everything offloaded: the host still builds the inputs (token embeddings by get_rows,
         # the KQ masks) — a llama-server log shows 12.01 → 72.01 MiB from 2k to 32k cells,
