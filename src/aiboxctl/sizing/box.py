@@ -69,10 +69,12 @@ class BoxDevice:
     def budget(self) -> int:
         return self.memory - self.margin
 
+    stream_tflops: tuple[float, float] | None = None  # measured batched-step cost (throughput.py)
+
     @property
     def speed(self) -> DeviceSpeed:
         """This device as the throughput model sees it."""
-        return DeviceSpeed(self.name, self.backend, self.bandwidth_gbps, self.tflops, self.eta)
+        return DeviceSpeed(self.name, self.backend, self.bandwidth_gbps, self.tflops, self.eta, self.stream_tflops)
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,32 @@ def box_from_profile(hw: HardwareProfile) -> Box:
 _KNOWN_ACCELERATORS: tuple[tuple[str, float, float, float | None], ...] = (
     # (substring of the model name, GB/s, FP16 TFLOPS dense, η)
     ("4090", 1008, 165.2, 0.70), ("A100", 2039, 312, 0.38), ("H800", 3350, 989.5, 0.45),
-    ("H100", 3350, 989.5, 0.45), ("H200", 4800, 989.5, 0.45), ("L40", 864, 181, 0.65),
+    # H200: η measured (below); H100/H800 keep the scoreboard's 0.45 (memory-model.md §6.3: 0.31–0.53)
+    ("H100", 3350, 989.5, 0.45), ("H200", 4800, 989.5, 0.333), ("L40", 864, 181, 0.65),
     ("910B", 1600, 376, 0.30), ("310P", 204, 70, 0.30), ("K100", 896, 192, 0.40), ("S4000", 768, 100, 0.40),
 )
+# Measured batched decode (throughput.DeviceSpeed.stream_tflops): effective TFLOPS of each stream
+# after the first, up to 8 streams and beyond. Source: bench/device_check.py on an NVIDIA H200
+# (132 SMs), CUDA 13.0, driver 580.159.04, llama-cpp-python 0.3.36, 2026-11-30 (docs/gpu.md "First
+# device run"): Qwen2.5-7B-shaped Q4_K_M (7.62 B params), full offload, flash attention, depth
+# ~75, per-stream decode steps 3.73 / 9.01 / 11.25 / 16.98 ms at 1 / 8 / 32 / 64 streams. With
+# T0_ACCEL = 1 ms, batch 1 gives η = 0.333 of 4800 GB/s; 1→8 streams 0.751 ms per stream
+# (2·7.62e9 FLOP / 0.751 ms = 20.3 TFLOPS); 8→64 a least-squares line through 8 (anchored), 32
+# and 64: 0.132 ms per stream = 115 TFLOPS. H100 and H800 are the same GH100 die (132 SMs on
+# SXM): the matmul rates are taken to carry over, η is not (different memory).
+_KNOWN_STREAM_TFLOPS: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("H200", (20.3, 115.0)), ("H100", (20.3, 115.0)), ("H800", (20.3, 115.0)),
+)
+
+
+def known_accelerator_speed(name: str, label: str, backend: str = "cuda") -> DeviceSpeed | None:
+    """The throughput model's view of an accelerator this table knows by ``label`` (its model
+    name), as ``name`` ("CUDA0"); None for one it does not know."""
+    known = next((k for k in _KNOWN_ACCELERATORS if k[0].lower() in label.lower()), None)
+    if known is None:
+        return None
+    streams = next((t for k, t in _KNOWN_STREAM_TFLOPS if k.lower() in label.lower()), None)
+    return DeviceSpeed(name, backend, known[1], known[2], known[3], streams)
 
 
 def box_from_report(report: Any) -> Box:
@@ -181,16 +206,16 @@ def box_from_report(report: Any) -> Box:
         if not acc.memory_total_bytes:
             idle.append(Idle(label, "memory size unknown"))
             continue
-        known = next((k for k in _KNOWN_ACCELERATORS if k[0].lower() in label.lower()), None)
-        bw_dev, tf, eta = (known[1], known[2], known[3]) if known else (500.0, 50.0, None)
-        if not known:
-            notes.append(f"{label}: bandwidth/compute unknown, assumed 500 GB/s and 50 TFLOPS")
         prefix = device_prefix(backend)
         i = counters.get(prefix, 0)
         counters[prefix] = i + 1
+        known = known_accelerator_speed(f"{prefix}{i}", label, backend)
+        bw_dev, tf, eta = (known.bandwidth_gbps, known.tflops, known.eta) if known else (500.0, 50.0, None)
+        if not known:
+            notes.append(f"{label}: bandwidth/compute unknown, assumed 500 GB/s and 50 TFLOPS")
         assumed = not known or backend not in MEASURED_ETA_BACKENDS
         devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta, None,
-                                 assumed, acc.numa_node))
+                                 assumed, acc.numa_node, known.stream_tflops if known and backend == "cuda" else None))
     amx_failed = any(p.name == "amx" and p.verified == "failed" for p in cpu.isa_paths)
     if amx_failed:
         notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")

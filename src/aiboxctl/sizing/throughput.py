@@ -15,6 +15,12 @@ parameter per token) caps large batches. Prefill is compute-bound: ``η_c · FLO
 
 η (achieved / peak bandwidth) per device class comes from published llama.cpp scoreboards
 (memory-model.md §6.3) unless a hardware profile gives its own; ``aiboxctl bench`` measures it.
+
+Where a device's batched steps were measured (``DeviceSpeed.stream_tflops``: the H200 run of
+2026-11-30, docs/gpu.md), every stream after the first adds its matmuls at the measured effective
+rate — steeply up to :data:`STREAMS_VECTOR` streams, slowly beyond::
+
+    t_step(B) += (min(B, 8) − 1) · 2P / F_vector + max(B − 8, 0) · 2P / F_tiled
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ ETA_COMPUTE: dict[str, float] = {"cpu": 0.3, "cuda": 0.6, "hip": 0.4, "musa": 0.
 # Per-step fixed cost: kernel launches, synchronisation, sampling (memory-model.md §6.1).
 T0_ACCEL = 1.0e-3
 T0_CPU = 0.3e-3
+# ggml-cuda multiplies quantized weights by up to 8 token columns with its vector kernel (mmvq.cu,
+# MMVQ_MAX_BATCH_SIZE), which works through every weight block once per column; beyond 8 with
+# MMQ's tiles. A batched step therefore grows steeply up to 8 streams, then slowly
+# (DeviceSpeed.stream_tflops; docs/gpu.md "First device run").
+STREAMS_VECTOR = 8
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,10 @@ class DeviceSpeed:
     bandwidth_gbps: float  # peak memory bandwidth, GB/s
     tflops: float  # peak compute (FP16 dense for accelerators, FP32 for CPUs)
     eta: float | None = None  # decode efficiency; None: the class default
+    # Measured cost of each stream beyond the first in a batched decode step, as the effective
+    # TFLOPS its matmuls run at: (up to STREAMS_VECTOR streams, beyond). None: not measured for
+    # this device — the step then grows only by the KV reads and the compute bound (optimistic).
+    stream_tflops: tuple[float, float] | None = None
 
     @property
     def eta_decode(self) -> float:
@@ -200,6 +215,11 @@ def estimate_throughput(facts: ModelFacts, estimate: MemoryEstimate, devices: li
             w_b, w_1 = w_b * repack_dec, w_1 * repack_dec
             t_cmp_1 *= repack_pre
         mem_b, cmp_b = w_b / bw + streams * kv / kv_bw, t_cmp_1 * streams
+        if spec.stream_tflops:  # the measured cost of every stream after the first
+            flop = 2 * active_params * (w_1 / all_read)
+            vec, tiled = spec.stream_tflops
+            mem_b += (min(streams, STREAMS_VECTOR) - 1) * flop / (vec * 1e12) \
+                + max(streams - STREAMS_VECTOR, 0) * flop / (tiled * 1e12)
         # Layer-split devices run one after another: per device the slower of memory and compute.
         per_device[dev] = max(mem_b, cmp_b)
         compute_bound |= cmp_b > mem_b
