@@ -63,6 +63,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 from serve_throughput import counters, free_port, run_level, step_costs  # noqa: E402  (bench/serve_throughput.py)
 
 GOAL_SIZING = 0.03  # ≤ 3 % and never under
+SLOT_CTX = 512  # the speed step's KV cells per slot
 GOAL_SPEED = {1: 1.0, 64: 0.95}  # aiboxctl / llama-server aggregate, at that many streams
 MiB = 2**20
 
@@ -519,13 +520,18 @@ def bounded_level(run: Run, srv: Server, streams: int, tokens: int) -> dict:
     return box["result"]
 
 
+GPU_COUNTERS_NOTE = ("on CUDA llama_decode returns once the kernels are queued: decode_ms_per_step is launch "
+                     "time only, and the wait for the GPU lands in the sampling counter")
+AGGREGATE_IS = "all streams' tokens / wall time from the first request to the last token (prefill and admission included)"
+
+
 def step_speed(run: Run) -> dict:
     import anchor
 
     model = run.models["7b"]["path"]
     streams = run.mode.streams
     slots = max(streams)
-    slot_ctx = 512
+    slot_ctx = SLOT_CTX
     if run.mode.cpu:
         exe, env, cwd = anchor.llama_server(), None, None
         if not exe.is_file():
@@ -579,10 +585,60 @@ def step_speed(run: Run) -> dict:
         if ls and ab:
             ratios[str(n)] = {"aggregate": ab["aggregate"] / ls["aggregate"],
                               "ttft_p50": ab["ttft_p50"] / ls["ttft_p50"] if ls["ttft_p50"] else None}
+    if not run.mode.cpu:
+        notes.append(GPU_COUNTERS_NOTE)
     out = {"streams": list(streams), "tokens": run.mode.tokens, "servers": results, "ratios": ratios, "notes": notes}
     if not ratios:
         raise StepFailed("no stream level measured on both servers", out)
     return out
+
+
+PROMPT_TOKENS = 10  # serve_throughput's prompts ("Essay i: The history of the Roman Empire") in Qwen2's BPE
+
+# The prediction at the depth the speed step decoded at, with the settings it served (a child
+# process: on the device aiboxctl lives in the installed prefix).
+_PREDICT = """
+import json, sys
+from aiboxctl.hardware.probe import probe_box
+from aiboxctl.models.facts import ModelFacts
+from aiboxctl.models.gguf import read_header
+from aiboxctl.sizing.box import box_from_report
+from aiboxctl.sizing.memory import EngineParams, estimate_memory
+from aiboxctl.sizing.throughput import estimate_throughput
+a = json.loads(sys.argv[1])
+box = box_from_report(probe_box())
+header = read_header(a["model"])
+facts = ModelFacts.from_header(header)
+params = EngineParams(n_ctx=a["ctx"], parallel=a["parallel"], flash_attn="on", n_gpu_layers=a["gpu_layers"], repack=False)
+accelerators = tuple(d.name for d in box.accelerators) if a["gpu_layers"] else ()
+est = estimate_memory(facts, params, accelerators=accelerators, cpu=box.cpu_buffers)
+out = {}
+for n in a["streams"]:
+    tp = estimate_throughput(facts, est, box.speeds(), active_params=sum(t.n_elements for t in header.tensors),
+                             streams=n, depth=a["depth"], cpu=box.cpu_buffers)
+    out[str(n)] = {"per_user": tp.per_user_tok_s, "aggregate": tp.aggregate_tok_s, "bound": tp.bound}
+print(json.dumps(out))
+"""
+
+
+def predict_decode(run: Run, streams: tuple[int, ...], depth: int) -> dict:
+    """{streams: per-user and aggregate decode tok/s} the throughput model predicts for the speed
+    step's server (its slots and context, full offload or none) at ``depth``."""
+    slots = max(run.mode.streams)
+    arg = json.dumps({"model": run.models["7b"]["path"], "ctx": slots * SLOT_CTX, "parallel": slots,
+                      "gpu_layers": run.mode.gpu_layers, "streams": list(streams), "depth": depth})
+    p = subprocess.run([sys.executable, "-c", _PREDICT, arg], capture_output=True, text=True,
+                       timeout=max(1, min(60, run.left())))
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode or not lines:
+        raise RuntimeError(f"the decode prediction failed: {p.stderr.strip()[-500:]}")
+    return json.loads(lines[-1])
+
+
+def decode_rate(level: dict, tokens: int) -> float:
+    """A stream's decode rate from serve_throughput's per_stream (all its tokens over the time
+    after its first): ``tokens − 1`` intervals, not ``tokens``."""
+    return level["per_stream"] * (tokens - 1) / tokens
 
 
 def step_plan(run: Run) -> dict:
@@ -607,7 +663,24 @@ def step_plan(run: Run) -> dict:
                           "measured_aggregate": got["aggregate"] if got else None,
                           "error": (tp["aggregate_tok_s"] - got["aggregate"]) / got["aggregate"]
                           if got and tp.get("aggregate_tok_s") else None}
-    return {"box": chosen, "synthetic_7b": levels}
+    # Like with like: the predicted per-user decode speed at the depth the speed step decoded at,
+    # against each stream's measured decode rate (its first token's wait excluded).
+    depth = PROMPT_TOKENS + run.mode.tokens // 2
+    notes = []
+    try:
+        predicted = predict_decode(run, run.mode.streams, depth) if measured and run.left() > 5 else {}
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        predicted = {}
+        notes.append(str(e))
+    for n, pred in predicted.items():
+        got = measured.get(n)
+        rate = decode_rate(got, run.mode.tokens) if got else None
+        levels.setdefault(n, {}).update({
+            "decode_depth": depth, "predicted_per_user_at_depth": pred["per_user"],
+            "predicted_aggregate_at_depth": pred["aggregate"], "bound_at_depth": pred["bound"],
+            "measured_decode_per_stream": rate,
+            "decode_error": (pred["per_user"] - rate) / rate if rate else None})
+    return {"box": chosen, "synthetic_7b": levels, "notes": notes}
 
 
 # --- running, recording, reporting ------------------------------------------------------------
@@ -669,6 +742,7 @@ def summary(run: Run) -> dict:
     s["speed_ratios"] = {n: r["aggregate"] for n, r in (speed.get("ratios") or {}).items()}
     plan = ((run.steps.get("plan") or {}).get("data") or {}).get("synthetic_7b") or {}
     s["plan_errors"] = {n: v["error"] for n, v in plan.items() if v.get("error") is not None}
+    s["decode_errors"] = {n: v["decode_error"] for n, v in plan.items() if v.get("decode_error") is not None}
     goals = {}
     if s["sizing_worst_error"] is not None:
         goals["sizing ≤ 3 % and never under"] = s["sizing_worst_error"] <= GOAL_SIZING and not s["sizing_under"]
@@ -726,16 +800,21 @@ def markdown(doc: dict) -> str:
     speed = (steps.get("speed") or {}).get("data") or {}
     if speed.get("servers"):
         lines += ["", f"## speed: 7B shape, {speed['tokens']} tokens per stream, ignore_eos", "",
-                  "| streams | llama-server tok/s | aiboxctl tok/s | ratio | TTFT p50 ls/ab ms | host µs/token |",
-                  "|---|---|---|---|---|---|"]
+                  f"tok/s is the aggregate: {AGGREGATE_IS}; decode/stream is each stream's tokens after its "
+                  "first over the time after it (aiboxctl).", "",
+                  "| streams | llama-server tok/s | aiboxctl tok/s | ratio | TTFT p50 ls/ab ms | aiboxctl decode/stream "
+                  "| host µs/token |",
+                  "|---|---|---|---|---|---|---|"]
         for n in speed["streams"]:
             ls = speed["servers"].get("llama-server", {}).get("levels", {}).get(str(n)) or {}
             ab = speed["servers"].get("aiboxctl", {}).get("levels", {}).get(str(n)) or {}
             ratio = (speed.get("ratios") or {}).get(str(n), {}).get("aggregate")
             host = ab.get("host_us_per_token")
+            rate = decode_rate(ab, speed["tokens"]) if "per_stream" in ab else None
             lines.append(f"| {n} | {ls.get('aggregate', float('nan')):.1f} | {ab.get('aggregate', float('nan')):.1f} | "
                          f"{'-' if ratio is None else f'{ratio:.3f}'} | "
                          f"{ls.get('ttft_p50', float('nan')) * 1e3:.0f}/{ab.get('ttft_p50', float('nan')) * 1e3:.0f} | "
+                         f"{'-' if rate is None else f'{rate:.1f}'} | "
                          f"{'-' if host is None else f'{host:.1f}'} |")
         for note in speed.get("notes") or []:
             lines.append(f"- {note}")
@@ -746,12 +825,23 @@ def markdown(doc: dict) -> str:
                   (f"On this box: {box.get('variant')} {box.get('quant')}, " if box.get("exit_code") == 0 else
                    f"On this box nothing fits the profile (exit {box.get('exit_code')}); the closest option: ")
                   + f"{(box.get('throughput') or {}).get('per_user_tok_s')} tok/s per user predicted. For the synthetic "
-                  "7B at each stream count (the profile's context, the prediction at its depth):", "",
-                  "| streams | predicted aggregate | measured | error |", "|---|---|---|---|"]
+                  "7B at each stream count: like with like, the model's per-user decode speed at the depth the speed "
+                  "step decoded at (its prompt + half its tokens) against each stream's measured decode rate; then "
+                  "what `plan` says (the profile's context, at its depth) against the served aggregate "
+                  f"({AGGREGATE_IS}), which are not the same quantity:", "",
+                  "| streams | depth | predicted per user | measured decode/stream | error | plan aggregate (depth) "
+                  "| served aggregate | error |", "|---|---|---|---|---|---|---|---|"]
+
+        def num(x: Any) -> str:
+            return "-" if x is None else f"{x:.1f}"
+
         for n, v in (plan.get("synthetic_7b") or {}).items():
-            lines.append(f"| {n} | {v.get('predicted_aggregate')} | "
-                         f"{'-' if v.get('measured_aggregate') is None else round(v['measured_aggregate'], 1)} | "
-                         f"{_pct(v.get('error'))} |")
+            lines.append(f"| {n} | {v.get('decode_depth', '-')} | {num(v.get('predicted_per_user_at_depth'))} | "
+                         f"{num(v.get('measured_decode_per_stream'))} | {_pct(v.get('decode_error'))} | "
+                         f"{num(v.get('predicted_aggregate'))} ({v.get('depth', '-')}) | "
+                         f"{num(v.get('measured_aggregate'))} | {_pct(v.get('error'))} |")
+        for note in plan.get("notes") or []:
+            lines.append(f"- {note}")
     s = doc["summary"]
     lines += ["", "## goals", ""] + [f"- {g}: {'met' if ok else 'NOT met'}" for g, ok in s["goals"].items()]
     if s["sizing_under"]:

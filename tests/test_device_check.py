@@ -77,6 +77,42 @@ def test_rehearsal_measures_both_servers_and_the_plan(rehearsal):
     plan = doc["steps"]["plan"]["data"]["synthetic_7b"]
     assert set(plan) == {"1", "4"}
     assert all(_number(v["predicted_aggregate"]) and _number(v["error"]) for v in plan.values())
+    # like with like: the per-user prediction at the depth decoded against each stream's decode rate
+    for n, v in plan.items():
+        assert v["decode_depth"] == 10 + 16 // 2
+        assert _number(v["predicted_per_user_at_depth"]) and _number(v["decode_error"]), v
+        per_stream = speed["servers"]["aiboxctl"]["levels"][n]["per_stream"]
+        assert v["measured_decode_per_stream"] == pytest.approx(per_stream * 15 / 16)
+    assert set(doc["summary"]["decode_errors"]) == {"1", "4"}
+
+
+def test_report_compares_like_with_like_and_says_what_the_gpu_counters_are():
+    """The first device run (2026-11-30) set the plan's aggregate at depth 4096 against an
+    aggregate over the wall time with prefill and admission in it (+25 %…+188 %): the report now
+    puts the per-user prediction at the depth decoded beside each stream's decode rate, states
+    what the aggregate is, and says that on CUDA the decode counter is launch time only."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+
+    level = {"aggregate": 745.5, "wall": 1.37, "per_stream": 111.85, "ttft_p50": 0.227, "tokens": 1024,
+             "host_us_per_token": 11.5, "decode_ms_per_step": 1.02}
+    plan = {"exit_code": 0, "predicted_aggregate": 2054.79, "predicted_per_user": 256.85, "depth": 4096,
+            "measured_aggregate": 745.5, "error": 1.756, "decode_depth": 74, "predicted_per_user_at_depth": 111.0,
+            "predicted_aggregate_at_depth": 888.1, "bound_at_depth": "memory",
+            "measured_decode_per_stream": 111.0, "decode_error": 0.0}
+    doc = {"mode": "device", "started": "2026-11-30 22:41 UTC",
+           "machine": {"host": "vm", "cores": 16, "loadavg": ["0.88"], "gpus": [{"name": "NVIDIA H200", "total": 2**37}]},
+           "steps": {"speed": {"status": "ok", "seconds": 32.1, "data": {
+               "streams": [8], "tokens": 128, "ratios": {"8": {"aggregate": 1.16}},
+               "servers": {"aiboxctl": {"levels": {"8": level}}, "llama-server": {"levels": {"8": level}}},
+               "notes": [device_check.GPU_COUNTERS_NOTE]}},
+               "plan": {"status": "ok", "seconds": 3.9, "data": {"box": {"exit_code": 0}, "synthetic_7b": {"8": plan}}}},
+           "summary": {"goals": {}, "sizing_under": []}}
+    md = device_check.markdown(doc)
+    assert "| 8 | 74 | 111.0 | 111.0 | +0.0% | 2054.8 (4096) | 745.5 | +175.6% |" in md
+    assert "prefill and admission included" in md
+    assert "decode_ms_per_step is launch time only" in md
+    assert "| 8 | 745.5 | 745.5 | 1.160 | 227/227 | 111.0 | 11.5 |" in md  # 111.85 x 127/128
 
 
 def test_device_mode_without_carry_records_the_failure_and_writes_the_report(tmp_path):
