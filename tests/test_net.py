@@ -38,6 +38,45 @@ def test_a_free_port_comes_back_bound_and_inheritable():
         sock.close()
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_connections_accepted_on_it_send_without_nagle(host):
+    """uvicorn serves a socket it is handed through ``loop.create_server(sock=...)``; asyncio turns
+    TCP_NODELAY on for an accepted connection only when the socket's proto is IPPROTO_TCP. Without
+    it a response written in two sends (headers, then body; one SSE event, then the next) waits
+    for the peer's delayed ACK on a keep-alive connection (~40 ms a time, seen on /health)."""
+    import asyncio
+
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this box")
+    try:
+        sock = bind_listening(host, 0, in_use_hint="x", usage_hint="y")
+    except AiboxError:
+        pytest.skip(f"cannot bind {host} here")
+
+    async def accepted() -> int:
+        seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                s = transport.get_extra_info("socket")
+                seen.set_result(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        try:
+            _, writer = await asyncio.open_connection(host, sock.getsockname()[1])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return value
+        finally:
+            server.close()
+
+    try:
+        assert asyncio.run(accepted()) != 0
+    finally:
+        sock.close()
+
+
 class _TooLarge(Exception):
     pass
 

@@ -24,7 +24,11 @@ def bind_listening(host: str, port: int, *, in_use_hint: str, usage_hint: str) -
     a privileged port) is a usage error with ``usage_hint``. The caller closes the socket.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: accepted sockets inherit the listener's proto, and asyncio
+    # sets TCP_NODELAY on a transport only when proto is IPPROTO_TCP. Without it every answer
+    # written in two sends (headers, then body; one SSE event, then the next) waited for the
+    # peer's delayed ACK on a keep-alive connection: ~40 ms per health check, per stream start.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
