@@ -46,6 +46,9 @@ CACHE_TYPES: dict[str, tuple[int, int]] = {
 HOST_OVERHEAD = 72 * MiB
 HOST_OVERHEAD_PER_TOKEN = 160
 ACCEL_OVERHEAD = 576 * MiB
+# The graph's small inputs in the host compute buffer when every layer is offloaded (token ids,
+# positions, KV indices): 0.01–0.09 MiB measured (2026-11-30 H200 runs, 1–64 slots), with room.
+HOST_GRAPH_INPUTS = 256 * 1024
 
 
 _DEFAULT = EngineSettings()  # the engine's defaults, defined once (aiboxctl.engine_settings)
@@ -305,15 +308,22 @@ def fa_f16_copy_bytes(facts: ModelFacts, ctx: ResolvedContext, p: EngineParams, 
 
 
 def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output: bool,
-                         layers: Sequence[int], fa_copy: int = 0) -> int:
+                         layers: Sequence[int], fa_copy: int = 0, holds_inputs: bool = True) -> int:
     """Peak of llama.cpp's worst-case graph on one backend.
 
     llama.cpp reserves a prompt graph of ``n_ubatch`` tokens, all of them outputs, with every KV
     cell visible; ggml-alloc reuses memory between layers, so the buffer is the largest of a
     few phases, each a sum of f32 activations ``T(width) = 4·n_ubatch·width``:
 
-    * output: the logits ``T(n_vocab)`` plus three residual-stream tensors ``3·T(n_embd)``
-      (on the device holding the output layer; MLA adds its latent query and output);
+    * output: the logits ``T(n_vocab)`` plus the final norm ``T(n_embd)`` (``result_norm``, a
+      graph output, never freed) on the device holding the output layer; on the host
+      (``holds_inputs``) also the embeddings input ``inp_embd`` (llama-graph.cpp build_inp_embd:
+      an input leaf that ggml_build_forward_select leaves without consumers, so ggml-alloc never
+      frees it) and one ``T(n_embd)`` of placement noise, ``3·T(n_embd)`` in all (CPU dry run of
+      the Qwen2.5-7B/32B shapes: T(n_vocab) + 2·T(n_embd) exactly, estimate +2.3 %/+3.2 %). An
+      accelerator gets its inputs as split copies that are freed before the output layer: the
+      2026-11-30 H200 runs logged ``T(n_vocab) + T(n_embd)`` to the byte (304 and 307 MiB) where
+      three had been estimated (+4.6 %/+6.5 %). MLA adds its latent query and output;
     * attention: the KQ masks (f16 with flash attention, f32 without) for the full and the SWA
       cache, ``3·T(n_embd) + 2·T(q) + 2·T(kv)``, and without flash attention the f32 score
       matrix ``4·n_kv·n_ubatch·n_head`` (MLA keeps two more latent-query tensors);
@@ -348,7 +358,7 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
     moe_act = T(facts.n_ff_exp * facts.n_expert_used) if moe else 0
     encoder = not facts.causal  # BERT/XLM-R: attention over the batch's own tokens, no KV cache
     if has_output and not encoder:  # a pooled encoder has no output layer: no logits
-        out = T(facts.n_vocab) + 3 * T(E)
+        out = T(facts.n_vocab) + (3 if holds_inputs else 1) * T(E)
         if facts.is_mla:
             # MLA's latent query and latent attention output of the last layer stay below the
             # logits (DeepSeek-V2-Lite shapes: +34 MiB at ubatch 512, matching 240–242 MiB).
@@ -474,12 +484,17 @@ def estimate_memory(facts: ModelFacts, params: EngineParams, *, accelerators: Se
     compute = [0] * n_dev
     for d in range(n_dev):
         compute[d] = compute_buffer_bytes(facts, ctx, has_output=(d == out_dev), layers=layers_on[d],
-                                          fa_copy=fa_f16_copy_bytes(facts, ctx, params, layers_on[d]) if d else 0)
+                                          fa_copy=fa_f16_copy_bytes(facts, ctx, params, layers_on[d]) if d else 0,
+                                          holds_inputs=d == 0)  # ggml-backend puts graph inputs on the CPU
     if not compute[0]:
-        # Everything offloaded: the host still builds the inputs (token embeddings by get_rows,
-        # the KQ masks) — a llama-server log shows 12.01 → 72.01 MiB from 2k to 32k cells,
-        # i.e. the f32 mask plus one T(n_embd) (memory-model.md §3.6).
-        compute[0] = _mask_bytes(facts, ctx) + 4 * ctx.n_ubatch * facts.n_embd
+        # Everything offloaded: the host still builds the graph's inputs — the KQ masks, the token
+        # rows (get_rows of token_embd), the embeddings input beside them that llama-graph.cpp
+        # (build_inp_embd, since ggml-org PR #18550) adds and ggml-alloc never frees, and a few
+        # small ones (token ids, positions, KV indices). The 2026-11-30 H200 runs logged the mask
+        # + 2·T(n_embd) + 0.01 MiB (1 and 16 slots) or + 0.09 MiB (64 slots, q8_0) in all six
+        # cells, where the mask + one T(n_embd) had been estimated (an older llama-server log,
+        # 12.01 → 72.01 MiB from 2k to 32k cells, memory-model.md §3.6, predates that input).
+        compute[0] = _mask_bytes(facts, ctx) + 2 * 4 * ctx.n_ubatch * facts.n_embd + HOST_GRAPH_INPUTS
     if n_dev > 1 and layers_on[0] and any(layers_on[1:]) and ctx.n_ubatch >= 32:
         # Partial offload: for batches of 32+ tokens llama.cpp's op offload runs host layers'
         # matmuls on the first accelerator, staging the weight in its compute buffer.
