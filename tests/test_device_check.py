@@ -115,6 +115,35 @@ def test_report_compares_like_with_like_and_says_what_the_gpu_counters_are():
     assert "| 8 | 745.5 | 745.5 | 1.160 | 227/227 | 111.0 | 11.5 |" in md  # 111.85 x 127/128
 
 
+def test_on_a_gpu_the_host_compute_buffer_is_compared_too():
+    """llama.cpp reports the host's compute buffer beside the GPU's (CUDA_Host): the 2026-11-30
+    runs estimated it at 15.00 MiB where 22.01 were logged (7B shape, 8192 cells) and no goal saw
+    it, because only the accelerator's buffers were compared. Figures of that cell."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+
+    gpu = {"weights": 4370558976, "kv_cache": 469762048, "compute": 318767104, "output": 0, "total": 5763067904}
+    cell = {"ctx": 8192, "parallel": 1, "kv": "f16", "nvml_used": 5715591168,
+            "estimate": {"host": {"compute": 15728640}, "GPU0": {**gpu, "total": 5777747968}},
+            "exact": {"host": {"compute": 23079158}, "CUDA0": gpu},
+            "measured": {"host": {"weights": 306561679, "output": 608174, "compute": 23079158},
+                         "CUDA0": {"weights": 4370559140, "kv_cache": 469762048, "compute": 318767104}}}
+    cmp_ = device_check.compare(SimpleNamespace(mode=SimpleNamespace(cpu=False)), cell)
+    assert cmp_["estimate"]["errors"][device_check.HOST_COMPUTE] == pytest.approx(15728640 / 23079158 - 1)
+    assert cmp_["exact"]["errors"][device_check.HOST_COMPUTE] == 0.0
+    assert cmp_["estimate"]["measured"][device_check.HOST_COMPUTE] == 23079158
+    cell["compare"] = cmp_
+    doc = {"mode": "device", "started": "2026-11-30 22:57 UTC",
+           "machine": {"host": "vm", "cores": 16, "loadavg": ["1.85"], "gpus": []},
+           "steps": {"sizing-7b": {"status": "ok", "seconds": 17.2, "data": {"cells": [cell]}}},
+           "summary": {"goals": {}, "sizing_under": []}}
+    md = device_check.markdown(doc)
+    assert "| host_compute est/exact | total est/exact |" in md
+    assert "| 8192 | 1 | f16 | +0.0% / +0.0% | +0.0% / +0.0% | +0.0% / +0.0% | - / - | -31.8% / +0.0% |" in md
+
+
 def test_device_mode_without_carry_records_the_failure_and_writes_the_report(tmp_path):
     """A step that fails is recorded (one line, no traceback on stdout) and the report is still
     written; the steps that need it say so."""
