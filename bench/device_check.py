@@ -487,7 +487,7 @@ def compare(run: Run, cell: dict) -> dict:
         host_est = host_meas = None
         if not run.mode.cpu:
             # the host's compute buffer (CUDA_Host) is a buffer llama.cpp reports too: the first two
-            # H200 runs had it 25-36 % under and no goal saw it
+            # H200 runs had it 5-36 % under and no goal saw it
             host_est = (devs.get("host") or {}).get("compute")
             host_meas = (measured.get("host") or {}).get("compute")
             if host_meas:
