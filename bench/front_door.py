@@ -4,9 +4,14 @@ the same engine in the same run, at 1, 8 and 16 concurrent streams (``--levels 1
 
 For each level: aggregate tok/s (SSE token events over wall time) direct and through the front
 door and their ratio (goal ≥ 0.97), TTFT p50 of each and what the front door adds (goal ≤ 5 ms),
-and the gateway process's peak RSS (goal ≤ 120 MiB). Direct and gateway runs alternate, and each
-level is repeated ``--rounds`` times (the best of each side counts) so a neighbour's load on a
-shared box hits both sides alike.
+and the gateway process's peak RSS (goal ≤ 120 MiB). Each level runs ``--rounds`` rounds; a round
+runs every side once, in an order rotated from round to round, so drift and a neighbour's load
+hit the sides alike. Printed: the median tok/s of each side, the ratio of the medians and the
+spread of the round-by-round ratios, the TTFT p50 over every stream of every round, and the front
+door's CPU per relayed token (its process CPU while its side ran, less its idle rate measured
+while the direct side ran) with that CPU's share of what the engine and it spent: the structural
+cost, which a box whose cores the engine fills pays in throughput, and which the noise of a
+shared 2-core machine does not move the way it moves the ratio.
 
 ``--access`` adds a second front door over the same engine with governed access on (issue 16:
 key check, limits with reserve+settle, the fsynced usage ledger, the audit chain; the stream asks
@@ -16,7 +21,7 @@ door without access (goal ≥ 0.98) and the TTFT it adds (goal ≤ 3 ms p50).
 ``--replicas`` instead compares two gemma-3-270m replicas (1 thread each) behind the front door
 with one gemma engine of 2 threads reached directly, at the same levels.
 
-    .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 2] [--access]
+    .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 5] [--access]
     .venv/bin/python bench/front_door.py --replicas [--levels 1,8,16]
 """
 
@@ -89,16 +94,31 @@ async def one_stream(client: httpx.AsyncClient, url: str, tokens: int, i: int,
     return ttft or 0.0, n
 
 
-async def level(base: str, streams: int, tokens: int, key: str = TOKEN, model: str = "smollm2") -> tuple[float, float]:
-    """(aggregate tok/s, TTFT p50 s) of ``streams`` concurrent streams."""
-    limits = httpx.Limits(max_connections=streams + 4)
+async def level_detail(base: str, streams: int, tokens: int, key: str = TOKEN,
+                       model: str = "smollm2") -> tuple[float, list[float], int]:
+    """(aggregate tok/s, each stream's TTFT in s, tokens received) of ``streams`` concurrent
+    streams, on as many connections opened and warmed beforehand (so neither side pays for
+    connection setup inside the timed part)."""
+    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits, trust_env=False,
                                  headers={"Authorization": f"Bearer {key}"}) as c:
-        await one_stream(c, "/v1/completions", 2, -1, model)  # warm the connection
+        await asyncio.gather(*(one_stream(c, "/v1/completions", 2, -1 - i, model) for i in range(streams)))
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one_stream(c, "/v1/completions", tokens, i, model) for i in range(streams)))
         wall = time.perf_counter() - t0
-    return sum(n for _, n in results) / wall, statistics.median(t for t, _ in results)
+    received = sum(n for _, n in results)
+    return received / wall, [t for t, _ in results], received
+
+
+async def level(base: str, streams: int, tokens: int, key: str = TOKEN, model: str = "smollm2") -> tuple[float, float]:
+    """(aggregate tok/s, TTFT p50 s) of ``streams`` concurrent streams."""
+    rate, ttfts, _ = await level_detail(base, streams, tokens, key, model)
+    return rate, statistics.median(ttfts)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def replicas(a: argparse.Namespace, levels: list[int]) -> None:
@@ -158,7 +178,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,16")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--access", action="store_true", help="also a front door with keys, limits, ledger, audit")
     ap.add_argument("--replicas", action="store_true",
                     help="instead: two gemma replicas (1 thread each) behind the front door vs one engine with 2")
@@ -196,6 +216,9 @@ def main() -> None:
                               f"http://127.0.0.1:{aport}/health"))
         sides.append(("access", f"http://127.0.0.1:{aport}", key))
     gproc, peak = psutil.Process(gateway.pid), [0]
+    procs_cpu = {"engine": psutil.Process(engine.pid), "gateway": gproc}
+    if a.access:
+        procs_cpu["access"] = psutil.Process(procs[0].pid)
     done = threading.Event()
 
     def sample() -> None:
@@ -203,24 +226,54 @@ def main() -> None:
             peak[0] = max(peak[0], gproc.memory_info().rss)
 
     threading.Thread(target=sample, daemon=True).start()
-    print(f"SmolLM2-135M, {a.threads} threads, {top} slots, {a.tokens} tokens per stream, best of {a.rounds}")
-    print(f"{'streams':>7} {'direct tok/s':>12} {'gateway tok/s':>13} {'ratio':>6} "
-          f"{'TTFT direct ms':>14} {'TTFT gw ms':>10} {'added ms':>8}"
-          + (f" {'access tok/s':>12} {'on/off':>6} {'TTFT access ms':>14} {'added ms':>8}" if a.access else ""))
+    print(f"SmolLM2-135M, {a.threads} threads, {top} slots, {a.tokens} tokens per stream, {a.rounds} rounds per "
+          f"level (sides in rotated order; medians over rounds, TTFT over every stream of every round)")
+    print(f"{'streams':>7} {'direct tok/s':>12} {'gateway tok/s':>13} {'ratio':>6} {'range':>11} "
+          f"{'TTFT direct ms':>14} {'TTFT gw ms':>10} {'added ms':>8} {'gw µs/tok':>9} {'gw share':>8}"
+          + (f" {'access tok/s':>12} {'on/off':>6} {'range':>11} {'TTFT access ms':>14} {'added ms':>8} "
+             f"{'acc µs/tok':>10} {'acc share':>9}" if a.access else ""))
     try:
         for n in levels:
-            best = {name: (0.0, 1e9) for name, _, _ in sides}
-            for _ in range(a.rounds):
-                for name, base, key in sides:
-                    r = asyncio.run(level(base, n, a.tokens, key))
-                    best[name] = (max(best[name][0], r[0]), min(best[name][1], r[1]))
-            d_best, g_best = best["direct"], best["gateway"]
-            line = (f"{n:>7} {d_best[0]:>12.1f} {g_best[0]:>13.1f} {g_best[0] / d_best[0]:>6.3f} "
-                    f"{d_best[1] * 1e3:>14.1f} {g_best[1] * 1e3:>10.1f} {(g_best[1] - d_best[1]) * 1e3:>8.1f}")
+            rates: dict[str, list[float]] = {name: [] for name, _, _ in sides}
+            ttfts: dict[str, list[float]] = {name: [] for name, _, _ in sides}
+            # CPU seconds each process spent while each side ran, and the tokens that side relayed
+            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(procs_cpu, 0.0) for name, _, _ in sides}
+            relayed, walls = dict.fromkeys(rates, 0), dict.fromkeys(rates, 0.0)
+            for r in range(a.rounds):
+                for name, base, key in sides[r % len(sides):] + sides[:r % len(sides)]:
+                    before = {p: cpu_seconds(proc) for p, proc in procs_cpu.items()}
+                    t0 = time.perf_counter()
+                    rate, t, received = asyncio.run(level_detail(base, n, a.tokens, key))
+                    walls[name] += time.perf_counter() - t0
+                    for p, proc in procs_cpu.items():
+                        cpu[name][p] += cpu_seconds(proc) - before[p]
+                    rates[name].append(rate)
+                    ttfts[name].extend(t)
+                    relayed[name] += received
+            med = {name: statistics.median(v) for name, v in rates.items()}
+            p50 = {name: statistics.median(v) * 1e3 for name, v in ttfts.items()}
+
+            def paired(top: str, bottom: str) -> str:  # the round-by-round ratios' spread
+                rs = [x / y for x, y in zip(rates[top], rates[bottom])]
+                return f"{min(rs):.2f}-{max(rs):.2f}"
+
+            def cost(side: str, proc: str) -> tuple[float, float]:
+                """The front door's CPU per relayed token (µs) and its share of the CPU the
+                engine and it spent on that side's tokens: on a box whose cores the engine
+                fills, about what the front door takes from its throughput."""
+                idle = cpu["direct"][proc] / walls["direct"]  # its CPU per second while it relays nothing
+                own = cpu[side][proc] - idle * walls[side]
+                return own / max(relayed[side], 1) * 1e6, own / max(cpu[side]["engine"] + own, 1e-9)
+
+            g_us, g_share = cost("gateway", "gateway")
+            line = (f"{n:>7} {med['direct']:>12.1f} {med['gateway']:>13.1f} {med['gateway'] / med['direct']:>6.3f} "
+                    f"{paired('gateway', 'direct'):>11} {p50['direct']:>14.1f} {p50['gateway']:>10.1f} "
+                    f"{p50['gateway'] - p50['direct']:>8.1f} {g_us:>9.0f} {g_share:>8.1%}")
             if a.access:
-                x = best["access"]
-                line += (f" {x[0]:>12.1f} {x[0] / g_best[0]:>6.3f} {x[1] * 1e3:>14.1f} "
-                         f"{(x[1] - g_best[1]) * 1e3:>8.1f}")
+                x_us, x_share = cost("access", "access")
+                line += (f" {med['access']:>12.1f} {med['access'] / med['gateway']:>6.3f} "
+                         f"{paired('access', 'gateway'):>11} {p50['access']:>14.1f} "
+                         f"{p50['access'] - p50['gateway']:>8.1f} {x_us:>10.0f} {x_share:>9.1%}")
             print(line + f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         done.set()
