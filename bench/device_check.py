@@ -143,6 +143,7 @@ class Run:
     step_deadline: float = 0.0
     started: str = ""
     anchor_build: dict | None = None  # --cpu: the CPU llama-server and the seconds it took to get
+    selected: tuple[str, ...] = ()  # the steps to run (select_steps)
 
     def left(self) -> float:
         return min(self.deadline, self.step_deadline) - time.monotonic()
@@ -252,21 +253,24 @@ class Server:
                 self.proc.wait()
 
 
-def engine_yaml(run: Run, model: str, *, ctx: int, parallel: int, kv: str = "f16", port: int) -> Path:
+def engine_yaml(run: Run, model: str, *, ctx: int, parallel: int, kv: str = "f16", port: int,
+                keys: Path | None = None) -> Path:
     import yaml
 
     cfg = {"model": model, "port": port, "n_ctx": ctx, "parallel": parallel, "cache_type_k": kv,
            "cache_type_v": kv, "flash_attn": "on", "n_gpu_layers": run.mode.gpu_layers, "repack": False,
            "threads": run.threads, "threads_batch": run.threads, "selftest": False,
            "max_tokens_cap": 4096, "queue_size": 256}
-    path = run.work / f"engine-{Path(model).stem}-{ctx}-{parallel}-{kv}.yaml"
+    if keys is not None:  # the front door's internal token, as an appliance's engines trust it
+        cfg["api_keys_file"] = str(keys)
+    path = run.work / f"engine-{Path(model).stem}-{ctx}-{parallel}-{kv}{'-keys' if keys else ''}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def serve(run: Run, model: str, *, ctx: int, parallel: int, kv: str = "f16") -> Server:
+def serve(run: Run, model: str, *, ctx: int, parallel: int, kv: str = "f16", keys: Path | None = None) -> Server:
     port = free_port()
-    cfg = engine_yaml(run, model, ctx=ctx, parallel=parallel, kv=kv, port=port)
+    cfg = engine_yaml(run, model, ctx=ctx, parallel=parallel, kv=kv, port=port, keys=keys)
     return Server("aiboxctl", [*run.aiboxctl, "--verbose", "serve", "--config", str(cfg)], port,
                   timeout=max(5.0, run.left() - 5), log_dir=run.work)
 
@@ -506,16 +510,16 @@ def compare(run: Run, cell: dict) -> dict:
     return out
 
 
-def bounded_level(run: Run, srv: Server, streams: int, tokens: int) -> dict:
-    """serve_throughput.run_level within the step's time: a server that hangs is stopped (its
-    clients then fail) instead of holding the whole check."""
+def bounded(run: Run, fn: Callable[[], Any], servers: list[Server], what: str) -> Any:
+    """``fn()`` within the step's time: servers that hang are stopped (their clients then fail)
+    instead of holding the whole check."""
     import threading
 
     box: dict[str, Any] = {}
 
     def go() -> None:
         try:
-            box["result"] = run_level(srv.base, streams, tokens)
+            box["result"] = fn()
         except Exception as e:  # handed to the caller's thread
             box["error"] = e
 
@@ -523,12 +527,18 @@ def bounded_level(run: Run, srv: Server, streams: int, tokens: int) -> dict:
     t.start()
     t.join(max(1.0, run.left()))
     if t.is_alive():
-        srv.stop()
+        for srv in servers:
+            srv.stop()
         t.join(30)
-        raise TimeoutError(f"{streams} streams did not finish within the step's time")
+        raise TimeoutError(f"{what} did not finish within the step's time")
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def bounded_level(run: Run, srv: Server, streams: int, tokens: int) -> dict:
+    """serve_throughput.run_level within the step's time."""
+    return bounded(run, lambda: run_level(srv.base, streams, tokens), [srv], f"{streams} streams")
 
 
 GPU_COUNTERS_NOTE = ("on CUDA llama_decode returns once the kernels are queued: decode_ms_per_step is launch "
@@ -694,6 +704,166 @@ def step_plan(run: Run) -> dict:
     return {"box": chosen, "synthetic_7b": levels, "notes": notes}
 
 
+# --- front door: clients → aiboxctl gateway → engine against clients → engine (issue 14) --------
+
+GOAL_FRONT_DOOR = 0.97  # gateway / direct aggregate tok/s (ratio of the medians over rounds)
+GOAL_FRONT_DOOR_TTFT_MS = 5.0  # TTFT p50 the front door adds
+FRONT_DOOR_ROUNDS = 3
+FRONT_DOOR_TOKEN = "device-check-internal"
+FRONT_DOOR_SIDES = ("direct", "gateway")
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds (all its threads), from /proc/<pid>/stat: the
+    device's python may lack psutil."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The process's peak resident set (VmHWM), kept by the kernel: no sampling."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def streams_level(base: str, streams: int, tokens: int, headers: dict) -> dict:
+    """serve_throughput's streaming clients, released together, with every stream's TTFT kept
+    (the front door's TTFT p50 pools every stream of every round)."""
+    import threading
+
+    from serve_throughput import one_stream, run_together
+
+    out: list = [None] * streams
+    start = threading.Event()
+    threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
+                                                         tokens, out, i, start), kwargs={"headers": headers})
+               for i in range(streams)]
+    t0 = run_together(threads, start)
+    done = [o for o in out if o is not None]
+    if len(done) < streams:
+        raise RuntimeError(f"{streams - len(done)} of {streams} streams failed against {base}")
+    wall = max(o["end"] for o in done) - t0
+    tokens_in = sum(o["tokens"] for o in done)
+    return {"aggregate": tokens_in / wall, "wall": wall, "ttfts": [o["ttft"] for o in done], "tokens": tokens_in}
+
+
+def gateway_yaml(run: Run, port: int, keys: Path, model: str, engine: Server, queue_depth: int) -> Path:
+    """A gateway.yaml as bench/front_door.py writes it: the internal token the engine trusts,
+    one engine entry serving the model under its file name (the engine's served name)."""
+    import yaml
+
+    name = Path(model).name
+    name = name[:-5] if name.lower().endswith(".gguf") else name
+    cfg = {"port": port, "internal_token_file": str(keys), "queue_depth": queue_depth,
+           "engines": [{"name": "chat-0", "models": [name], "url": engine.base}]}
+    path = run.work / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def front_door_level(rounds: dict[str, list[dict]], idle_cores: float) -> dict:
+    """One stream level's figures from its rounds (per side: each round's aggregate, TTFTs,
+    tokens, wall, and the CPU seconds the gateway and the engine spent while it ran)."""
+    import statistics
+
+    n = min(len(rounds["direct"]), len(rounds["gateway"]))
+    side: dict[str, dict] = {}
+    for name in FRONT_DOOR_SIDES:
+        rs = rounds[name][:n]
+        side[name] = {"aggregate": statistics.median(r["aggregate"] for r in rs),
+                      "rounds": [r["aggregate"] for r in rs],
+                      "ttft_p50_ms": statistics.median(t for r in rs for t in r["ttfts"]) * 1e3,
+                      "tokens": sum(r["tokens"] for r in rs), "wall": sum(r["wall"] for r in rs),
+                      "engine_cpu_us_per_token": sum(r["engine_cpu"] for r in rs) * 1e6
+                      / max(1, sum(r["tokens"] for r in rs))}
+    g, d = side["gateway"], side["direct"]
+    gw_cpu = sum(r["gateway_cpu"] for r in rounds["gateway"][:n])
+    own = gw_cpu - idle_cores * g["wall"]  # less what it spends relaying nothing (health checks)
+    ratios = [x / y for x, y in zip(g["rounds"], d["rounds"])]
+    return {"rounds": n, "direct": d, "gateway": g, "ratio": g["aggregate"] / d["aggregate"],
+            "ratio_range": [min(ratios), max(ratios)], "ttft_added_ms": g["ttft_p50_ms"] - d["ttft_p50_ms"],
+            "gateway_cpu_s": own, "gateway_cpu_us_per_token": own * 1e6 / max(1, g["tokens"]),
+            "gateway_cores": own / g["wall"] if g["wall"] else None}
+
+
+def step_front_door(run: Run) -> dict:
+    """``aiboxctl serve`` on the synthetic 7B as the speed step runs it, and ``aiboxctl gateway``
+    over it; at each stream level the clients go direct and through the front door alternately
+    (rounds in rotated order): median aggregate tok/s of each, their ratio and the spread of the
+    round-by-round ratios, TTFT p50 over every stream of every round, and the gateway process's
+    CPU per relayed token (less its idle rate, measured while the direct side ran) and peak RSS."""
+    import importlib.util
+
+    model = run.models["7b"]["path"]
+    streams, tokens = run.mode.streams, run.mode.tokens
+    slots = max(streams)
+    keys = run.work / "engine-keys"
+    keys.write_text(f"gateway:{FRONT_DOOR_TOKEN}\n")
+    headers = {"Authorization": f"Bearer {FRONT_DOOR_TOKEN}"}
+    engine = serve(run, model, ctx=slots * SLOT_CTX, parallel=slots, keys=keys)
+    servers = [engine]
+    raw: dict[str, dict[str, list[dict]]] = {}
+    notes: list[str] = []
+    out: dict[str, Any] = {"streams": list(streams), "tokens": tokens, "rounds": FRONT_DOOR_ROUNDS, "slots": slots,
+                           # what uvicorn picks up in the front door's python (loop="auto", http="auto")
+                           "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+                           "http_parser": "httptools" if importlib.util.find_spec("httptools") else "h11"}
+    try:
+        gport = free_port()
+        cfg = gateway_yaml(run, gport, keys, model, engine, slots)
+        gw = Server("gateway", [*run.aiboxctl, "gateway", "--config", str(cfg)], gport,
+                    timeout=max(5.0, min(60.0, run.left() - 5)), log_dir=run.work)
+        servers.insert(0, gw)
+        bases = {"direct": engine.base, "gateway": gw.base}
+        for name in FRONT_DOOR_SIDES:  # warm-up, and proof the token is accepted on both paths
+            bounded(run, lambda b=bases[name]: streams_level(b, 1, 8, headers), servers, f"{name} warm-up")
+        out["gateway_rss_after_warmup"] = rss_bytes(gw.proc.pid)
+        for n in streams:
+            if run.left() < 5:
+                notes.append(f"{n} streams skipped, no time left")
+                continue
+            rounds: dict[str, list[dict]] = {name: [] for name in FRONT_DOOR_SIDES}
+            raw[str(n)] = rounds
+            try:
+                for r in range(FRONT_DOOR_ROUNDS):
+                    for name in FRONT_DOOR_SIDES[r % 2:] + FRONT_DOOR_SIDES[:r % 2]:
+                        g0, e0 = cpu_seconds(gw.proc.pid), cpu_seconds(engine.proc.pid)
+                        res = bounded(run, lambda b=bases[name]: streams_level(b, n, tokens, headers), servers,
+                                      f"{n} streams ({name})")
+                        res["gateway_cpu"] = cpu_seconds(gw.proc.pid) - g0
+                        res["engine_cpu"] = cpu_seconds(engine.proc.pid) - e0
+                        rounds[name].append(res)
+            except Exception as e:  # a level that breaks ends the levels, not the step
+                notes.append(f"{n} streams: {type(e).__name__}: {e}")
+                break
+        out["gateway_peak_rss"] = peak_rss_bytes(gw.proc.pid)
+        out["gateway_rss_end"] = rss_bytes(gw.proc.pid)
+    except (RuntimeError, OSError) as e:  # the front door did not start
+        notes.append(f"{type(e).__name__}: {e}")
+    finally:
+        for srv in servers:
+            srv.stop()
+    # its idle rate pooled over every direct round (10 ms ticks: one level's direct side is short)
+    direct = [r for rounds in raw.values() for r in rounds["direct"]]
+    idle_wall = sum(r["wall"] for r in direct)
+    out["gateway_idle_cores"] = idle = sum(r["gateway_cpu"] for r in direct) / idle_wall if idle_wall else 0.0
+    levels = {n: front_door_level(rounds, idle) for n, rounds in raw.items()
+              if min(len(rounds["direct"]), len(rounds["gateway"])) > 0}
+    out["levels"] = levels
+    relayed = sum(v["gateway"]["tokens"] for v in levels.values())
+    out["gateway_cpu_us_per_token"] = (sum(v["gateway_cpu_s"] for v in levels.values()) * 1e6 / relayed
+                                       if relayed else None)  # pooled over every level
+    out["notes"] = notes
+    if not levels:
+        raise StepFailed("no stream level measured on both sides", out)
+    return out
+
+
 # --- running, recording, reporting ------------------------------------------------------------
 
 STEPS: tuple[tuple[str, float, Callable[[Run], dict]], ...] = (
@@ -706,13 +876,37 @@ STEPS: tuple[tuple[str, float, Callable[[Run], dict]], ...] = (
     ("sizing-7b", 90, step_sizing("7b")),
     ("synth-32b", 90, step_synth("32b")),
     ("sizing-32b", 120, step_sizing("32b")),
+    ("front-door", 150, step_front_door),
 )
 NEEDS = {"selftest": "synth-7b", "speed": "synth-7b", "plan": "synth-7b", "sizing-7b": "synth-7b",
-         "sizing-32b": "synth-32b"}
+         "sizing-32b": "synth-32b", "front-door": "synth-7b"}
+OPTIONAL = frozenset({"front-door"})  # run only when named in --steps: the default plan stays as it was
+DEFAULT_STEPS = tuple(name for name, _, _ in STEPS if name not in OPTIONAL)
+
+
+def select_steps(spec: str | None) -> tuple[str, ...]:
+    """The steps to run, in the check's order: the default set, or those named (comma-separated)
+    with install and what they need added. ValueError names the unknown ones."""
+    if spec is None:
+        return DEFAULT_STEPS
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    known = [name for name, _, _ in STEPS]
+    unknown = [x for x in names if x not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown step{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}" if unknown
+                         else "no step named")
+    chosen = {"install", *names}
+    for name in names:
+        while NEEDS.get(name):
+            name = NEEDS[name]
+            chosen.add(name)
+    return tuple(name for name in known if name in chosen)
 
 
 def run_steps(run: Run) -> None:
     for name, box, fn in STEPS:
+        if name not in run.selected:
+            continue
         t0 = time.monotonic()
         record: dict[str, Any] = {"status": "ok", "seconds": 0.0, "box_s": box, "error": None, "data": {}}
         need = NEEDS.get(name)
@@ -760,6 +954,14 @@ def summary(run: Run) -> dict:
     for n, goal in GOAL_SPEED.items():
         if str(n) in s["speed_ratios"]:
             goals[f"speed ≥ {goal}× at {n} stream(s)"] = s["speed_ratios"][str(n)] >= goal
+    fd = ((run.steps.get("front-door") or {}).get("data") or {}).get("levels") or {}
+    if fd:
+        s["front_door"] = {n: {"ratio": v["ratio"], "ttft_added_ms": v["ttft_added_ms"],
+                               "gateway_cpu_us_per_token": v["gateway_cpu_us_per_token"]} for n, v in fd.items()}
+    for n, v in fd.items():
+        goals[f"front door ≥ {GOAL_FRONT_DOOR}× at {n} stream(s)"] = v["ratio"] >= GOAL_FRONT_DOOR
+        goals[f"front door adds ≤ {GOAL_FRONT_DOOR_TTFT_MS:g} ms TTFT p50 at {n} stream(s)"] = (
+            v["ttft_added_ms"] <= GOAL_FRONT_DOOR_TTFT_MS)
     s["goals"] = goals
     return s
 
@@ -769,7 +971,7 @@ def write_report(run: Run) -> None:
            "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                        "cores": os.cpu_count(), "loadavg": Path("/proc/loadavg").read_text().split()[:3]
                        if Path("/proc/loadavg").exists() else None, "gpus": nvml_gpus()},
-           "settings": {"streams": list(run.mode.streams), "tokens": run.mode.tokens,
+           "settings": {"steps": list(run.selected), "streams": list(run.mode.streams), "tokens": run.mode.tokens,
                         "sizing": list(run.mode.settings), "gpu_layers": run.mode.gpu_layers, "threads": run.threads},
            "anchor_build": run.anchor_build,
            "steps": run.steps, "summary": summary(run)}
@@ -853,6 +1055,32 @@ def markdown(doc: dict) -> str:
                          f"{num(v.get('predicted_aggregate'))} ({v.get('depth', '-')}) | "
                          f"{num(v.get('measured_aggregate'))} | {_pct(v.get('error'))} |")
         for note in plan.get("notes") or []:
+            lines.append(f"- {note}")
+    fd = (steps.get("front-door") or {}).get("data") or {}
+    if fd.get("levels"):
+        def mib(x: Any) -> str:
+            return "-" if x is None else f"{x / MiB:.1f} MiB"
+
+        lines += ["", f"## front door: clients → aiboxctl gateway → engine against clients → engine, 7B shape, "
+                  f"{fd['tokens']} tokens per stream, ignore_eos", "",
+                  f"{fd['rounds']} rounds per level, the sides alternating in rotated order; tok/s is the median of "
+                  f"the rounds' aggregates ({AGGREGATE_IS}), the ratio that of the medians (goal ≥ {GOAL_FRONT_DOOR}×), "
+                  "the range that of the round-by-round ratios; TTFT p50 over every stream of every round (goal ≤ "
+                  f"{GOAL_FRONT_DOOR_TTFT_MS:g} ms added); the gateway's CPU per relayed token less its idle rate, "
+                  "and the cores that makes while it relays.", "",
+                  "| streams | direct tok/s | gateway tok/s | ratio | round ratios | TTFT p50 direct/gateway ms "
+                  "| added ms | gateway µs/token | gateway cores |", "|---|---|---|---|---|---|---|---|---|"]
+        for n, v in fd["levels"].items():
+            cores = v.get("gateway_cores")
+            lines.append(f"| {n} | {v['direct']['aggregate']:.1f} | {v['gateway']['aggregate']:.1f} | {v['ratio']:.3f} | "
+                         f"{v['ratio_range'][0]:.3f}–{v['ratio_range'][1]:.3f} | {v['direct']['ttft_p50_ms']:.1f}/"
+                         f"{v['gateway']['ttft_p50_ms']:.1f} | {v['ttft_added_ms']:+.1f} | "
+                         f"{v['gateway_cpu_us_per_token']:.0f} | {'-' if cores is None else f'{cores:.3f}'} |")
+        pooled = fd.get("gateway_cpu_us_per_token")
+        lines.append(f"- gateway: {'-' if pooled is None else f'{pooled:.0f}'} µs of CPU per relayed token over every "
+                     f"level; idle {fd.get('gateway_idle_cores', 0):.4f} cores; peak RSS {mib(fd.get('gateway_peak_rss'))}; "
+                     f"{fd.get('event_loop')} event loop, {fd.get('http_parser')} HTTP parser")
+        for note in fd.get("notes") or []:
             lines.append(f"- {note}")
     s = doc["summary"]
     lines += ["", "## goals", ""] + [f"- {g}: {'met' if ok else 'NOT met'}" for g, ok in s["goals"].items()]
@@ -968,6 +1196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 2, 16))
     ap.add_argument("--streams", help="comma-separated stream counts (default: 1,8,32,64; --cpu 1,4)")
     ap.add_argument("--tokens", type=int, help="tokens per stream (default 128; --cpu 16)")
+    ap.add_argument("--steps", metavar="A,B",
+                    help="run only these steps (install and what they need are added): "
+                         f"{', '.join(n for n, _, _ in STEPS)}; default: all but {', '.join(sorted(OPTIONAL))}")
     ap.add_argument("--small", action="store_true",
                     help="the rehearsal's shapes and settings in device mode (rehearse the install path)")
     ap.add_argument("--prepare", type=Path, metavar="DIR", help="make the carry folder here and stop")
@@ -978,6 +1209,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.prepare:
         return prepare(args.prepare, args.engine_wheel, args.llama_server, args.python_version)
+    try:
+        selected = select_steps(args.steps)
+    except ValueError as e:
+        print(f"device_check: --steps: {e} (known: {', '.join(n for n, _, _ in STEPS)})", file=sys.stderr)
+        return 2
     mode = Mode.rehearsal() if args.cpu else Mode.device()
     if args.small and not args.cpu:
         mode = replace(Mode.rehearsal(), cpu=False, gpu_layers=mode.gpu_layers)
@@ -987,7 +1223,7 @@ def main(argv: list[str] | None = None) -> int:
         mode = replace(mode, tokens=args.tokens)
     out = args.out or Path(os.environ.get("OUT") or "device-check-out")
     anchor_build = None
-    if mode.cpu:  # the CPU llama-server is built once into the bench cache, outside the budget
+    if mode.cpu and "speed" in selected:  # the CPU llama-server is built once into the bench cache, outside the budget
         import anchor
 
         t0 = time.monotonic()
@@ -998,7 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("AIBOX_HOME", str(work / "aibox-home"))
         run = Run(mode=mode, out=out, deadline=time.monotonic() + args.budget, carry=args.carry.resolve(), work=work,
-                  threads=args.threads, anchor_build=anchor_build,
+                  threads=args.threads, anchor_build=anchor_build, selected=selected,
                   started=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
         try:
             run_steps(run)

@@ -128,7 +128,8 @@ class Proc:
             self.proc.kill()
 
 
-def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: threading.Event) -> None:
+def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: threading.Event,
+               headers: dict | None = None) -> None:
     import httpx
 
     body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True, "ignore_eos": True,
@@ -138,7 +139,7 @@ def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: threa
     first = None
     chunks = 0
     usage = None
-    with httpx.Client(timeout=600) as c, c.stream("POST", base + "/v1/completions", json=body) as r:
+    with httpx.Client(timeout=600, headers=headers) as c, c.stream("POST", base + "/v1/completions", json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: {"):

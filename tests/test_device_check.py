@@ -169,3 +169,92 @@ def test_prepare_carries_what_the_device_lacks():
         assert name in missing, name
     for name in ("numpy", "httpx", "jinja2", "rich", "llama-cpp-python"):
         assert name not in missing, name
+
+
+def test_steps_option_runs_the_named_steps_and_refuses_unknown_ones(tmp_path):
+    """``--steps`` runs only the named steps plus install and what they need; the front door is
+    not in the default plan; an unknown name is one line and exit 2, before anything runs."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+
+    assert device_check.DEFAULT_STEPS == STEPS
+    assert device_check.select_steps(None) == STEPS
+    assert device_check.select_steps("front-door") == ("install", "synth-7b", "front-door")
+    assert device_check.select_steps("sizing-32b,speed") == ("install", "synth-7b", "speed", "synth-32b", "sizing-32b")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--steps", "front-door,frontdoor", "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown step frontdoor" in lines[0] and "front-door" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_front_door_figures_from_rounds():
+    """Medians over rounds, the ratio of the medians and the spread of the paired ratios, TTFT
+    p50 over every stream of every round, and the gateway's CPU per relayed token less its idle
+    rate (here 0.01 cores over 6 s of its side's wall: 0.06 s of its 0.66 s)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+
+    def rnd(agg, ttfts, gw_cpu):
+        return {"aggregate": agg, "ttfts": ttfts, "tokens": 1000, "wall": 2.0, "gateway_cpu": gw_cpu,
+                "engine_cpu": 0.5}
+
+    rounds = {"direct": [rnd(100.0, [0.010, 0.020], 0.02), rnd(110.0, [0.030], 0.02), rnd(90.0, [0.040], 0.02)],
+              "gateway": [rnd(99.0, [0.012, 0.022], 0.22), rnd(104.5, [0.032], 0.22), rnd(95.0, [0.042], 0.22)]}
+    v = device_check.front_door_level(rounds, idle_cores=0.01)
+    assert v["direct"]["aggregate"] == 100.0 and v["gateway"]["aggregate"] == 99.0
+    assert v["ratio"] == pytest.approx(0.99)
+    assert v["ratio_range"] == pytest.approx([0.95, 95 / 90])
+    assert v["direct"]["ttft_p50_ms"] == pytest.approx(25.0) and v["ttft_added_ms"] == pytest.approx(2.0)
+    assert v["gateway_cpu_us_per_token"] == pytest.approx(0.6 * 1e6 / 3000)
+    assert v["gateway_cores"] == pytest.approx(0.1)
+    doc = {"mode": "device", "started": "2026-11-30 23:30 UTC",
+           "machine": {"host": "vm", "cores": 16, "loadavg": ["1.0"], "gpus": []},
+           "steps": {"front-door": {"status": "ok", "seconds": 60.0, "data": {
+               "tokens": 128, "rounds": 3, "levels": {"64": v}, "gateway_cpu_us_per_token": 200.0,
+               "gateway_idle_cores": 0.01, "gateway_peak_rss": 90 * 2**20, "event_loop": "uvloop",
+               "http_parser": "h11", "notes": []}}},
+           "summary": {"goals": {}, "sizing_under": []}}
+    md = device_check.markdown(doc)
+    assert "| 64 | 100.0 | 99.0 | 0.990 | 0.950–1.056 | 25.0/27.0 | +2.0 | 200 | 0.100 |" in md
+    assert "peak RSS 90.0 MiB; uvloop event loop" in md
+
+
+@pytest.fixture(scope="module")
+def front_door_rehearsal(tmp_path_factory):
+    out = tmp_path_factory.mktemp("device-check-front-door")
+    env = {**os.environ, "AIBOX_HOME": str(tmp_path_factory.mktemp("aibox-home"))}
+    env.pop("OUT", None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--steps", "front-door", "--out", str(out),
+                           "--budget", "600"], capture_output=True, text=True, env=env, timeout=900)
+    return proc, json.loads((out / "device-check.json").read_text()), out
+
+
+@pytest.mark.slow
+def test_rehearsal_front_door(front_door_rehearsal):
+    """``--cpu --steps front-door``: the engine on the small 7B shape and ``aiboxctl gateway``
+    over it, direct and through the front door at each level, every figure in the report."""
+    proc, doc, out = front_door_rehearsal
+    assert tuple(doc["steps"]) == ("install", "synth-7b", "front-door"), proc.stderr[-3000:]
+    fd = doc["steps"]["front-door"]
+    assert fd["status"] == "ok", (fd["error"], fd["data"].get("notes"), proc.stderr[-3000:])
+    assert proc.returncode == 0
+    data = fd["data"]
+    assert set(data["levels"]) == {"1", "4"} and not data["notes"]
+    for n, v in data["levels"].items():
+        assert v["rounds"] == 3
+        for side in ("direct", "gateway"):
+            assert _number(v[side]["aggregate"]) and v[side]["aggregate"] > 0
+            assert v[side]["tokens"] == 3 * int(n) * 16  # ignore_eos: every token of every stream came back
+            assert _number(v[side]["ttft_p50_ms"]) and v[side]["ttft_p50_ms"] > 0
+        assert _number(v["ratio"]) and v["ratio"] > 0
+        assert v["ratio_range"][0] <= v["ratio_range"][1]
+        assert _number(v["ttft_added_ms"]) and _number(v["gateway_cpu_us_per_token"])
+    assert _number(data["gateway_cpu_us_per_token"]) and data["gateway_cpu_us_per_token"] > 0
+    assert data["gateway_peak_rss"] > 10 * 2**20
+    assert "front door ≥ 0.97× at 4 stream(s)" in doc["summary"]["goals"]
+    assert "front door adds ≤ 5 ms TTFT p50 at 1 stream(s)" in doc["summary"]["goals"]
+    assert "## front door" in (out / "device-check.md").read_text()
