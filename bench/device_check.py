@@ -1064,7 +1064,8 @@ def markdown(doc: dict) -> str:
         lines += ["", f"## front door: clients → aiboxctl gateway → engine against clients → engine, 7B shape, "
                   f"{fd['tokens']} tokens per stream, ignore_eos", "",
                   f"{fd['rounds']} rounds per level, the sides alternating in rotated order; tok/s is the median of "
-                  f"the rounds' aggregates ({AGGREGATE_IS}), the ratio that of the medians (goal ≥ {GOAL_FRONT_DOOR}×), "
+                  f"the rounds' aggregates ({AGGREGATE_IS.replace(' (', ', ').rstrip(')')}), the ratio that of "
+                  f"the medians (goal ≥ {GOAL_FRONT_DOOR}×), "
                   "the range that of the round-by-round ratios; TTFT p50 over every stream of every round (goal ≤ "
                   f"{GOAL_FRONT_DOOR_TTFT_MS:g} ms added); the gateway's CPU per relayed token less its idle rate, "
                   "and the cores that makes while it relays.", "",
