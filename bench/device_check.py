@@ -114,12 +114,14 @@ class Mode:
     tokens: int
     settings: tuple[dict, ...]  # sizing: ctx, parallel, kv
     small: bool = False  # the small shapes (always with --cpu)
+    front_door_streams: tuple[int, ...] = ()  # the front-door step's levels (default: streams)
 
     @staticmethod
     def device() -> Mode:
+        # the front door at 1 stream and at issue 16's two levels: three sides × 3 rounds each
         return Mode(False, -1, (1, 8, 32, 64), 128,
                     ({"ctx": 8192, "parallel": 1, "kv": "f16"}, {"ctx": 65536, "parallel": 16, "kv": "f16"},
-                     {"ctx": 131072, "parallel": 64, "kv": "q8_0"}))
+                     {"ctx": 131072, "parallel": 64, "kv": "q8_0"}), front_door_streams=(1, 16, 64))
 
     @staticmethod
     def rehearsal() -> Mode:
@@ -705,12 +707,19 @@ def step_plan(run: Run) -> dict:
 
 
 # --- front door: clients → aiboxctl gateway → engine against clients → engine (issue 14) --------
+# --- and the same with governed access on: keys, limits, usage ledger, audit chain (issue 16) ----
 
 GOAL_FRONT_DOOR = 0.97  # gateway / direct aggregate tok/s (ratio of the medians over rounds)
 GOAL_FRONT_DOOR_TTFT_MS = 5.0  # TTFT p50 the front door adds
+GOAL_ACCESS = 0.98  # access / gateway aggregate tok/s: what keys, limits, ledger and audit cost
+GOAL_ACCESS_TTFT_MS = 3.0  # TTFT p50 governed access adds to the gateway's
+GOAL_ACCESS_STREAMS = (16, 64)  # issue 16 sets its goals at these levels
 FRONT_DOOR_ROUNDS = 3
 FRONT_DOOR_TOKEN = "device-check-internal"
-FRONT_DOOR_SIDES = ("direct", "gateway")
+FRONT_DOOR_SIDES = ("direct", "gateway", "access")  # access only where it runs
+# What governed access imports (aiboxctl.access.gate pulls keys, limits, ledger and audit; the
+# key file's lock is filelock's). Not cryptography: only TLS, which the step does not turn on.
+ACCESS_IMPORTS = ("sqlite3", "filelock", "aiboxctl.access.gate", "aiboxctl.gateway.access")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -752,55 +761,121 @@ def streams_level(base: str, streams: int, tokens: int, headers: dict) -> dict:
     return {"aggregate": tokens_in / wall, "wall": wall, "ttfts": [o["ttft"] for o in done], "tokens": tokens_in}
 
 
-def gateway_yaml(run: Run, port: int, keys: Path, model: str, engine: Server, queue_depth: int) -> Path:
+def gateway_yaml(run: Run, port: int, keys: Path, model: str, engine: Server, queue_depth: int,
+                 access_dir: Path | None = None) -> Path:
     """A gateway.yaml as bench/front_door.py writes it: the internal token the engine trusts,
-    one engine entry serving the model under its file name (the engine's served name)."""
+    one engine entry serving the model under its file name (the engine's served name); with
+    ``access_dir``, governed access on (keys.json, usage.db, access-audit.jsonl, box-secret there)."""
     import yaml
 
     name = Path(model).name
     name = name[:-5] if name.lower().endswith(".gguf") else name
     cfg = {"port": port, "internal_token_file": str(keys), "queue_depth": queue_depth,
            "engines": [{"name": "chat-0", "models": [name], "url": engine.base}]}
-    path = run.work / "gateway.yaml"
+    if access_dir is not None:
+        cfg["access_dir"] = str(access_dir)
+    path = run.work / ("gateway-access.yaml" if access_dir is not None else "gateway.yaml")
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def front_door_level(rounds: dict[str, list[dict]], idle_cores: float) -> dict:
-    """One stream level's figures from its rounds (per side: each round's aggregate, TTFTs,
-    tokens, wall, and the CPU seconds the gateway and the engine spent while it ran)."""
+def access_missing(modules: tuple[str, ...] = ACCESS_IMPORTS) -> str | None:
+    """What of governed access this python cannot import (the gateway's, on the device: the
+    same interpreter and the carried site), in one line; None when everything imports."""
+    import importlib
+
+    missing = []
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            missing.append(f"{mod} ({e})")
+    return "; ".join(missing) or None
+
+
+def access_key(access_dir: Path) -> str:
+    """A key whose limits never refuse here but are all checked (tokens reserved and settled)."""
+    from aiboxctl.access.keys import KeyLimits, KeyStore
+
+    limits = KeyLimits(rpm=10**6, tokens_per_day=10**12, concurrency=10**4)
+    return KeyStore(access_dir / "keys.json").add("device-check", limits, now=time.time()).secret
+
+
+def ledger_rows(path: Path) -> int:
+    """The usage ledger's request rows, read straight from its SQLite file."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def audit_verify(run: Run, log: Path, secret: Path) -> dict:
+    """``aiboxctl audit verify`` on one audit file: its exit code, the records it checked and
+    its error lines. Its own 30 s, whatever the step has left: it runs after the levels."""
+    argv = [*run.aiboxctl, "--json", "audit", "verify", str(log), "--secret", str(secret)]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"audit_verify_exit": None, "audit_records": None, "audit_errors": ["timed out after 30 s"]}
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        doc = {"errors": [{"message": (p.stderr.strip().splitlines() or ["no output"])[-1]}]}
+    return {"audit_verify_exit": p.returncode, "audit_records": (doc.get("data") or {}).get("records"),
+            "audit_errors": [e.get("message") for e in doc.get("errors") or []]}
+
+
+def _side_figures(rs: list[dict]) -> dict:
     import statistics
 
-    n = min(len(rounds["direct"]), len(rounds["gateway"]))
-    side: dict[str, dict] = {}
-    for name in FRONT_DOOR_SIDES:
-        rs = rounds[name][:n]
-        side[name] = {"aggregate": statistics.median(r["aggregate"] for r in rs),
-                      "rounds": [r["aggregate"] for r in rs],
-                      "ttft_p50_ms": statistics.median(t for r in rs for t in r["ttfts"]) * 1e3,
-                      "tokens": sum(r["tokens"] for r in rs), "wall": sum(r["wall"] for r in rs),
-                      "engine_cpu_us_per_token": sum(r["engine_cpu"] for r in rs) * 1e6
-                      / max(1, sum(r["tokens"] for r in rs))}
-    g, d = side["gateway"], side["direct"]
-    gw_cpu = sum(r["gateway_cpu"] for r in rounds["gateway"][:n])
-    own = gw_cpu - idle_cores * g["wall"]  # less what it spends relaying nothing (health checks)
-    ratios = [x / y for x, y in zip(g["rounds"], d["rounds"])]
-    return {"rounds": n, "direct": d, "gateway": g, "ratio": g["aggregate"] / d["aggregate"],
-            "ratio_range": [min(ratios), max(ratios)], "ttft_added_ms": g["ttft_p50_ms"] - d["ttft_p50_ms"],
-            "gateway_cpu_s": own, "gateway_cpu_us_per_token": own * 1e6 / max(1, g["tokens"]),
-            "gateway_cores": own / g["wall"] if g["wall"] else None}
+    return {"aggregate": statistics.median(r["aggregate"] for r in rs), "rounds": [r["aggregate"] for r in rs],
+            "ttft_p50_ms": statistics.median(t for r in rs for t in r["ttfts"]) * 1e3,
+            "tokens": sum(r["tokens"] for r in rs), "wall": sum(r["wall"] for r in rs),
+            "engine_cpu_us_per_token": sum(r["engine_cpu"] for r in rs) * 1e6 / max(1, sum(r["tokens"] for r in rs))}
+
+
+def front_door_level(rounds: dict[str, list[dict]], idle_cores: float, access_idle_cores: float = 0.0) -> dict:
+    """One stream level's figures from its rounds (per side: each round's aggregate, TTFTs,
+    tokens, wall, and the CPU seconds the gateway, the access gateway where it ran and the
+    engine spent while it ran). The access side is set against the plain gateway: what keys,
+    limits, ledger and audit cost on top of the front door."""
+    sides = [name for name in FRONT_DOOR_SIDES if rounds.get(name)]
+    n = min(len(rounds[name]) for name in sides)
+    side = {name: _side_figures(rounds[name][:n]) for name in sides}
+
+    def versus(top: str, bottom: str, proc: str, idle: float) -> dict:
+        t, b = side[top], side[bottom]
+        own = sum(r[f"{proc}_cpu"] for r in rounds[top][:n]) - idle * t["wall"]  # less its idle rate
+        ratios = [x / y for x, y in zip(t["rounds"], b["rounds"])]
+        return {"ratio": t["aggregate"] / b["aggregate"], "ratio_range": [min(ratios), max(ratios)],
+                "ttft_added_ms": t["ttft_p50_ms"] - b["ttft_p50_ms"], "cpu_s": own,
+                "cpu_us_per_token": own * 1e6 / max(1, t["tokens"]), "cores": own / t["wall"] if t["wall"] else None}
+
+    g = versus("gateway", "direct", "gateway", idle_cores)
+    out = {"rounds": n, **side, "ratio": g["ratio"], "ratio_range": g["ratio_range"],
+           "ttft_added_ms": g["ttft_added_ms"], "gateway_cpu_s": g["cpu_s"],
+           "gateway_cpu_us_per_token": g["cpu_us_per_token"], "gateway_cores": g["cores"]}
+    if "access" in side:
+        out.update({f"access_{k}": v for k, v in versus("access", "gateway", "access", access_idle_cores).items()})
+    return out
 
 
 def step_front_door(run: Run) -> dict:
-    """``aiboxctl serve`` on the synthetic 7B as the speed step runs it, and ``aiboxctl gateway``
-    over it; at each stream level the clients go direct and through the front door alternately
-    (rounds in rotated order): median aggregate tok/s of each, their ratio and the spread of the
-    round-by-round ratios, TTFT p50 over every stream of every round, and the gateway process's
-    CPU per relayed token (less its idle rate, measured while the direct side ran) and peak RSS."""
+    """``aiboxctl serve`` on the synthetic 7B as the speed step runs it, ``aiboxctl gateway``
+    over it, and a second gateway with governed access on (issue 16) over the same engine; at
+    each stream level the clients go direct, through the front door and through the governed one
+    (with a key made for it) in rotated order, round after round: median aggregate tok/s of each,
+    their ratios (gateway to direct, access to gateway) and the spread of the round-by-round
+    ratios, TTFT p50 over every stream of every round, each gateway's CPU per relayed token (less
+    its idle rate, measured while the direct side ran) and peak RSS; then the usage ledger's rows
+    against the requests the access side made, and ``aiboxctl audit verify`` on its audit log."""
     import importlib.util
 
     model = run.models["7b"]["path"]
-    streams, tokens = run.mode.streams, run.mode.tokens
+    streams, tokens = run.mode.front_door_streams or run.mode.streams, run.mode.tokens
     slots = max(streams)
     keys = run.work / "engine-keys"
     keys.write_text(f"gateway:{FRONT_DOOR_TOKEN}\n")
@@ -809,55 +884,107 @@ def step_front_door(run: Run) -> dict:
     servers = [engine]
     raw: dict[str, dict[str, list[dict]]] = {}
     notes: list[str] = []
+    missing = access_missing()
+    access: dict[str, Any] = {"on": False, "missing": missing, "error": None, "requests": 0}
     out: dict[str, Any] = {"streams": list(streams), "tokens": tokens, "rounds": FRONT_DOOR_ROUNDS, "slots": slots,
                            # what uvicorn picks up in the front door's python (loop="auto", http="auto")
                            "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-                           "http_parser": "httptools" if importlib.util.find_spec("httptools") else "h11"}
+                           "http_parser": "httptools" if importlib.util.find_spec("httptools") else "h11",
+                           "access": access}
+    pids: dict[str, int] = {"engine": engine.proc.pid}
+    acc: Server | None = None
+    adir = Path(tempfile.mkdtemp(prefix="access-", dir=run.work))
     try:
         gport = free_port()
         cfg = gateway_yaml(run, gport, keys, model, engine, slots)
         gw = Server("gateway", [*run.aiboxctl, "gateway", "--config", str(cfg)], gport,
                     timeout=max(5.0, min(60.0, run.left() - 5)), log_dir=run.work)
         servers.insert(0, gw)
+        pids["gateway"] = gw.proc.pid
         bases = {"direct": engine.base, "gateway": gw.base}
-        for name in FRONT_DOOR_SIDES:  # warm-up, and proof the token is accepted on both paths
-            bounded(run, lambda b=bases[name]: streams_level(b, 1, 8, headers), servers, f"{name} warm-up")
+        auth = {"direct": headers, "gateway": headers}
+        if not missing:
+            try:
+                secret = access_key(adir)
+                aport = free_port()
+                acfg = gateway_yaml(run, aport, keys, model, engine, slots, access_dir=adir)
+                acc = Server("gateway-access", [*run.aiboxctl, "gateway", "--config", str(acfg)], aport,
+                             timeout=max(5.0, min(60.0, run.left() - 5)), log_dir=run.work)
+            except Exception as e:  # the step still measures the front door without access
+                access["error"] = f"did not start: {type(e).__name__}: {e}"[:600]
+            else:
+                servers.insert(0, acc)
+                pids["access"] = acc.proc.pid
+                bases["access"], auth["access"] = acc.base, {"Authorization": f"Bearer {secret}"}
+                access.update(on=True, dir=str(adir))
+        for name in FRONT_DOOR_SIDES:  # warm-up, and proof the token (the key) is accepted on every path
+            if name not in bases:
+                continue
+            if name != "access":
+                bounded(run, lambda b=bases[name]: streams_level(b, 1, 8, headers), servers, f"{name} warm-up")
+                continue
+            access["requests"] += 1
+            try:
+                bounded(run, lambda: streams_level(bases["access"], 1, 8, auth["access"]), servers, "access warm-up")
+            except Exception as e:  # the front door without access is still measured
+                access["error"] = f"warm-up failed: {type(e).__name__}: {e}"[:600]
+                del bases["access"], pids["access"]
+        sides = tuple(name for name in FRONT_DOOR_SIDES if name in bases)
         out["gateway_rss_after_warmup"] = rss_bytes(gw.proc.pid)
         for n in streams:
-            if run.left() < 5:
+            if run.left() < (15 if acc else 5):  # with access: time to stop it, count and verify
                 notes.append(f"{n} streams skipped, no time left")
                 continue
-            rounds: dict[str, list[dict]] = {name: [] for name in FRONT_DOOR_SIDES}
+            rounds: dict[str, list[dict]] = {name: [] for name in sides}
             raw[str(n)] = rounds
             try:
                 for r in range(FRONT_DOOR_ROUNDS):
-                    for name in FRONT_DOOR_SIDES[r % 2:] + FRONT_DOOR_SIDES[:r % 2]:
-                        g0, e0 = cpu_seconds(gw.proc.pid), cpu_seconds(engine.proc.pid)
-                        res = bounded(run, lambda b=bases[name]: streams_level(b, n, tokens, headers), servers,
-                                      f"{n} streams ({name})")
-                        res["gateway_cpu"] = cpu_seconds(gw.proc.pid) - g0
-                        res["engine_cpu"] = cpu_seconds(engine.proc.pid) - e0
+                    for name in sides[r % len(sides):] + sides[:r % len(sides)]:
+                        before = {p: cpu_seconds(pid) for p, pid in pids.items()}
+                        if name == "access":
+                            access["requests"] += n
+                        res = bounded(run, lambda b=bases[name], h=auth[name]: streams_level(b, n, tokens, h),
+                                      servers, f"{n} streams ({name})")
+                        res.update({f"{p}_cpu": cpu_seconds(pid) - before[p] for p, pid in pids.items()})
                         rounds[name].append(res)
             except Exception as e:  # a level that breaks ends the levels, not the step
                 notes.append(f"{n} streams: {type(e).__name__}: {e}")
                 break
         out["gateway_peak_rss"] = peak_rss_bytes(gw.proc.pid)
         out["gateway_rss_end"] = rss_bytes(gw.proc.pid)
+        if acc:
+            access["peak_rss"] = peak_rss_bytes(acc.proc.pid)
     except (RuntimeError, OSError) as e:  # the front door did not start
         notes.append(f"{type(e).__name__}: {e}")
     finally:
         for srv in servers:
             srv.stop()
-    # its idle rate pooled over every direct round (10 ms ticks: one level's direct side is short)
+    if acc:  # stopped: every row it acknowledged is in the file
+        ledger, audit = adir / "usage.db", adir / "access-audit.jsonl"
+        try:
+            access["ledger_rows"] = ledger_rows(ledger)
+        except Exception as e:  # sqlite3.Error: no file, no table
+            access["ledger_rows"], access["ledger_error"] = None, f"{type(e).__name__}: {e}"
+        access.update(audit_verify(run, audit, adir / "box-secret"))
+    # idle rates pooled over every direct round (10 ms ticks: one level's direct side is short)
     direct = [r for rounds in raw.values() for r in rounds["direct"]]
     idle_wall = sum(r["wall"] for r in direct)
-    out["gateway_idle_cores"] = idle = sum(r["gateway_cpu"] for r in direct) / idle_wall if idle_wall else 0.0
-    levels = {n: front_door_level(rounds, idle) for n, rounds in raw.items()
+
+    def idle_rate(proc: str) -> float:
+        return sum(r.get(f"{proc}_cpu", 0.0) for r in direct) / idle_wall if idle_wall else 0.0
+
+    out["gateway_idle_cores"] = idle = idle_rate("gateway")
+    access["idle_cores"] = access_idle = idle_rate("access")
+    levels = {n: front_door_level(rounds, idle, access_idle) for n, rounds in raw.items()
               if min(len(rounds["direct"]), len(rounds["gateway"])) > 0}
     out["levels"] = levels
     relayed = sum(v["gateway"]["tokens"] for v in levels.values())
     out["gateway_cpu_us_per_token"] = (sum(v["gateway_cpu_s"] for v in levels.values()) * 1e6 / relayed
                                        if relayed else None)  # pooled over every level
+    with_access = [v for v in levels.values() if "access" in v]
+    relayed = sum(v["access"]["tokens"] for v in with_access)
+    access["cpu_us_per_token"] = (sum(v["access_cpu_s"] for v in with_access) * 1e6 / relayed
+                                  if relayed else None)
     out["notes"] = notes
     if not levels:
         raise StepFailed("no stream level measured on both sides", out)
@@ -962,8 +1089,31 @@ def summary(run: Run) -> dict:
         goals[f"front door ≥ {GOAL_FRONT_DOOR}× at {n} stream(s)"] = v["ratio"] >= GOAL_FRONT_DOOR
         goals[f"front door adds ≤ {GOAL_FRONT_DOOR_TTFT_MS:g} ms TTFT p50 at {n} stream(s)"] = (
             v["ttft_added_ms"] <= GOAL_FRONT_DOOR_TTFT_MS)
+    goals.update(access_goals(s, (run.steps.get("front-door") or {}).get("data") or {}))
     s["goals"] = goals
     return s
+
+
+def access_goals(s: dict, fd: dict) -> dict[str, bool]:
+    """Issue 16's goals from the front-door step's data (and its figures into the summary ``s``):
+    the governed gateway against the plain one at GOAL_ACCESS_STREAMS, one ledger row per
+    request it was sent, an audit chain that verifies; not measured at all is a goal missed."""
+    access, levels = fd.get("access"), fd.get("levels") or {}
+    if access is None:  # no front-door step, or one from before governed access
+        return {}
+    measured = {n: v for n, v in levels.items() if "access" in v}
+    s["access"] = {n: {"ratio": v["access_ratio"], "ttft_added_ms": v["access_ttft_added_ms"],
+                       "cpu_us_per_token": v["access_cpu_us_per_token"]} for n, v in measured.items()}
+    goals = {"governed access measured": bool(measured)}
+    for n, v in measured.items():
+        if int(n) in GOAL_ACCESS_STREAMS:
+            goals[f"governed access ≥ {GOAL_ACCESS}× the gateway at {n} streams"] = v["access_ratio"] >= GOAL_ACCESS
+            goals[f"governed access adds ≤ {GOAL_ACCESS_TTFT_MS:g} ms TTFT p50 at {n} streams"] = (
+                v["access_ttft_added_ms"] <= GOAL_ACCESS_TTFT_MS)
+    if access.get("on"):
+        goals["usage ledger: one row per request made"] = access.get("ledger_rows") == access.get("requests")
+        goals["aiboxctl audit verify passes"] = access.get("audit_verify_exit") == 0
+    return goals
 
 
 def write_report(run: Run) -> None:
@@ -971,8 +1121,9 @@ def write_report(run: Run) -> None:
            "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
                        "cores": os.cpu_count(), "loadavg": Path("/proc/loadavg").read_text().split()[:3]
                        if Path("/proc/loadavg").exists() else None, "gpus": nvml_gpus()},
-           "settings": {"steps": list(run.selected), "streams": list(run.mode.streams), "tokens": run.mode.tokens,
-                        "sizing": list(run.mode.settings), "gpu_layers": run.mode.gpu_layers, "threads": run.threads},
+           "settings": {"steps": list(run.selected), "streams": list(run.mode.streams),
+                        "front_door_streams": list(run.mode.front_door_streams or run.mode.streams),
+                        "tokens": run.mode.tokens, "sizing": list(run.mode.settings), "gpu_layers": run.mode.gpu_layers, "threads": run.threads},
            "anchor_build": run.anchor_build,
            "steps": run.steps, "summary": summary(run)}
     run.out.mkdir(parents=True, exist_ok=True)
@@ -982,6 +1133,46 @@ def write_report(run: Run) -> None:
 
 def _pct(e: float | None) -> str:
     return "-" if e is None else f"{e:+.1%}"
+
+
+def access_markdown(fd: dict) -> list[str]:
+    """The front-door step's governed-access table and its ledger and audit line."""
+    access = fd.get("access")
+    if access is None:
+        return []
+    lines = ["", "## governed access: clients → aiboxctl gateway with keys, limits, usage ledger and audit → "
+             "engine against the same gateway without", "",
+             "The same engine, a second gateway with `access_dir` (a key with limits that never refuse here, all "
+             f"checked), the third side of the same rotated rounds; the ratio is to the plain gateway (goal ≥ "
+             f"{GOAL_ACCESS}× at {', '.join(map(str, GOAL_ACCESS_STREAMS))} streams), as is the TTFT p50 added "
+             f"(goal ≤ {GOAL_ACCESS_TTFT_MS:g} ms); its CPU per relayed token less its idle rate (measured while "
+             "the direct side ran).", "",
+             "| streams | gateway tok/s | access tok/s | ratio | round ratios | TTFT p50 gateway/access ms | added ms "
+             "| access µs/token | access cores |", "|---|---|---|---|---|---|---|---|---|"]
+    for n, v in (fd.get("levels") or {}).items():
+        if "access" not in v:
+            continue
+        cores = v.get("access_cores")
+        lo, hi = v["access_ratio_range"]
+        lines.append(f"| {n} | {v['gateway']['aggregate']:.1f} | {v['access']['aggregate']:.1f} | "
+                     f"{v['access_ratio']:.3f} | {lo:.3f}–{hi:.3f} | {v['gateway']['ttft_p50_ms']:.1f}/"
+                     f"{v['access']['ttft_p50_ms']:.1f} | {v['access_ttft_added_ms']:+.1f} | "
+                     f"{v['access_cpu_us_per_token']:.0f} | {'-' if cores is None else f'{cores:.3f}'} |")
+    if access.get("missing"):
+        lines.append(f"- governed access not measured: this python cannot import {access['missing']}")
+    elif access.get("error"):
+        lines.append(f"- governed access not measured: {access['error']}")
+    if not access.get("on"):
+        return lines
+    pooled, peak = access.get("cpu_us_per_token"), access.get("peak_rss")
+    errors = "; ".join(e for e in access.get("audit_errors") or [] if e)
+    lines.append(f"- access gateway: {'-' if pooled is None else f'{pooled:.0f}'} µs of CPU per relayed token over "
+                 f"every level; idle {access.get('idle_cores', 0):.4f} cores; peak RSS "
+                 f"{'-' if peak is None else f'{peak / MiB:.1f} MiB'}")
+    lines.append(f"- usage ledger: {access.get('ledger_rows')} rows for {access.get('requests')} requests made "
+                 f"(warm-up included); `aiboxctl audit verify`: exit {access.get('audit_verify_exit')}, "
+                 f"{access.get('audit_records')} records" + (f" ({errors})" if errors else ""))
+    return lines
 
 
 def markdown(doc: dict) -> str:
@@ -1081,6 +1272,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"- gateway: {'-' if pooled is None else f'{pooled:.0f}'} µs of CPU per relayed token over every "
                      f"level; idle {fd.get('gateway_idle_cores', 0):.4f} cores; peak RSS {mib(fd.get('gateway_peak_rss'))}; "
                      f"{fd.get('event_loop')} event loop, {fd.get('http_parser')} HTTP parser")
+        lines += access_markdown(fd)
         for note in fd.get("notes") or []:
             lines.append(f"- {note}")
     s = doc["summary"]
@@ -1195,7 +1387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--carry", type=Path, default=ROOT / ".carry", help="the folder --prepare made")
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=min(os.cpu_count() or 2, 16))
-    ap.add_argument("--streams", help="comma-separated stream counts (default: 1,8,32,64; --cpu 1,4)")
+    ap.add_argument("--streams", help="comma-separated stream counts, every step's (default: 1,8,32,64, "
+                                      "the front door 1,16,64; --cpu 1,4)")
     ap.add_argument("--tokens", type=int, help="tokens per stream (default 128; --cpu 16)")
     ap.add_argument("--steps", metavar="A,B",
                     help="run only these steps (install and what they need are added): "
@@ -1219,7 +1412,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.small and not args.cpu:
         mode = replace(Mode.rehearsal(), cpu=False, gpu_layers=mode.gpu_layers)
     if args.streams:
-        mode = replace(mode, streams=tuple(int(x) for x in args.streams.split(",")))
+        mode = replace(mode, streams=tuple(int(x) for x in args.streams.split(",")), front_door_streams=())
     if args.tokens:
         mode = replace(mode, tokens=args.tokens)
     out = args.out or Path(os.environ.get("OUT") or "device-check-out")

@@ -223,6 +223,83 @@ def test_front_door_figures_from_rounds():
     assert "peak RSS 90.0 MiB; uvloop event loop" in md
 
 
+def test_front_door_figures_from_rounds_with_governed_access():
+    """A third side, the gateway with governed access on: its median against the plain
+    gateway's (not the engine's), the spread of the access/gateway round ratios, the TTFT it adds
+    to the gateway's, and its own CPU per relayed token less its own idle rate; issue 16's goals
+    at 16 and 64 streams only, the ledger's rows against the requests made, audit verify's exit."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+
+    def rnd(agg, ttfts, access_cpu):
+        return {"aggregate": agg, "ttfts": ttfts, "tokens": 1000, "wall": 2.0, "gateway_cpu": 0.02,
+                "access_cpu": access_cpu, "engine_cpu": 0.5}
+
+    rounds = {"direct": [rnd(100.0, [0.010], 0.04), rnd(110.0, [0.030], 0.04), rnd(90.0, [0.040], 0.04)],
+              "gateway": [rnd(100.0, [0.012], 0.04), rnd(100.0, [0.032], 0.04), rnd(100.0, [0.042], 0.04)],
+              "access": [rnd(97.0, [0.013], 0.34), rnd(99.0, [0.034], 0.34), rnd(98.0, [0.043], 0.34)]}
+    v = device_check.front_door_level(rounds, idle_cores=0.01, access_idle_cores=0.02)
+    assert v["rounds"] == 3 and v["access"]["aggregate"] == 98.0
+    assert v["ratio"] == pytest.approx(1.0)  # the gateway against the engine, as before
+    assert v["access_ratio"] == pytest.approx(0.98) and v["access_ratio_range"] == pytest.approx([0.97, 0.99])
+    assert v["access"]["ttft_p50_ms"] == pytest.approx(34.0) and v["access_ttft_added_ms"] == pytest.approx(2.0)
+    # 1.02 s of its CPU over 6 s of its side's wall, less 0.02 cores × 6 s: 0.9 s for 3000 tokens
+    assert v["access_cpu_us_per_token"] == pytest.approx(0.9 * 1e6 / 3000)
+    assert v["access_cores"] == pytest.approx(0.15)
+    two = device_check.front_door_level({k: rounds[k] for k in ("direct", "gateway")}, idle_cores=0.01)
+    assert "access" not in two and "access_ratio" not in two
+
+    access = {"on": True, "missing": None, "error": None, "requests": 1 + 3 * (1 + 16 + 64), "ledger_rows": 244,
+              "audit_verify_exit": 0, "audit_records": 250, "audit_errors": [], "idle_cores": 0.02,
+              "cpu_us_per_token": 300.0, "peak_rss": 80 * 2**20}
+    slow = {**v, "access_ratio": 0.95, "access_ttft_added_ms": 4.0}
+    data = {"tokens": 128, "rounds": 3, "levels": {"1": slow, "16": v, "64": slow}, "gateway_cpu_us_per_token": 200.0,
+            "gateway_idle_cores": 0.01, "gateway_peak_rss": 90 * 2**20, "event_loop": "uvloop",
+            "http_parser": "h11", "notes": [], "access": access}
+    s: dict = {}
+    goals = device_check.access_goals(s, data)
+    assert goals == {"governed access measured": True,
+                     "governed access ≥ 0.98× the gateway at 16 streams": True,
+                     "governed access adds ≤ 3 ms TTFT p50 at 16 streams": True,
+                     "governed access ≥ 0.98× the gateway at 64 streams": False,
+                     "governed access adds ≤ 3 ms TTFT p50 at 64 streams": False,
+                     "usage ledger: one row per request made": True, "aiboxctl audit verify passes": True}
+    assert s["access"]["16"]["ratio"] == pytest.approx(0.98)
+    assert not device_check.access_goals({}, {**data, "access": {**access, "ledger_rows": 243}})[
+        "usage ledger: one row per request made"]
+    assert not device_check.access_goals({}, {**data, "access": {**access, "audit_verify_exit": 4}})[
+        "aiboxctl audit verify passes"]
+    assert device_check.access_goals({}, {"levels": {"64": two}}) == {}  # a report from before access
+    missing = {"on": False, "missing": "filelock (No module named 'filelock')", "error": None, "requests": 0}
+    assert device_check.access_goals({}, {"levels": {"64": two}, "access": missing}) == {
+        "governed access measured": False}
+
+    doc = {"mode": "device", "started": "2026-11-30 23:30 UTC",
+           "machine": {"host": "vm", "cores": 16, "loadavg": ["1.0"], "gpus": []},
+           "steps": {"front-door": {"status": "ok", "seconds": 80.0, "data": data}},
+           "summary": {"goals": goals, "sizing_under": []}}
+    md = device_check.markdown(doc)
+    assert "## governed access" in md
+    assert "| 16 | 100.0 | 98.0 | 0.980 | 0.970–0.990 | 32.0/34.0 | +2.0 | 300 | 0.150 |" in md
+    assert "usage ledger: 244 rows for 244 requests made (warm-up included); `aiboxctl audit verify`: exit 0" in md
+    assert "peak RSS 80.0 MiB" in md
+    doc["steps"]["front-door"]["data"] = {**data, "levels": {"64": two}, "access": missing}
+    md = device_check.markdown(doc)
+    assert "governed access not measured: this python cannot import filelock" in md and "requests made (warm-up" not in md
+
+
+def test_access_missing_names_what_does_not_import():
+    """The step says which of governed access's imports this python lacks instead of crashing;
+    here (the venv) everything it needs imports, cryptography not among them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+
+    assert device_check.access_missing() is None
+    assert "cryptography" not in device_check.ACCESS_IMPORTS
+    gone = device_check.access_missing(("aiboxctl.access.gate", "aiboxctl_no_such_module"))
+    assert gone.startswith("aiboxctl_no_such_module (") and "aiboxctl.access.gate" not in gone
+
+
 @pytest.fixture(scope="module")
 def front_door_rehearsal(tmp_path_factory):
     out = tmp_path_factory.mktemp("device-check-front-door")
@@ -258,3 +335,19 @@ def test_rehearsal_front_door(front_door_rehearsal):
     assert "front door ≥ 0.97× at 4 stream(s)" in doc["summary"]["goals"]
     assert "front door adds ≤ 5 ms TTFT p50 at 1 stream(s)" in doc["summary"]["goals"]
     assert "## front door" in (out / "device-check.md").read_text()
+    # the third side: the gateway with governed access on, authenticated with a key made for it
+    access = data["access"]
+    assert access["on"] and not access["missing"] and not access["error"], access
+    for n, v in data["levels"].items():
+        assert v["access"]["tokens"] == 3 * int(n) * 16
+        assert _number(v["access_ratio"]) and v["access_ratio"] > 0
+        assert v["access_ratio_range"][0] <= v["access_ratio_range"][1]
+        assert _number(v["access_ttft_added_ms"]) and _number(v["access_cpu_us_per_token"])
+    assert access["requests"] == 1 + 3 * (1 + 4)  # the warm-up and every stream of every round
+    assert access["ledger_rows"] == access["requests"]
+    assert access["audit_verify_exit"] == 0 and access["audit_records"] >= access["requests"], access
+    assert _number(access["cpu_us_per_token"]) and access["peak_rss"] > 10 * 2**20
+    goals = doc["summary"]["goals"]
+    assert goals["governed access measured"] and goals["usage ledger: one row per request made"]
+    assert goals["aiboxctl audit verify passes"]
+    assert "## governed access" in (out / "device-check.md").read_text()
