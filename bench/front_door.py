@@ -21,7 +21,7 @@ door without access (goal ≥ 0.98) and the TTFT it adds (goal ≤ 3 ms p50).
 ``--replicas`` instead compares two gemma-3-270m replicas (1 thread each) behind the front door
 with one gemma engine of 2 threads reached directly, at the same levels.
 
-    .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 5] [--access]
+    .venv/bin/python bench/front_door.py [--levels 1,8,16] [--tokens 64] [--threads 2] [--rounds 5] [--access] [--probe 60]
     .venv/bin/python bench/front_door.py --replicas [--levels 1,8,16]
 """
 
@@ -121,6 +121,26 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+async def probe(sides: list[tuple[str, str, str]], n: int) -> dict[str, float]:
+    """TTFT p50 (ms) of ``n`` sequential one-token streams per side, interleaved (each side warmed
+    first, one kept-alive connection each): the per-request latency the front door adds, without
+    the step-boundary noise that concurrent streams bring."""
+    clients = {name: httpx.AsyncClient(base_url=base, timeout=60, trust_env=False,
+                                       headers={"Authorization": f"Bearer {key}"}) for name, base, key in sides}
+    got: dict[str, list[float]] = {name: [] for name in clients}
+    try:
+        for name, c in clients.items():
+            await one_stream(c, "/v1/completions", 2, -1)
+        for i in range(n):
+            order = list(clients.items())
+            for name, c in order[i % len(order):] + order[:i % len(order)]:
+                got[name].append((await one_stream(c, "/v1/completions", 1, i))[0])
+    finally:
+        for c in clients.values():
+            await c.aclose()
+    return {name: statistics.median(v) * 1e3 for name, v in got.items()}
+
+
 def replicas(a: argparse.Namespace, levels: list[int]) -> None:
     """Two gemma-3-270m replicas (1 thread each) behind the front door against one gemma engine
     with 2 threads, directly: on a 2-core box the replicas split the same cores (the cost); on a
@@ -180,6 +200,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--access", action="store_true", help="also a front door with keys, limits, ledger, audit")
+    ap.add_argument("--probe", type=int, default=0, metavar="N",
+                    help="first: N sequential one-token streams per side, interleaved (TTFT added per request)")
     ap.add_argument("--replicas", action="store_true",
                     help="instead: two gemma replicas (1 thread each) behind the front door vs one engine with 2")
     a = ap.parse_args()
@@ -233,6 +255,13 @@ def main() -> None:
           + (f" {'access tok/s':>12} {'on/off':>6} {'range':>11} {'TTFT access ms':>14} {'added ms':>8} "
              f"{'acc µs/tok':>10} {'acc share':>9}" if a.access else ""))
     try:
+        if a.probe:
+            p50 = asyncio.run(probe(sides, a.probe))
+            print(f"probe, {a.probe} sequential one-token streams per side: TTFT p50 "
+                  + ", ".join(f"{name} {v:.2f} ms" for name, v in p50.items())
+                  + f"; added by the front door {p50['gateway'] - p50['direct']:+.2f} ms"
+                  + (f", by access {p50['access'] - p50['gateway']:+.2f} ms" if "access" in p50 else "")
+                  + f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
         for n in levels:
             rates: dict[str, list[float]] = {name: [] for name, _, _ in sides}
             ttfts: dict[str, list[float]] = {name: [] for name, _, _ in sides}
