@@ -115,6 +115,7 @@ class Mode:
     settings: tuple[dict, ...]  # sizing: ctx, parallel, kv
     small: bool = False  # the small shapes (always with --cpu)
     front_door_streams: tuple[int, ...] = ()  # the front-door step's levels (default: streams)
+    front_door_rounds: int = 3  # rounds per level in the front-door step (--rounds)
 
     @staticmethod
     def device() -> Mode:
@@ -714,7 +715,6 @@ GOAL_FRONT_DOOR_TTFT_MS = 5.0  # TTFT p50 the front door adds
 GOAL_ACCESS = 0.98  # access / gateway aggregate tok/s: what keys, limits, ledger and audit cost
 GOAL_ACCESS_TTFT_MS = 3.0  # TTFT p50 governed access adds to the gateway's
 GOAL_ACCESS_STREAMS = (16, 64)  # issue 16 sets its goals at these levels
-FRONT_DOOR_ROUNDS = 3
 FRONT_DOOR_TOKEN = "device-check-internal"
 FRONT_DOOR_SIDES = ("direct", "gateway", "access")  # access only where it runs
 # What governed access imports (aiboxctl.access.gate pulls keys, limits, ledger and audit; the
@@ -886,7 +886,7 @@ def step_front_door(run: Run) -> dict:
     notes: list[str] = []
     missing = access_missing()
     access: dict[str, Any] = {"on": False, "missing": missing, "error": None, "requests": 0}
-    out: dict[str, Any] = {"streams": list(streams), "tokens": tokens, "rounds": FRONT_DOOR_ROUNDS, "slots": slots,
+    out: dict[str, Any] = {"streams": list(streams), "tokens": tokens, "rounds": run.mode.front_door_rounds, "slots": slots,
                            # what uvicorn picks up in the front door's python (loop="auto", http="auto")
                            "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
                            "http_parser": "httptools" if importlib.util.find_spec("httptools") else "h11",
@@ -938,7 +938,7 @@ def step_front_door(run: Run) -> dict:
             rounds: dict[str, list[dict]] = {name: [] for name in sides}
             raw[str(n)] = rounds
             try:
-                for r in range(FRONT_DOOR_ROUNDS):
+                for r in range(run.mode.front_door_rounds):
                     for name in sides[r % len(sides):] + sides[:r % len(sides)]:
                         before = {p: cpu_seconds(pid) for p, pid in pids.items()}
                         if name == "access":
@@ -1393,6 +1393,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", metavar="A,B",
                     help="run only these steps (install and what they need are added): "
                          f"{', '.join(n for n, _, _ in STEPS)}; default: all but {', '.join(sorted(OPTIONAL))}")
+    ap.add_argument("--rounds", type=int, help="front-door step: rounds per level (default 3)")
     ap.add_argument("--small", action="store_true",
                     help="the rehearsal's shapes and settings in device mode (rehearse the install path)")
     ap.add_argument("--prepare", type=Path, metavar="DIR", help="make the carry folder here and stop")
@@ -1415,6 +1416,11 @@ def main(argv: list[str] | None = None) -> int:
         mode = replace(mode, streams=tuple(int(x) for x in args.streams.split(",")), front_door_streams=())
     if args.tokens:
         mode = replace(mode, tokens=args.tokens)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            print("device_check: --rounds must be at least 1", file=sys.stderr)
+            return 2
+        mode = replace(mode, front_door_rounds=args.rounds)
     out = args.out or Path(os.environ.get("OUT") or "device-check-out")
     anchor_build = None
     if mode.cpu and "speed" in selected:  # the CPU llama-server is built once into the bench cache, outside the budget
