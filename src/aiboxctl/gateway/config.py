@@ -90,6 +90,9 @@ class GatewayConfig:
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 2  # 429/503 Retry-After
     health_interval_s: _Seconds = 2.0  # how often each engine's /health is polled
     health_timeout_s: _Seconds = 2.0
+    # Health checks that time out in a row before a replica is taken out (a busy engine answers
+    # /health late; a refused connection or a not-ok answer takes it out at once).
+    health_failures: Annotated[int, Field(ge=1, le=100)] = 3
     connect_timeout_s: _Seconds = 5.0
     # How many more requests in flight the replica holding a conversation's prefix may have
     # than the least busy one before the conversation moves (its prefix is recomputed there).
