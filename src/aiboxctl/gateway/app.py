@@ -197,7 +197,9 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
         for pool in gw.pools.values():
             healthy = [r.name for r in pool.replicas if r.healthy]
             models[pool.name] = {"role": pool.role, "replicas": len(pool.replicas), "healthy": len(healthy),
-                                 "down": {r.name: r.reason for r in pool.replicas if not r.healthy}}
+                                 "down": {r.name: r.reason for r in pool.replicas if not r.healthy},
+                                 # in and serving, but its last health checks timed out (n of health_failures)
+                                 "slow": {r.name: r.reason for r in pool.replicas if r.healthy and r.reason}}
             if not healthy:
                 down.append(pool.name)
         # Governed access that cannot record (ledger/audit not writable) refuses requests: degraded.
@@ -412,6 +414,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
             first = True
             try:
                 async for chunk in response.aiter_raw():
+                    replica.relayed += 1  # progress: a health check that times out now is forgiven
                     if first:
                         m.ttft.labels(model, name).observe(time.monotonic() - self.arrived)
                         first = False

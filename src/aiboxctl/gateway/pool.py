@@ -45,6 +45,12 @@ class Replica:
     outstanding: int = 0
     slots: int = 1
     slot_ctx: int | None = None  # /v1/models' context_length
+    # Health checks timed out in a row (reset by an answer); out at config.health_failures.
+    failures: int = 0
+    # Chunks relayed from this engine (the relay adds one per chunk), and the count the last
+    # health check saw: a timed-out check with chunks since then is a busy engine, not a hung one.
+    relayed: int = 0
+    relayed_seen: int = 0
 
     @property
     def name(self) -> str:
@@ -163,7 +169,7 @@ class Gateway:
     def mark_down(self, replica: Replica, reason: str) -> None:
         if replica.healthy:
             log.warning("engine %s taken out: %s", replica.name, reason)
-        replica.healthy, replica.reason = False, reason
+        replica.healthy, replica.reason, replica.failures = False, reason, 0
 
     def _set_health(self, replica: Replica, healthy: bool, reason: str | None) -> None:
         was = replica.healthy
@@ -174,17 +180,45 @@ class Gateway:
         elif was and not healthy:
             log.warning("engine %s taken out: %s", replica.name, reason)
 
+    def _timed_out(self, replica: Replica, exc: Exception) -> None:
+        """A health check that got no answer in time: a failure, unless the replica relayed
+        bytes since the previous check (its engine is busy serving, not hung). The replica goes
+        out at ``health_failures`` in a row; until then it serves, its reason saying how slow."""
+        if replica.relayed != replica.relayed_seen:
+            return
+        replica.failures += 1
+        limit, what = self.config.health_failures, f"{type(exc).__name__} after {self.config.health_timeout_s:g} s"
+        if replica.failures >= limit or not replica.healthy:
+            times = "once" if replica.failures == 1 else f"{replica.failures} times in a row"
+            self._set_health(replica, False, f"health check timed out {times} ({what})")
+        else:
+            replica.reason = f"health check slow ({replica.failures}/{limit}): {what}"
+            log.warning("engine %s: %s", replica.name, replica.reason)
+
     async def check(self, replica: Replica) -> None:
         """One health check: GET /health; healthy when it answers 200 with status ok for a
-        model this replica is configured to serve."""
+        model this replica is configured to serve. No answer in time counts towards
+        ``health_failures`` (see :meth:`_timed_out`); a refused connection or a not-ok answer
+        takes the replica out at once."""
+        try:
+            await self._check(replica)
+        finally:
+            replica.relayed_seen = replica.relayed
+
+    async def _check(self, replica: Replica) -> None:
         import httpx
 
         try:
             r = await replica.client.get("/health", timeout=self.config.health_timeout_s)
             data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        except httpx.TimeoutException as exc:
+            self._timed_out(replica, exc)
+            return
         except (httpx.HTTPError, ValueError) as exc:
+            replica.failures = 0  # not slow: gone (connection refused, cut) or garbled; out now
             self._set_health(replica, False, f"health check failed: {type(exc).__name__}: {exc}".rstrip(": "))
             return
+        replica.failures = 0  # it answered: whatever it said, the timeouts in a row are over
         if r.status_code != 200 or not isinstance(data, dict) or data.get("status") != "ok":
             why = data.get("reason") or data.get("status") if isinstance(data, dict) else None
             self._set_health(replica, False, f"/health answered {r.status_code}" + (f" ({why})" if why else ""))
@@ -196,6 +230,8 @@ class Gateway:
         slots = data.get("slots_total")
         replica.slots = slots if isinstance(slots, int) and slots > 0 else 1
         replica.slot_ctx = data.get("slot_ctx") if isinstance(data.get("slot_ctx"), int) else None
+        if replica.healthy and replica.reason:  # it was slow
+            log.info("engine %s answers its health checks again", replica.name)
         self._set_health(replica, True, None)
 
     async def check_all(self) -> None:
