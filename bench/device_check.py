@@ -745,10 +745,10 @@ def streams_level(base: str, streams: int, tokens: int, headers: dict) -> dict:
     (the front door's TTFT p50 pools every stream of every round)."""
     import threading
 
-    from serve_throughput import one_stream, run_together
+    from serve_throughput import Release, one_stream, run_together
 
     out: list = [None] * streams
-    start = threading.Event()
+    start = Release(streams)
     threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
                                                          tokens, out, i, start), kwargs={"headers": headers})
                for i in range(streams)]

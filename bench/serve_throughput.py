@@ -128,30 +128,34 @@ class Proc:
             self.proc.kill()
 
 
-def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: threading.Event,
+def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: "Release | threading.Event",
                headers: dict | None = None) -> None:
     import httpx
 
     body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
-    start.wait()
-    t0 = time.perf_counter()
-    first = None
-    chunks = 0
-    usage = None
-    with httpx.Client(timeout=600, headers=headers) as c, c.stream("POST", base + "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            obj = json.loads(line[6:])
-            if obj.get("usage"):
-                usage = obj["usage"]
-            for ch in obj.get("choices", []):
-                if ch.get("text"):
-                    chunks += 1
-                    if first is None:
-                        first = time.perf_counter()
+    # The client is built before the release: httpx.Client() loads an SSL context (~10–30 ms of
+    # CPU under the GIL), and 64 threads building theirs after it serialised ~1 s into every
+    # TTFT and the first wall (the device's 64-stream TTFT p50 grew ~20 ms per stream).
+    with httpx.Client(timeout=600, headers=headers, trust_env=False) as c:
+        start.wait()
+        t0 = time.perf_counter()
+        first = None
+        chunks = 0
+        usage = None
+        with c.stream("POST", base + "/v1/completions", json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                obj = json.loads(line[6:])
+                if obj.get("usage"):
+                    usage = obj["usage"]
+                for ch in obj.get("choices", []):
+                    if ch.get("text"):
+                        chunks += 1
+                        if first is None:
+                            first = time.perf_counter()
     t1 = time.perf_counter()
     tokens = (usage or {}).get("completion_tokens") or chunks
     out[idx] = {"t0": t0, "ttft": (first or t1) - t0, "end": t1, "tokens": tokens,
@@ -168,7 +172,7 @@ LONG_SCHEMA = {"type": "object", "properties": {
     "required": ["title", "facts"], "additionalProperties": False}
 
 
-def one_chat(base: str, i: int, n: int, constrained: bool, out: list, start: threading.Event) -> None:
+def one_chat(base: str, i: int, n: int, constrained: bool, out: list, start: "Release | threading.Event") -> None:
     import httpx
 
     body = {"messages": [{"role": "user", "content": f"List facts about the Roman Empire ({i})."}],
@@ -178,18 +182,39 @@ def one_chat(base: str, i: int, n: int, constrained: bool, out: list, start: thr
                                                                           "strict": True}}
     else:
         body["ignore_eos"] = True
-    start.wait()
-    r = httpx.post(base + "/v1/chat/completions", json=body, timeout=900)
+    with httpx.Client(timeout=900, trust_env=False) as c:  # built before the release (one_stream)
+        start.wait()
+        r = c.post(base + "/v1/chat/completions", json=body)
     r.raise_for_status()
     out[i] = (r.json()["usage"]["completion_tokens"], time.perf_counter())
 
 
-def run_together(threads: list[threading.Thread], start: threading.Event) -> float:
-    """Start the clients, let them connect, release them at once and wait for all; the release
-    time, which the rates are measured from."""
+class Release:
+    """The start line: each client calls :meth:`wait` once it is ready (its HTTP client built),
+    and :meth:`set` returns once all of them are there, then lets them go at once."""
+
+    def __init__(self, clients: int) -> None:
+        self.clients, self._ready, self._go = clients, threading.Semaphore(0), threading.Event()
+
+    def wait(self) -> None:
+        self._ready.release()
+        self._go.wait()
+
+    def set(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        for _ in range(self.clients):  # a client that died before the line is waited for no longer
+            if not self._ready.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+        self._go.set()
+
+
+def run_together(threads: list[threading.Thread], start: "Release | threading.Event") -> float:
+    """Start the clients, wait until each is at the line (a ``Release``; a plain Event: 0.2 s),
+    release them at once and wait for all; the release time, which the rates are measured from."""
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    if not isinstance(start, Release):
+        time.sleep(0.2)
     t0 = time.perf_counter()
     start.set()
     for t in threads:
@@ -200,7 +225,7 @@ def run_together(threads: list[threading.Thread], start: threading.Event) -> flo
 def chat_level(base: str, clients: int, n: int, constrained: bool) -> float:
     """Aggregate tok/s of ``clients`` concurrent chat requests (whole answers)."""
     out: list = [None] * clients
-    start = threading.Event()
+    start = Release(clients)
     threads = [threading.Thread(target=one_chat, args=(base, i, n, constrained, out, start)) for i in range(clients)]
     t0 = run_together(threads, start)
     return sum(o[0] for o in out) / (max(o[1] for o in out) - t0)
@@ -267,7 +292,7 @@ def costs_line(name: str, c: dict[str, float]) -> str:
 
 def run_level(base: str, clients: int, n: int) -> dict:
     out: list = [None] * clients
-    start = threading.Event()
+    start = Release(clients)
     threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
                                                           n, out, i, start)) for i in range(clients)]
     t0 = run_together(threads, start)
