@@ -11,8 +11,10 @@
   after a restart it starts at what the usage ledger says for today (``used_today``).
 * Concurrency counts requests between admission and settlement.
 
-One lock guards the counters: admission is a few dict operations, so the front door's event loop
-never waits on it for long; tests drive it from threads with an injected clock.
+One lock guards the counters: admission is a few dict operations. The front door's event loop
+admits with ``admit_nowait``, which never waits for the lock (a thread holding it may be asking the
+ledger for a new day) and never does I/O; whatever it cannot decide so goes to ``admit`` in a
+thread. Tests drive both from threads with an injected clock.
 """
 
 from __future__ import annotations
@@ -77,29 +79,61 @@ class Limiter:
             st.admitted.popleft()
         return st
 
+    def _refusal(self, key: KeyRecord, st: _KeyState, now: float) -> AccessDenied | None:
+        """Why ``key`` cannot be admitted now (None: it can). Reads ``st`` only."""
+        if key.concurrency is not None and st.in_flight >= key.concurrency:
+            return AccessDenied(429, f"API key '{key.name}' is at its limit of {key.concurrency} concurrent "
+                                     f"request(s); retry when one finishes", code="rate_limit_exceeded",
+                                retry_after=1, limit="concurrency")
+        if key.rpm is not None and len(st.admitted) >= key.rpm:
+            wait = max(1, math.ceil(st.admitted[0] + WINDOW_S - now))
+            return AccessDenied(429, f"API key '{key.name}' is over its limit of {key.rpm} requests per minute; "
+                                     f"retry in {wait} s", code="rate_limit_exceeded", retry_after=wait, limit="rpm")
+        if key.tokens_per_day is not None and st.used + st.reserved >= key.tokens_per_day:
+            wait = max(1, math.ceil(day_of(now)[1] - now))
+            return AccessDenied(429, f"API key '{key.name}' has used its {key.tokens_per_day} tokens per day "
+                                     f"({st.used} used, {st.reserved} reserved by requests in flight); "
+                                     f"the count resets at midnight, in {wait} s",
+                                code="insufficient_quota", retry_after=wait, limit="tokens_per_day")
+        return None
+
+    @staticmethod
+    def _take(key: KeyRecord, st: _KeyState, now: float, reserve_tokens: int) -> Ticket:
+        st.admitted.append(now)
+        st.in_flight += 1
+        reserved = max(0, int(reserve_tokens)) if key.tokens_per_day is not None else 0
+        st.reserved += reserved
+        return Ticket(key.name, reserved, st.day)
+
     def admit(self, key: KeyRecord, reserve_tokens: int = 0) -> Ticket:
         now = self.now()
         with self._lock:
             st = self._state(key.name, now)
-            if key.concurrency is not None and st.in_flight >= key.concurrency:
-                raise AccessDenied(429, f"API key '{key.name}' is at its limit of {key.concurrency} concurrent "
-                                        f"request(s); retry when one finishes", code="rate_limit_exceeded",
-                                   retry_after=1, limit="concurrency")
-            if key.rpm is not None and len(st.admitted) >= key.rpm:
-                wait = max(1, math.ceil(st.admitted[0] + WINDOW_S - now))
-                raise AccessDenied(429, f"API key '{key.name}' is over its limit of {key.rpm} requests per minute; "
-                                        f"retry in {wait} s", code="rate_limit_exceeded", retry_after=wait, limit="rpm")
-            if key.tokens_per_day is not None and st.used + st.reserved >= key.tokens_per_day:
-                wait = max(1, math.ceil(day_of(now)[1] - now))
-                raise AccessDenied(429, f"API key '{key.name}' has used its {key.tokens_per_day} tokens per day "
-                                        f"({st.used} used, {st.reserved} reserved by requests in flight); "
-                                        f"the count resets at midnight, in {wait} s",
-                                   code="insufficient_quota", retry_after=wait, limit="tokens_per_day")
-            st.admitted.append(now)
-            st.in_flight += 1
-            reserved = max(0, int(reserve_tokens)) if key.tokens_per_day is not None else 0
-            st.reserved += reserved
-            return Ticket(key.name, reserved, st.day)
+            if (denied := self._refusal(key, st, now)) is not None:
+                raise denied
+            return self._take(key, st, now, reserve_tokens)
+
+    def admit_nowait(self, key: KeyRecord, reserve_tokens: int = 0) -> Ticket | None:
+        """``admit`` without I/O, for the event loop: the ticket when the key is admitted and its
+        day is already loaded; None when ``admit`` would refuse it or would ask ``used_today`` (the
+        ledger) for a day it has not counted yet (a key's first request, the first after midnight):
+        then nothing observable has changed (only times older than the window are dropped, as any
+        call drops them), and also when the lock is held (by a thread that may be asking the
+        ledger). The same lock and checks as ``admit``: exact under concurrency."""
+        now = self.now()
+        # Never wait for the lock: a thread holding it may be asking the ledger (_state on a new day).
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            st = self._keys.get(key.name)
+            if (st is None or st.day != day_of(now)[0]) and self.used_today is not None:
+                return None
+            st = self._state(key.name, now)  # no I/O now; only drops times older than the window
+            if self._refusal(key, st, now) is not None:
+                return None
+            return self._take(key, st, now, reserve_tokens)
+        finally:
+            self._lock.release()
 
     def settle(self, ticket: Ticket, used_tokens: int) -> None:
         """The request is over: free its slot and replace its reservation with what it used."""
