@@ -255,32 +255,48 @@ class KeyRing:
         self.path = Path(path)
         self.now = now
         self._lock = threading.Lock()
-        self._stamp: tuple | None = None
-        self._by_id: dict[str, KeyRecord] = {}
+        # (file stamp, records by id), replaced whole so that one read gives a matching pair
+        self._loaded: tuple[object, dict[str, KeyRecord]] = (object(), {})  # never read yet
         self._dummy_salt = secrets.token_bytes(16)
 
-    def _current(self) -> dict[str, KeyRecord]:
+    def _stamp_now(self) -> tuple | None:
         try:
             st = os.stat(self.path)
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            stamp = None
-        if stamp != self._stamp:
-            with self._lock:
-                if stamp != self._stamp:
-                    records = load_records(self.path) if stamp else ()
-                    self._by_id = {r.key_id: r for r in records}
-                    self._stamp = stamp
-        return self._by_id
+            return None
 
-    def authenticate(self, authorization: str | None) -> KeyRecord:
+    def _current(self) -> dict[str, KeyRecord]:
+        stamp = self._stamp_now()
+        if stamp != self._loaded[0]:
+            with self._lock:
+                if stamp != self._loaded[0]:
+                    records = load_records(self.path) if stamp else ()
+                    self._loaded = (stamp, {r.key_id: r for r in records})
+        return self._loaded[1]
+
+    def authenticate_nowait(self, authorization: str | None) -> KeyRecord | None:
+        """``authenticate`` without reading the file (one ``os.stat``), for the event loop: None
+        when the file changed since it was read (``authenticate`` then re-reads it)."""
+        stamp, by_id = self._loaded
+        try:
+            if self._stamp_now() != stamp:
+                return None
+        except OSError:  # unreadable: authenticate says so
+            return None
+        return self.authenticate(authorization, by_id)
+
+    def authenticate(self, authorization: str | None, records: dict[str, KeyRecord] | None = None) -> KeyRecord:
+        """``records``: the keys by id as last read (``authenticate_nowait``); None: re-read the
+        file first when it changed."""
         if not authorization:
             raise AccessDenied(401, "You didn't provide an API key: send 'Authorization: Bearer sk-aibox-…'",
                                code="missing_api_key")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         key_id = record_id(token) if scheme.lower() == "bearer" and token else None
-        record = self._current().get(key_id) if key_id else None
+        by_id = self._current() if records is None else records
+        record = by_id.get(key_id) if key_id else None
         # One HMAC whether or not the id exists: an unknown id takes as long as a wrong secret.
         salt = bytes.fromhex(record.salt) if record else self._dummy_salt
         good = hmac.compare_digest(_digest(salt, token), record.hash if record else "0" * 64)
