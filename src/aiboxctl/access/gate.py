@@ -128,6 +128,26 @@ class AccessControl:
             raise
         return Admission(key, ticket, model, endpoint, arrived)
 
+    def admit_nowait(self, authorization: str | None, model: str, endpoint: str,
+                     reserve_tokens: int = 0) -> Admission | None:
+        """``admit`` without blocking I/O, for the front door's event loop (no thread hop per
+        request): the admission when ``admit`` would admit and needs nothing but memory and one
+        ``os.stat``. None — nothing done, nothing recorded — when ``admit`` would read or write:
+        the key file changed since it was read, a store is failing (the probe writes), the key's
+        day is not counted yet (the ledger is asked), or the request would be refused (a refusal
+        is recorded in the ledger and the audit). The caller then runs ``admit`` in a thread."""
+        arrived = self.now()
+        if self.failing():
+            return None
+        try:
+            key = self.keys.authenticate_nowait(authorization)
+        except AccessDenied:
+            return None
+        if key is None or not key.allows(model):
+            return None
+        ticket = self.limiter.admit_nowait(key, reserve_tokens)
+        return None if ticket is None else Admission(key, ticket, model, endpoint, arrived)
+
     def _denied(self, denied: AccessDenied, key: KeyRecord | None, authorization: str | None, model: str,
                 endpoint: str, arrived: float) -> None:
         # A refusal is answered whether or not it can be recorded (a failure shows in problems()).

@@ -54,8 +54,12 @@ class AccessGate:
                 return None
             model = body.get("model")
             reserve = reservation(body, body_bytes, self.access.settings.default_reserve_tokens)
-            admission = await asyncio.to_thread(self.access.admit, auth, str(model or ""), self.routes[path][0],
-                                                reserve)
+            endpoint = self.routes[path][0]
+            # On the loop when admission needs no I/O (most requests); else admit's reads, probes
+            # and refusal records run in a thread, as before.
+            admission = self.access.admit_nowait(auth, str(model or ""), endpoint, reserve)
+            if admission is None:
+                admission = await asyncio.to_thread(self.access.admit, auth, str(model or ""), endpoint, reserve)
         except AccessDenied as denied:
             return as_refusal(denied)
         if self.access.settings.audit_content:
