@@ -202,14 +202,19 @@ def gpu_used() -> int | None:
     return sum(g["used"] for g in gpus) if gpus else None
 
 
-def rss_bytes(pid: int) -> int | None:
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A size field of /proc/<pid>/status (VmRSS, VmHWM…) in bytes; None when gone or absent."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def rss_bytes(pid: int) -> int | None:
+    return _status_bytes(pid, "VmRSS")
 
 
 class Server:
@@ -731,13 +736,7 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_bytes(pid: int) -> int | None:
     """The process's peak resident set (VmHWM), kept by the kernel: no sampling."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return _status_bytes(pid, "VmHWM")
 
 
 def streams_level(base: str, streams: int, tokens: int, headers: dict) -> dict:
