@@ -368,6 +368,11 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                 m.rejected.labels(pool.name, refusal.reason or "other").inc()
                 m.requests.labels(pool.name, "", self.endpoint, str(refusal.status)).inc()
                 self.status = refusal.status
+                if self.access is not None:  # recorded before the client sees it, like an answer's end
+                    try:
+                        await self.access.finish(refusal.status)
+                    except NotRecorded as exc:  # the refusal stands; /health shows the failing store
+                        log.error("refusal not acknowledged: %s", exc)
                 await _send_json(send, refusal.status, refusal.body(), refusal.headers())
                 return
             except BaseException:  # the client left while queued
