@@ -152,7 +152,8 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
         for pool in gw.pools.values():
             metrics.bind_queue(pool.name, lambda p=pool: len(p.waiters))
             for r in pool.replicas:
-                metrics.bind_replica(pool.name, r.name, lambda r=r: float(r.healthy), lambda r=r: float(r.slots))
+                metrics.bind_replica(pool.name, r.name, lambda r=r: float(r.healthy), lambda r=r: float(r.slots),
+                                     lambda r=r: float(r.failures))
         await gw.check_all()  # know the engines before the first request
         poller = asyncio.create_task(gw.poll_forever(), name="aibox-gateway-health")
         try:

@@ -41,10 +41,15 @@ class GatewayMetrics:
                               mr, registry=r)
         self._slots = Gauge("aibox_gateway_replica_slots", "Slots of the replica (its /health slots_total)",
                             mr, registry=r)
+        self._health_failures = Gauge("aibox_gateway_replica_health_failures", "Health checks of the replica "
+                                      "timed out in a row (0 when it answers; out at health_failures, below "
+                                      "that it serves, slow)", mr, registry=r)
 
-    def bind_replica(self, model: str, replica: str, healthy: Callable[[], float], slots: Callable[[], float]) -> None:
+    def bind_replica(self, model: str, replica: str, healthy: Callable[[], float], slots: Callable[[], float],
+                     health_failures: Callable[[], float]) -> None:
         self._healthy.labels(model, replica).set_function(healthy)
         self._slots.labels(model, replica).set_function(slots)
+        self._health_failures.labels(model, replica).set_function(health_failures)
         self.in_flight.labels(model, replica).set(0)
 
     def bind_queue(self, model: str, depth: Callable[[], float]) -> None:
