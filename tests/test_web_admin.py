@@ -54,7 +54,8 @@ def test_admin_view_shows_models_users_online_and_tokens_today(stack):
     body = _admin(base, keys["admin"]).json()
     (model,) = body["models"]
     assert model["id"] == "deepseek-r1" and model["role"] == "chat" and model["queue"] == 0
-    assert model["replicas"] == [{"name": "r1-0", "healthy": True, "reason": None, "slots": 2, "in_flight": 0}]
+    assert model["replicas"] == [{"name": "r1-0", "healthy": True, "state": "healthy", "reason": None,
+                                  "slots": 2, "in_flight": 0}]
     online = {u["key"]: u for u in body["users_online"]}
     assert set(online) == {"clerk", "legal-1"}  # the admin key only looked: it made no ledgered request
     assert online["legal-1"]["requests"] == 2 and online["legal-1"]["tokens"] == 2 * sum(STUB_USAGE)
