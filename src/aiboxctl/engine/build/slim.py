@@ -30,6 +30,7 @@ import io
 import os
 import posixpath
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,6 @@ class SlimResult:
     original_bytes: int
     slim_bytes: int
     dropped: tuple[str, ...]  # members removed (ELF copies nothing asks for, their CMake files)
-    kept_libraries: tuple[str, ...]  # the ELF members that stay
-    roots: tuple[str, ...]  # what ctypes and ggml's module loader ask for
 
     @property
     def changed(self) -> bool:
@@ -133,13 +132,12 @@ def backend_modules(elves: dict[str, ElfEntry]) -> list[str]:
     return [m for m in modules if posixpath.dirname(m) in scanned] if scanned else modules
 
 
-def plan_slim(zf: zipfile.ZipFile) -> tuple[list[str], dict[str, ElfEntry], list[str]]:
-    """(members to keep, the ELF members read, the roots) for the wheel open in ``zf``."""
-    members = [i.filename for i in zf.infolist() if not i.is_dir()]
-    member_set = set(members)
+def plan_slim(zf: zipfile.ZipFile) -> set[str]:
+    """The members to keep of the wheel open in ``zf``."""
+    member_set = {i.filename for i in zf.infolist() if not i.is_dir()}
     roots = ctypes_roots(zf, member_set)
     if not roots:  # not llama-cpp-python's layout: nothing is known to be unused
-        return members, {}, []
+        return member_set
     elves: dict[str, ElfEntry] = {}
     for info in zf.infolist():
         if info.is_dir() or info.file_size < 64:
@@ -169,7 +167,7 @@ def plan_slim(zf: zipfile.ZipFile) -> tuple[list[str], dict[str, ElfEntry], list
                 # loaded object of that soname; keep one when none of the kept ones has it yet
                 found = next((m for m in kept if elves[m].soname == name), None)
                 if found is None and any(e.soname == name for e in elves.values()):
-                    queue.append(next(m for m in _by_preference(elves, name, roots)))
+                    queue.append(_by_preference(elves, name, roots)[0])
                 continue
             if found in elves:
                 queue.append(found)
@@ -180,9 +178,9 @@ def plan_slim(zf: zipfile.ZipFile) -> tuple[list[str], dict[str, ElfEntry], list
     for folder in dead_folders:
         for sub in ("cmake/", "pkgconfig/"):
             prefix = posixpath.join(folder, sub) if folder else sub
-            drop.update(m for m in members if m.startswith(prefix))
+            drop.update(m for m in member_set if m.startswith(prefix))
     _check(elves, kept, member_set)
-    return [m for m in members if m not in drop], elves, roots
+    return member_set - drop
 
 
 def _by_preference(elves: dict[str, ElfEntry], soname: str, roots: list[str]) -> list[str]:
@@ -222,15 +220,12 @@ def slim_wheel(wheel: Path, dest: Path | None = None) -> SlimResult:
     dest = Path(dest) if dest else wheel
     original = wheel.stat().st_size
     with zipfile.ZipFile(wheel) as zf:
-        keep, elves, roots = plan_slim(zf)
-        dropped = tuple(i.filename for i in zf.infolist() if not i.is_dir() and i.filename not in set(keep))
-        kept_libs = tuple(m for m in keep if m in elves)
+        keep = plan_slim(zf)
+        dropped = tuple(i.filename for i in zf.infolist() if not i.is_dir() and i.filename not in keep)
         if not dropped:
             if dest != wheel:
-                import shutil
-
                 shutil.copyfile(wheel, dest)
-            return SlimResult(original, original, (), kept_libs, tuple(roots))
+            return SlimResult(original, original, ())
         records = [m for m in keep if m.endswith(".dist-info/RECORD") and m.count("/") == 1]
         if len(records) != 1:
             raise AiboxError(f"{wheel.name} has {len(records)} RECORD files; not slimming it", code="wheel_slim_failed")
@@ -252,4 +247,4 @@ def slim_wheel(wheel: Path, dest: Path | None = None) -> SlimResult:
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-    return SlimResult(original, dest.stat().st_size, dropped, kept_libs, tuple(roots))
+    return SlimResult(original, dest.stat().st_size, dropped)
