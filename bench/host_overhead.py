@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serve_throughput import load_average, tiny_model  # noqa: E402  (bench/serve_throughput.py)
 
 
 def main() -> int:
@@ -47,9 +50,6 @@ def main() -> int:
     if args.model:
         model = Path(args.model)
     else:  # the same file serve_throughput --host-overhead serves
-        sys.path.insert(0, str(ROOT / "bench"))
-        from serve_throughput import tiny_model
-
         model = tiny_model()
     slot_ctx = 256
     rt = LlamaRuntime(EngineConfig(model=model, n_ctx=args.slots * slot_ctx, parallel=args.slots, threads=1,
@@ -92,7 +92,7 @@ def main() -> int:
     level(1)  # warm-up
     clock = "thread CPU" if args.cpu_time else "wall"
     print(f"model {model.name}, vocabulary {rt.n_vocab}, {args.slots} slots, {args.tokens} tokens per stream, "
-          f"{clock} clock, load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+          f"{clock} clock, load average {load_average()}")
     print(f"{'streams':>7} | {'steps':>5} | {'step µs':>9} | {'decode µs':>9} | {'sample µs':>9} | {'host µs/step':>12} | "
           f"{'host µs/token':>13} | {'host/decode':>11}")
     results = {}
@@ -103,7 +103,7 @@ def main() -> int:
     top = max(results)
     print(f"goal: host {results[top]['host_per_token']:.1f} µs per generated token at {top} streams (≤ 25), "
           f"{results[top]['host'] / results[top]['decode']:.3f}× the decode's own time (the anchor, same steps); "
-          f"load average now {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+          f"load average now {load_average()}")
     sched.stop()
     handed.put(None)
     sched.close()
