@@ -75,19 +75,13 @@ def read_ledger(path: Optional[Path], now: float, online_minutes: int = ONLINE_M
                             for r in models.rows))
 
 
-def _state(replica: Any) -> str:
-    if not replica.healthy:
-        return "down"
-    return "slow" if replica.reason else "healthy"  # the pool keeps a healthy replica's reason only when slow
-
-
 def models_view(gw: Any) -> list[dict[str, Any]]:
     """Each model: role, queue, and each replica's health, slots, in flight. A replica's ``state``
     is "healthy", "slow" (in and serving, but its health checks time out: fewer than
     health_failures in a row) or "down"; ``reason`` says why when slow or down."""
     out = []
     for pool in gw.pools.values():
-        replicas = [{"name": r.name, "healthy": r.healthy, "state": _state(r), "reason": r.reason,
+        replicas = [{"name": r.name, "healthy": r.healthy, "state": r.state, "reason": r.reason,
                      "slots": r.slots, "in_flight": r.outstanding} for r in pool.replicas]
         out.append({"id": pool.name, "role": pool.role, "replicas": replicas,
                     "replicas_healthy": sum(r.healthy for r in pool.replicas), "queue": len(pool.waiters)})

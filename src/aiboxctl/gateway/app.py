@@ -198,9 +198,8 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
         for pool in gw.pools.values():
             healthy = [r.name for r in pool.replicas if r.healthy]
             models[pool.name] = {"role": pool.role, "replicas": len(pool.replicas), "healthy": len(healthy),
-                                 "down": {r.name: r.reason for r in pool.replicas if not r.healthy},
-                                 # in and serving, but its last health checks timed out (n of health_failures)
-                                 "slow": {r.name: r.reason for r in pool.replicas if r.healthy and r.reason}}
+                                 "down": {r.name: r.reason for r in pool.replicas if r.state == "down"},
+                                 "slow": {r.name: r.reason for r in pool.replicas if r.state == "slow"}}
             if not healthy:
                 down.append(pool.name)
         # Governed access that cannot record (ledger/audit not writable) refuses requests: degraded.

@@ -56,6 +56,14 @@ class Replica:
     def name(self) -> str:
         return self.entry.name
 
+    @property
+    def state(self) -> str:
+        """"healthy", "slow" (in and serving, but its last health checks timed out: fewer than
+        health_failures in a row; ``reason`` says how slow) or "down" (``reason`` says why)."""
+        if not self.healthy:
+            return "down"
+        return "slow" if self.reason else "healthy"  # a healthy replica keeps a reason only when slow
+
     def view(self) -> ReplicaView:
         return ReplicaView(self.name, self.healthy, self.outstanding, self.slots)
 
@@ -230,7 +238,7 @@ class Gateway:
         slots = data.get("slots_total")
         replica.slots = slots if isinstance(slots, int) and slots > 0 else 1
         replica.slot_ctx = data.get("slot_ctx") if isinstance(data.get("slot_ctx"), int) else None
-        if replica.healthy and replica.reason:  # it was slow
+        if replica.state == "slow":
             log.info("engine %s answers its health checks again", replica.name)
         self._set_health(replica, True, None)
 
