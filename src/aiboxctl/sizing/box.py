@@ -55,6 +55,7 @@ class BoxDevice:
     # speed predictions on this device are estimates with a wide range.
     eta_assumed: bool = False
     numa_node: int | None = None  # the probe's (sysfs numa_node); None: unknown or one node
+    stream_tflops: tuple[float, float] | None = None  # measured batched-step cost (throughput.py)
 
     @property
     def chip(self) -> str | None:
@@ -68,8 +69,6 @@ class BoxDevice:
     @property
     def budget(self) -> int:
         return self.memory - self.margin
-
-    stream_tflops: tuple[float, float] | None = None  # measured batched-step cost (throughput.py)
 
     @property
     def speed(self) -> DeviceSpeed:
@@ -160,11 +159,13 @@ _KNOWN_STREAM_TFLOPS: tuple[tuple[str, tuple[float, float]], ...] = (
 
 def known_accelerator_speed(name: str, label: str, backend: str = "cuda") -> DeviceSpeed | None:
     """The throughput model's view of an accelerator this table knows by ``label`` (its model
-    name), as ``name`` ("CUDA0"); None for one it does not know."""
+    name), as ``name`` ("CUDA0"); None for one it does not know. The measured batched-step cost
+    is ggml-cuda's kernels': only a ``cuda`` device gets it."""
     known = next((k for k in _KNOWN_ACCELERATORS if k[0].lower() in label.lower()), None)
     if known is None:
         return None
-    streams = next((t for k, t in _KNOWN_STREAM_TFLOPS if k.lower() in label.lower()), None)
+    streams = next((t for k, t in _KNOWN_STREAM_TFLOPS if k.lower() in label.lower()), None) \
+        if backend == "cuda" else None
     return DeviceSpeed(name, backend, known[1], known[2], known[3], streams)
 
 
@@ -215,7 +216,7 @@ def box_from_report(report: Any) -> Box:
             notes.append(f"{label}: bandwidth/compute unknown, assumed 500 GB/s and 50 TFLOPS")
         assumed = not known or backend not in MEASURED_ETA_BACKENDS
         devices.append(BoxDevice(f"{prefix}{i}", label, backend, acc.memory_total_bytes, bw_dev, tf, eta, None,
-                                 assumed, acc.numa_node, known.stream_tflops if known and backend == "cuda" else None))
+                                 assumed, acc.numa_node, known.stream_tflops if known else None))
     amx_failed = any(p.name == "amx" and p.verified == "failed" for p in cpu.isa_paths)
     if amx_failed:
         notes.append("the probe's self-test saw AMX fault on this CPU: weight repacking is planned off")
