@@ -118,3 +118,24 @@ def test_predicted_per_user_decode_matches_the_h200_per_stream_rate(streams):
     measured = PER_STREAM[streams] * 127 / 128  # 128 tokens counted over 127 intervals
     assert tp.per_user_tok_s == pytest.approx(measured, rel=0.10)
     assert tp.aggregate_tok_s == pytest.approx(streams * tp.per_user_tok_s)
+
+
+def test_a_probed_gh100_plans_with_the_measured_stream_cost(tmp_path):
+    """The measured batched-step cost reaches a plan through the probe: box_from_report gives a
+    probed NVIDIA H100 (CUDA) the GH100 rates, and the throughput model then charges its streams
+    (without them 64 streams would be predicted as if they cost nothing but KV reads)."""
+    import dataclasses
+
+    from aiboxctl.sizing.box import box_from_report
+    from test_install_numa import _report, two_socket_cpu
+
+    box = box_from_report(_report(two_socket_cpu(tmp_path), [0]))
+    (gpu,) = box.accelerators
+    assert gpu.speed.stream_tflops == (20.3, 115.0)
+    f = facts("7b")
+    est = estimate_memory(f, EngineParams(n_ctx=64 * 512, parallel=64, flash_attn="on", n_gpu_layers=-1,
+                                          repack=False), accelerators=["CUDA0"])
+    free = dataclasses.replace(gpu.speed, stream_tflops=None)
+    with_cost, without = (estimate_throughput(f, est, [box.host_speed, s], active_params=7.615616512e9,
+                                              streams=64, depth=DEPTH) for s in (gpu.speed, free))
+    assert with_cost.per_user_tok_s < 0.8 * without.per_user_tok_s
