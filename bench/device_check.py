@@ -1134,6 +1134,15 @@ def _pct(e: float | None) -> str:
     return "-" if e is None else f"{e:+.1%}"
 
 
+def _num(x: float | None, fmt: str = ".1f") -> str:
+    """A figure for the report's tables, "-" when not measured."""
+    return "-" if x is None else format(x, fmt)
+
+
+def _mib(x: float | None) -> str:
+    return "-" if x is None else f"{x / MiB:.1f} MiB"
+
+
 def access_markdown(fd: dict) -> list[str]:
     """The front-door step's governed-access table and its ledger and audit line."""
     access = fd.get("access")
@@ -1156,7 +1165,7 @@ def access_markdown(fd: dict) -> list[str]:
         lines.append(f"| {n} | {v['gateway']['aggregate']:.1f} | {v['access']['aggregate']:.1f} | "
                      f"{v['access_ratio']:.3f} | {lo:.3f}–{hi:.3f} | {v['gateway']['ttft_p50_ms']:.1f}/"
                      f"{v['access']['ttft_p50_ms']:.1f} | {v['access_ttft_added_ms']:+.1f} | "
-                     f"{v['access_cpu_us_per_token']:.0f} | {'-' if cores is None else f'{cores:.3f}'} |")
+                     f"{v['access_cpu_us_per_token']:.0f} | {_num(cores, '.3f')} |")
     if access.get("missing"):
         lines.append(f"- governed access not measured: this python cannot import {access['missing']}")
     elif access.get("error"):
@@ -1165,9 +1174,8 @@ def access_markdown(fd: dict) -> list[str]:
         return lines
     pooled, peak = access.get("cpu_us_per_token"), access.get("peak_rss")
     errors = "; ".join(e for e in access.get("audit_errors") or [] if e)
-    lines.append(f"- access gateway: {'-' if pooled is None else f'{pooled:.0f}'} µs of CPU per relayed token over "
-                 f"every level; idle {access.get('idle_cores', 0):.4f} cores; peak RSS "
-                 f"{'-' if peak is None else f'{peak / MiB:.1f} MiB'}")
+    lines.append(f"- access gateway: {_num(pooled, '.0f')} µs of CPU per relayed token over "
+                 f"every level; idle {access.get('idle_cores', 0):.4f} cores; peak RSS {_mib(peak)}")
     lines.append(f"- usage ledger: {access.get('ledger_rows')} rows for {access.get('requests')} requests made "
                  f"(warm-up included); `aiboxctl audit verify`: exit {access.get('audit_verify_exit')}, "
                  f"{access.get('audit_records')} records" + (f" ({errors})" if errors else ""))
@@ -1216,10 +1224,9 @@ def markdown(doc: dict) -> str:
             host = ab.get("host_us_per_token")
             rate = decode_rate(ab, speed["tokens"]) if "per_stream" in ab else None
             lines.append(f"| {n} | {ls.get('aggregate', float('nan')):.1f} | {ab.get('aggregate', float('nan')):.1f} | "
-                         f"{'-' if ratio is None else f'{ratio:.3f}'} | "
+                         f"{_num(ratio, '.3f')} | "
                          f"{ls.get('ttft_p50', float('nan')) * 1e3:.0f}/{ab.get('ttft_p50', float('nan')) * 1e3:.0f} | "
-                         f"{'-' if rate is None else f'{rate:.1f}'} | "
-                         f"{'-' if host is None else f'{host:.1f}'} |")
+                         f"{_num(rate)} | {_num(host)} |")
         for note in speed.get("notes") or []:
             lines.append(f"- {note}")
     plan = (steps.get("plan") or {}).get("data") or {}
@@ -1236,21 +1243,15 @@ def markdown(doc: dict) -> str:
                   "| streams | depth | predicted per user | measured decode/stream | error | plan aggregate (depth) "
                   "| served aggregate | error |", "|---|---|---|---|---|---|---|---|"]
 
-        def num(x: Any) -> str:
-            return "-" if x is None else f"{x:.1f}"
-
         for n, v in (plan.get("synthetic_7b") or {}).items():
-            lines.append(f"| {n} | {v.get('decode_depth', '-')} | {num(v.get('predicted_per_user_at_depth'))} | "
-                         f"{num(v.get('measured_decode_per_stream'))} | {_pct(v.get('decode_error'))} | "
-                         f"{num(v.get('predicted_aggregate'))} ({v.get('depth', '-')}) | "
-                         f"{num(v.get('measured_aggregate'))} | {_pct(v.get('error'))} |")
+            lines.append(f"| {n} | {v.get('decode_depth', '-')} | {_num(v.get('predicted_per_user_at_depth'))} | "
+                         f"{_num(v.get('measured_decode_per_stream'))} | {_pct(v.get('decode_error'))} | "
+                         f"{_num(v.get('predicted_aggregate'))} ({v.get('depth', '-')}) | "
+                         f"{_num(v.get('measured_aggregate'))} | {_pct(v.get('error'))} |")
         for note in plan.get("notes") or []:
             lines.append(f"- {note}")
     fd = (steps.get("front-door") or {}).get("data") or {}
     if fd.get("levels"):
-        def mib(x: Any) -> str:
-            return "-" if x is None else f"{x / MiB:.1f} MiB"
-
         lines += ["", f"## front door: clients → aiboxctl gateway → engine against clients → engine, 7B shape, "
                   f"{fd['tokens']} tokens per stream, ignore_eos", "",
                   f"{fd['rounds']} rounds per level, the sides alternating in rotated order; tok/s is the median of "
@@ -1266,10 +1267,10 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {n} | {v['direct']['aggregate']:.1f} | {v['gateway']['aggregate']:.1f} | {v['ratio']:.3f} | "
                          f"{v['ratio_range'][0]:.3f}–{v['ratio_range'][1]:.3f} | {v['direct']['ttft_p50_ms']:.1f}/"
                          f"{v['gateway']['ttft_p50_ms']:.1f} | {v['ttft_added_ms']:+.1f} | "
-                         f"{v['gateway_cpu_us_per_token']:.0f} | {'-' if cores is None else f'{cores:.3f}'} |")
+                         f"{v['gateway_cpu_us_per_token']:.0f} | {_num(cores, '.3f')} |")
         pooled = fd.get("gateway_cpu_us_per_token")
-        lines.append(f"- gateway: {'-' if pooled is None else f'{pooled:.0f}'} µs of CPU per relayed token over every "
-                     f"level; idle {fd.get('gateway_idle_cores', 0):.4f} cores; peak RSS {mib(fd.get('gateway_peak_rss'))}; "
+        lines.append(f"- gateway: {_num(pooled, '.0f')} µs of CPU per relayed token over every "
+                     f"level; idle {fd.get('gateway_idle_cores', 0):.4f} cores; peak RSS {_mib(fd.get('gateway_peak_rss'))}; "
                      f"{fd.get('event_loop')} event loop, {fd.get('http_parser')} HTTP parser")
         lines += access_markdown(fd)
         for note in fd.get("notes") or []:
