@@ -120,6 +120,18 @@ def test_responses_json_schema_output_validates(oai):
     jsonschema.validate(json.loads(r.output_text), PERSON)
 
 
+def test_responses_stream_options_include_obfuscation_is_accepted(server):
+    """The one stream_options key of the Responses API is accepted (nothing is obfuscated here):
+    the stream runs to its terminal event, as without it."""
+    r = post(server, "/v1/responses", {"input": "Tell me a long story.", "max_output_tokens": 3, "stream": True,
+                                        "stream_options": {"include_obfuscation": False}})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    kinds = [line[7:] for line in r.text.split("\n") if line.startswith("event: ")]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds
+    last = json.loads(r.text.rstrip().rsplit("\ndata: ", 1)[1])
+    assert last["response"]["status"] == "incomplete"  # at max_output_tokens, as the whole answer says
+
+
 @pytest.mark.parametrize("fields, needle", [
     ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"store": True}, "store"),
