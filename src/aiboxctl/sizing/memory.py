@@ -373,6 +373,7 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
         masks += mask_bytes * n_keys * n_ub
     if any(facts.is_swa(il) for il in att):
         masks += mask_bytes * ctx.swa_cells * n_ub
+    att_phases = []
     for il in att:
         n_kv = ctx.swa_cells if facts.is_swa(il) else n_keys
         h = facts.n_head[il]
@@ -387,19 +388,17 @@ def compute_buffer_bytes(facts: ModelFacts, ctx: ResolvedContext, *, has_output:
         peak = masks + 3 * T(E) + 2 * T(q) + 2 * T(kv) + extra
         if not ctx.flash_attn:
             peak += 4 * n_kv * n_ub * h
-        phases.append(peak)
-    att_peak = max(phases[1 if has_output and not encoder else 0:], default=0)
-    ff_phases = []
+        att_phases.append(peak)
+    phases += att_phases
+    if fa_copy and att_phases:
+        phases.append(fa_copy + max(att_phases))
     ff = max((facts.n_ff[il] for il in layers), default=0)
     if ff:
         # BERT's feed-forward is ungated (up, then GELU in place): one T(n_ff), not three
         # (all-MiniLM-L6-v2 at ubatch 4096: the attention phase, 75 MiB, is the peak)
-        ff_phases.append(masks + 2 * T(E) + (T(ff) if facts.architecture == "bert" else 3 * T(ff)))
+        phases.append(masks + 2 * T(E) + (T(ff) if facts.architecture == "bert" else 3 * T(ff)))
     if moe and layers:
-        ff_phases.append(masks + 2 * T(E) + 3 * moe_act + 2 * T(facts.n_expert))
-    phases += ff_phases
-    if fa_copy and att:
-        phases.append(fa_copy + att_peak)
+        phases.append(masks + 2 * T(E) + 3 * moe_act + 2 * T(facts.n_expert))
     if any(facts.is_recurrent(il) for il in layers):
         phases.append(3 * T(E))  # the scan's inputs stay below the logits in every case measured
     return max(phases, default=0)
