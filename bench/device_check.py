@@ -740,24 +740,10 @@ def peak_rss_bytes(pid: int) -> int | None:
 
 
 def streams_level(base: str, streams: int, tokens: int, headers: dict) -> dict:
-    """serve_throughput's streaming clients, released together, with every stream's TTFT kept
-    (the front door's TTFT p50 pools every stream of every round)."""
-    import threading
-
-    from serve_throughput import Release, one_stream, run_together
-
-    out: list = [None] * streams
-    start = Release(streams)
-    threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
-                                                         tokens, out, i, start), kwargs={"headers": headers})
-               for i in range(streams)]
-    t0 = run_together(threads, start)
-    done = [o for o in out if o is not None]
-    if len(done) < streams:
-        raise RuntimeError(f"{streams - len(done)} of {streams} streams failed against {base}")
-    wall = max(o["end"] for o in done) - t0
-    tokens_in = sum(o["tokens"] for o in done)
-    return {"aggregate": tokens_in / wall, "wall": wall, "ttfts": [o["ttft"] for o in done], "tokens": tokens_in}
+    """serve_throughput.run_level with the front door's token, every stream's TTFT kept (the
+    front door's TTFT p50 pools every stream of every round)."""
+    r = run_level(base, streams, tokens, headers)
+    return {k: r[k] for k in ("aggregate", "wall", "ttfts", "tokens")}
 
 
 def gateway_yaml(run: Run, port: int, keys: Path, model: str, engine: Server, queue_depth: int,

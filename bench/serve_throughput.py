@@ -290,19 +290,23 @@ def costs_line(name: str, c: dict[str, float]) -> str:
             f"host {c['host_per_token']:6.1f} µs per generated token")
 
 
-def run_level(base: str, clients: int, n: int) -> dict:
+def run_level(base: str, clients: int, n: int, headers: dict | None = None) -> dict:
+    """``clients`` streams of ``n`` tokens released together; RuntimeError when any failed."""
     out: list = [None] * clients
     start = Release(clients)
     threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
-                                                          n, out, i, start)) for i in range(clients)]
+                                                          n, out, i, start), kwargs={"headers": headers})
+               for i in range(clients)]
     t0 = run_together(threads, start)
+    if None in out:
+        raise RuntimeError(f"{out.count(None)} of {clients} streams failed against {base}")
     wall = max(o["end"] for o in out) - t0
     ttfts = sorted(o["ttft"] for o in out)
     return {"aggregate": sum(o["tokens"] for o in out) / wall, "wall": wall,
             "per_stream": statistics.mean(o["stream_tps"] for o in out),
             "ttft_p50": statistics.median(ttfts),
             "ttft_p95": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))],
-            "tokens": sum(o["tokens"] for o in out)}
+            "tokens": sum(o["tokens"] for o in out), "ttfts": ttfts}
 
 
 def load_average() -> str:

@@ -351,3 +351,17 @@ def test_rehearsal_front_door(front_door_rehearsal):
     assert goals["governed access measured"] and goals["usage ledger: one row per request made"]
     assert goals["aiboxctl audit verify passes"]
     assert "## governed access" in (out / "device-check.md").read_text()
+
+
+def test_a_level_whose_streams_fail_says_so():
+    """run_level (the speed step's and, through streams_level, the front door's) names the failed
+    streams in one RuntimeError, where a stream that died left a hole its figures tripped on."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import device_check
+    from serve_throughput import free_port, run_level
+
+    base = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RuntimeError, match=r"^2 of 2 streams failed against http://127\.0\.0\.1:\d+$"):
+        run_level(base, 2, 4)
+    with pytest.raises(RuntimeError, match="1 of 1 streams failed"):
+        device_check.streams_level(base, 1, 4, {"Authorization": "Bearer x"})
