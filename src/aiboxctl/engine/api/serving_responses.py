@@ -35,12 +35,9 @@ class TranslatedServing(ChatServing):
         source = parse_body(raw, self.body_type)
         try:
             body = TranslatedChat.model_validate(source.chat_request())
-        except ValidationError as exc:
-            message, _ = validation_message(exc)
+        except ValueError as exc:  # chat_request's own refusal, or chat's validation of what it made
+            message = validation_message(exc)[0] if isinstance(exc, ValidationError) else str(exc)
             raise Rejected(400, message, param=self.prompt_param, code="invalid_value",
-                           audit_error="invalid request") from None
-        except ValueError as exc:
-            raise Rejected(400, str(exc), param=self.prompt_param, code="invalid_value",
                            audit_error="invalid request") from None
         body._source = source
         return body
