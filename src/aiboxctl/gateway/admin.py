@@ -7,6 +7,8 @@ queues are read from the live pools; users and tokens from the usage ledger (rea
 event loop). Only an admin key gets it: a user key is 403 and no key 401, in OpenAI's error shape.
 A front door without keys has no admin keys (and no ledger), so there it is 403 saying how to turn
 keys on.
+Every refusal here is counted in ``aibox_gateway_access_denied_total{reason}`` as app.py counts the
+others (auth_401, auth_403).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route's annotations (Request).
@@ -103,7 +105,7 @@ async def admin_refusal(gate: Any, request: Any) -> Optional[Refusal]:
     # another key check (or none) may say 401, but it cannot say who is an admin
     return Refusal(403, "the admin view needs keys on this front door: set keys_file in gateway.yaml and "
                    "make an admin key (aiboxctl keys add NAME --admin)", code="admin_required",
-                   type_="permission_error")
+                   type_="permission_error", reason="auth_403")
 
 
 def mount(app: Any, holder: dict[str, Any], gate: Any, *, now: Callable[[], float] = time.time) -> None:
@@ -115,6 +117,8 @@ def mount(app: Any, holder: dict[str, Any], gate: Any, *, now: Callable[[], floa
     async def admin(request: Request) -> Any:
         refusal = await admin_refusal(gate, request)
         if refusal is not None:
+            # counted as app.py's refused() counts every other refusal at the gate (auth_401, auth_403)
+            request.app.state.metrics.denied.labels(refusal.reason or str(refusal.status)).inc()
             return _refusal_response(refusal)
         t = now()
         access = getattr(gate, "access", None)
