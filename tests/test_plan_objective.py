@@ -22,17 +22,19 @@ def _plan(profile: str, hardware: str, model: str | None = None, **changes):
 
 
 def test_a_near_miss_on_speed_beats_a_two_bit_quant_and_is_said():
-    p = _plan("gov-office", "h800-x8", "deepseek-r1")
+    # 6.3 tok/s: the H800s' measured per-stream cost puts R1 Q4_K_M at 20 users just under it (at
+    # the profile's 8 it is beyond the tolerance and the 2-bit file is taken, as below).
+    p = _plan("gov-office", "h800-x8", "deepseek-r1", target_tokens_per_s=6.3)
     assert (p.variant, p.quant) == ("deepseek-r1-671b", "Q4_K_M")
-    assert 8 * 0.9 <= p.throughput.per_user_tok_s < 8
-    assert p.near_miss.startswith(f"{p.throughput.per_user_tok_s:.1f} of 8 tok/s per user at 20 users")
+    assert 6.3 * 0.9 <= p.throughput.per_user_tok_s < 6.3
+    assert p.near_miss.startswith(f"{p.throughput.per_user_tok_s:.1f} of 6.3 tok/s per user at 20 users")
     assert p.to_dict()["throughput"]["near_miss"] == p.near_miss
     assert any(n.startswith("near miss: ") for n in p.notes)
     # Not tried, not silently dropped to: the 2-bit files come after a quantization that keeps quality.
     low = {r.quant: r for r in p.rejected if r.variant == "deepseek-r1-671b"}
     assert low["UD-Q2_K_XL"].kind == "preference" and low["UD-IQ1_S"].kind == "preference"
-    # Beyond the tolerance the miss is a miss: a target of 9.5 tok/s takes the 2-bit file.
-    far = _plan("gov-office", "h800-x8", "deepseek-r1", target_tokens_per_s=9.5)
+    # Beyond the tolerance the miss is a miss: the profile's 8 tok/s takes the 2-bit file.
+    far = _plan("gov-office", "h800-x8", "deepseek-r1")
     assert far.quant.startswith("UD-") and not far.near_miss
 
 

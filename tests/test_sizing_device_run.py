@@ -139,3 +139,33 @@ def test_a_probed_gh100_plans_with_the_measured_stream_cost(tmp_path):
     with_cost, without = (estimate_throughput(f, est, [box.host_speed, s], active_params=7.615616512e9,
                                               streams=64, depth=DEPTH) for s in (gpu.speed, free))
     assert with_cost.per_user_tok_s < 0.8 * without.per_user_tok_s
+
+
+def test_a_gh100_hardware_profile_plans_with_the_probe_s_stream_cost():
+    """`aiboxctl plan --hardware h800-x8` gave its H800s no per-stream cost (box_from_profile built
+    them without it, the probe's box had it), so the profile's plan predicted many streams as if
+    they cost nothing but KV reads. Its devices are now what a probe of the same card sees, and the
+    plan's per-user speed drops; profiles of other backends, or CUDA cards without a measured run,
+    get no stream cost."""
+    import dataclasses
+
+    from aiboxctl.sizing.box import box_from_profile
+    from aiboxctl.sizing.hardware_profiles import hardware_profile_names, load_hardware_profile
+    from aiboxctl.sizing.planner import plan
+    from aiboxctl.sizing.profiles import load_use_case
+
+    box = box_from_profile(load_hardware_profile("h800-x8"))
+    assert box.accelerators
+    for dev in box.accelerators:  # the profile's figures are the probe table's: the same view
+        assert dev.speed == known_accelerator_speed(dev.name, dev.model, dev.backend)
+        assert dev.speed.stream_tflops == (20.3, 115.0)
+    free = dataclasses.replace(box, accelerators=tuple(dataclasses.replace(d, stream_tflops=None)
+                                                       for d in box.accelerators))
+    use = load_use_case("gov-office")  # 20 users: the streams' cost shows
+    now, before = plan(use, box), plan(use, free)
+    assert (now.variant, now.quant, now.engine.parallel) == (before.variant, before.quant, before.engine.parallel)
+    assert now.throughput.per_user_tok_s < before.throughput.per_user_tok_s
+    for name in hardware_profile_names():
+        for dev in box_from_profile(load_hardware_profile(name)).accelerators:
+            if dev.backend != "cuda" or not any(k in dev.model for k in ("H100", "H200", "H800")):
+                assert dev.stream_tflops is None, (name, dev)

@@ -128,7 +128,8 @@ def box_from_profile(hw: HardwareProfile) -> Box:
             counters[prefix] = i + 1
             assumed = _eta_assumed(acc.backend, acc.decode_efficiency, acc.sources.get("decode_efficiency", ""))
             devices.append(BoxDevice(f"{prefix}{i}", acc.model, acc.backend, acc.memory, acc.bandwidth_gbps,
-                                     acc.fp16_tflops, acc.decode_efficiency, acc.soc, assumed))
+                                     acc.fp16_tflops, acc.decode_efficiency, acc.soc, assumed,
+                                     stream_tflops=known_stream_tflops(acc.model, acc.backend)))
     cpu_tflops = (hw.cpu.fp32_gflops or hw.cpu.cores * 2.5 * 32) / 1000
     return Box(hw.name, f"hardware profile {hw.name}", hw.memory.total, hw.memory.bandwidth_gbps, hw.cpu.cores,
                cpu_tflops, tuple(devices), tuple(idle), False, hw.notes,
@@ -157,16 +158,22 @@ _KNOWN_STREAM_TFLOPS: tuple[tuple[str, tuple[float, float]], ...] = (
 )
 
 
+def known_stream_tflops(label: str, backend: str) -> tuple[float, float] | None:
+    """The measured batched-step cost of an accelerator named ``label`` (its model name), for a
+    probed box and a hardware profile alike; None for one never measured. The cost is ggml-cuda's
+    kernels': only a ``cuda`` device gets it."""
+    if backend != "cuda":
+        return None
+    return next((t for k, t in _KNOWN_STREAM_TFLOPS if k.lower() in label.lower()), None)
+
+
 def known_accelerator_speed(name: str, label: str, backend: str = "cuda") -> DeviceSpeed | None:
     """The throughput model's view of an accelerator this table knows by ``label`` (its model
-    name), as ``name`` ("CUDA0"); None for one it does not know. The measured batched-step cost
-    is ggml-cuda's kernels': only a ``cuda`` device gets it."""
+    name), as ``name`` ("CUDA0"); None for one it does not know."""
     known = next((k for k in _KNOWN_ACCELERATORS if k[0].lower() in label.lower()), None)
     if known is None:
         return None
-    streams = next((t for k, t in _KNOWN_STREAM_TFLOPS if k.lower() in label.lower()), None) \
-        if backend == "cuda" else None
-    return DeviceSpeed(name, backend, known[1], known[2], known[3], streams)
+    return DeviceSpeed(name, backend, known[1], known[2], known[3], known_stream_tflops(label, backend))
 
 
 def box_from_report(report: Any) -> Box:
