@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiboxctl.access.gate import AccessControl, Admission, reservation
+from aiboxctl.access.keys import KeyRecord
 from aiboxctl.access.refusal import AccessDenied
 from aiboxctl.gateway.pool import Refusal
 
@@ -48,7 +49,7 @@ class AccessGate:
         path = path or request.url.path
         try:
             if body is None or path not in self.routes:
-                key = self.access.keys.authenticate(auth)
+                key = await self._authenticate(auth)
                 if path in ADMIN_PATHS:
                     self.access.keys.require_admin(key)
                 return None
@@ -67,11 +68,19 @@ class AccessGate:
         request.state.aibox_admission = admission
         return None
 
-    def allows(self, request: Any, model: str) -> bool:
+    async def _authenticate(self, auth: str | None) -> KeyRecord:
+        """The key (or AccessDenied) without blocking the event loop: on the loop when the key
+        file is unchanged since it was read (one ``os.stat``), else the re-read in a thread."""
+        key = self.access.keys.authenticate_nowait(auth)
+        if key is None:
+            key = await asyncio.to_thread(self.access.keys.authenticate, auth)
+        return key
+
+    async def allows(self, request: Any, model: str) -> bool:
         """Whether the request's key may use ``model`` (its scope only: nothing is admitted or
         recorded), so that the document picker asks a retrieval model the key may use."""
         try:
-            self.access.keys.authorize(self.access.keys.authenticate(_authorization(request)), model)
+            self.access.keys.authorize(await self._authenticate(_authorization(request)), model)
         except AccessDenied:
             return False
         return True

@@ -186,11 +186,12 @@ def _body(raw: bytes) -> tuple[str, str, int]:
 
 def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | None,
           admit: Callable[[Any, str, dict], Awaitable[Any]] | None = None,
-          allows: Callable[[Any, str], bool] | None = None, max_body_bytes: int) -> None:
+          allows: Callable[[Any, str], Awaitable[bool]] | None = None, max_body_bytes: int) -> None:
     """Add ``POST /v1/aibox/docpick`` to the front door ``app``; ``holder["gw"]`` is its Gateway.
     ``admit`` (app.py's ``admit_inner``): each engine call is admitted and finished as a request
     of the caller's key to that model's route (scope, limits, ledger row, audit, fail closed);
-    ``allows`` (the gate's scope check): which retrieval models the caller's key may use."""
+    ``allows`` (the gate's scope check, awaited: a changed key file is read off the event loop):
+    which retrieval models the caller's key may use."""
     from fastapi import Request
     from fastapi.responses import JSONResponse
 
@@ -253,7 +254,7 @@ def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | No
                   if p.role in ("rerank", "embedding") and any(r.healthy for r in p.replicas)]
             # the models the key may use; when it may use none, the first is asked and its refusal
             # (403 naming the model, recorded) is the answer
-            usable = [p for p in up if allows is None or allows(request, p.name)] or up
+            usable = [p for p in up if allows is None or await allows(request, p.name)] or up
             pools: dict[str, str] = {}
             for p in usable:
                 pools.setdefault(p.role, p.name)
