@@ -52,20 +52,25 @@ def bench(
     unknown = wanted - set(ROLES)
     if unknown:
         raise UsageError(f"--role must be one of {', '.join(ROLES)} (got {', '.join(sorted(unknown))})")
+    given = _given_configs(engine_config or [])  # a bad argument fails before anything is measured
     endpoint = endpoint_from_install(root, url=url, api_key=api_key)
     manifest = load_manifest(install_layout(root)) if url is None else None
     spec = manifest.spec if manifest else {}
     served = served_models(endpoint)
-    pooled_models = [(m, r) for m, r in served if r in ("embedding", "rerank") and r in wanted]
+    pooled_models = [(m, r) for m, r in served if r in POOLED and r in wanted]
     chat_served = any(r == "chat" for _, r in served)
-    configs = _pooled_configs(root if url is None else None, engine_config or [])
-    predictors = _predictors(configs, [m for m, _ in pooled_models])
+    # the installed engines' configurations: those of this box (--root), also behind --url without --engine-config
+    layout = install_layout(root) if url is None or not given else None
+    predictors, why = _predictions([m for m, _ in pooled_models], given, layout)
+    served_names = {m for m, _ in served}
+    notes = tuple(f"--engine-config {path}: its model {cfg.served_name!r} is not served at {endpoint.url}: "
+                  "no prediction from it" for path, cfg in given if cfg.served_name not in served_names)
     pooled = []
     for model, r in pooled_models:
         output.note(f"benchmarking {r} model {model} at {endpoint.url}: "
                     + (f"{embed_batch} passages per request" if r == "embedding" else f"1 query x {rerank_docs} documents"))
         pooled.append(run_pooled_bench(endpoint, model, r, batch=embed_batch, documents=rerank_docs,
-                                       rounds=max(runs, 1), predict=predictors.get(model)))
+                                       rounds=max(runs, 1), predict=predictors.get(model), no_prediction=why.get(model)))
     if "chat" in wanted and chat_served:
         slots = int((spec.get("engine") or {}).get("parallel") or 4)
         output.note(f"benchmarking {endpoint.url} ({endpoint.model or 'model'}): 1 stream × {runs}, then {concurrency or slots} streams")
@@ -80,6 +85,10 @@ def bench(
             raise UsageError(f"{endpoint.url} serves no model of the role(s) asked for ({', '.join(sorted(wanted))}); "
                              f"it serves: {', '.join(f'{m} ({r})' for m, r in served) or 'nothing'}")
         result = PooledOnlyResult(endpoint.url, tuple(pooled))
+    if notes:
+        from dataclasses import replace
+
+        result = replace(result, notes=(*result.notes, *notes))
 
     def human(console: Any, r: Any) -> None:
         from rich.table import Table
@@ -94,36 +103,104 @@ def bench(
     return output.emit(result, human)
 
 
-def _pooled_configs(root: Any, files: list[Path]) -> list[Any]:
-    """The pooled engines' configurations, read as the engine reads them (its defaults, a relative
-    model path against the file's folder): the installed set's (engines/*.yaml) and the files
-    given with --engine-config."""
-    from aiboxctl.deploy.instances import engines_dir, instance_names, is_multi
-    from aiboxctl.deploy.spec import install_layout
+POOLED = ("embedding", "rerank")
+_CONFIG_HINT = "the engine.yaml the embedding/rerank engine was started with; without it, no prediction"
+
+
+def _read_config(path: Path) -> Any:
+    """``path`` read as the engine reads it (engine.config.load_engine_config: its defaults, a
+    relative model path against the file's folder); any way it fails is one UsageError whose
+    message starts with the path."""
     from aiboxctl.engine.config import load_engine_config
+    from aiboxctl.errors import AiboxError, UsageError
 
-    paths = list(files)
-    if root is not None or not files:
-        layout = install_layout(root)
-        if is_multi(layout):
-            paths += [engines_dir(layout) / f"{name}.yaml" for name in instance_names(layout)]
-    configs = [load_engine_config(p) for p in paths]
-    return [c for c in configs if c.role in ("embedding", "rerank")]
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    try:
+        return load_engine_config(path)
+    except AiboxError as exc:
+        message = exc.message if exc.message.startswith(str(path)) else f"{path}: {exc.message}"
+    except UnicodeDecodeError:
+        message = f"{path}: not UTF-8 text (an engine.yaml is YAML)"
+    except OSError as exc:
+        message = f"{path}: cannot be read ({exc.strerror or exc})"
+    raise UsageError(message)
 
 
-def _predictors(configs: list[Any], models: list[str]) -> dict[str, Any]:
-    if not configs or not models:
-        return {}
+def _given_configs(files: list[Path]) -> list[tuple[Path, Any]]:
+    """The --engine-config files, each with its configuration; one that is missing, unreadable or
+    not a valid engine.yaml is a usage error naming the option."""
+    from aiboxctl.errors import UsageError
+
+    out = []
+    for path in files:
+        path = path.expanduser()
+        try:
+            out.append((path, _read_config(path)))
+        except UsageError as exc:
+            raise UsageError(f"--engine-config {exc.message}", hint=_CONFIG_HINT) from None
+    return out
+
+
+def _installed_paths(layout: Any, model: str) -> list[Path]:
+    """engines/<name>.yaml of the installed engines that serve ``model`` (the front door's
+    gateway.yaml says which); every engine's when gateway.yaml cannot be read; none on a box of
+    one engine."""
+    from aiboxctl.deploy.instances import engines_dir, gateway_config_path, instance_names, is_multi
+    from aiboxctl.errors import AiboxError
+    from aiboxctl.gateway.config import load_gateway_config
+
+    if not is_multi(layout):
+        return []
+    try:
+        names = [e.name for e in load_gateway_config(gateway_config_path(layout)).engines if model in e.models]
+    except (AiboxError, OSError, ValueError):
+        names = instance_names(layout)
+    return [engines_dir(layout) / f"{name}.yaml" for name in names]
+
+
+def _predictions(models: list[str], given: list[tuple[Path, Any]],
+                 layout: Any | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """For each pooled model measured, sizing's predictor for its engine's configuration (an
+    --engine-config file, else the installed engines/<name>.yaml that serves it), or why there is
+    none, said beside its figures. Only those files are read, and only when a pooled model is
+    measured: a broken configuration costs its prediction, never the measurement."""
+    from aiboxctl.errors import AiboxError, UsageError
+
+    found: dict[str, tuple[Path, Any]] = {}
+    why: dict[str, str] = {}
+    for path, cfg in given:
+        if cfg.role in POOLED and cfg.served_name in models:
+            found.setdefault(cfg.served_name, (path, cfg))
+    for model in models:
+        if model in found or layout is None:
+            continue
+        for path in _installed_paths(layout, model):
+            try:
+                cfg = _read_config(path)
+            except UsageError as exc:
+                why.setdefault(model, f"no prediction: the installed engine configuration {exc.message}")
+                continue
+            if cfg.role in POOLED and cfg.served_name == model:
+                found[model] = (path, cfg)
+                why.pop(model, None)
+                break
+    if not found:
+        return {}, why
     from aiboxctl.hardware.probe import probe_box
     from aiboxctl.sizing.box import as_box
     from aiboxctl.sizing.pooled_speed import predictor_for
 
     box = as_box(probe_box())
-    out = {}
-    for cfg in configs:
-        if cfg.served_name in models and cfg.served_name not in out:
-            out[cfg.served_name] = predictor_for(cfg, box)
-    return out
+    predictors = {}
+    for model, (path, cfg) in found.items():
+        try:
+            predictors[model] = predictor_for(cfg, box)
+        except AiboxError as exc:  # not a GGUF, a directory
+            why[model] = f"no prediction: {path} names the model file {cfg.model}: {exc.message}"
+        except OSError as exc:  # not on this machine (a file from the box at --url), unreadable
+            why[model] = f"no prediction: {path} names the model file {cfg.model}: {exc.strerror or exc}"
+    return predictors, why
 
 
 def _chat_table(console: Any, r: Any, Table: Any) -> None:

@@ -235,9 +235,11 @@ Predictor = Callable[[str, int, float], "dict[str, Any] | None"]
 
 
 def run_pooled_bench(endpoint: Endpoint, model: str, role: str, *, batch: int = 16, documents: int = 50,
-                     rounds: int = 3, predict: Predictor | None = None, timeout: float = 600.0) -> PooledBench:
+                     rounds: int = 3, predict: Predictor | None = None, no_prediction: str | None = None,
+                     timeout: float = 600.0) -> PooledBench:
     """Embeddings: ``batch`` passages per request, texts/s and tokens/s. Rerank: one query over
-    ``documents`` passages, the request's latency. The median of ``rounds`` after a warm-up."""
+    ``documents`` passages, the request's latency. The median of ``rounds`` after a warm-up.
+    ``no_prediction``: the note said beside figures without a prediction (why there is none)."""
     n = max(1, batch if role == "embedding" else documents)
     texts = [PASSAGES[i % len(PASSAGES)] + f" ({i + 1})" for i in range(n)]
     if role == "embedding":
@@ -259,7 +261,7 @@ def run_pooled_bench(endpoint: Endpoint, model: str, role: str, *, batch: int = 
     texts_s = n / seconds if seconds > 0 else 0.0
     tokens_s = usage_tokens / seconds if seconds > 0 else 0.0
     predicted = dict((predict(role, n, per_input) if predict and per_input else None) or {})
-    notes = [] if predicted else ["no prediction: the engine's configuration is not known here "
+    notes = [] if predicted else [no_prediction or "no prediction: the engine's configuration is not known here "
                                   "(an installed box, or --engine-config FILE)"]
     if role == "embedding":
         ratio = {"texts_per_s": _ratio(texts_s, _predicted_value(predicted, "texts_per_s")),
