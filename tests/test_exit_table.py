@@ -109,3 +109,66 @@ def test_readme_table_is_the_errors_table():
     assert set(rows) == {int(c) for c in ExitCode}
     for code, exit_code in EXIT_CODES.items():
         assert f"`{code}`" in rows[int(exit_code)], f"{code} not on README's exit-code row {int(exit_code)}"
+
+
+def _raised_codes() -> dict[str, set[int]]:
+    """Every ``errors[].code`` an AiboxError in src/ can carry, with the exit code(s) it gets: each
+    ``code = "..."`` of an AiboxError subclass and each ``code="..."`` passed to one (found by
+    reading the source, so a new code cannot be missed), the exit code decided as AiboxError does
+    (the table, else the class's)."""
+    import ast
+    import importlib
+
+    from aiboxctl.errors import exit_code_for
+
+    src = ROOT / "src"
+    classes: dict[str, tuple[list[str], str | None, str]] = {}  # name -> (bases, class code, module)
+    calls: list[tuple[str, str]] = []  # (callee, code)
+    for f in sorted((src / "aiboxctl").rglob("*.py")):
+        module = ".".join(f.relative_to(src).with_suffix("").parts)
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                code = next((st.value.value for st in node.body if isinstance(st, ast.Assign)
+                             and any(isinstance(t, ast.Name) and t.id == "code" for t in st.targets)
+                             and isinstance(st.value, ast.Constant)), None)
+                bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                classes.setdefault(node.name, (bases, code, module))
+            elif isinstance(node, ast.Call):
+                callee = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+                calls += [(callee, kw.value.value) for kw in node.keywords if kw.arg == "code"
+                          and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str)]
+
+    def is_aibox(name: str, depth: int = 0) -> bool:
+        return name == "AiboxError" or (name in classes and depth < 20
+                                        and any(is_aibox(b, depth + 1) for b in classes[name][0]))
+
+    def exit_of(name: str, code: str) -> int:
+        cls = getattr(importlib.import_module(classes[name][2]), name)
+        return int(exit_code_for(code, cls.exit_code))
+
+    found: dict[str, set[int]] = {}
+    for name, (_, code, _) in classes.items():
+        if code is not None and is_aibox(name):
+            found.setdefault(code, set()).add(exit_of(name, code))
+    for callee, code in calls:
+        if is_aibox(callee):
+            found.setdefault(code, set()).add(exit_of(callee, code))
+    return found
+
+
+def test_readme_table_lists_every_code_raised_in_src():
+    """Every code an AiboxError in src/ carries is on README's row of the exit code it gets (one
+    exit code per code), and the table names no code that nothing raises."""
+    readme = (ROOT / "README.md").read_text()
+    rows = {int(line.split("|")[1]): line.split("|")[3] for line in readme.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    found = _raised_codes()
+    assert "wheel_slim_failed" in found and "install_interrupted" in found  # the scan sees calls and classes
+    for code, exits in sorted(found.items()):
+        assert len(exits) == 1, f"{code} exits with {sorted(exits)} depending on the class that raises it"
+        (exit_code,) = exits
+        assert f"`{code}`" in rows[exit_code], f"{code} (exit {exit_code}) is not on README's exit-code row {exit_code}"
+    import re
+
+    listed = {c for cell in rows.values() for c in re.findall(r"`([a-z0-9_]+)`", cell)}
+    assert listed <= set(found) | set(EXIT_CODES), f"README lists codes nothing raises: {listed - set(found) - set(EXIT_CODES)}"
