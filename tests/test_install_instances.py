@@ -221,6 +221,7 @@ def test_two_instances_install_serve_on_one_port_and_uninstall_cleanly(tmp_path)
         # re-running with the same inputs changes nothing
         code, again = run_json("install", "--profile", str(profile), "--port", str(port), "--yes", timeout=600)
         assert code == 0 and again["data"]["changed"] == 0, again
+        _a_hung_replica_shows_in_status(run, run_json, port, after["chat"]["pid"])
     finally:
         code, un = run_json("uninstall", "--yes")
     assert code == 0, un
@@ -229,3 +230,36 @@ def test_two_instances_install_serve_on_one_port_and_uninstall_cleanly(tmp_path)
     assert not [p for p in root.rglob("*") if p.is_file() and "var/log" not in str(p)]
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(root) not in ps
+
+
+def _a_hung_replica_shows_in_status(run, run_json, port: int, chat_pid: int) -> None:
+    """The chat engine stopped (SIGSTOP): the front door first counts it slow (its health checks
+    time out, it stays in), then takes it out; `status` said neither (the front door's /health
+    carries both). Now a slow replica is a warning and one taken out a problem with the front
+    door's reason, in --json and in the human view; SIGCONT: healthy again."""
+    import os
+    import signal
+
+    import httpx
+
+    from test_engine_support import wait_until
+
+    def replica() -> tuple[str | None, str | None]:  # (slow reason, down reason) at the front door
+        m = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["models"]["smollm2-135m-instruct"]
+        return m["slow"].get("chat"), m["down"].get("chat")
+
+    os.kill(chat_pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: replica()[0] is not None, timeout=60, interval=0.05), replica()
+        code, st = run_json("status")  # within the checks left before it goes out
+        slow = [w for w in st["data"]["warnings"] if "chat" in w and "slow" in w]
+        assert code == 5 and slow and "health check slow" in slow[0], st["data"]["warnings"]
+        assert wait_until(lambda: replica()[1] is not None, timeout=60), replica()
+        code, st = run_json("status")
+        down = [p for p in st["data"]["problems"] if "front door" in p and "chat" in p]
+        assert code == 5 and down and "timed out 3 times in a row" in down[0], st["data"]["problems"]
+        human = run("status")
+        assert human.returncode == 5 and "timed out 3 times in a row" in human.stderr, human.stderr
+    finally:
+        os.kill(chat_pid, signal.SIGCONT)
+    assert wait_until(lambda: replica() == (None, None), timeout=120), replica()

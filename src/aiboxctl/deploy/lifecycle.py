@@ -122,6 +122,9 @@ def status(root: str | Path | None = None) -> StatusResult:
         instances = instance_status(spec, kids)
         problems += [f"instance {i['name']} is not healthy (HTTP {i['http_status']})" for i in instances
                      if state.active and not i["healthy"]]
+    slow, down = front_door_replicas(body)
+    warnings += slow
+    problems += down
     return StatusResult(
         instances=instances, root=str(layout.root), healthy=code == 200 and not problems, service=vars(state) | {},
         health={"http_status": code, **body}, profile=manifest.profile, model_variant=manifest.model_variant,
@@ -130,6 +133,20 @@ def status(root: str | Path | None = None) -> StatusResult:
         log_file=str(layout.log / "engine.log"), model_state=model.state, problems=tuple(problems),
         warnings=tuple(warnings),
     )
+
+
+def front_door_replicas(body: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(warnings, problems) from the front door's /health: a replica it counts as slow (its
+    health checks time out, it still serves) and one it has taken out, each with its reason.
+    An engine's own /health has no ``models``: nothing."""
+    models = body.get("models")
+    slow, down = [], []
+    for model, m in (models.items() if isinstance(models, dict) else ()):
+        if not isinstance(m, dict):
+            continue
+        slow += [f"the front door counts {name} ({model}) as slow: {why}" for name, why in (m.get("slow") or {}).items()]
+        down += [f"the front door took {name} ({model}) out: {why}" for name, why in (m.get("down") or {}).items()]
+    return slow, down
 
 
 def _reinstall_hint(layout: InstallLayout, spec: InstallSpec) -> str:
