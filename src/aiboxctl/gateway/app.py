@@ -255,7 +255,8 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
         return _Relay(holder["gw"], metrics, pool, endpoint, request.url.path, body,
                       affinity_key(data) if role == "chat" else None, arrived,
                       accept=request.headers.get("accept"),
-                      access=_Access(admission, settle, strip_usage) if admission is not None else None)
+                      access=_Access(admission, settle, strip_usage) if admission is not None else None,
+                      stream=data.get("stream") is True)
 
     for path in ROUTES:
         app.add_api_route(path, proxied, methods=["POST"])
@@ -314,17 +315,48 @@ class _ClientGone(Exception):
     pass
 
 
+class _Unresponsive(Exception):
+    """The engine sent nothing for ``stream_idle_timeout_s`` (the message says so)."""
+
+
+class _Hold:
+    """A relay's place on its replica (``Replica.in_flight``): the health poller calls ``cut``
+    when it finds the engine hung, which cancels the relay's work on that engine; the relay then
+    ends the client's answer itself (see ``_Relay._unresponsive``)."""
+
+    def __init__(self) -> None:
+        import anyio
+
+        self.scope = anyio.CancelScope()
+        self.reason: str | None = None
+
+    def cut(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+
+class _EngineCut(Exception):
+    """Raised to the server to cut a started body the engine stopped sending (no clean end exists)."""
+
+
 class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server instead of serialising it
     """An ASGI response that takes a slot, sends the body to the engine and relays the answer,
-    while a second task waits for the client's ``http.disconnect`` and cancels it all."""
+    while a second task waits for the client's ``http.disconnect`` and cancels it all. An engine
+    found hung (the health poller's ``_Hold.cut``) or, for a stream, silent for
+    ``stream_idle_timeout_s`` ends the answer: a 502 before anything was sent, else a final SSE
+    error event (a started body that is not a stream is cut)."""
 
     def __init__(self, gw: Gateway, metrics: GatewayMetrics, pool: ModelPool, endpoint: str, path: str,
                  body: bytes, key: str | None, arrived: float, accept: str | None,
-                 access: _Access | None = None) -> None:
+                 access: _Access | None = None, stream: bool = False) -> None:
         self.gw, self.metrics, self.pool, self.endpoint, self.path = gw, metrics, pool, endpoint, path
         self.access = access
         self.status = 499  # what an admitted request is recorded with unless the relay learns better
         self.body, self.key, self.arrived = body, key, arrived
+        self.stream = stream  # the client asked for a stream: stream_idle_timeout_s applies
+        self.started = self.ended = self.counted = False  # response start sent; its end sent; requests_total counted
+        self.sse, self.tail = False, b""  # the answer is SSE; its last bytes sent (an event's end?)
         self.background = None  # read by FastAPI; Response.__init__ is not called (nothing to render)
         self.engine_headers = {"content-type": "application/json"}
         if accept:
@@ -355,9 +387,6 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                 await self.access.finish(self.status)
 
     async def _relay(self, send: Callable) -> None:
-        import anyio
-        import httpx
-
         m, pool = self.metrics, self.pool
         excluded: frozenset[str] = frozenset()
         while True:
@@ -379,34 +408,90 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                 m.requests.labels(pool.name, "", self.endpoint, "499").inc()
                 raise
             m.queue_wait.labels(pool.name).observe(time.monotonic() - waited)
+            hold = _Hold()
+            replica.in_flight.add(hold)
             try:
-                request = replica.client.build_request("POST", self.path, content=self.body, headers=self.engine_headers)
-                response = await replica.client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                # Nothing reached the client yet: take the replica out and try another one.
-                self.gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
-                m.errors.labels(pool.name, replica.name, "connect").inc()
-                self.gw.release(replica)
-                excluded = excluded | {replica.name}
-                continue
-            except BaseException:
-                self.gw.release(replica)
-                m.requests.labels(pool.name, replica.name, self.endpoint, "499").inc()
-                raise
-            try:
-                await self._pass_through(replica, response, send)
+                with hold.scope:
+                    if await self._attempt(replica, send, hold):
+                        excluded = excluded | {replica.name}  # it could not be reached: try another one
+                        continue
+            except _Unresponsive as exc:
+                hold.reason = str(exc)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
+                replica.in_flight.discard(hold)
                 self.gw.release(replica)
+            if hold.reason is not None and not self.ended:
+                await self._unresponsive(replica, send, hold.reason)
             return
 
-    async def _pass_through(self, replica: Replica, response: Any, send: Callable) -> None:
+    async def _attempt(self, replica: Replica, send: Callable, hold: _Hold) -> bool:
+        """One engine's answer relayed; True when the engine could not be reached (nothing sent
+        to the client yet: the replica is taken out and the request goes to another one)."""
+        import anyio
+        import httpx
+
+        m, pool = self.metrics, self.pool
+        idle = self.gw.config.stream_idle_timeout_s if self.stream else None
+        try:
+            t = replica.client.timeout  # with an idle limit: httpx's read timeout, between any two reads
+            timeout = httpx.Timeout(connect=t.connect, read=idle, write=t.write, pool=t.pool) if idle else t
+            request = replica.client.build_request("POST", self.path, content=self.body, headers=self.engine_headers,
+                                                   timeout=timeout)
+            response = await replica.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            self.gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            m.errors.labels(pool.name, replica.name, "connect").inc()
+            return True
+        except httpx.ReadTimeout:  # only with stream_idle_timeout_s (the read timeout is off otherwise)
+            raise _Unresponsive(_idle_message(replica.name, idle)) from None
+        except BaseException:
+            if hold.reason is None:  # the client left (a cut is counted as 502 where it is answered)
+                m.requests.labels(pool.name, replica.name, self.endpoint, "499").inc()
+                self.counted = True
+            raise
+        try:
+            await self._pass_through(replica, response, send, hold, idle)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+        return False
+
+    async def _unresponsive(self, replica: Replica, send: Callable, reason: str) -> None:
+        """End the answer of an engine that stopped responding: recorded as 502 (metrics, and the
+        ledger before the client sees the end), then a 502 error if nothing was sent yet, a final
+        SSE error event for a stream, or, for a started body of another kind, a cut connection."""
+        m, model = self.metrics, self.pool.name
+        log.warning("answer from engine %s ended: %s", replica.name, reason)
+        m.errors.labels(model, replica.name, "unresponsive").inc()
+        if not self.counted:
+            m.requests.labels(model, replica.name, self.endpoint, "502").inc()
+            m.latency.labels(model, replica.name).observe(time.monotonic() - self.arrived)
+        self.status = 502
+        if self.access is not None:
+            try:
+                await self.access.finish(502)
+            except NotRecorded as exc:
+                log.error("cut answer not acknowledged: %s", exc)
+        error = Refusal(502, reason, code="engine_unresponsive", type_="server_error").body()
+        if not self.started:
+            await _send_json(send, 502, error, {})
+        elif not self.sse:
+            raise _EngineCut(reason)
+        else:
+            gap = b"" if not self.tail or self.tail.endswith(b"\n\n") else b"\n\n"  # after a partial event
+            try:
+                await _send(send, {"type": "http.response.body", "more_body": False,
+                                   "body": gap + b"data: " + json.dumps(error).encode() + b"\n\n"})
+            except _ClientGone:
+                pass
+
+    async def _pass_through(self, replica: Replica, response: Any, send: Callable, hold: _Hold,
+                            idle: float | None) -> None:
         import httpx
 
         m, model, name = self.metrics, self.pool.name, replica.name
         access = self.access
-        sse = access is not None and response.headers.get("content-type", "").startswith("text/event-stream")
+        sse = self.sse = response.headers.get("content-type", "").startswith("text/event-stream")
         held = b""  # with access: bytes kept back until the request is recorded
         status = "499"
         in_flight = m.in_flight.labels(model, name)
@@ -416,6 +501,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                        if k.lower() not in _DROP]
             headers.append((b"x-aibox-replica", name.encode()))
             await _send(send, {"type": "http.response.start", "status": response.status_code, "headers": headers})
+            self.started = True
             first = True
             try:
                 async for chunk in response.aiter_raw():
@@ -429,6 +515,10 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                         if not chunk:
                             continue
                     await _send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
+                    self.tail = (self.tail + chunk)[-2:]
+            except httpx.ReadTimeout:  # only with stream_idle_timeout_s: silent that long
+                status = "502"
+                raise _Unresponsive(_idle_message(name, idle)) from None
             except httpx.HTTPError as exc:  # the engine died mid-answer: cut the client's connection too
                 self.gw.mark_down(replica, f"answer cut: {type(exc).__name__}")
                 m.errors.labels(model, name, "stream").inc()
@@ -444,18 +534,28 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                     if not sse:
                         raise
                     status = "500"
+                    self.ended = True
                     await _send(send, {"type": "http.response.body", "more_body": False, "body": b"data: " + json.dumps(
                         {"error": {"message": f"the answer could not be recorded: {exc}", "type": "server_error",
                                    "param": None, "code": "recording_unavailable"}}).encode() + b"\n\n"})
                     return
+            self.ended = True
             await _send(send, {"type": "http.response.body", "body": held, "more_body": False})
             status = str(response.status_code)
         except _ClientGone:
             pass
         finally:
             in_flight.dec()
+            if hold.reason is not None and status == "499":
+                status = "502"  # cut by the health poller: the engine is hung
             m.requests.labels(model, name, self.endpoint, status).inc()
             m.latency.labels(model, name).observe(time.monotonic() - self.arrived)
+            self.counted = True
+
+
+def _idle_message(replica: str, idle: float | None) -> str:
+    return (f"engine {replica} sent nothing for {idle:g} s (stream_idle_timeout_s in gateway.yaml); "
+            "the answer was ended")
 
 
 async def _send(send: Callable, message: dict) -> None:

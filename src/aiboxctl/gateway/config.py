@@ -11,6 +11,10 @@ port: 8080
 internal_token_file: /etc/aibox/engine-keys   # the key the engines trust (engine api_keys_file format)
 queue_depth: 32          # requests waiting per model when every replica's slots are busy
 queue_timeout_s: 30      # then 429 with Retry-After
+health_failures: 3       # health checks timed out in a row (nothing relayed meanwhile): the replica
+                         # is hung, out, and the answers in flight on it end (502 / an SSE error event)
+stream_idle_timeout_s: null   # a stream silent this long is ended the same way (null: no limit;
+                         # a long prompt's prefill is silent too: set it above the longest one)
 engines:
   - name: chat-0
     role: chat           # chat | embedding | rerank
@@ -93,6 +97,11 @@ class GatewayConfig:
     # Health checks that time out in a row before a replica is taken out (a busy engine answers
     # /health late; a refused connection or a not-ok answer takes it out at once).
     health_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    # The longest a stream may go without a byte from its engine (its head included, so a long
+    # prompt's prefill counts) before the front door ends it as an unresponsive engine's (an SSE
+    # error event, or 502 before the head). None: no limit; a hung engine's streams are still ended
+    # when the health checks take it out. Answers that are not streams come whole and are not limited.
+    stream_idle_timeout_s: Optional[_Seconds] = None
     connect_timeout_s: _Seconds = 5.0
     # How many more requests in flight the replica holding a conversation's prefix may have
     # than the least busy one before the conversation moves (its prefix is recomputed there).

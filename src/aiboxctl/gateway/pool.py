@@ -51,6 +51,9 @@ class Replica:
     # health check saw: a timed-out check with chunks since then is a busy engine, not a hung one.
     relayed: int = 0
     relayed_seen: int = 0
+    # The relays holding a slot here, each with ``cut(reason)``: when the health checks find the
+    # engine hung, they are ended (the client told, the slot freed) rather than left waiting.
+    in_flight: set = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -199,9 +202,19 @@ class Gateway:
         if replica.failures >= limit or not replica.healthy:
             times = "once" if replica.failures == 1 else f"{replica.failures} times in a row"
             self._set_health(replica, False, f"health check timed out {times} ({what})")
+            self._cut_in_flight(replica)
         else:
             replica.reason = f"health check slow ({replica.failures}/{limit}): {what}"
             log.warning("engine %s: %s", replica.name, replica.reason)
+
+    def _cut_in_flight(self, replica: Replica) -> None:
+        """The replica is hung (its checks time out and it relayed nothing since the last one):
+        end every answer in flight on it; waiting longer would hold the clients and the slots
+        until the engine came back, which a wedged engine never does."""
+        if replica.in_flight:
+            log.warning("engine %s is hung: ending %d answer(s) in flight", replica.name, len(replica.in_flight))
+        for hold in list(replica.in_flight):
+            hold.cut(f"engine {replica.name} stopped responding mid-answer: {replica.reason}")
 
     async def check(self, replica: Replica) -> None:
         """One health check: GET /health; healthy when it answers 200 with status ok for a
