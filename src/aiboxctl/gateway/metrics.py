@@ -17,7 +17,8 @@ class GatewayMetrics:
         self.requests = Counter("aibox_gateway_requests", "Requests answered, by model, replica, endpoint and "
                                 "HTTP status (499: the client left)", [*mr, "endpoint", "status"], registry=r)
         self.errors = Counter("aibox_gateway_upstream_errors", "Failures talking to an engine (connect: the "
-                              "request was retried on another replica; stream: cut mid-answer)",
+                              "request was retried on another replica; stream: cut mid-answer; unresponsive: "
+                              "the engine hung or a stream went silent, the answer ended with 502)",
                               [*mr, "kind"], registry=r)
         self.rejected = Counter("aibox_gateway_rejected", "Requests refused before reaching an engine "
                                 "(queue_full, queue_timeout: 429; unavailable: 503)", ["model", "reason"], registry=r)
