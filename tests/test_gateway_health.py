@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 import yaml
 
@@ -137,7 +138,8 @@ def test_health_failures_is_validated():
 def _run(engine: _ScriptedEngine, scenario) -> None:
     async def main() -> None:
         cfg = gateway_config_from_text(_config(engine.url))
-        async with httpx.AsyncClient(base_url=engine.url, trust_env=False) as client:
+        # the client the front door builds (app.make_clients): its exceptions are what the pool catches
+        async with httpx2.AsyncClient(base_url=engine.url, trust_env=False) as client:
             gw = Gateway(cfg, {"a": client})
             await scenario(gw, gw.replicas["a"], gw.pools[MODEL])
 

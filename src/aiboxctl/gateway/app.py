@@ -112,18 +112,25 @@ def _error_response(refusal: Refusal) -> Any:
 
 
 def make_clients(config: GatewayConfig) -> dict[str, Any]:
-    """One httpx.AsyncClient per engine (a unix socket is its own transport). No proxies from
-    the environment: an HTTP_PROXY must never see loopback traffic to the engines."""
-    import httpx
+    """One httpx2.AsyncClient per engine (a unix socket is its own transport). No proxies from
+    the environment: an HTTP_PROXY must never see loopback traffic to the engines.
+
+    httpx2 (pydantic's maintained continuation of httpx), not httpx 0.28: httpcore 1.0's pool
+    re-examines every connection, and polls each idle socket, for every request queued and every
+    answer closed (O(connections x requests) per burst). With 64 requests arriving at once that
+    bookkeeping was 64 % of the front door's CPU and held the median request 315 ms before it
+    reached the engine; httpcore2's pool does one pass (bench/front_door_burst.py, docs/gateway.md
+    "Cost")."""
+    import httpx2
 
     token = config.internal_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = httpx.Timeout(connect=config.connect_timeout_s, read=None, write=60.0, pool=60.0)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    timeout = httpx2.Timeout(connect=config.connect_timeout_s, read=None, write=60.0, pool=60.0)
+    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=64)
     clients = {}
     for e in config.engines:
-        transport = httpx.AsyncHTTPTransport(uds=e.socket, limits=limits) if e.socket else None
-        clients[e.name] = httpx.AsyncClient(base_url=e.base_url, headers=headers, timeout=timeout, limits=limits,
+        transport = httpx2.AsyncHTTPTransport(uds=e.socket, limits=limits) if e.socket else None
+        clients[e.name] = httpx2.AsyncClient(base_url=e.base_url, headers=headers, timeout=timeout, limits=limits,
                                             transport=transport, trust_env=False)
     return clients
 
@@ -428,21 +435,21 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
         """One engine's answer relayed; True when the engine could not be reached (nothing sent
         to the client yet: the replica is taken out and the request goes to another one)."""
         import anyio
-        import httpx
+        import httpx2
 
         m, pool = self.metrics, self.pool
         idle = self.gw.config.stream_idle_timeout_s if self.stream else None
         try:
-            t = replica.client.timeout  # with an idle limit: httpx's read timeout, between any two reads
-            timeout = httpx.Timeout(connect=t.connect, read=idle, write=t.write, pool=t.pool) if idle else t
+            t = replica.client.timeout  # with an idle limit: httpx2's read timeout, between any two reads
+            timeout = httpx2.Timeout(connect=t.connect, read=idle, write=t.write, pool=t.pool) if idle else t
             request = replica.client.build_request("POST", self.path, content=self.body, headers=self.engine_headers,
                                                    timeout=timeout)
             response = await replica.client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.RemoteProtocolError, httpx2.ReadError) as exc:
             self.gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
             m.errors.labels(pool.name, replica.name, "connect").inc()
             return True
-        except httpx.ReadTimeout:  # only with stream_idle_timeout_s (the read timeout is off otherwise)
+        except httpx2.ReadTimeout:  # only with stream_idle_timeout_s (the read timeout is off otherwise)
             raise _Unresponsive(_idle_message(replica.name, idle)) from None
         except BaseException:
             if hold.reason is None:  # the client left (a cut is counted as 502 where it is answered)
@@ -487,7 +494,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
 
     async def _pass_through(self, replica: Replica, response: Any, send: Callable, hold: _Hold,
                             idle: float | None) -> None:
-        import httpx
+        import httpx2
 
         m, model, name = self.metrics, self.pool.name, replica.name
         access = self.access
@@ -516,10 +523,10 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                             continue
                     await _send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
                     self.tail = (self.tail + chunk)[-2:]
-            except httpx.ReadTimeout:  # only with stream_idle_timeout_s: silent that long
+            except httpx2.ReadTimeout:  # only with stream_idle_timeout_s: silent that long
                 status = "502"
                 raise _Unresponsive(_idle_message(name, idle)) from None
-            except httpx.HTTPError as exc:  # the engine died mid-answer: cut the client's connection too
+            except httpx2.HTTPError as exc:  # the engine died mid-answer: cut the client's connection too
                 self.gw.mark_down(replica, f"answer cut: {type(exc).__name__}")
                 m.errors.labels(model, name, "stream").inc()
                 status = "502"

@@ -200,7 +200,7 @@ def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | No
     from aiboxctl.net import read_body_limited
 
     async def call(request: Any, path: str, body: dict, model: str) -> dict:
-        import httpx
+        import httpx2
 
         gw = holder["gw"]
         pool = gw.pools[model]
@@ -214,7 +214,7 @@ def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | No
                 raise
             try:
                 r = await replica.client.post(path, json=body)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
                 status = 502
                 raise DocPickError(502, "engine_error", f"the {pool.role} model {model!r} did not answer",

@@ -39,7 +39,7 @@ class Refusal(Exception):
 @dataclass
 class Replica:
     entry: EngineEntry
-    client: Any  # httpx.AsyncClient
+    client: Any  # httpx2.AsyncClient
     healthy: bool = False
     reason: str | None = "not checked yet"
     outstanding: int = 0
@@ -227,15 +227,15 @@ class Gateway:
             replica.relayed_seen = replica.relayed
 
     async def _check(self, replica: Replica) -> None:
-        import httpx
+        import httpx2
 
         try:
             r = await replica.client.get("/health", timeout=self.config.health_timeout_s)
             data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-        except httpx.TimeoutException as exc:
+        except httpx2.TimeoutException as exc:
             self._timed_out(replica, exc)
             return
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx2.HTTPError, ValueError) as exc:
             replica.failures = 0  # not slow: gone (connection refused, cut) or garbled; out now
             self._set_health(replica, False, f"health check failed: {type(exc).__name__}: {exc}".rstrip(": "))
             return

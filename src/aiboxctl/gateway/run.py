@@ -51,7 +51,7 @@ def run_gateway(config: GatewayConfig, *, log_level: str = "info") -> GatewayRun
     from aiboxctl.gateway.app import ROUTES, create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per relayed request
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # not a line per relayed request
     config.internal_token()  # a missing token file is a usage error now, not at the first request
     tls = tls_files(config)
     access = open_access(config)
