@@ -181,8 +181,10 @@ class ResponsesFrames(StreamFrames):
         out = self._close()
         if not self.output:  # an empty answer is still a message
             out += self._text("message", "") + self._close()
-        # response.completed whatever the status (incomplete at the token limit, as vLLM does): the
-        # openai SDK's stream helper takes its final response from that event alone
+        # response.completed whatever the status (incomplete at the token limit, as vLLM does), not
+        # OpenAI's response.incomplete: the openai SDK's stream helper takes its final response from
+        # response.completed alone, and get_final_response() raises after response.incomplete
+        # (openai 2.54 and 3.57; openai-python#3538 open). tests/test_responses_incomplete.py checks it
         status = _terminal_status(self.finish)
         return out + self._event("response.completed", response=self._response(status, response_usage(self.req)))
 
