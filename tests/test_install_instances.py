@@ -236,7 +236,12 @@ def _a_hung_replica_shows_in_status(run, run_json, port: int, chat_pid: int) -> 
     """The chat engine stopped (SIGSTOP): the front door first counts it slow (its health checks
     time out, it stays in), then takes it out; `status` said neither (the front door's /health
     carries both). Now a slow replica is a warning and one taken out a problem with the front
-    door's reason, in --json and in the human view; SIGCONT: healthy again."""
+    door's reason, in --json and in the human view; SIGCONT: healthy again.
+
+    Each status is checked against the front door's /health as that status read it (its
+    data.health), so no window has to be hit: the reason's count goes on (3, 4, … timed out in a
+    row) while the replica is out. Slow lasts only the checks left before it goes out (~8 s at
+    the defaults); a status that read it out already (a loaded box) is tried again, stopped anew."""
     import os
     import signal
 
@@ -244,22 +249,38 @@ def _a_hung_replica_shows_in_status(run, run_json, port: int, chat_pid: int) -> 
 
     from test_engine_support import wait_until
 
+    model = "smollm2-135m-instruct"
+
     def replica() -> tuple[str | None, str | None]:  # (slow reason, down reason) at the front door
-        m = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["models"]["smollm2-135m-instruct"]
+        m = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["models"][model]
         return m["slow"].get("chat"), m["down"].get("chat")
 
-    os.kill(chat_pid, signal.SIGSTOP)
+    def seen(st: dict, kind: str) -> str | None:  # what the front door's /health said to this status
+        return ((st["data"]["health"].get("models") or {}).get(model, {}).get(kind) or {}).get("chat")
+
     try:
-        assert wait_until(lambda: replica()[0] is not None, timeout=60, interval=0.05), replica()
-        code, st = run_json("status")  # within the checks left before it goes out
-        slow = [w for w in st["data"]["warnings"] if "chat" in w and "slow" in w]
-        assert code == 5 and slow and "health check slow" in slow[0], st["data"]["warnings"]
+        for attempt in range(3):
+            os.kill(chat_pid, signal.SIGSTOP)
+            assert wait_until(lambda: replica()[0] is not None, timeout=60, interval=0.05), replica()
+            code, st = run_json("status")
+            why = seen(st, "slow")
+            if why:
+                break
+            os.kill(chat_pid, signal.SIGCONT)  # it read the replica out already: again
+            assert wait_until(lambda: replica() == (None, None), timeout=120), replica()
+        assert why, f"status never read the front door while the replica was slow ({attempt + 1} tries)"
+        assert why.startswith("health check slow"), why
+        assert code == 5 and f"the front door counts chat ({model}) as slow: {why}" in st["data"]["warnings"], \
+            st["data"]["warnings"]
         assert wait_until(lambda: replica()[1] is not None, timeout=60), replica()
         code, st = run_json("status")
-        down = [p for p in st["data"]["problems"] if "front door" in p and "chat" in p]
-        assert code == 5 and down and "timed out 3 times in a row" in down[0], st["data"]["problems"]
+        why = seen(st, "down")
+        assert why and why.startswith("health check timed out"), st["data"]["health"]
+        assert code == 5 and f"the front door took chat ({model}) out: {why}" in st["data"]["problems"], \
+            st["data"]["problems"]
         human = run("status")
-        assert human.returncode == 5 and "timed out 3 times in a row" in human.stderr, human.stderr
+        assert human.returncode == 5, human.stderr
+        assert f"the front door took chat ({model}) out: health check timed out" in human.stderr, human.stderr
     finally:
         os.kill(chat_pid, signal.SIGCONT)
     assert wait_until(lambda: replica() == (None, None), timeout=120), replica()
