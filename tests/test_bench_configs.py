@@ -124,3 +124,14 @@ def test_a_bad_engine_config_is_one_usage_line_naming_the_option(cli, box, tmp_p
     assert "Traceback" not in r.stderr and "serve" not in r.stderr
     j = cli("bench", "--url", box.url, "--json", "--engine-config", str(path))
     assert j.code == 2 and j.json()["errors"][0]["code"] == "usage"
+
+
+def test_a_chat_engine_config_is_said_to_predict_nothing(cli, box, tmp_path):
+    """--engine-config of the chat engine (its model served): bench predicts only embedding and
+    rerank from a configuration, so the file is not used, and the result says so."""
+    r = cli("bench", "--url", box.url, "--role", "embedding", "--runs", "1", "--embed-batch", "4", "--json",
+            "--engine-config", str(box.engine_configs[CHAT]))
+    assert r.code == 0, r.stdout + r.stderr
+    data = r.json()["data"]
+    assert any(str(box.engine_configs[CHAT]) in n and "chat" in n and "--engine-config" in n
+               for n in data["notes"]), data["notes"]

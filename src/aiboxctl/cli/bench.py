@@ -64,7 +64,10 @@ def bench(
     predictors, why = _predictions([m for m, _ in pooled_models], given, layout)
     served_names = {m for m, _ in served}
     notes = tuple(f"--engine-config {path}: its model {cfg.served_name!r} is not served at {endpoint.url}: "
-                  "no prediction from it" for path, cfg in given if cfg.served_name not in served_names)
+                  "no prediction from it" if cfg.served_name not in served_names else
+                  f"--engine-config {path}: a {cfg.role} engine's configuration: no prediction from it "
+                  f"(only {' and '.join(POOLED)} are predicted from one)"
+                  for path, cfg in given if cfg.served_name not in served_names or cfg.role not in POOLED)
     pooled = []
     for model, r in pooled_models:
         output.note(f"benchmarking {r} model {model} at {endpoint.url}: "
