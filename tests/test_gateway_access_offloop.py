@@ -109,3 +109,42 @@ def test_the_document_pickers_scope_check_honours_keys_added_and_revoked_after_s
                        timeout=600)
         assert r.status_code == 401 and r.json()["error"]["code"] == "revoked_api_key", r.text
     assert reads and not any(reads), f"the key file was read on the event loop ({reads.count(True)} of {len(reads)})"
+
+
+def test_a_key_file_broken_after_start_refuses_every_request_with_one_clear_503(tmp_path):
+    """The key file is edited by hand (or half-written by another tool) while the front door runs:
+    every request is refused — fail closed — with a 503 in OpenAI's error shape naming the file
+    and why, counted in access_denied_total; it was a UsageError escaping the gate (500, a traceback
+    in the log). Once the file is good again, keys work again."""
+    from fastapi.testclient import TestClient
+
+    from aiboxctl.access.gate import AccessControl, AccessSettings
+    from aiboxctl.gateway.access import AccessGate
+    from aiboxctl.gateway.app import ROUTES, create_app
+    from aiboxctl.gateway.config import EngineEntry, GatewayConfig
+
+    path = tmp_path / "keys.json"
+    store = KeyStore(path)
+    user = store.add("u", KeyLimits(), now=time.time()).secret
+    admin = store.add("ops", KeyLimits(admin=True), now=time.time()).secret
+    good = path.read_text()
+    access = AccessControl(AccessSettings(keys_file=path))
+    config = GatewayConfig(engines=(EngineEntry(name="e", models=("m",), url="http://127.0.0.1:9"),),
+                           health_interval_s=60.0)
+    try:
+        with TestClient(create_app(config, gate=AccessGate(access, routes=ROUTES))) as client:
+            auth = {"Authorization": f"Bearer {user}"}
+            assert client.get("/v1/models", headers=auth).status_code == 200
+            path.write_text(good[: len(good) // 2])  # half a file
+            for r in (client.get("/v1/models", headers=auth),
+                      client.post("/v1/chat/completions", headers=auth,
+                                  json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})):
+                assert r.status_code == 503, r.text
+                err = r.json()["error"]
+                assert err["code"] == "keys_unavailable" and str(path) in err["message"], err
+                assert "not a valid aiboxctl key file" in err["message"], err
+            path.write_text(good)
+            text = client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+            assert 'aibox_gateway_access_denied_total{reason="keys_unavailable"} 2.0' in text, text
+    finally:
+        access.close()

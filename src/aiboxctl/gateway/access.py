@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import replace
 from typing import Any
 
 from aiboxctl.access.gate import AccessControl, Admission, reservation
 from aiboxctl.access.keys import KeyRecord
 from aiboxctl.access.refusal import AccessDenied
+from aiboxctl.errors import AiboxError
 from aiboxctl.gateway.pool import Refusal
+
+log = logging.getLogger("aiboxctl.gateway")
 
 _METER_LIMIT = 1 << 20  # a JSON answer larger than this is not parsed for usage (counted as 0)
 _REQUEST_TEXT = ("messages", "prompt", "input", "query", "documents", "system", "instructions")
@@ -27,6 +31,15 @@ ADMIN_PATHS = ("/metrics", "/v1/aibox/admin")  # an admin key only
 def as_refusal(denied: AccessDenied) -> Refusal:
     return Refusal(denied.status, denied.message, code=denied.code, type_=denied.type, param=denied.param,
                    retry_after=denied.retry_after, reason=denied.limit or f"auth_{denied.status}")
+
+
+def _keys_unavailable(exc: BaseException) -> Refusal:
+    """The key file changed into something that is not keys (edited by hand, half-written,
+    unreadable): no key can be checked, so every request is refused until it is fixed."""
+    why = exc.message if isinstance(exc, AiboxError) else f"key file: {type(exc).__name__}: {exc}"
+    log.error("refusing requests: %s", why)
+    return Refusal(503, f"{why}; every request is refused until it is fixed (aiboxctl keys list)",
+                   code="keys_unavailable", type_="server_error", retry_after=5, reason="keys_unavailable")
 
 
 def _authorization(request: Any) -> str | None:
@@ -63,6 +76,8 @@ class AccessGate:
                 admission = await asyncio.to_thread(self.access.admit, auth, str(model or ""), endpoint, reserve)
         except AccessDenied as denied:
             return as_refusal(denied)
+        except (AiboxError, OSError) as exc:  # the key file cannot be read as keys: fail closed, and say why
+            return _keys_unavailable(exc)
         if self.access.settings.audit_content:
             admission = replace(admission, request_content={k: body[k] for k in _REQUEST_TEXT if k in body})
         request.state.aibox_admission = admission
@@ -81,7 +96,7 @@ class AccessGate:
         recorded), so that the document picker asks a retrieval model the key may use."""
         try:
             self.access.keys.authorize(await self._authenticate(_authorization(request)), model)
-        except AccessDenied:
+        except (AccessDenied, AiboxError, OSError):  # a broken key file: the request's admission says so
             return False
         return True
 
