@@ -33,6 +33,7 @@ from aiboxctl.gateway.balance import affinity_key
 from aiboxctl.gateway.config import GatewayConfig
 from aiboxctl.gateway.metrics import GatewayMetrics
 from aiboxctl.gateway.pool import Gateway, ModelPool, Refusal, Replica
+from aiboxctl.gateway.upstream import Streamed
 from aiboxctl.net import read_body_limited
 
 log = logging.getLogger("aiboxctl.gateway")
@@ -52,8 +53,8 @@ ROUTES: dict[str, tuple[str, str]] = {
 _LAST_EVENTS = (b"data: [DONE]", b"event: response.completed", b"event: response.incomplete",
                 b"event: response.failed", b"event: message_stop")
 # Hop-by-hop and per-connection headers are not relayed (RFC 9110 §7.6.1).
-_DROP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate",
-         "proxy-authorization", "date", "server"}
+_DROP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-authenticate",
+         b"proxy-authorization", b"date", b"server"}  # hop-by-hop, and what the front door's server sets itself
 
 # The seam for client-facing keys, quotas and audit (gateway/access.py): called with the request,
 # and for a routed request with its JSON body (read once, within max_body_bytes) and its size in
@@ -112,27 +113,14 @@ def _error_response(refusal: Refusal) -> Any:
 
 
 def make_clients(config: GatewayConfig) -> dict[str, Any]:
-    """One httpx2.AsyncClient per engine (a unix socket is its own transport). No proxies from
-    the environment: an HTTP_PROXY must never see loopback traffic to the engines.
-
-    httpx2 (pydantic's maintained continuation of httpx), not httpx 0.28: httpcore 1.0's pool
-    re-examines every connection, and polls each idle socket, for every request queued and every
-    answer closed (O(connections x requests) per burst). With 64 requests arriving at once that
-    bookkeeping was 64 % of the front door's CPU and held the median request 315 ms before it
-    reached the engine; httpcore2's pool does one pass (bench/front_door_burst.py, docs/gateway.md
-    "Cost")."""
-    import httpx2
+    """One client per engine (gateway/upstream.py: aiohttp, a unix socket through its own
+    connector), made on the event loop that serves. No proxies from the environment: an
+    HTTP_PROXY must never see loopback traffic to the engines."""
+    from aiboxctl.gateway.upstream import EngineClient
 
     token = config.internal_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = httpx2.Timeout(connect=config.connect_timeout_s, read=None, write=60.0, pool=60.0)
-    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=64)
-    clients = {}
-    for e in config.engines:
-        transport = httpx2.AsyncHTTPTransport(uds=e.socket, limits=limits) if e.socket else None
-        clients[e.name] = httpx2.AsyncClient(base_url=e.base_url, headers=headers, timeout=timeout, limits=limits,
-                                            transport=transport, trust_env=False)
-    return clients
+    return {e.name: EngineClient(e.base_url, socket=e.socket, token=token, connect_timeout_s=config.connect_timeout_s)
+            for e in config.engines}
 
 
 def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
@@ -435,21 +423,18 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
         """One engine's answer relayed; True when the engine could not be reached (nothing sent
         to the client yet: the replica is taken out and the request goes to another one)."""
         import anyio
-        import httpx2
+
+        from aiboxctl.gateway.upstream import Silent, Unreachable
 
         m, pool = self.metrics, self.pool
         idle = self.gw.config.stream_idle_timeout_s if self.stream else None
         try:
-            t = replica.client.timeout  # with an idle limit: httpx2's read timeout, between any two reads
-            timeout = httpx2.Timeout(connect=t.connect, read=idle, write=t.write, pool=t.pool) if idle else t
-            request = replica.client.build_request("POST", self.path, content=self.body, headers=self.engine_headers,
-                                                   timeout=timeout)
-            response = await replica.client.send(request, stream=True)
-        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.RemoteProtocolError, httpx2.ReadError) as exc:
-            self.gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            response = await replica.client.stream(self.path, self.body, self.engine_headers, idle)
+        except Unreachable as exc:
+            self.gw.mark_down(replica, str(exc))
             m.errors.labels(pool.name, replica.name, "connect").inc()
             return True
-        except httpx2.ReadTimeout:  # only with stream_idle_timeout_s (the read timeout is off otherwise)
+        except Silent:  # only with stream_idle_timeout_s (no read timeout otherwise)
             raise _Unresponsive(_idle_message(replica.name, idle)) from None
         except BaseException:
             if hold.reason is None:  # the client left (a cut is counted as 502 where it is answered)
@@ -460,7 +445,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
             await self._pass_through(replica, response, send, hold, idle)
         finally:
             with anyio.CancelScope(shield=True):
-                await response.aclose()
+                response.close()
         return False
 
     async def _unresponsive(self, replica: Replica, send: Callable, reason: str) -> None:
@@ -492,26 +477,25 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
             except _ClientGone:
                 pass
 
-    async def _pass_through(self, replica: Replica, response: Any, send: Callable, hold: _Hold,
+    async def _pass_through(self, replica: Replica, response: Streamed, send: Callable, hold: _Hold,
                             idle: float | None) -> None:
-        import httpx2
+        from aiboxctl.gateway.upstream import Cut, Silent
 
         m, model, name = self.metrics, self.pool.name, replica.name
         access = self.access
-        sse = self.sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        sse = self.sse = response.content_type.startswith("text/event-stream")
         held = b""  # with access: bytes kept back until the request is recorded
         status = "499"
         in_flight = m.in_flight.labels(model, name)
         in_flight.inc()
         try:
-            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-                       if k.lower() not in _DROP]
+            headers = [(k, v) for k, v in response.raw_headers if k.lower() not in _DROP]
             headers.append((b"x-aibox-replica", name.encode()))
-            await _send(send, {"type": "http.response.start", "status": response.status_code, "headers": headers})
+            await _send(send, {"type": "http.response.start", "status": response.status, "headers": headers})
             self.started = True
             first = True
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.chunks():
                     replica.relayed += 1  # progress: a health check that times out now is forgiven
                     if first:
                         m.ttft.labels(model, name).observe(time.monotonic() - self.arrived)
@@ -523,19 +507,19 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                             continue
                     await _send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
                     self.tail = (self.tail + chunk)[-2:]
-            except httpx2.ReadTimeout:  # only with stream_idle_timeout_s: silent that long
+            except Silent:  # only with stream_idle_timeout_s: silent that long
                 status = "502"
                 raise _Unresponsive(_idle_message(name, idle)) from None
-            except httpx2.HTTPError as exc:  # the engine died mid-answer: cut the client's connection too
-                self.gw.mark_down(replica, f"answer cut: {type(exc).__name__}")
+            except Cut as exc:  # the engine died mid-answer: cut the client's connection too
+                self.gw.mark_down(replica, f"answer cut: {exc}")
                 m.errors.labels(model, name, "stream").inc()
                 status = "502"
                 self.status = 502
                 raise
             if access is not None:  # recorded (ledger row fsynced) before the client gets the end
-                self.status = response.status_code
+                self.status = response.status
                 try:
-                    await access.finish(response.status_code)
+                    await access.finish(response.status)
                 except NotRecorded as exc:  # never acknowledged: a stream ends in an error event, a body is cut
                     log.error("answer not acknowledged: %s", exc)
                     if not sse:
@@ -548,7 +532,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                     return
             self.ended = True
             await _send(send, {"type": "http.response.body", "body": held, "more_body": False})
-            status = str(response.status_code)
+            status = str(response.status)
         except _ClientGone:
             pass
         finally:

@@ -200,7 +200,7 @@ def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | No
     from aiboxctl.net import read_body_limited
 
     async def call(request: Any, path: str, body: dict, model: str) -> dict:
-        import httpx2
+        from aiboxctl.gateway.upstream import UpstreamError
 
         gw = holder["gw"]
         pool = gw.pools[model]
@@ -213,17 +213,18 @@ def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | No
                 status = refusal.status
                 raise
             try:
-                r = await replica.client.post(path, json=body)
-            except httpx2.HTTPError as exc:
-                gw.mark_down(replica, f"{type(exc).__name__}: {exc}".rstrip(": "))
+                r = await replica.client.post(path, json.dumps(body, ensure_ascii=False).encode(),
+                                              {"content-type": "application/json"})
+            except UpstreamError as exc:
+                gw.mark_down(replica, str(exc))
                 status = 502
                 raise DocPickError(502, "engine_error", f"the {pool.role} model {model!r} did not answer",
                                    type_="server_error") from None
             finally:
                 gw.release(replica)
-            status = r.status_code
+            status = r.status
             if access is not None:
-                access.meter.feed(r.content)  # the engine's usage: the ledger row's tokens
+                access.meter.feed(r.body)  # the engine's usage: the ledger row's tokens
         finally:
             if access is not None:
                 try:
@@ -231,12 +232,12 @@ def mount(app: Any, holder: dict, *, guard: Callable[[Any], Awaitable[Any]] | No
                 except NotRecorded as exc:
                     raise DocPickError(503, "recording_unavailable", f"the pick could not be recorded: {exc}",
                                        type_="server_error") from None
-        if r.status_code != 200:
+        if r.status != 200:
             try:
                 message = r.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
-                message = f"HTTP {r.status_code}"
-            raise DocPickError(502 if r.status_code >= 500 else r.status_code, "engine_error",
+                message = f"HTTP {r.status}"
+            raise DocPickError(502 if r.status >= 500 else r.status, "engine_error",
                                f"the {pool.role} model {model!r} refused: {message}")
         return r.json()
 

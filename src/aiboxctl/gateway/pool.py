@@ -39,7 +39,7 @@ class Refusal(Exception):
 @dataclass
 class Replica:
     entry: EngineEntry
-    client: Any  # httpx2.AsyncClient
+    client: Any  # upstream.EngineClient
     healthy: bool = False
     reason: str | None = "not checked yet"
     outstanding: int = 0
@@ -191,14 +191,14 @@ class Gateway:
         elif was and not healthy:
             log.warning("engine %s taken out: %s", replica.name, reason)
 
-    def _timed_out(self, replica: Replica, exc: Exception) -> None:
+    def _timed_out(self, replica: Replica) -> None:
         """A health check that got no answer in time: a failure, unless the replica relayed
         bytes since the previous check (its engine is busy serving, not hung). The replica goes
         out at ``health_failures`` in a row; until then it serves, its reason saying how slow."""
         if replica.relayed != replica.relayed_seen:
             return
         replica.failures += 1
-        limit, what = self.config.health_failures, f"{type(exc).__name__} after {self.config.health_timeout_s:g} s"
+        limit, what = self.config.health_failures, f"no answer within {self.config.health_timeout_s:g} s"
         if replica.failures >= limit or not replica.healthy:
             times = "once" if replica.failures == 1 else f"{replica.failures} times in a row"
             self._set_health(replica, False, f"health check timed out {times} ({what})")
@@ -227,22 +227,23 @@ class Gateway:
             replica.relayed_seen = replica.relayed
 
     async def _check(self, replica: Replica) -> None:
-        import httpx2
+        from aiboxctl.gateway.upstream import Silent, UpstreamError
 
         try:
             r = await replica.client.get("/health", timeout=self.config.health_timeout_s)
-            data = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-        except httpx2.TimeoutException as exc:
-            self._timed_out(replica, exc)
+            data = r.json() if r.content_type.startswith("application/json") else {}
+        except Silent:
+            self._timed_out(replica)
             return
-        except (httpx2.HTTPError, ValueError) as exc:
+        except (UpstreamError, ValueError) as exc:
             replica.failures = 0  # not slow: gone (connection refused, cut) or garbled; out now
-            self._set_health(replica, False, f"health check failed: {type(exc).__name__}: {exc}".rstrip(": "))
+            self._set_health(replica, False, f"health check failed: {exc}" if isinstance(exc, UpstreamError)
+                             else f"health check failed: the answer is not JSON ({exc})")
             return
         replica.failures = 0  # it answered: whatever it said, the timeouts in a row are over
-        if r.status_code != 200 or not isinstance(data, dict) or data.get("status") != "ok":
+        if r.status != 200 or not isinstance(data, dict) or data.get("status") != "ok":
             why = data.get("reason") or data.get("status") if isinstance(data, dict) else None
-            self._set_health(replica, False, f"/health answered {r.status_code}" + (f" ({why})" if why else ""))
+            self._set_health(replica, False, f"/health answered {r.status}" + (f" ({why})" if why else ""))
             return
         served = data.get("model")
         if served not in replica.entry.models:
