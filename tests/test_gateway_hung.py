@@ -1,6 +1,7 @@
 """A hung engine must not hang the client or hold its slot: the streams in flight on a replica the
-health poller ejects as hung (its checks timed out, nothing relayed meanwhile) are ended at once
-— an SSE stream with a final ``engine_unresponsive`` error event, an answer not started with a 502
+health poller ejects as hung (its checks timed out, nothing relayed meanwhile) are ended — a
+begun SSE stream at once, with a final ``engine_unresponsive`` error event; an answer that has sent
+nothing yet (it may be a busy engine's long one) after as many more timed-out checks, with a 502
 JSON error — recorded as 502 (metrics, and the usage ledger with governed access, the key's
 reservation freed), and the slot released; ``stream_idle_timeout_s`` does the same for one stream
 silent that long, and leaves non-stream answers alone.
@@ -102,6 +103,9 @@ def test_an_ejected_hung_replica_ends_its_streams_frees_the_slot_and_records_502
             answer = waiting.result()
             assert answer.status_code == 502, answer.text
             assert answer.json()["error"]["code"] == "engine_unresponsive", answer.text
+            # Not at the ejection: an answer that relays nothing until it ends may be a busy engine's
+            # long one, so it is ended only after as many more timed-out checks (2 x health_failures).
+            assert "timed out 4 times in a row" in answer.json()["error"]["message"], answer.text
             status, down, _ = _replica_state(base, "smollm2", "chat-0")
             # still out, for timed-out checks; each further check counts on (3, 4, … by the time a
             # loaded box reads it), so the count is the error event's above, not this one

@@ -324,6 +324,7 @@ class _Hold:
 
         self.scope = anyio.CancelScope()
         self.reason: str | None = None
+        self.streaming = False  # an SSE answer whose first bytes were relayed
 
     def cut(self, reason: str) -> None:
         if self.reason is None:
@@ -497,6 +498,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
             try:
                 async for chunk in response.chunks():
                     replica.relayed += 1  # progress: a health check that times out now is forgiven
+                    hold.streaming = sse
                     if first:
                         m.ttft.labels(model, name).observe(time.monotonic() - self.arrived)
                         first = False

@@ -202,18 +202,23 @@ class Gateway:
         if replica.failures >= limit or not replica.healthy:
             times = "once" if replica.failures == 1 else f"{replica.failures} times in a row"
             self._set_health(replica, False, f"health check timed out {times} ({what})")
-            self._cut_in_flight(replica)
+            # A stream that has begun and relayed nothing since the last check is hung now; an
+            # answer that relays nothing until it ends (not a stream, or a stream still in its
+            # prefill) may be a busy engine's long one: those end only after as many more checks.
+            self._cut_in_flight(replica, waiting=replica.failures >= 2 * limit)
         else:
             replica.reason = f"health check slow ({replica.failures}/{limit}): {what}"
             log.warning("engine %s: %s", replica.name, replica.reason)
 
-    def _cut_in_flight(self, replica: Replica) -> None:
+    def _cut_in_flight(self, replica: Replica, *, waiting: bool) -> None:
         """The replica is hung (its checks time out and it relayed nothing since the last one):
-        end every answer in flight on it; waiting longer would hold the clients and the slots
-        until the engine came back, which a wedged engine never does."""
-        if replica.in_flight:
-            log.warning("engine %s is hung: ending %d answer(s) in flight", replica.name, len(replica.in_flight))
-        for hold in list(replica.in_flight):
+        end its streams in flight that have begun and, with ``waiting``, also the answers still
+        waiting for their first byte; waiting longer would hold the clients and the slots until
+        the engine came back, which a wedged engine never does."""
+        holds = [h for h in replica.in_flight if waiting or h.streaming]
+        if holds:
+            log.warning("engine %s is hung: ending %d answer(s) in flight", replica.name, len(holds))
+        for hold in holds:
             hold.cut(f"engine {replica.name} stopped responding mid-answer: {replica.reason}")
 
     async def check(self, replica: Replica) -> None:
