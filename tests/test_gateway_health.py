@@ -45,6 +45,7 @@ class _ScriptedEngine:
     def __init__(self) -> None:
         self.mode = "ok"
         self.health_requests = 0
+        self.cut_after: int | None = None  # a stream's connection closes after this many events
         self.release = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.port = free_port()
@@ -110,6 +111,8 @@ class _ScriptedEngine:
                                  b"transfer-encoding: chunked\r\n\r\n")
                     n = 0
                     while not self.release.is_set():
+                        if self.cut_after is not None and n >= self.cut_after:
+                            return  # the process died mid-answer: no last chunk, the socket closes
                         event = f'data: {{"choices":[{{"index":0,"text":" {n}"}}]}}\n\n'.encode()
                         writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                         await writer.drain()
@@ -277,6 +280,25 @@ def test_bytes_relayed_since_the_last_check_forgive_a_timeout(engine, tmp_path):
         assert wait_until(lambda: _replica_state(base, MODEL, "a")[0] == 503, timeout=60), log.read_text()
         # out at the second in a row; the poller counts on while it is out (a loaded box reads it later)
         assert _timed_out_times(_replica_state(base, MODEL, "a")[1]) >= 2
+
+
+def test_an_answer_cut_by_its_engine_is_cut_for_the_client_and_takes_the_replica_out(engine, tmp_path):
+    """The engine's connection closes mid-stream (no terminating chunk): the relay must not pass
+    it off as a whole answer — the client's connection is cut too (its HTTP client sees the body
+    end early), the replica goes out with the reason, and /metrics counts a 502 and a stream error."""
+    engine.cut_after = 3
+    with _gateway_child(tmp_path, [{"name": "a", "models": [MODEL], "url": engine.url}],
+                        health_interval_s=30) as (base, log):
+        with httpx.Client(base_url=base, timeout=60) as c:
+            with pytest.raises(httpx.RemoteProtocolError), \
+                    c.stream("POST", "/v1/completions", json={"model": MODEL, "prompt": "x", "stream": True}) as r:
+                assert r.status_code == 200
+                b"".join(r.iter_raw())
+            status, down, _ = _replica_state(base, MODEL, "a")
+            assert status == 503 and down.startswith("answer cut: "), (status, down, log.read_text()[-2000:])
+            metrics = c.get("/metrics").text
+        assert 'aibox_gateway_upstream_errors_total{kind="stream",model="' + MODEL + '",replica="a"} 1.0' in metrics, metrics
+        assert re.search(r'aibox_gateway_requests_total\{[^}]*status="502"[^}]*\} 1\.0', metrics), metrics
 
 
 @pytest.fixture(scope="module")
