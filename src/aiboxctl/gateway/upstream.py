@@ -140,7 +140,8 @@ class EngineClient:
         try:
             response = await self._session.post(path, data=body, headers=headers, timeout=timeout)
         except asyncio.TimeoutError as exc:
-            if idle_timeout is not None and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+            connect = getattr(aiohttp, "ConnectionTimeoutError", ())  # 3.10+ (a device's own may be older)
+            if idle_timeout is not None and not isinstance(exc, connect):
                 raise Silent(_why(exc)) from None
             raise Unreachable(_why(exc)) from None
         except (aiohttp.ClientError, OSError) as exc:
