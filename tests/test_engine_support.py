@@ -110,6 +110,14 @@ def running_server(tmp: Path, config: dict, env: dict | None = None) -> Iterator
         server.stop()
 
 
+
+def one_thread_smollm2(tmp: Path, *, n_ctx: int, max_tokens_cap: int) -> "contextlib.AbstractContextManager[Server]":
+    """A small SmolLM2 engine (one thread, two slots, no self-test) for tests that stop and
+    resume it (SIGSTOP/SIGCONT) behind a front door."""
+    return running_server(tmp, {"model": smollm2_path(), "model_name": "smollm2", "n_ctx": n_ctx, "parallel": 2,
+                                "threads": 1, "repack": False, "selftest": False, "flash_attn": "off",
+                                "kv_unified": False, "max_tokens_cap": max_tokens_cap})
+
 def reference_llama(path: Path, *, repack: bool, **kwargs):
     """llama-cpp-python's high-level ``Llama`` (the greedy anchor) with the same weight layout as
     the server: repacked weights run other kernels and round differently. ``Llama`` has no

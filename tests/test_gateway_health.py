@@ -32,7 +32,7 @@ from aiboxctl.errors import AiboxError
 from aiboxctl.gateway.config import gateway_config_from_text
 from aiboxctl.gateway.pool import Gateway, Refusal
 from aiboxctl.gateway.upstream import EngineClient
-from test_engine_support import _die_with_parent, free_port, running_server, smollm2_path, wait_until
+from test_engine_support import _die_with_parent, free_port, one_thread_smollm2, wait_until
 
 MODEL = "m"
 
@@ -303,10 +303,7 @@ def test_an_answer_cut_by_its_engine_is_cut_for_the_client_and_takes_the_replica
 
 @pytest.fixture(scope="module")
 def smollm2_engine(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("health-engine")
-    cfg = {"model": smollm2_path(), "model_name": "smollm2", "n_ctx": 1024, "parallel": 2, "threads": 1,
-           "repack": False, "selftest": False, "flash_attn": "off", "kv_unified": False, "max_tokens_cap": 64}
-    with running_server(tmp, cfg) as server:
+    with one_thread_smollm2(tmp_path_factory.mktemp("health-engine"), n_ctx=1024, max_tokens_cap=64) as server:
         yield server
 
 

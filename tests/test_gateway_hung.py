@@ -25,7 +25,7 @@ from aiboxctl.access.keys import KeyLimits, KeyStore
 from aiboxctl.access.ledger import iter_records
 from aiboxctl.errors import AiboxError
 from aiboxctl.gateway.config import gateway_config_from_text
-from test_engine_support import running_server, smollm2_path, wait_until
+from test_engine_support import one_thread_smollm2, wait_until
 from test_gateway_health import _gateway_child, _replica_state
 
 CHAT = "/v1/chat/completions"
@@ -40,10 +40,7 @@ def _ask(max_tokens: int, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def smollm2_engine(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hung-engine")
-    cfg = {"model": smollm2_path(), "model_name": "smollm2", "n_ctx": 2048, "parallel": 2, "threads": 1,
-           "repack": False, "selftest": False, "flash_attn": "off", "kv_unified": False, "max_tokens_cap": 512}
-    with running_server(tmp, cfg) as server:
+    with one_thread_smollm2(tmp_path_factory.mktemp("hung-engine"), n_ctx=2048, max_tokens_cap=512) as server:
         yield server
 
 
