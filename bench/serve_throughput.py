@@ -293,13 +293,20 @@ def costs_line(name: str, c: dict[str, float]) -> str:
 def run_level(base: str, clients: int, n: int, headers: dict | None = None) -> dict:
     """``clients`` streams of ``n`` tokens released together; RuntimeError when any failed."""
     out: list = [None] * clients
+    errors: list[str] = []
     start = Release(clients)
-    threads = [threading.Thread(target=one_stream, args=(base, f"Essay {i}: The history of the Roman Empire",
-                                                          n, out, i, start), kwargs={"headers": headers})
-               for i in range(clients)]
+
+    def stream(i: int) -> None:  # a failure is said once, below, with its cause (not a thread traceback)
+        try:
+            one_stream(base, f"Essay {i}: The history of the Roman Empire", n, out, i, start, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - any client error fails the level
+            errors.append(f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(clients)]
     t0 = run_together(threads, start)
     if None in out:
-        raise RuntimeError(f"{out.count(None)} of {clients} streams failed against {base}")
+        raise RuntimeError(f"{out.count(None)} of {clients} streams failed against {base}"
+                           + (f" ({errors[0]})" if errors else ""))
     wall = max(o["end"] for o in out) - t0
     ttfts = sorted(o["ttft"] for o in out)
     return {"aggregate": sum(o["tokens"] for o in out) / wall, "wall": wall,
