@@ -255,6 +255,7 @@ def test_not_enough_disk_is_refused_before_extracting(tmp_path, monkeypatch):
     assert scanned == [] and _nothing_written(tmp_path)
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # a half-written tar left open
 def test_pack_refuses_weights_that_do_not_match_their_checksum(tmp_path):
     entries = _entries(tmp_path)
     entries[-1] = Entry("models/tiny.gguf", source=entries[-1].source, expected_sha256="0" * 64)

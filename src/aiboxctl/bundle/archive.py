@@ -14,6 +14,8 @@ manifest lists but the archive lacks means the archive is truncated.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import io
 import os
@@ -158,7 +160,14 @@ class BundleWriter:
         os.replace(self.partial, self.path)
 
     def abort(self) -> None:
+        # The tar (and zstd) streams are closed first, into the file about to be deleted: left open,
+        # the tar stream flushed its buffer into the closed file when it was collected (a
+        # "write to closed file" raised in the collector). A full disk may refuse that flush.
         try:
+            for stream in (self._tar, self._zstd_writer):
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        stream.close()
             self._raw.close()
         finally:
             self.partial.unlink(missing_ok=True)
