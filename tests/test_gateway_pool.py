@@ -99,3 +99,13 @@ def test_no_healthy_replica_is_503():
         assert err.value.status == 503 and "a: ConnectError" in err.value.message
 
     asyncio.run(scenario())
+
+
+def test_the_front_door_drops_idle_engine_connections_before_the_engine_does():
+    """A POST sent on a kept-alive connection the engine is closing fails and takes the replica
+    out; the front door's client lets an idle connection go before the engine's server does."""
+    import uvicorn
+
+    from aiboxctl.gateway.upstream import KEEPALIVE_S
+
+    assert KEEPALIVE_S < uvicorn.Config(app=None).timeout_keep_alive

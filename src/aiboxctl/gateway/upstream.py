@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 
 
+KEEPALIVE_S = 4.0  # below uvicorn's timeout_keep_alive (5 s), which the engines run with
+
+
 class UpstreamError(Exception):
     """Base of the three outcomes; ``str()`` names the cause (an exception's type and text)."""
 
@@ -97,8 +100,10 @@ class EngineClient:
                  connect_timeout_s: float = 5.0) -> None:
         import aiohttp
 
-        connector = aiohttp.UnixConnector(path=socket, limit=0) if socket else aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, ttl_dns_cache=None, use_dns_cache=True)
+        # An idle connection is dropped here before the engine drops it (uvicorn closes one idle for
+        # 5 s): a POST sent on a connection the engine is closing fails, and would take the replica out.
+        connector = aiohttp.UnixConnector(path=socket, limit=0, keepalive_timeout=KEEPALIVE_S) if socket else \
+            aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None, keepalive_timeout=KEEPALIVE_S)
         # identity: the front door reads the usage out of what it relays
         headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {token}"} if token else {})}
         self.connect_timeout_s = connect_timeout_s
@@ -113,7 +118,8 @@ class EngineClient:
         import aiohttp
 
         try:
-            async with self._session.get(path, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with self._session.get(path, timeout=aiohttp.ClientTimeout(total=timeout),
+                                         allow_redirects=False) as r:
                 return Answer(r.status, r.headers.get("content-type", ""), await r.read())
         except asyncio.TimeoutError:
             raise Silent(f"no answer within {timeout:g} s") from None
@@ -125,7 +131,7 @@ class EngineClient:
         import aiohttp
 
         try:
-            async with self._session.post(path, data=body, headers=headers) as r:
+            async with self._session.post(path, data=body, headers=headers, allow_redirects=False) as r:
                 return Answer(r.status, r.headers.get("content-type", ""), await r.read())
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unreachable(_why(exc)) from None
@@ -138,7 +144,8 @@ class EngineClient:
 
         timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout_s, sock_read=idle_timeout)
         try:
-            response = await self._session.post(path, data=body, headers=headers, timeout=timeout)
+            response = await self._session.post(path, data=body, headers=headers, timeout=timeout,
+                                                allow_redirects=False)
         except asyncio.TimeoutError as exc:
             connect = getattr(aiohttp, "ConnectionTimeoutError", ())  # 3.10+ (a device's own may be older)
             if idle_timeout is not None and not isinstance(exc, connect):
