@@ -107,6 +107,7 @@ def boot(state: EngineState) -> None:
         state.metrics.bind(sched, rt.n_ctx)
         sched.start()
         state.scheduler = sched
+        freeze_heap()
         state.status = "ok"
         log.info("ready: %s, %d slots × %d tokens, chat template from %s", cfg.served_name, cfg.parallel,
                  cfg.slot_ctx, spec.source)
@@ -116,6 +117,17 @@ def boot(state: EngineState) -> None:
         log.error("engine failed to start: %s", reason)
         if state.on_fatal is not None:
             state.on_fatal(reason)
+
+
+def freeze_heap() -> None:
+    """What start-up made (the libraries, the model's tokenizer and template, the runtime) leaves
+    the collector's generations, so a full collection walks only what requests made since: unfrozen,
+    a SmolLM2 engine serving 16 streams paused 30 ms for one, every stream's next token with it;
+    frozen, 0.7 ms (gc.callbacks, 2026-12-01)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _boot_pooled(state: EngineState, cfg: EngineConfig) -> None:
@@ -129,6 +141,7 @@ def _boot_pooled(state: EngineState, cfg: EngineConfig) -> None:
     state.embedder = worker
     state.metrics.queue_depth.set_function(lambda: worker.queue_depth)
     state.metrics.ready.set(1)
+    freeze_heap()
     state.status = "ok"
     log.info("ready: %s (%s, %s pooling, %d dimensions), %d inputs × %d tokens per decode", cfg.served_name,
              cfg.role, rt.pooling, rt.n_out, rt.n_seq_max, rt.n_ctx)
