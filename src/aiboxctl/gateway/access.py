@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from aiboxctl.access.gate import AccessControl, Admission, reservation
 from aiboxctl.access.keys import KeyRecord
@@ -22,6 +22,7 @@ from aiboxctl.errors import AiboxError
 from aiboxctl.gateway.pool import Refusal
 
 log = logging.getLogger("aiboxctl.gateway")
+T = TypeVar("T")
 
 _METER_LIMIT = 1 << 20  # a JSON answer larger than this is not parsed for usage (counted as 0)
 _REQUEST_TEXT = ("messages", "prompt", "input", "query", "documents", "system", "instructions")
@@ -40,6 +41,13 @@ def _keys_unavailable(exc: BaseException) -> Refusal:
     log.error("refusing requests: %s", why)
     return Refusal(503, f"{why}; every request is refused until it is fixed (aiboxctl keys list)",
                    code="keys_unavailable", type_="server_error", retry_after=5, reason="keys_unavailable")
+
+
+async def _off_loop(nowait: Callable[..., T | None], blocking: Callable[..., T], *args: Any) -> T:
+    """``nowait(*args)`` on the event loop (memory and an ``os.stat``); when it cannot decide
+    without I/O (None), ``blocking(*args)`` in a thread. Exceptions from either are the answer."""
+    result = nowait(*args)
+    return result if result is not None else await asyncio.to_thread(blocking, *args)
 
 
 def _authorization(request: Any) -> str | None:
@@ -71,9 +79,8 @@ class AccessGate:
             endpoint = self.routes[path][0]
             # On the loop when admission needs no I/O (most requests); else admit's reads, probes
             # and refusal records run in a thread, as before.
-            admission = self.access.admit_nowait(auth, str(model or ""), endpoint, reserve)
-            if admission is None:
-                admission = await asyncio.to_thread(self.access.admit, auth, str(model or ""), endpoint, reserve)
+            admission = await _off_loop(self.access.admit_nowait, self.access.admit, auth, str(model or ""),
+                                        endpoint, reserve)
         except AccessDenied as denied:
             return as_refusal(denied)
         except (AiboxError, OSError) as exc:  # the key file cannot be read as keys: fail closed, and say why
@@ -86,10 +93,7 @@ class AccessGate:
     async def _authenticate(self, auth: str | None) -> KeyRecord:
         """The key (or AccessDenied) without blocking the event loop: on the loop when the key
         file is unchanged since it was read (one ``os.stat``), else the re-read in a thread."""
-        key = self.access.keys.authenticate_nowait(auth)
-        if key is None:
-            key = await asyncio.to_thread(self.access.keys.authenticate, auth)
-        return key
+        return await _off_loop(self.access.keys.authenticate_nowait, self.access.keys.authenticate, auth)
 
     async def allows(self, request: Any, model: str) -> bool:
         """Whether the request's key may use ``model`` (its scope only: nothing is admitted or
