@@ -15,7 +15,6 @@ manifest lists but the archive lacks means the archive is truncated.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import io
 import os
