@@ -62,12 +62,7 @@ def bench(
     # the installed engines' configurations: those of this box (--root), also behind --url without --engine-config
     layout = install_layout(root) if url is None or not given else None
     predictors, why = _predictions([m for m, _ in pooled_models], given, layout)
-    served_names = {m for m, _ in served}
-    notes = tuple(f"--engine-config {path}: its model {cfg.served_name!r} is not served at {endpoint.url}: "
-                  "no prediction from it" if cfg.served_name not in served_names else
-                  f"--engine-config {path}: a {cfg.role} engine's configuration: no prediction from it "
-                  f"(only {' and '.join(POOLED)} are predicted from one)"
-                  for path, cfg in given if cfg.served_name not in served_names or cfg.role not in POOLED)
+    notes = _unused_config_notes(given, {m for m, _ in served}, endpoint.url)
     pooled = []
     for model, r in pooled_models:
         output.note(f"benchmarking {r} model {model} at {endpoint.url}: "
@@ -143,6 +138,20 @@ def _given_configs(files: list[Path]) -> list[tuple[Path, Any]]:
         except UsageError as exc:
             raise UsageError(f"--engine-config {exc.message}", hint=_CONFIG_HINT) from None
     return out
+
+
+def _unused_config_notes(given: list[tuple[Path, Any]], served: set[str], url: str) -> tuple[str, ...]:
+    """Why an --engine-config file predicts nothing: its model is not served at ``url``, or its
+    engine is not a pooled one."""
+    notes = []
+    for path, cfg in given:
+        if cfg.served_name not in served:
+            notes.append(f"--engine-config {path}: its model {cfg.served_name!r} is not served at {url}: "
+                         "no prediction from it")
+        elif cfg.role not in POOLED:
+            notes.append(f"--engine-config {path}: a {cfg.role} engine's configuration: no prediction from it "
+                         f"(only {' and '.join(POOLED)} are predicted from one)")
+    return tuple(notes)
 
 
 def _installed_paths(layout: Any, model: str) -> list[Path]:
