@@ -60,6 +60,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
+from front_door_figures import FRONT_DOOR_SIDES, front_door_level, idle_rate  # noqa: E402  (bench/front_door_figures.py)
 from serve_throughput import counters, free_port, run_level, step_costs  # noqa: E402  (bench/serve_throughput.py)
 
 GOAL_SIZING = 0.03  # ≤ 3 % and never under
@@ -721,7 +722,6 @@ GOAL_ACCESS = 0.98  # access / gateway aggregate tok/s: what keys, limits, ledge
 GOAL_ACCESS_TTFT_MS = 3.0  # TTFT p50 governed access adds to the gateway's
 GOAL_ACCESS_STREAMS = (16, 64)  # issue 16 sets its goals at these levels
 FRONT_DOOR_TOKEN = "device-check-internal"
-FRONT_DOOR_SIDES = ("direct", "gateway", "access")  # access only where it runs
 # What governed access imports (aiboxctl.access.gate pulls keys, limits, ledger and audit; the
 # key file's lock is filelock's). Not cryptography: only TLS, which the step does not turn on.
 ACCESS_IMPORTS = ("sqlite3", "filelock", "aiboxctl.access.gate", "aiboxctl.gateway.access")
@@ -811,41 +811,6 @@ def audit_verify(run: Run, log: Path, secret: Path) -> dict:
         doc = {"errors": [{"message": (p.stderr.strip().splitlines() or ["no output"])[-1]}]}
     return {"audit_verify_exit": p.returncode, "audit_records": (doc.get("data") or {}).get("records"),
             "audit_errors": [e.get("message") for e in doc.get("errors") or []]}
-
-
-def _side_figures(rs: list[dict]) -> dict:
-    import statistics
-
-    return {"aggregate": statistics.median(r["aggregate"] for r in rs), "rounds": [r["aggregate"] for r in rs],
-            "ttft_p50_ms": statistics.median(t for r in rs for t in r["ttfts"]) * 1e3,
-            "tokens": sum(r["tokens"] for r in rs), "wall": sum(r["wall"] for r in rs),
-            "engine_cpu_us_per_token": sum(r["engine_cpu"] for r in rs) * 1e6 / max(1, sum(r["tokens"] for r in rs))}
-
-
-def front_door_level(rounds: dict[str, list[dict]], idle_cores: float, access_idle_cores: float = 0.0) -> dict:
-    """One stream level's figures from its rounds (per side: each round's aggregate, TTFTs,
-    tokens, wall, and the CPU seconds the gateway, the access gateway where it ran and the
-    engine spent while it ran). The access side is set against the plain gateway: what keys,
-    limits, ledger and audit cost on top of the front door."""
-    sides = [name for name in FRONT_DOOR_SIDES if rounds.get(name)]
-    n = min(len(rounds[name]) for name in sides)
-    side = {name: _side_figures(rounds[name][:n]) for name in sides}
-
-    def versus(top: str, bottom: str, proc: str, idle: float) -> dict:
-        t, b = side[top], side[bottom]
-        own = sum(r[f"{proc}_cpu"] for r in rounds[top][:n]) - idle * t["wall"]  # less its idle rate
-        ratios = [x / y for x, y in zip(t["rounds"], b["rounds"])]
-        return {"ratio": t["aggregate"] / b["aggregate"], "ratio_range": [min(ratios), max(ratios)],
-                "ttft_added_ms": t["ttft_p50_ms"] - b["ttft_p50_ms"], "cpu_s": own,
-                "cpu_us_per_token": own * 1e6 / max(1, t["tokens"]), "cores": own / t["wall"] if t["wall"] else None}
-
-    g = versus("gateway", "direct", "gateway", idle_cores)
-    out = {"rounds": n, **side, "ratio": g["ratio"], "ratio_range": g["ratio_range"],
-           "ttft_added_ms": g["ttft_added_ms"], "gateway_cpu_s": g["cpu_s"],
-           "gateway_cpu_us_per_token": g["cpu_us_per_token"], "gateway_cores": g["cores"]}
-    if "access" in side:
-        out.update({f"access_{k}": v for k, v in versus("access", "gateway", "access", access_idle_cores).items()})
-    return out
 
 
 def step_front_door(run: Run) -> dict:
@@ -953,13 +918,8 @@ def step_front_door(run: Run) -> dict:
         access.update(audit_verify(run, audit, adir / "box-secret"))
     # idle rates pooled over every direct round (10 ms ticks: one level's direct side is short)
     direct = [r for rounds in raw.values() for r in rounds["direct"]]
-    idle_wall = sum(r["wall"] for r in direct)
-
-    def idle_rate(proc: str) -> float:
-        return sum(r.get(f"{proc}_cpu", 0.0) for r in direct) / idle_wall if idle_wall else 0.0
-
-    out["gateway_idle_cores"] = idle = idle_rate("gateway")
-    access["idle_cores"] = access_idle = idle_rate("access")
+    out["gateway_idle_cores"] = idle = idle_rate(direct, "gateway")
+    access["idle_cores"] = access_idle = idle_rate(direct, "access")
     levels = {n: front_door_level(rounds, idle, access_idle) for n, rounds in raw.items()
               if min(len(rounds["direct"]), len(rounds["gateway"])) > 0}
     out["levels"] = levels

@@ -45,6 +45,7 @@ import httpx
 import httpx2  # the streams' client: httpx 0.28's pool spends 9.2 ms of CPU per 32-chunk stream at 64 (gateway/upstream.py)
 import psutil
 import yaml
+from front_door_figures import front_door_level, idle_rate  # bench/, this script's folder
 
 TOKEN = "bench-internal"
 
@@ -264,46 +265,37 @@ def main() -> None:
                   + (f", by access {p50['access'] - p50['gateway']:+.2f} ms" if "access" in p50 else "")
                   + f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
         for n in levels:
-            rates: dict[str, list[float]] = {name: [] for name, _, _ in sides}
-            ttfts: dict[str, list[float]] = {name: [] for name, _, _ in sides}
-            # CPU seconds each process spent while each side ran, and the tokens that side relayed
-            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(procs_cpu, 0.0) for name, _, _ in sides}
-            relayed, walls = dict.fromkeys(rates, 0), dict.fromkeys(rates, 0.0)
+            # per side, each round: its figures and the CPU seconds each process spent while it ran
+            rounds: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
             for r in range(a.rounds):
                 for name, base, key in sides[r % len(sides):] + sides[:r % len(sides)]:
                     before = {p: cpu_seconds(proc) for p, proc in procs_cpu.items()}
                     t0 = time.perf_counter()
                     rate, t, received = asyncio.run(level_detail(base, n, a.tokens, key))
-                    walls[name] += time.perf_counter() - t0
-                    for p, proc in procs_cpu.items():
-                        cpu[name][p] += cpu_seconds(proc) - before[p]
-                    rates[name].append(rate)
-                    ttfts[name].extend(t)
-                    relayed[name] += received
-            med = {name: statistics.median(v) for name, v in rates.items()}
-            p50 = {name: statistics.median(v) * 1e3 for name, v in ttfts.items()}
+                    rounds[name].append({"aggregate": rate, "ttfts": t, "tokens": received,
+                                         "wall": time.perf_counter() - t0,
+                                         **{f"{p}_cpu": cpu_seconds(proc) - before[p] for p, proc in procs_cpu.items()}})
+            # idle rates from this level's direct rounds (the front doors relay nothing then)
+            v = front_door_level(rounds, idle_rate(rounds["direct"], "gateway"), idle_rate(rounds["direct"], "access"))
 
-            def paired(top: str, bottom: str) -> str:  # the round-by-round ratios' spread
-                rs = [x / y for x, y in zip(rates[top], rates[bottom])]
-                return f"{min(rs):.2f}-{max(rs):.2f}"
+            def share(side: str) -> float:
+                """The front door's share of the CPU the engine and it spent on that side's tokens:
+                on a box whose cores the engine fills, about what it takes from its throughput."""
+                own = v[f"{side}_cpu_us_per_token"]
+                return own / max(v[side]["engine_cpu_us_per_token"] + own, 1e-9)
 
-            def cost(side: str, proc: str) -> tuple[float, float]:
-                """The front door's CPU per relayed token (µs) and its share of the CPU the
-                engine and it spent on that side's tokens: on a box whose cores the engine
-                fills, about what the front door takes from its throughput."""
-                idle = cpu["direct"][proc] / walls["direct"]  # its CPU per second while it relays nothing
-                own = cpu[side][proc] - idle * walls[side]
-                return own / max(relayed[side], 1) * 1e6, own / max(cpu[side]["engine"] + own, 1e-9)
+            def spread(lo_hi: list[float]) -> str:  # the round-by-round ratios'
+                return f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}"
 
-            g_us, g_share = cost("gateway", "gateway")
-            line = (f"{n:>7} {med['direct']:>12.1f} {med['gateway']:>13.1f} {med['gateway'] / med['direct']:>6.3f} "
-                    f"{paired('gateway', 'direct'):>11} {p50['direct']:>14.1f} {p50['gateway']:>10.1f} "
-                    f"{p50['gateway'] - p50['direct']:>8.1f} {g_us:>9.0f} {g_share:>8.1%}")
+            d, g = v["direct"], v["gateway"]
+            line = (f"{n:>7} {d['aggregate']:>12.1f} {g['aggregate']:>13.1f} {v['ratio']:>6.3f} "
+                    f"{spread(v['ratio_range']):>11} {d['ttft_p50_ms']:>14.1f} {g['ttft_p50_ms']:>10.1f} "
+                    f"{v['ttft_added_ms']:>8.1f} {v['gateway_cpu_us_per_token']:>9.0f} {share('gateway'):>8.1%}")
             if a.access:
-                x_us, x_share = cost("access", "access")
-                line += (f" {med['access']:>12.1f} {med['access'] / med['gateway']:>6.3f} "
-                         f"{paired('access', 'gateway'):>11} {p50['access']:>14.1f} "
-                         f"{p50['access'] - p50['gateway']:>8.1f} {x_us:>10.0f} {x_share:>9.1%}")
+                x = v["access"]
+                line += (f" {x['aggregate']:>12.1f} {v['access_ratio']:>6.3f} "
+                         f"{spread(v['access_ratio_range']):>11} {x['ttft_p50_ms']:>14.1f} "
+                         f"{v['access_ttft_added_ms']:>8.1f} {v['access_cpu_us_per_token']:>10.0f} {share('access'):>9.1%}")
             print(line + f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         done.set()
