@@ -1,6 +1,7 @@
-"""The network seams every server shares: the one place a listening socket is bound (the engine,
-the front door, install's port check) and the one size-limited read of a request body (the
-engine, the front door, the page's upload).
+"""The seams every server shares: the one place a listening socket is bound (the engine, the
+front door, install's port check), the one size-limited read of a request body (the engine, the
+front door, the page's upload), and the heap frozen once a server is ready (the engine, the front
+door).
 
 Binding before anything slow starts turns a taken port into one clear line at once, not a
 uvicorn trace after the model load. Each caller passes its own hints (which knob moves the port)
@@ -61,3 +62,16 @@ async def read_body_limited(request: Any, limit: int, *, too_large: Exception,
         if len(buf) > limit:
             raise too_large
     return bytes(buf)
+
+
+def freeze_heap() -> None:
+    """Once a server is ready: what start-up made (the libraries, the app, a model's tokenizer and
+    runtime, the engines' clients) leaves the collector's generations, so a full collection walks
+    only what requests made since. Unfrozen, one took 14-43 ms of the front door's loop in a
+    64-request burst and 30 ms of a SmolLM2 engine serving 16 streams (every stream's next token
+    with it); frozen, 0.7-3 ms (gc.callbacks, 2026-12-01). Start-up's garbage is collected first,
+    not frozen."""
+    import gc
+
+    gc.collect()
+    gc.freeze()

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiboxctl.errors import AiboxError, UsageError
 from aiboxctl.gateway.config import GatewayConfig
-from aiboxctl.net import bind_listening
+from aiboxctl.net import bind_listening, freeze_heap
 
 GRACEFUL_TIMEOUT_S = 10  # streams still open at SIGTERM get this long to finish
 
@@ -87,15 +87,10 @@ def _server_class(uvicorn: Any) -> Any:
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             import asyncio
-            import gc
             import logging
 
             await super().startup(sockets)
-            # What start-up made (the framework, the app, the engines' clients: some 60,000 objects)
-            # leaves the collector's generations: a full collection then walks only what requests
-            # made since. Unfrozen, full collections took 14-43 ms of this loop while a 64-request
-            # burst went through it (gc.callbacks in bench/front_door_burst.py's front doors).
-            gc.freeze()
+            freeze_heap()  # the app and the engines' clients are made: ready
             if not self.started or self.plain is None:
                 return
             cfg, state = self.config, self.server_state
