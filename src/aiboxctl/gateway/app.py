@@ -167,7 +167,7 @@ def create_app(config: GatewayConfig, *, gate: ClientGate | None = None) -> Any:
             return None
         refusal = await (gate(request, body, body_bytes) if path is None else gate(request, body, body_bytes, path))
         if refusal is not None:
-            metrics.denied.labels(refusal.reason or str(refusal.status)).inc()
+            metrics.denied.labels(refusal.label).inc()
         return refusal
 
     async def admitted(request: Request, body: dict[str, Any] | None = None, body_bytes: int = 0) -> Any:
@@ -423,8 +423,6 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
     async def _attempt(self, replica: Replica, send: Callable, hold: _Hold) -> bool:
         """One engine's answer relayed; True when the engine could not be reached (nothing sent
         to the client yet: the replica is taken out and the request goes to another one)."""
-        import anyio
-
         from aiboxctl.gateway.upstream import Silent, Unreachable
 
         m, pool = self.metrics, self.pool
@@ -445,8 +443,7 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
         try:
             await self._pass_through(replica, response, send, hold, idle)
         finally:
-            with anyio.CancelScope(shield=True):
-                response.close()
+            response.close()  # synchronous: nothing a cancellation could interrupt
         return False
 
     async def _unresponsive(self, replica: Replica, send: Callable, reason: str) -> None:
@@ -465,16 +462,15 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                 await self.access.finish(502)
             except NotRecorded as exc:
                 log.error("cut answer not acknowledged: %s", exc)
-        error = Refusal(502, reason, code="engine_unresponsive", type_="server_error").body()
+        error = Refusal(502, reason, code="engine_unresponsive", type_="server_error")
         if not self.started:
-            await _send_json(send, 502, error, {})
+            await _send_json(send, 502, error.body(), {})
         elif not self.sse:
             raise _EngineCut(reason)
         else:
             gap = b"" if not self.tail or self.tail.endswith(b"\n\n") else b"\n\n"  # after a partial event
             try:
-                await _send(send, {"type": "http.response.body", "more_body": False,
-                                   "body": gap + b"data: " + json.dumps(error).encode() + b"\n\n"})
+                await _send(send, {"type": "http.response.body", "more_body": False, "body": gap + _sse_error(error)})
             except _ClientGone:
                 pass
 
@@ -498,17 +494,17 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
             try:
                 async for chunk in response.chunks():
                     replica.relayed += 1  # progress: a health check that times out now is forgiven
-                    hold.streaming = sse
                     if first:
                         m.ttft.labels(model, name).observe(time.monotonic() - self.arrived)
                         first = False
+                        hold.streaming = sse
                     if access is not None:
                         access.meter.feed(chunk)
                         chunk, held = access.split(held + chunk) if sse else (held, chunk)
                         if not chunk:
                             continue
                     await _send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
-                    self.tail = (self.tail + chunk)[-2:]
+                    self.tail = chunk[-2:] if len(chunk) >= 2 else (self.tail + chunk)[-2:]
             except Silent:  # only with stream_idle_timeout_s: silent that long
                 status = "502"
                 raise _Unresponsive(_idle_message(name, idle)) from None
@@ -528,9 +524,9 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
                         raise
                     status = "500"
                     self.ended = True
-                    await _send(send, {"type": "http.response.body", "more_body": False, "body": b"data: " + json.dumps(
-                        {"error": {"message": f"the answer could not be recorded: {exc}", "type": "server_error",
-                                   "param": None, "code": "recording_unavailable"}}).encode() + b"\n\n"})
+                    await _send(send, {"type": "http.response.body", "more_body": False, "body": _sse_error(
+                        Refusal(500, f"the answer could not be recorded: {exc}", code="recording_unavailable",
+                                type_="server_error"))})
                     return
             self.ended = True
             await _send(send, {"type": "http.response.body", "body": held, "more_body": False})
@@ -544,6 +540,11 @@ class _Relay(_AsgiResponse):  # a Response, so FastAPI hands it to the server in
             m.requests.labels(model, name, self.endpoint, status).inc()
             m.latency.labels(model, name).observe(time.monotonic() - self.arrived)
             self.counted = True
+
+
+def _sse_error(refusal: Refusal) -> bytes:
+    """A stream's last event when its answer cannot end well (OpenAI's error shape)."""
+    return b"data: " + json.dumps(refusal.body()).encode() + b"\n\n"
 
 
 def _idle_message(replica: str, idle: float | None) -> str:
