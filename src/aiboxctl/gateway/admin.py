@@ -118,7 +118,7 @@ def mount(app: Any, holder: dict[str, Any], gate: Any, *, now: Callable[[], floa
         refusal = await admin_refusal(gate, request)
         if refusal is not None:
             # counted as app.py's refused() counts every other refusal at the gate (auth_401, auth_403)
-            request.app.state.metrics.denied.labels(refusal.reason or str(refusal.status)).inc()
+            request.app.state.metrics.denied.labels(refusal.label).inc()
             return _refusal_response(refusal)
         t = now()
         access = getattr(gate, "access", None)

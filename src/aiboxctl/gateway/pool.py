@@ -29,6 +29,11 @@ class Refusal(Exception):
         self.retry_after = retry_after
         self.reason = reason  # the rejected_total label, when it is one
 
+    @property
+    def label(self) -> str:
+        """Its access_denied_total label: the reason, else the status."""
+        return self.reason or str(self.status)
+
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
