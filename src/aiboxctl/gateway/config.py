@@ -76,7 +76,7 @@ class EngineEntry:
 
     @property
     def base_url(self) -> str:
-        """The URL httpx2 is given (a unix socket is reached through its transport)."""
+        """The URL the engine's client is given (a unix socket is reached through its connector)."""
         return "http://localhost" if self.socket else str(self.url).rstrip("/")
 
 
