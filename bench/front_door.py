@@ -111,12 +111,6 @@ async def level_detail(base: str, streams: int, tokens: int, key: str = TOKEN,
     return received / wall, [t for t, _ in results], received
 
 
-async def level(base: str, streams: int, tokens: int, key: str = TOKEN, model: str = "smollm2") -> tuple[float, float]:
-    """(aggregate tok/s, TTFT p50 s) of ``streams`` concurrent streams."""
-    rate, ttfts, _ = await level_detail(base, streams, tokens, key, model)
-    return rate, statistics.median(ttfts)
-
-
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
@@ -175,17 +169,22 @@ def replicas(a: argparse.Namespace, levels: list[int]) -> None:
         procs.append(start(["gateway", "--config", str(tmp / "gateway.yaml")], tmp / "gateway.log",
                            f"http://127.0.0.1:{gport}/health"))
         print(f"gemma-3-270m: one engine, 2 threads, direct  vs  2 replicas x 1 thread behind the front door "
-              f"({a.tokens} tokens per stream, best of {a.rounds})")
+              f"({a.tokens} tokens per stream, {a.rounds} rounds in rotated order; medians over rounds, TTFT over "
+              "every stream of every round)")
         print(f"{'streams':>7} {'one x2 tok/s':>12} {'2 x1 tok/s':>10} {'ratio':>6} {'TTFT one ms':>11} "
               f"{'TTFT 2x1 ms':>11}")
+        sides = [("one", f"http://127.0.0.1:{one}"), ("two", f"http://127.0.0.1:{gport}")]
         for n in levels:
-            best = {"one": (0.0, 1e9), "two": (0.0, 1e9)}
-            for _ in range(a.rounds):
-                for name, base in (("one", f"http://127.0.0.1:{one}"), ("two", f"http://127.0.0.1:{gport}")):
-                    r = asyncio.run(level(base, n, a.tokens, TOKEN, "gemma"))
-                    best[name] = (max(best[name][0], r[0]), min(best[name][1], r[1]))
-            o, t = best["one"], best["two"]
-            print(f"{n:>7} {o[0]:>12.1f} {t[0]:>10.1f} {t[0] / o[0]:>6.3f} {o[1] * 1e3:>11.1f} {t[1] * 1e3:>11.1f}"
+            rates: dict[str, list[float]] = {"one": [], "two": []}
+            ttfts: dict[str, list[float]] = {"one": [], "two": []}
+            for r in range(a.rounds):  # the sides in rotated order, as at the other levels
+                for name, base in sides[r % 2:] + sides[:r % 2]:
+                    rate, t, _ = asyncio.run(level_detail(base, n, a.tokens, TOKEN, "gemma"))
+                    rates[name].append(rate)
+                    ttfts[name].extend(t)
+            o, t = (statistics.median(rates[k]) for k in ("one", "two"))
+            o_p50, t_p50 = (statistics.median(ttfts[k]) * 1e3 for k in ("one", "two"))
+            print(f"{n:>7} {o:>12.1f} {t:>10.1f} {t / o:>6.3f} {o_p50:>11.1f} {t_p50:>11.1f}"
                   f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         for proc in procs:
