@@ -52,3 +52,21 @@ def test_bad_config_is_a_usage_error(tmp_path, text, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         load_engine_config(tmp_path / "nope.yaml")
+
+
+def test_a_folder_or_binary_file_is_one_line_and_exit_2(tmp_path):
+    """`aiboxctl serve --config` on a folder or a file that is not text: one line naming it, exit 2
+    (it was 'Internal error', exit 1)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "bin.yaml").write_bytes(b"model: \xd0\x00\xff\n")
+    exe = Path(sys.executable).with_name("aiboxctl")
+    for target, needle in ((tmp_path, "cannot be read"), (tmp_path / "bin.yaml", "not UTF-8 text")):
+        with pytest.raises(UsageError, match=needle):
+            load_engine_config(target)
+        r = subprocess.run([str(exe), "serve", "--config", str(target)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(target) in lines[0] and needle in lines[0], r.stderr

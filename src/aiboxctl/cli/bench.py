@@ -117,12 +117,7 @@ def _read_config(path: Path) -> Any:
     try:
         return load_engine_config(path)
     except AiboxError as exc:
-        message = exc.message if exc.message.startswith(str(path)) else f"{path}: {exc.message}"
-    except UnicodeDecodeError:
-        message = f"{path}: not UTF-8 text (an engine.yaml is YAML)"
-    except OSError as exc:
-        message = f"{path}: cannot be read ({exc.strerror or exc})"
-    raise UsageError(message)
+        raise UsageError(exc.message if exc.message.startswith(str(path)) else f"{path}: {exc.message}") from None
 
 
 def _given_configs(files: list[Path]) -> list[tuple[Path, Any]]:

@@ -93,6 +93,10 @@ def load_engine_config(path: str | Path) -> EngineConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"Engine config not found: {path}", hint="aiboxctl serve --model PATH") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text (an engine.yaml is YAML)") from None
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise UsageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
