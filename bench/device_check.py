@@ -60,7 +60,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
-from front_door_figures import FRONT_DOOR_SIDES, front_door_level, idle_rate  # noqa: E402  (bench/front_door_figures.py)
+from front_door_figures import (  # noqa: E402  (bench/front_door_figures.py)
+    FRONT_DOOR_SIDES, cpu_seconds, front_door_level, idle_rate, status_bytes)
 from serve_throughput import counters, free_port, run_level, step_costs  # noqa: E402  (bench/serve_throughput.py)
 
 GOAL_SIZING = 0.03  # ≤ 3 % and never under
@@ -203,19 +204,8 @@ def gpu_used() -> int | None:
     return sum(g["used"] for g in gpus) if gpus else None
 
 
-def _status_bytes(pid: int, field: str) -> int | None:
-    """A size field of /proc/<pid>/status (VmRSS, VmHWM…) in bytes; None when gone or absent."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def rss_bytes(pid: int) -> int | None:
-    return _status_bytes(pid, "VmRSS")
+    return status_bytes(pid, "VmRSS")
 
 
 class Server:
@@ -727,16 +717,9 @@ FRONT_DOOR_TOKEN = "device-check-internal"
 ACCESS_IMPORTS = ("sqlite3", "filelock", "aiboxctl.access.gate", "aiboxctl.gateway.access")
 
 
-def cpu_seconds(pid: int) -> float:
-    """A process's user + system CPU seconds (all its threads), from /proc/<pid>/stat: the
-    device's python may lack psutil."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
-
-
 def peak_rss_bytes(pid: int) -> int | None:
     """The process's peak resident set (VmHWM), kept by the kernel: no sampling."""
-    return _status_bytes(pid, "VmHWM")
+    return status_bytes(pid, "VmHWM")
 
 
 def streams_level(base: str, streams: int, tokens: int, headers: dict) -> dict:

@@ -36,15 +36,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import httpx2  # the streams' client: httpx 0.28's pool spends 9.2 ms of CPU per 32-chunk stream at 64 (gateway/upstream.py)
-import psutil
 import yaml
-from front_door_figures import front_door_level, idle_rate  # bench/, this script's folder
+from front_door_figures import cpu_seconds, front_door_level, idle_rate, status_bytes  # bench/, this script's folder
 from serve_throughput import free_port
 
 TOKEN = "bench-internal"
@@ -109,11 +107,6 @@ async def level_detail(base: str, streams: int, tokens: int, key: str = TOKEN,
         wall = time.perf_counter() - t0
     received = sum(n for _, n in results)
     return received / wall, [t for t, _ in results], received
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
 
 
 async def probe(sides: list[tuple[str, str, str]], n: int) -> dict[str, float]:
@@ -237,17 +230,9 @@ def main() -> None:
         procs.insert(0, start(["gateway", "--config", str(tmp / "gateway-access.yaml")], tmp / "gateway-access.log",
                               f"http://127.0.0.1:{aport}/health"))
         sides.append(("access", f"http://127.0.0.1:{aport}", key))
-    gproc, peak = psutil.Process(gateway.pid), [0]
-    procs_cpu = {"engine": psutil.Process(engine.pid), "gateway": gproc}
+    pids = {"engine": engine.pid, "gateway": gateway.pid}
     if a.access:
-        procs_cpu["access"] = psutil.Process(procs[0].pid)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], gproc.memory_info().rss)
-
-    threading.Thread(target=sample, daemon=True).start()
+        pids["access"] = procs[0].pid
     print(f"SmolLM2-135M, {a.threads} threads, {top} slots, {a.tokens} tokens per stream, {a.rounds} rounds per "
           f"level (sides in rotated order; medians over rounds, TTFT over every stream of every round)")
     print(f"{'streams':>7} {'direct tok/s':>12} {'gateway tok/s':>13} {'ratio':>6} {'range':>11} "
@@ -267,12 +252,12 @@ def main() -> None:
             rounds: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
             for r in range(a.rounds):
                 for name, base, key in sides[r % len(sides):] + sides[:r % len(sides)]:
-                    before = {p: cpu_seconds(proc) for p, proc in procs_cpu.items()}
+                    before = {p: cpu_seconds(pid) for p, pid in pids.items()}
                     t0 = time.perf_counter()
                     rate, t, received = asyncio.run(level_detail(base, n, a.tokens, key))
                     rounds[name].append({"aggregate": rate, "ttfts": t, "tokens": received,
                                          "wall": time.perf_counter() - t0,
-                                         **{f"{p}_cpu": cpu_seconds(proc) - before[p] for p, proc in procs_cpu.items()}})
+                                         **{f"{p}_cpu": cpu_seconds(pid) - before[p] for p, pid in pids.items()}})
             # idle rates from this level's direct rounds (the front doors relay nothing then)
             v = front_door_level(rounds, idle_rate(rounds["direct"], "gateway"), idle_rate(rounds["direct"], "access"))
 
@@ -296,8 +281,8 @@ def main() -> None:
                          f"{v['access_ttft_added_ms']:>8.1f} {v['access_cpu_us_per_token']:>10.0f} {share('access'):>9.1%}")
             print(line + f"   (load average {os.getloadavg()[0]:.1f})", flush=True)
     finally:
-        done.set()
-        print(f"gateway peak RSS: {peak[0] / 2**20:.1f} MiB (now {gproc.memory_info().rss / 2**20:.1f} MiB)")
+        print(f"gateway peak RSS: {status_bytes(gateway.pid, 'VmHWM') / 2**20:.1f} MiB "
+              f"(now {status_bytes(gateway.pid, 'VmRSS') / 2**20:.1f} MiB)")
         for p in procs:
             p.send_signal(signal.SIGTERM)
             p.wait(60)

@@ -1,11 +1,33 @@
-"""One front-door stream level's figures from its rotated rounds: shared by bench/front_door.py
-and bench/device_check.py (stdlib only: the device's python imports it with device_check)."""
+"""One front-door stream level's figures from its rotated rounds, and the process figures they
+take (CPU seconds, resident sizes from /proc): shared by bench/front_door.py and
+bench/device_check.py (stdlib only: the device's python imports it with device_check, and may
+lack psutil)."""
 
 from __future__ import annotations
 
+import os
 import statistics
+from pathlib import Path
 
 FRONT_DOOR_SIDES = ("direct", "gateway", "access")  # access only where it runs
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def status_bytes(pid: int, field: str) -> int | None:
+    """A size field of /proc/<pid>/status (VmRSS; VmHWM, the peak the kernel keeps: no sampling)
+    in bytes; None when gone or absent."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def side_figures(rs: list[dict]) -> dict:
