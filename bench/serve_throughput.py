@@ -128,7 +128,7 @@ class Proc:
             self.proc.kill()
 
 
-def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: "Release | threading.Event",
+def one_stream(base: str, prompt: str, n: int, out: list, idx: int, start: Release,
                headers: dict | None = None) -> None:
     import httpx
 
@@ -172,7 +172,7 @@ LONG_SCHEMA = {"type": "object", "properties": {
     "required": ["title", "facts"], "additionalProperties": False}
 
 
-def one_chat(base: str, i: int, n: int, constrained: bool, out: list, start: "Release | threading.Event") -> None:
+def one_chat(base: str, i: int, n: int, constrained: bool, out: list, start: Release) -> None:
     import httpx
 
     body = {"messages": [{"role": "user", "content": f"List facts about the Roman Empire ({i})."}],
@@ -208,13 +208,11 @@ class Release:
         self._go.set()
 
 
-def run_together(threads: list[threading.Thread], start: "Release | threading.Event") -> float:
-    """Start the clients, wait until each is at the line (a ``Release``; a plain Event: 0.2 s),
-    release them at once and wait for all; the release time, which the rates are measured from."""
+def run_together(threads: list[threading.Thread], start: Release) -> float:
+    """Start the clients, wait until each is at the line, release them at once and wait for all;
+    the release time, which the rates are measured from."""
     for t in threads:
         t.start()
-    if not isinstance(start, Release):
-        time.sleep(0.2)
     t0 = time.perf_counter()
     start.set()
     for t in threads:
